@@ -1,0 +1,87 @@
+package dek
+
+import (
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"errors"
+	"fmt"
+)
+
+// DEKSize is the size of a data key: AES-256.
+const DEKSize = 32
+
+// Sealer seals plaintexts under fresh DEKs that a KEK wraps, and opens them again.
+type Sealer struct {
+	kek KEK
+}
+
+// NewSealer returns a Sealer whose DEKs the given KEK wraps.
+func NewSealer(kek KEK) *Sealer { return &Sealer{kek: kek} }
+
+// Encrypt seals plaintext under a fresh DEK wrapped by the KEK named keyID.
+func (s *Sealer) Encrypt(ctx context.Context, keyID string, plaintext []byte) ([]byte, error) {
+	if len(plaintext) > MaxPlaintextSize {
+		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(plaintext), MaxPlaintextSize)
+	}
+	dek := make([]byte, DEKSize)
+	defer clear(dek)
+	if _, err := rand.Read(dek); err != nil {
+		return nil, fmt.Errorf("generating DEK: %w", err)
+	}
+	wrapped, err := s.kek.Wrap(ctx, keyID, dek)
+	if err != nil {
+		return nil, fmt.Errorf("wrapping DEK with %s: %w", keyID, err)
+	}
+	out := make([]byte, 0, 1+1+len(keyID)+2+len(wrapped)+nonceSize+len(plaintext)+tagSize)
+	out, err = appendHeader(out, keyID, wrapped)
+	if err != nil {
+		return nil, err
+	}
+	header := out
+	aead, err := newGCM(dek)
+	if err != nil {
+		return nil, err
+	}
+	nonce := out[len(out) : len(out)+nonceSize]
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, fmt.Errorf("generating nonce: %w", err)
+	}
+	out = out[:len(out)+nonceSize]
+	return aead.Seal(out, nonce, plaintext, header), nil
+}
+
+// Decrypt opens a ciphertext that Encrypt made, with whichever KEK it names, and returns the
+// plaintext and that KEK's id.
+func (s *Sealer) Decrypt(ctx context.Context, ciphertext []byte) ([]byte, string, error) {
+	env, err := parseEnvelope(ciphertext)
+	if err != nil {
+		return nil, "", err
+	}
+	dek, err := s.kek.Unwrap(ctx, env.keyID, env.wrappedDEK)
+	if err != nil {
+		return nil, env.keyID, fmt.Errorf("unwrapping DEK with %s: %w", env.keyID, err)
+	}
+	defer clear(dek)
+	if len(dek) != DEKSize {
+		return nil, env.keyID, fmt.Errorf("%w: unwrapped DEK has %d bytes", ErrTampered, len(dek))
+	}
+	aead, err := newGCM(dek)
+	if err != nil {
+		return nil, env.keyID, err
+	}
+	plaintext, err := aead.Open(nil, env.nonce, env.sealed, env.header)
+	if err != nil {
+		return nil, env.keyID, fmt.Errorf("%w: sealed data", ErrTampered)
+	}
+	return plaintext, env.keyID, nil
+}
+
+func newGCM(key []byte) (cipher.AEAD, error) {
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, errors.New("dek: AES cipher: " + err.Error())
+	}
+	return cipher.NewGCM(block)
+}

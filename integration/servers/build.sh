@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Builds the real servers the integration tests run (etcd, Vault, kube-apiserver), each from
+# its own small Go module, and caches the binaries by the hash of that module's files.
+# Usage: build.sh [etcd|vault|kube-apiserver ...]   (default: all three)
+# Prints nothing but progress on stderr; the binaries land in $KMS_PLUGIN_SERVERS_DIR
+# (default ~/.cache/kms-plugin/servers), where integration/harness finds them.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+out=${KMS_PLUGIN_SERVERS_DIR:-$HOME/.cache/kms-plugin/servers}
+mkdir -p "$out"
+servers=("$@")
+[ ${#servers[@]} -gt 0 ] || servers=(etcd vault kube-apiserver)
+
+for s in "${servers[@]}"; do
+  dir=$here/$s
+  [ -f "$dir/go.mod" ] || { echo "build.sh: unknown server $s" >&2; exit 2; }
+  hash=$(cat "$dir/go.mod" "$dir/main.go" | sha256sum | cut -c1-12)
+  bin=$out/$s-$hash
+  # One builder at a time per server, so parallel callers never build twice.
+  exec 9>"$out/$s.lock"
+  flock 9
+  if [ -x "$bin" ]; then
+    echo "build.sh: $s cached at $bin" >&2
+  else
+    echo "build.sh: building $s (first run only; Vault and kube-apiserver take several minutes)" >&2
+    start=$(date +%s)
+    (cd "$dir" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$bin.tmp" .)
+    mv "$bin.tmp" "$bin"
+    echo "build.sh: built $s in $(( $(date +%s) - start ))s" >&2
+  fi
+  ln -sfn "$bin" "$out/$s"
+  flock -u 9
+done

@@ -1,0 +1,150 @@
+package plugin
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/kmsplugin/kms-plugin/dek"
+	"github.com/kmsplugin/kms-plugin/internal/clock"
+)
+
+// Monitor keeps the backend's health and current key id, refreshed in the background, so that
+// Status answers from memory and apiserver polling never reaches the backend.
+//
+// Its key id is the last one the backend proved usable. An outage leaves it unchanged: the
+// apiserver keeps writing with its current DEK seed while key_id is valid and unchanged, so an
+// outage must not look like a rotation.
+type Monitor struct {
+	kek   dek.KEK
+	clock clock.Clock
+	log   *slog.Logger
+	cfg   MonitorConfig
+
+	mu         sync.Mutex
+	keyID      string    // last key id proved usable; "" until the first success
+	err        error     // why the backend is unhealthy; nil when healthy
+	lastWrap   time.Time // last successful wrap (probe or real traffic)
+	lastUnwrap time.Time // last successful unwrap (probe or real traffic)
+	checked    bool      // at least one refresh has finished
+}
+
+// MonitorConfig sets how often the backend is looked at.
+type MonitorConfig struct {
+	// CheckInterval is the time between refreshes of the backend's key state (kek.Check).
+	CheckInterval time.Duration
+	// ProofInterval is the longest time between two wrap+unwrap round trips. Successful real
+	// requests count as proof, so a busy plugin rarely needs a probe of its own.
+	ProofInterval time.Duration
+	// Timeout bounds one refresh.
+	Timeout time.Duration
+}
+
+// DefaultMonitorConfig suits local keys; remote backends may prove less often.
+var DefaultMonitorConfig = MonitorConfig{CheckInterval: 10 * time.Second, ProofInterval: time.Minute, Timeout: 5 * time.Second}
+
+// NewMonitor returns a Monitor of kek. Call Refresh once before serving, then Run.
+func NewMonitor(kek dek.KEK, cfg MonitorConfig, clk clock.Clock, log *slog.Logger) *Monitor {
+	return &Monitor{kek: kek, cfg: cfg, clock: clk, log: log, err: errors.New("not checked yet")}
+}
+
+// State returns the key id to report and nil, or the reason the backend is unhealthy. The key
+// id is "" only while the backend has never been healthy.
+func (m *Monitor) State() (keyID string, unhealthy error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.keyID, m.err
+}
+
+// Run refreshes every CheckInterval until ctx ends.
+func (m *Monitor) Run(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-m.clock.After(m.cfg.CheckInterval):
+			m.Refresh(ctx)
+		}
+	}
+}
+
+// Refresh looks at the backend once: its key state, and a round trip when one is due.
+func (m *Monitor) Refresh(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
+	defer cancel()
+
+	err := m.kek.Check(ctx)
+	id := m.kek.CurrentID()
+	if err == nil && id == "" {
+		err = errors.New("backend has no current key")
+	}
+	m.mu.Lock()
+	proofDue := m.err != nil || id != m.keyID || m.proofAgeLocked() >= m.cfg.ProofInterval
+	m.mu.Unlock()
+	if err == nil && proofDue {
+		err = m.prove(ctx, id)
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	wasHealthy, first := m.err == nil, !m.checked
+	m.checked = true
+	if err != nil {
+		m.err = err
+		if wasHealthy || first {
+			m.log.Warn("backend unhealthy; Status keeps the last good key id", "key_id", m.keyID, "error", err)
+		}
+		return
+	}
+	if proofDue {
+		m.lastWrap, m.lastUnwrap = m.clock.Now(), m.clock.Now()
+	}
+	if id != m.keyID {
+		if m.keyID != "" {
+			m.log.Info("key rotation: new key id", "old_key_id", m.keyID, "key_id", id)
+		}
+		m.keyID = id
+	}
+	m.err = nil
+	if !wasHealthy {
+		m.log.Info("backend healthy", "key_id", id)
+	}
+}
+
+// Wrapped and Unwrapped record that a real request just used the backend successfully; once
+// both have, the next probe round trip can wait.
+func (m *Monitor) Wrapped()   { m.mu.Lock(); m.lastWrap = m.clock.Now(); m.mu.Unlock() }
+func (m *Monitor) Unwrapped() { m.mu.Lock(); m.lastUnwrap = m.clock.Now(); m.mu.Unlock() }
+
+// proofAgeLocked is the time since the backend last did both a wrap and an unwrap.
+func (m *Monitor) proofAgeLocked() time.Duration {
+	oldest := m.lastWrap
+	if m.lastUnwrap.Before(oldest) {
+		oldest = m.lastUnwrap
+	}
+	return m.clock.Now().Sub(oldest)
+}
+
+// prove wraps and unwraps a random DEK under keyID.
+func (m *Monitor) prove(ctx context.Context, keyID string) error {
+	probe := make([]byte, dek.DEKSize)
+	if _, err := rand.Read(probe); err != nil {
+		return err
+	}
+	wrapped, err := m.kek.Wrap(ctx, keyID, probe)
+	if err != nil {
+		return fmt.Errorf("probe wrap with %s: %w", keyID, err)
+	}
+	got, err := m.kek.Unwrap(ctx, keyID, wrapped)
+	if err != nil {
+		return fmt.Errorf("probe unwrap with %s: %w", keyID, err)
+	}
+	if string(got) != string(probe) {
+		return fmt.Errorf("probe with %s: unwrap returned a different key", keyID)
+	}
+	return nil
+}

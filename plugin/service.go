@@ -1,0 +1,133 @@
+// Package plugin serves the KMS v2 KeyManagementService over gRPC. It knows nothing of any
+// backend: Encrypt and Decrypt go to a dek.Sealer, Status reads a Monitor.
+package plugin
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	kmsapi "k8s.io/kms/apis/v2"
+
+	"github.com/kmsplugin/kms-plugin/dek"
+)
+
+// maxHealthzSize keeps an unhealthy Status short; the apiserver logs it.
+const maxHealthzSize = 256
+
+// Service implements kmsapi.KeyManagementServiceServer.
+type Service struct {
+	kmsapi.UnimplementedKeyManagementServiceServer
+
+	sealer  *dek.Sealer
+	monitor *Monitor
+	timeout time.Duration
+	log     *slog.Logger
+}
+
+// NewService returns the gRPC service. timeout bounds each backend operation, within the
+// caller's own deadline.
+func NewService(kek dek.KEK, monitor *Monitor, timeout time.Duration, log *slog.Logger) *Service {
+	return &Service{sealer: dek.NewSealer(kek), monitor: monitor, timeout: timeout, log: log}
+}
+
+// Status answers from the Monitor's state; it never calls the backend.
+func (s *Service) Status(context.Context, *kmsapi.StatusRequest) (*kmsapi.StatusResponse, error) {
+	keyID, unhealthy := s.monitor.State()
+	if keyID == "" {
+		return nil, status.Errorf(codes.Unavailable, "no key id yet: %v", unhealthy)
+	}
+	healthz := "ok"
+	if unhealthy != nil {
+		healthz = truncate(unhealthy.Error(), maxHealthzSize)
+	}
+	return &kmsapi.StatusResponse{Version: "v2", Healthz: healthz, KeyId: keyID}, nil
+}
+
+// Encrypt seals the plaintext under a fresh DEK wrapped by the key that Status reports, so the
+// response's key_id always equals Status's.
+func (s *Service) Encrypt(ctx context.Context, req *kmsapi.EncryptRequest) (*kmsapi.EncryptResponse, error) {
+	keyID, unhealthy := s.monitor.State()
+	if keyID == "" {
+		return nil, s.fail(ctx, "Encrypt", req.Uid, "", status.Errorf(codes.Unavailable, "no key id yet: %v", unhealthy))
+	}
+	if len(req.Plaintext) == 0 {
+		return nil, s.fail(ctx, "Encrypt", req.Uid, keyID, status.Error(codes.InvalidArgument, "empty plaintext"))
+	}
+	bctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	ciphertext, err := s.sealer.Encrypt(bctx, keyID, req.Plaintext)
+	if err != nil {
+		return nil, s.fail(ctx, "Encrypt", req.Uid, keyID, err)
+	}
+	s.monitor.Wrapped()
+	return &kmsapi.EncryptResponse{Ciphertext: ciphertext, KeyId: keyID}, nil
+}
+
+// Decrypt opens the ciphertext with the key named inside it. The request's key_id is only
+// logged: trusting it could strand data if key id formats ever change.
+func (s *Service) Decrypt(ctx context.Context, req *kmsapi.DecryptRequest) (*kmsapi.DecryptResponse, error) {
+	bctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	plaintext, keyID, err := s.sealer.Decrypt(bctx, req.Ciphertext)
+	if err != nil {
+		if keyID == "" {
+			keyID = req.KeyId
+		}
+		return nil, s.fail(ctx, "Decrypt", req.Uid, keyID, err)
+	}
+	s.monitor.Unwrapped()
+	return &kmsapi.DecryptResponse{Plaintext: plaintext}, nil
+}
+
+// fail logs a failed request once and returns it as a gRPC status.
+func (s *Service) fail(ctx context.Context, method, uid, keyID string, err error) error {
+	st := toStatus(ctx, err)
+	s.log.Warn("request failed", "method", method, "uid", uid, "key_id", keyID, "code", st.Code().String(), "error", st.Message())
+	return st.Err()
+}
+
+// toStatus maps an error to its gRPC status; docs/errors.md is the same table.
+func toStatus(ctx context.Context, err error) *status.Status {
+	if st, ok := status.FromError(err); ok {
+		return st
+	}
+	code := codes.Internal
+	switch {
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		code = codes.DeadlineExceeded // the caller's deadline passed
+	case errors.Is(ctx.Err(), context.Canceled):
+		code = codes.Canceled
+	case errors.Is(err, dek.ErrMalformed), errors.Is(err, dek.ErrTampered), errors.Is(err, dek.ErrTooLarge):
+		code = codes.InvalidArgument
+	case errors.Is(err, dek.ErrUnknownKey):
+		code = codes.FailedPrecondition
+	case errors.Is(err, dek.ErrDenied):
+		code = codes.PermissionDenied
+	case errors.Is(err, dek.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		code = codes.Unavailable // the backend did not answer within --timeout
+	}
+	return status.New(code, err.Error())
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}
+
+// MaxRequestSize bounds one request on the wire. It sits above dek.MaxCiphertextSize so that
+// an oversized ciphertext gets our InvalidArgument; anything larger is gRPC's ResourceExhausted.
+const MaxRequestSize = 64 << 10
+
+// NewGRPCServer returns a gRPC server with svc registered as the KMS v2 service.
+func NewGRPCServer(svc *Service) *grpc.Server {
+	s := grpc.NewServer(grpc.MaxRecvMsgSize(MaxRequestSize))
+	kmsapi.RegisterKeyManagementServiceServer(s, svc)
+	return s
+}
