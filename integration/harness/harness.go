@@ -1,0 +1,187 @@
+// Package harness starts the real servers that integration tests run against — etcd,
+// kube-apiserver, Vault, and the plugin itself — on loopback, one process each, stopped when
+// the test ends. Every integration test starts its servers through this package.
+//
+// The servers are built before `go test` starts, by integration/servers/build.sh (which
+// scripts/test.sh runs), never inside a test: a build would count against the test's timeout.
+package harness
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// ServersDir is where integration/servers/build.sh puts the binaries.
+func ServersDir() string {
+	if d := os.Getenv("KMS_PLUGIN_SERVERS_DIR"); d != "" {
+		return d
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".cache", "kms-plugin", "servers")
+}
+
+// Binary returns the path of a server that build.sh built ("etcd", "vault",
+// "kube-apiserver"). A missing binary fails the test: a real component is never skipped.
+func Binary(t testing.TB, name string) string {
+	t.Helper()
+	path := filepath.Join(ServersDir(), name)
+	if _, err := os.Stat(path); err != nil {
+		t.Fatalf("%s is not built (%v): run integration/servers/build.sh, or the README's test command, before go test", name, err)
+	}
+	return path
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// Process is a server started by the harness. Its output goes to a log file that is printed
+// when the test fails.
+type Process struct {
+	Name    string
+	LogPath string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// Start runs bin with args and env (added to the test's environment), logging to a file in
+// a test temp dir. The process is killed when the test ends, if it still runs.
+func Start(t testing.TB, name, bin string, args []string, env ...string) *Process {
+	t.Helper()
+	p := &Process{Name: name, LogPath: filepath.Join(t.TempDir(), name+".log")}
+	p.start(t, bin, args, env)
+	t.Cleanup(func() {
+		p.Kill()
+		if t.Failed() {
+			p.dumpLog(t)
+		}
+	})
+	return p
+}
+
+func (p *Process) start(t testing.TB, bin string, args, env []string) {
+	t.Helper()
+	logf, err := os.OpenFile(p.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		t.Fatalf("starting %s: %v", p.Name, err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); logf.Close(); close(done) }()
+	p.mu.Lock()
+	p.cmd, p.done = cmd, done
+	p.mu.Unlock()
+}
+
+// Signal sends sig to the process.
+func (p *Process) Signal(sig os.Signal) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cmd.Process.Signal(sig)
+}
+
+// Stop sends SIGTERM and waits up to timeout for the process to exit, then kills it.
+func (p *Process) Stop(timeout time.Duration) {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		p.Kill()
+	}
+}
+
+// Kill ends the process and its process group at once, and waits for it.
+func (p *Process) Kill() {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	<-done
+}
+
+// Exited reports whether the process has ended.
+func (p *Process) Exited() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Log returns what the process has written so far.
+func (p *Process) Log() string {
+	b, _ := os.ReadFile(p.LogPath)
+	return string(b)
+}
+
+func (p *Process) dumpLog(t testing.TB) {
+	b, _ := os.ReadFile(p.LogPath)
+	if len(b) > 64<<10 {
+		b = append([]byte("...\n"), b[len(b)-64<<10:]...)
+	}
+	t.Logf("---- %s log (%s) ----\n%s", p.Name, p.LogPath, bytes.TrimSpace(b))
+}
+
+// Eventually calls f until it returns nil or timeout passes, then fails the test with f's
+// last error.
+func Eventually(t testing.TB, timeout time.Duration, what string, f func(context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var err error
+	for {
+		attempt, stop := context.WithTimeout(ctx, 5*time.Second)
+		err = f(attempt)
+		stop()
+		if err == nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s: not within %s: %v", what, timeout, err)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// must is fmt.Errorf for harness setup errors that end a test.
+func must(t testing.TB, err error, format string, args ...any) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("%s: %v", fmt.Sprintf(format, args...), err)
+	}
+}
