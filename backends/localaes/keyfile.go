@@ -77,6 +77,7 @@ func newKeySet(f File) (*keySet, error) {
 	}
 	set := &keySet{byID: make(map[string]*key, len(f.Keys))}
 	names := make(map[string]bool, len(f.Keys))
+	fingerprints := make(map[string]string, len(f.Keys)) // fingerprint -> name
 	for i, fk := range f.Keys {
 		if !validName.MatchString(fk.Name) {
 			return nil, fmt.Errorf("keys[%d]: name %q must be 1 to 64 letters, digits, '.', '_' or '-'", i, fk.Name)
@@ -103,23 +104,26 @@ func newKeySet(f File) (*keySet, error) {
 		if err != nil {
 			return nil, err
 		}
-		k := &key{name: fk.Name, id: keyID(fk.Name, secret), aead: aead}
+		fp := fingerprint(secret)
 		clear(secret)
-		if prev, dup := set.byID[k.id]; dup {
-			return nil, fmt.Errorf("keys[%d] (%s): same secret as %s", i, fk.Name, prev.name)
+		if prev, dup := fingerprints[fp]; dup {
+			return nil, fmt.Errorf("keys[%d] (%s): same secret as %s", i, fk.Name, prev)
 		}
+		fingerprints[fp] = fk.Name
+		k := &key{name: fk.Name, id: "localaes:" + fk.Name + ":" + fp, aead: aead}
 		set.keys = append(set.keys, k)
 		set.byID[k.id] = k
 	}
 	return set, nil
 }
 
-// keyID is "localaes:<name>:<fingerprint>". The fingerprint is a domain-separated HMAC of the
-// key, so the id reveals nothing usable about the key, not even a hash to look up.
-func keyID(name string, secret []byte) string {
+// fingerprint names a key in its id, "localaes:<name>:<fingerprint>": the first 16 hex digits
+// of a domain-separated HMAC keyed by the key, so the id reveals nothing usable about the
+// key, not even a hash to look up.
+func fingerprint(secret []byte) string {
 	mac := hmac.New(sha256.New, secret)
 	mac.Write([]byte("kms-plugin/localaes/key-fingerprint/v1"))
-	return "localaes:" + name + ":" + hex.EncodeToString(mac.Sum(nil))[:16]
+	return hex.EncodeToString(mac.Sum(nil))[:16]
 }
 
 func isZero(b []byte) bool {
@@ -173,7 +177,7 @@ func AddKey(path, name string, asWriteKey bool) (string, error) {
 	if err := writeFileAtomic(path, out); err != nil {
 		return "", err
 	}
-	return keyID(name, secret), nil
+	return "localaes:" + name + ":" + fingerprint(secret), nil
 }
 
 func taken(f File, name string) bool {
