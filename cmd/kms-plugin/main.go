@@ -4,6 +4,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -16,6 +17,10 @@ var version = "dev"
 func main() {
 	if err := newRootCommand().Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "kms-plugin:", err)
+		var failed checkFailed
+		if errors.As(err, &failed) {
+			os.Exit(3) // scan ran, and its result failed a --fail-on-* check
+		}
 		os.Exit(1)
 	}
 }
@@ -29,6 +34,6 @@ func newRootCommand() *cobra.Command {
 	root.SilenceErrors = true
 	serve := newServeCommand()
 	serve.Hidden = false
-	root.AddCommand(serve, newKeygenCommand())
+	root.AddCommand(serve, newKeygenCommand(), newScanCommand())
 	return root
 }

@@ -1,0 +1,102 @@
+package scan
+
+import "strings"
+
+// Resource names the kind of object an etcd key holds, in the form an EncryptionConfiguration's
+// `resources:` list uses ("secrets", "deployments.apps", "widgets.example.com").
+type Resource struct {
+	Group    string // API group; "" for the core group
+	Resource string // plural resource name
+	// Prefix is the etcd key prefix the objects share, e.g. "/registry/deployments/".
+	Prefix string
+	// Known is false for prefixes that are not an API resource Kubernetes 1.37 stores
+	// ("masterleases", "ranges") or that scan cannot place in a group.
+	Known bool
+}
+
+// Name is the resource as EncryptionConfiguration spells it: resource[.group].
+func (r Resource) Name() string {
+	if r.Group == "" {
+		return r.Resource
+	}
+	return r.Resource + "." + r.Group
+}
+
+// specialPrefixes are the etcd prefixes that differ from the resource name
+// (k8s.io/kubernetes pkg/kubeapiserver SpecialDefaultResourcePrefixes).
+var specialPrefixes = map[string]Resource{
+	"controllers":        {Resource: "replicationcontrollers"},
+	"services/endpoints": {Resource: "endpoints"},
+	"minions":            {Resource: "nodes"},
+	"services/specs":     {Resource: "services"},
+	"ingress":            {Group: "networking.k8s.io", Resource: "ingresses"},
+}
+
+// builtinGroups places the built-in resources of Kubernetes 1.37, whose etcd prefix is the bare
+// resource name, in their API group. Core ("") resources are listed too, so that an unknown
+// name is told apart from a core one.
+var builtinGroups = map[string]string{
+	// core
+	"configmaps": "", "events": "", "limitranges": "", "namespaces": "", "persistentvolumes": "",
+	"persistentvolumeclaims": "", "pods": "", "podtemplates": "", "resourcequotas": "",
+	"secrets": "", "serviceaccounts": "",
+	"mutatingadmissionpolicies":         "admissionregistration.k8s.io",
+	"mutatingadmissionpolicybindings":   "admissionregistration.k8s.io",
+	"mutatingwebhookconfigurations":     "admissionregistration.k8s.io",
+	"validatingadmissionpolicies":       "admissionregistration.k8s.io",
+	"validatingadmissionpolicybindings": "admissionregistration.k8s.io",
+	"validatingwebhookconfigurations":   "admissionregistration.k8s.io",
+	"storageversions":                   "internal.apiserver.k8s.io",
+	"controllerrevisions":               "apps", "daemonsets": "apps", "deployments": "apps",
+	"replicasets": "apps", "statefulsets": "apps",
+	"horizontalpodautoscalers": "autoscaling",
+	"cronjobs":                 "batch", "jobs": "batch",
+	"certificatesigningrequests": "certificates.k8s.io", "clustertrustbundles": "certificates.k8s.io",
+	"podcertificaterequests": "certificates.k8s.io",
+	"leases":                 "coordination.k8s.io", "leasecandidates": "coordination.k8s.io",
+	"endpointslices":              "discovery.k8s.io",
+	"flowschemas":                 "flowcontrol.apiserver.k8s.io",
+	"evictionrequests":            "lifecycle.k8s.io",
+	"prioritylevelconfigurations": "flowcontrol.apiserver.k8s.io",
+	"ingressclasses":              "networking.k8s.io", "ipaddresses": "networking.k8s.io",
+	"networkpolicies": "networking.k8s.io", "servicecidrs": "networking.k8s.io",
+	"runtimeclasses":       "node.k8s.io",
+	"poddisruptionbudgets": "policy",
+	"clusterroles":         "rbac.authorization.k8s.io", "clusterrolebindings": "rbac.authorization.k8s.io",
+	"roles": "rbac.authorization.k8s.io", "rolebindings": "rbac.authorization.k8s.io",
+	"deviceclasses": "resource.k8s.io", "devicetaintrules": "resource.k8s.io",
+	"resourceclaims": "resource.k8s.io", "resourceclaimtemplates": "resource.k8s.io",
+	"resourcepoolstatusrequests": "resource.k8s.io", "resourceslices": "resource.k8s.io",
+	"compositepodgroups": "scheduling.k8s.io", "podgroups": "scheduling.k8s.io",
+	"priorityclasses": "scheduling.k8s.io", "workloads": "scheduling.k8s.io",
+	"csidrivers": "storage.k8s.io", "csinodes": "storage.k8s.io",
+	"csistoragecapacities": "storage.k8s.io", "storageclasses": "storage.k8s.io",
+	"volumeattachments": "storage.k8s.io", "volumeattributesclasses": "storage.k8s.io",
+	"storageversionmigrations": "storagemigration.k8s.io",
+}
+
+// ResourceOf tells which resource an etcd key under root (normally "/registry/") belongs to.
+// Built-in resources live at root+"<resource>/", a few at special prefixes, and resources of
+// groups with a dot in their name (CRDs, apiextensions, apiregistration) at
+// root+"<group>/<resource>/".
+func ResourceOf(root, key string) Resource {
+	rest := strings.TrimPrefix(key, root)
+	segs := strings.SplitN(rest, "/", 3)
+	first := segs[0]
+	if len(segs) >= 2 {
+		two := first + "/" + segs[1]
+		if r, ok := specialPrefixes[two]; ok {
+			r.Prefix, r.Known = root+two+"/", true
+			return r
+		}
+		if strings.Contains(first, ".") {
+			return Resource{Group: first, Resource: segs[1], Prefix: root + two + "/", Known: true}
+		}
+	}
+	if r, ok := specialPrefixes[first]; ok {
+		r.Prefix, r.Known = root+first+"/", true
+		return r
+	}
+	group, known := builtinGroups[first]
+	return Resource{Group: group, Resource: first, Prefix: root + first + "/", Known: known}
+}

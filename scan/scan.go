@@ -1,0 +1,216 @@
+// Package scan reports how the objects in etcd are stored: in plaintext, with which local
+// provider and key, or with which KMS provider and key id, per resource, flagging those that
+// are not on the key new writes use. It reads etcd's raw values and decrypts nothing; it is
+// the automated form of checking values with etcdctl.
+package scan
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// DefaultRoot is where kube-apiserver keeps its objects (--etcd-prefix=/registry).
+const DefaultRoot = "/registry/"
+
+// DefaultPageSize bounds how many values one etcd request returns, and so scan's memory
+// (at most this many values, each at most etcd's request limit, 1.5 MiB by default).
+const DefaultPageSize = 256
+
+// Options set what Scan reads.
+type Options struct {
+	Root     string // key prefix to walk; DefaultRoot if empty
+	PageSize int64  // keys per etcd request; DefaultPageSize if 0
+	// Config, if set, tells which storage each resource's new writes get; without it nothing
+	// is flagged stale.
+	Config *Config
+}
+
+// Report is the result of one scan, taken at one etcd revision.
+type Report struct {
+	Revision  int64  `json:"revision"`
+	Root      string `json:"root"`
+	Objects   int    `json:"objects"`
+	Plaintext int    `json:"plaintext"`
+	// Stale counts objects not on their resource's write key; only with a config.
+	Stale     int              `json:"stale"`
+	Checked   bool             `json:"checkedWriteKeys"`
+	KMS       []KMSStatus      `json:"kmsProviders,omitempty"`
+	Resources []ResourceReport `json:"resources"`
+}
+
+// ResourceReport counts one resource's objects by storage.
+type ResourceReport struct {
+	Resource  string `json:"resource"`
+	Prefix    string `json:"etcdPrefix"`
+	Known     bool   `json:"known"`
+	Objects   int    `json:"objects"`
+	Plaintext int    `json:"plaintext"`
+	Stale     int    `json:"stale"`
+	// Write is the storage new writes of this resource get, per the config.
+	Write   *Storage       `json:"writeKey,omitempty"`
+	Storage []StorageCount `json:"storage"`
+}
+
+// StorageCount is how many objects of a resource share one storage.
+type StorageCount struct {
+	Storage
+	Objects int `json:"objects"`
+	// Current is true when this is the write key, false when these objects are stale; absent
+	// without a config.
+	Current *bool `json:"current,omitempty"`
+}
+
+// Scan walks every key under opts.Root at a single revision, a page at a time, and counts
+// how each value is stored. For the KMS v2 providers of opts.Config it first asks each plugin
+// for its current key id; a plugin that does not answer is an error, since without its key id
+// scan cannot tell a finished rotation from an unfinished one.
+func Scan(ctx context.Context, kv clientv3.KV, opts Options) (*Report, error) {
+	if opts.Root == "" {
+		opts.Root = DefaultRoot
+	}
+	if opts.PageSize <= 0 {
+		opts.PageSize = DefaultPageSize
+	}
+	rep := &Report{Root: opts.Root, Checked: opts.Config != nil}
+	write, err := writeKeys(ctx, opts.Config, rep)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	if opts.Config != nil {
+		names = opts.Config.Names()
+	}
+
+	byPrefix := map[string]*tally{}
+	end := clientv3.GetPrefixRangeEnd(opts.Root)
+	next := opts.Root
+	for {
+		getOpts := []clientv3.OpOption{clientv3.WithRange(end), clientv3.WithLimit(opts.PageSize)}
+		if rep.Revision != 0 {
+			getOpts = append(getOpts, clientv3.WithRev(rep.Revision))
+		}
+		resp, err := kv.Get(ctx, next, getOpts...)
+		if err != nil {
+			if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+				return nil, fmt.Errorf("reading etcd: %w", err)
+			}
+			return nil, fmt.Errorf("reading etcd at %s: %w", next, err)
+		}
+		if rep.Revision == 0 {
+			rep.Revision = resp.Header.Revision
+		}
+		for _, item := range resp.Kvs {
+			key := string(item.Key)
+			res := ResourceOf(opts.Root, key)
+			t := byPrefix[res.Prefix]
+			if t == nil {
+				t = &tally{res: res, counts: map[Storage]int{}}
+				if opts.Config != nil {
+					w := write(res)
+					t.write = &w
+				}
+				byPrefix[res.Prefix] = t
+			}
+			t.counts[Classify(item.Value, names)]++
+		}
+		if !resp.More || len(resp.Kvs) == 0 {
+			break
+		}
+		next = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+	}
+
+	for _, t := range byPrefix {
+		rep.Resources = append(rep.Resources, t.report())
+	}
+	sort.Slice(rep.Resources, func(i, j int) bool { return rep.Resources[i].Prefix < rep.Resources[j].Prefix })
+	for _, r := range rep.Resources {
+		rep.Objects += r.Objects
+		rep.Plaintext += r.Plaintext
+		rep.Stale += r.Stale
+	}
+	return rep, nil
+}
+
+// writeKeys resolves the write key of every rule's first provider, querying KMS v2 plugins
+// once each, and returns the lookup from resource to write key.
+func writeKeys(ctx context.Context, cfg *Config, rep *Report) (func(Resource) Storage, error) {
+	if cfg == nil {
+		return nil, nil
+	}
+	keyIDs := map[string]string{} // KMS v2 provider name -> current key id
+	for _, rule := range cfg.Rules {
+		p := rule.Providers[0]
+		if p.Class != KMSv2 {
+			continue
+		}
+		if _, done := keyIDs[p.Name]; done {
+			continue
+		}
+		st, err := QueryStatus(ctx, p)
+		if err != nil {
+			return nil, fmt.Errorf("%w (scan needs the current key id; run it where the plugin's socket is reachable, or without --encryption-config)", err)
+		}
+		keyIDs[p.Name] = st.KeyID
+		rep.KMS = append(rep.KMS, st)
+	}
+	return func(r Resource) Storage {
+		rule := cfg.RuleFor(r)
+		if rule == nil {
+			return Storage{Class: Plaintext}
+		}
+		w := rule.Providers[0].WriteKey()
+		if w.Class == KMSv2 {
+			w.Key = keyIDs[w.Provider]
+		}
+		return w
+	}, nil
+}
+
+type tally struct {
+	res    Resource
+	write  *Storage
+	counts map[Storage]int
+}
+
+func (t *tally) report() ResourceReport {
+	r := ResourceReport{Resource: t.res.Name(), Prefix: t.res.Prefix, Known: t.res.Known, Write: t.write}
+	for s, n := range t.counts {
+		c := StorageCount{Storage: s, Objects: n}
+		r.Objects += n
+		if s.Class == Plaintext {
+			r.Plaintext += n
+		}
+		if t.write != nil {
+			current := isCurrent(s, *t.write)
+			c.Current = &current
+			if !current {
+				r.Stale += n
+			}
+		}
+		r.Storage = append(r.Storage, c)
+	}
+	sort.Slice(r.Storage, func(i, j int) bool {
+		a, b := r.Storage[i], r.Storage[j]
+		if a.Class != b.Class {
+			return a.Class < b.Class
+		}
+		if a.Provider != b.Provider {
+			return a.Provider < b.Provider
+		}
+		return a.Key < b.Key
+	})
+	return r
+}
+
+// isCurrent tells whether a value stored as s is on the write key w. KMS v1 values carry no
+// key id, so every value of the right v1 provider counts as current.
+func isCurrent(s, w Storage) bool {
+	if w.Class == KMSv1 {
+		return s.Class == KMSv1 && s.Provider == w.Provider
+	}
+	return s == w
+}
