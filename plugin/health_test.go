@@ -1,0 +1,145 @@
+package plugin_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kmsplugin/kms-plugin/dek"
+	"github.com/kmsplugin/kms-plugin/internal/clock"
+	"github.com/kmsplugin/kms-plugin/plugin"
+)
+
+// countingKEK counts backend calls; its "wrapping" is a copy, which is all the Monitor needs.
+type countingKEK struct {
+	mu                   sync.Mutex
+	id                   string
+	checkErr, wrapErr    error
+	checks, wraps, unwrs int
+}
+
+func (k *countingKEK) CurrentID() string { k.mu.Lock(); defer k.mu.Unlock(); return k.id }
+func (k *countingKEK) Check(context.Context) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.checks++
+	return k.checkErr
+}
+func (k *countingKEK) Wrap(_ context.Context, _ string, d []byte) ([]byte, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.wraps++
+	return append([]byte(nil), d...), k.wrapErr
+}
+func (k *countingKEK) Unwrap(_ context.Context, _ string, w []byte) ([]byte, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.unwrs++
+	return append([]byte(nil), w...), nil
+}
+func (k *countingKEK) counts() (int, int) { k.mu.Lock(); defer k.mu.Unlock(); return k.checks, k.wraps }
+
+func newMonitor(k dek.KEK, clk clock.Clock) *plugin.Monitor {
+	cfg := plugin.MonitorConfig{CheckInterval: 10 * time.Second, ProofInterval: time.Minute, Timeout: time.Second}
+	return plugin.NewMonitor(k, cfg, clk, slog.New(slog.NewTextHandler(io.Discard, nil)))
+}
+
+func TestMonitorProvesOnlyWhenDue(t *testing.T) {
+	k := &countingKEK{id: "k1"}
+	clk := clock.NewFake(time.Unix(0, 0))
+	m := newMonitor(k, clk)
+	bg := context.Background()
+
+	m.Refresh(bg) // first refresh always proves
+	if _, w := k.counts(); w != 1 {
+		t.Fatalf("first refresh: %d wraps, want 1", w)
+	}
+	clk.Advance(10 * time.Second)
+	m.Refresh(bg)
+	if c, w := k.counts(); c != 2 || w != 1 {
+		t.Fatalf("refresh within the proof interval: %d checks, %d wraps; want 2, 1", c, w)
+	}
+	// Real traffic proves the backend: no probe needed.
+	clk.Advance(55 * time.Second)
+	m.Wrapped()
+	m.Unwrapped()
+	clk.Advance(10 * time.Second)
+	m.Refresh(bg)
+	if _, w := k.counts(); w != 1 {
+		t.Fatalf("after real traffic: %d probe wraps, want 1", w)
+	}
+	// Only unwraps (decrypt traffic) do not prove wrapping.
+	clk.Advance(2 * time.Minute)
+	m.Unwrapped()
+	m.Refresh(bg)
+	if _, w := k.counts(); w != 2 {
+		t.Fatalf("with only unwraps: %d probe wraps, want 2", w)
+	}
+	// A new key id is proved before it is reported.
+	k.mu.Lock()
+	k.id = "k2"
+	k.mu.Unlock()
+	m.Refresh(bg)
+	if id, err := m.State(); id != "k2" || err != nil {
+		t.Fatalf("State = %q, %v", id, err)
+	}
+	if _, w := k.counts(); w != 3 {
+		t.Fatalf("new key id: %d probe wraps, want 3", w)
+	}
+}
+
+func TestMonitorNewKeyThatFailsIsNotAdopted(t *testing.T) {
+	k := &countingKEK{id: "k1"}
+	m := newMonitor(k, clock.NewFake(time.Unix(0, 0)))
+	m.Refresh(context.Background())
+	k.mu.Lock()
+	k.id, k.wrapErr = "k2", errors.New("permission denied on k2")
+	k.mu.Unlock()
+	m.Refresh(context.Background())
+	id, err := m.State()
+	if id != "k1" || err == nil {
+		t.Fatalf("State = %q, %v; want k1 and an error", id, err)
+	}
+}
+
+func TestMonitorNeverHealthyHasNoKeyID(t *testing.T) {
+	k := &countingKEK{checkErr: errors.New("connection refused")}
+	m := newMonitor(k, clock.NewFake(time.Unix(0, 0)))
+	m.Refresh(context.Background())
+	if id, err := m.State(); id != "" || err == nil {
+		t.Fatalf("State = %q, %v", id, err)
+	}
+}
+
+func TestMonitorRunRefreshesOnItsInterval(t *testing.T) {
+	k := &countingKEK{id: "k1"}
+	clk := clock.NewFake(time.Unix(0, 0))
+	m := newMonitor(k, clk)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	for i := 1; i <= 3; i++ {
+		waitFor(t, func() bool { return clk.Waiters() == 1 })
+		clk.Advance(10 * time.Second)
+		waitFor(t, func() bool { c, _ := k.counts(); return c == i })
+	}
+	cancel()
+	<-done
+}
+
+// waitFor polls cond; the fake clock decides when the monitor runs, this only waits for the
+// goroutine to get there.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -1,0 +1,337 @@
+package plugin_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	kmsapi "k8s.io/kms/apis/v2"
+
+	"github.com/kmsplugin/kms-plugin/backends/localaes"
+	"github.com/kmsplugin/kms-plugin/dek"
+	"github.com/kmsplugin/kms-plugin/internal/clock"
+	"github.com/kmsplugin/kms-plugin/plugin"
+)
+
+// faultKEK puts a switchable fault in front of a real localaes backend.
+type faultKEK struct {
+	*localaes.Backend
+	mu    sync.Mutex
+	err   error         // returned by Check, Wrap and Unwrap while set
+	delay time.Duration // before Wrap and Unwrap, honouring the context
+}
+
+func (f *faultKEK) set(err error, delay time.Duration) {
+	f.mu.Lock()
+	f.err, f.delay = err, delay
+	f.mu.Unlock()
+}
+
+func (f *faultKEK) fault(ctx context.Context) error {
+	f.mu.Lock()
+	err, delay := f.err, f.delay
+	f.mu.Unlock()
+	if delay > 0 {
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return err
+}
+
+func (f *faultKEK) Check(ctx context.Context) error {
+	if err := f.fault(ctx); err != nil {
+		return err
+	}
+	return f.Backend.Check(ctx)
+}
+
+func (f *faultKEK) Wrap(ctx context.Context, id string, d []byte) ([]byte, error) {
+	if err := f.fault(ctx); err != nil {
+		return nil, err
+	}
+	return f.Backend.Wrap(ctx, id, d)
+}
+
+func (f *faultKEK) Unwrap(ctx context.Context, id string, w []byte) ([]byte, error) {
+	if err := f.fault(ctx); err != nil {
+		return nil, err
+	}
+	return f.Backend.Unwrap(ctx, id, w)
+}
+
+// testPlugin is a plugin served on a real unix socket, with a client connected to it.
+type testPlugin struct {
+	keyFile string
+	kek     *faultKEK
+	monitor *plugin.Monitor
+	clock   *clock.Fake
+	client  kmsapi.KeyManagementServiceClient
+	socket  string
+}
+
+func startPlugin(t *testing.T) *testPlugin {
+	t.Helper()
+	dir := shortTempDir(t)
+	keyFile := filepath.Join(dir, "keys.yaml")
+	if _, err := localaes.AddKey(keyFile, "one", true); err != nil {
+		t.Fatal(err)
+	}
+	backend, err := localaes.Open(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kek := &faultKEK{Backend: backend}
+	clk := clock.NewFake(time.Unix(1_800_000_000, 0))
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	monitor := plugin.NewMonitor(kek, plugin.DefaultMonitorConfig, clk, log)
+	monitor.Refresh(context.Background())
+
+	socket := filepath.Join(dir, "kms.sock")
+	lis, err := plugin.Listen(socket, plugin.SocketOptions{GID: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := plugin.NewGRPCServer(plugin.NewService(kek, monitor, time.Second, log))
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	return &testPlugin{keyFile: keyFile, kek: kek, monitor: monitor, clock: clk, client: dial(t, socket), socket: socket}
+}
+
+func dial(t *testing.T, socket string) kmsapi.KeyManagementServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(1<<20)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return kmsapi.NewKeyManagementServiceClient(conn)
+}
+
+// shortTempDir keeps socket paths under the 108-byte limit of unix sockets.
+func shortTempDir(t *testing.T) string {
+	dir, err := os.MkdirTemp("", "kp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+func ctx(t *testing.T) context.Context {
+	c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return c
+}
+
+func TestStatus(t *testing.T) {
+	p := startPlugin(t)
+	st, err := p.client.Status(ctx(t), &kmsapi.StatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Version != "v2" || st.Healthz != "ok" || !strings.HasPrefix(st.KeyId, "localaes:one:") {
+		t.Fatalf("Status = %+v", st)
+	}
+}
+
+func TestEncryptDecryptRoundTrip(t *testing.T) {
+	p := startPlugin(t)
+	st, _ := p.client.Status(ctx(t), &kmsapi.StatusRequest{})
+	seed := bytes.Repeat([]byte{0x5a}, 32)
+	enc, err := p.client.Encrypt(ctx(t), &kmsapi.EncryptRequest{Plaintext: seed, Uid: "uid-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if enc.KeyId != st.KeyId {
+		t.Fatalf("Encrypt key_id %q != Status key_id %q", enc.KeyId, st.KeyId)
+	}
+	if len(enc.Ciphertext) == 0 || len(enc.Ciphertext) >= 1024 || bytes.Contains(enc.Ciphertext, seed) {
+		t.Fatalf("ciphertext of %d bytes", len(enc.Ciphertext))
+	}
+	if len(enc.Annotations) != 0 {
+		t.Fatalf("annotations %v", enc.Annotations)
+	}
+	dec, err := p.client.Decrypt(ctx(t), &kmsapi.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: enc.KeyId, Uid: "uid-2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(dec.Plaintext, seed) {
+		t.Fatal("Decrypt returned other plaintext")
+	}
+	// The envelope names its key: a wrong or missing request key_id does not matter.
+	for _, kid := range []string{"", "some-other-id"} {
+		dec, err := p.client.Decrypt(ctx(t), &kmsapi.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: kid})
+		if err != nil || !bytes.Equal(dec.Plaintext, seed) {
+			t.Fatalf("request key_id %q: %v", kid, err)
+		}
+	}
+}
+
+func TestRotation(t *testing.T) {
+	p := startPlugin(t)
+	c := ctx(t)
+	before, _ := p.client.Status(c, &kmsapi.StatusRequest{})
+	old, err := p.client.Encrypt(c, &kmsapi.EncryptRequest{Plaintext: []byte("old seed")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := localaes.AddKey(p.keyFile, "two", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.kek.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	p.monitor.Refresh(c)
+	after, _ := p.client.Status(c, &kmsapi.StatusRequest{})
+	if after.KeyId == before.KeyId || !strings.HasPrefix(after.KeyId, "localaes:two:") || after.Healthz != "ok" {
+		t.Fatalf("after rotation Status = %+v (before %q)", after, before.KeyId)
+	}
+	enc, err := p.client.Encrypt(c, &kmsapi.EncryptRequest{Plaintext: []byte("new seed")})
+	if err != nil || enc.KeyId != after.KeyId {
+		t.Fatalf("Encrypt after rotation: key_id %q, %v", enc.GetKeyId(), err)
+	}
+	for _, ct := range [][]byte{old.Ciphertext, enc.Ciphertext} {
+		if _, err := p.client.Decrypt(c, &kmsapi.DecryptRequest{Ciphertext: ct, KeyId: after.KeyId}); err != nil {
+			t.Fatalf("Decrypt after rotation: %v", err)
+		}
+	}
+	// Retiring the old key: its data fails with FailedPrecondition, never other plaintext.
+	raw, _ := os.ReadFile(p.keyFile)
+	lines := strings.Split(string(raw), "\n")
+	os.WriteFile(p.keyFile, []byte(strings.Join(lines[:3], "\n")+"\n"), 0o600)
+	if err := p.kek.Reload(); err != nil {
+		t.Fatal(err)
+	}
+	_, err = p.client.Decrypt(c, &kmsapi.DecryptRequest{Ciphertext: old.Ciphertext})
+	wantCode(t, err, codes.FailedPrecondition)
+}
+
+func TestBadInput(t *testing.T) {
+	p := startPlugin(t)
+	c := ctx(t)
+	enc, err := p.client.Encrypt(c, &kmsapi.EncryptRequest{Plaintext: []byte("seed")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct := enc.Ciphertext
+	flipped := bytes.Clone(ct)
+	flipped[len(flipped)-1] ^= 1
+	wrappedFlipped := bytes.Clone(ct)
+	wrappedFlipped[len(enc.KeyId)+5] ^= 1
+	// Same-length id of a key the plugin does not hold (format in docs/format.md).
+	otherKey := bytes.Clone(ct)
+	copy(otherKey[2:], "localaes:one:0000000000000000")
+	cases := []struct {
+		name string
+		ct   []byte
+		want codes.Code
+	}{
+		{"empty", nil, codes.InvalidArgument},
+		{"garbage", []byte("not an envelope"), codes.InvalidArgument},
+		{"truncated", ct[:len(ct)/2], codes.InvalidArgument},
+		{"tampered sealed data", flipped, codes.InvalidArgument},
+		{"tampered wrapped DEK", wrappedFlipped, codes.InvalidArgument},
+		{"oversized", make([]byte, dek.MaxCiphertextSize+1), codes.InvalidArgument},
+		{"over the request limit", make([]byte, plugin.MaxRequestSize+1), codes.ResourceExhausted},
+		{"unknown key", otherKey, codes.FailedPrecondition},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			resp, err := p.client.Decrypt(c, &kmsapi.DecryptRequest{Ciphertext: tc.ct, KeyId: enc.KeyId})
+			if resp != nil && resp.Plaintext != nil {
+				t.Fatalf("plaintext returned: %q", resp.Plaintext)
+			}
+			wantCode(t, err, tc.want)
+		})
+	}
+	_, err = p.client.Encrypt(c, &kmsapi.EncryptRequest{Plaintext: make([]byte, dek.MaxPlaintextSize+1)})
+	wantCode(t, err, codes.InvalidArgument)
+	_, err = p.client.Encrypt(c, &kmsapi.EncryptRequest{})
+	wantCode(t, err, codes.InvalidArgument)
+}
+
+func TestBackendFailures(t *testing.T) {
+	p := startPlugin(t)
+	c := ctx(t)
+	enc, _ := p.client.Encrypt(c, &kmsapi.EncryptRequest{Plaintext: []byte("seed")})
+	cases := []struct {
+		name string
+		err  error
+		want codes.Code
+	}{
+		{"unreachable", fmt.Errorf("dial tcp: connection refused: %w", dek.ErrUnavailable), codes.Unavailable},
+		{"denied", fmt.Errorf("403 permission denied: %w", dek.ErrDenied), codes.PermissionDenied},
+		{"bug", errors.New("something unexpected"), codes.Internal},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p.kek.set(tc.err, 0)
+			defer p.kek.set(nil, 0)
+			_, err := p.client.Encrypt(c, &kmsapi.EncryptRequest{Plaintext: []byte("seed")})
+			wantCode(t, err, tc.want)
+			_, err = p.client.Decrypt(c, &kmsapi.DecryptRequest{Ciphertext: enc.Ciphertext})
+			wantCode(t, err, tc.want)
+		})
+	}
+	t.Run("caller deadline", func(t *testing.T) {
+		p.kek.set(nil, 5*time.Second)
+		defer p.kek.set(nil, 0)
+		short, cancel := context.WithTimeout(c, 100*time.Millisecond)
+		defer cancel()
+		_, err := p.client.Decrypt(short, &kmsapi.DecryptRequest{Ciphertext: enc.Ciphertext})
+		wantCode(t, err, codes.DeadlineExceeded)
+	})
+	t.Run("backend slower than --timeout", func(t *testing.T) {
+		p.kek.set(nil, 5*time.Second)
+		defer p.kek.set(nil, 0)
+		_, err := p.client.Decrypt(c, &kmsapi.DecryptRequest{Ciphertext: enc.Ciphertext})
+		wantCode(t, err, codes.Unavailable)
+	})
+}
+
+// An outage must not look like a rotation: Status keeps the last good key id and says why
+// it is unhealthy; it recovers by itself.
+func TestOutageKeepsKeyID(t *testing.T) {
+	p := startPlugin(t)
+	c := ctx(t)
+	good, _ := p.client.Status(c, &kmsapi.StatusRequest{})
+	p.kek.set(fmt.Errorf("vault is sealed: %w", dek.ErrUnavailable), 0)
+	p.monitor.Refresh(c)
+	st, err := p.client.Status(c, &kmsapi.StatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.KeyId != good.KeyId || st.Healthz == "ok" || !strings.Contains(st.Healthz, "sealed") {
+		t.Fatalf("during outage Status = %+v, want key id %q and a reason", st, good.KeyId)
+	}
+	p.kek.set(nil, 0)
+	p.monitor.Refresh(c)
+	st, _ = p.client.Status(c, &kmsapi.StatusRequest{})
+	if st.KeyId != good.KeyId || st.Healthz != "ok" {
+		t.Fatalf("after recovery Status = %+v", st)
+	}
+}
+
+func wantCode(t *testing.T, err error, want codes.Code) {
+	t.Helper()
+	if got := status.Code(err); got != want {
+		t.Fatalf("code = %v (%v), want %v", got, err, want)
+	}
+}
