@@ -16,7 +16,7 @@ import (
 // defaultKeyFile is where the embedded default keeps its key. Only at this default path does
 // the plugin create a missing key file: an operator who names a file and mounts it wrong must
 // get an error, not a new key that cannot read the cluster's data.
-const defaultKeyFile = "/var/lib/kms-plugin/keys.yaml"
+var defaultKeyFile = "/var/lib/kms-plugin/keys.yaml"
 
 type localAESBackend struct{ keyFile string }
 

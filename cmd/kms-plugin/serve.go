@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -49,7 +50,7 @@ func newServeCommand() *cobra.Command {
 		Short: "Serve the KMS v2 API on a unix socket (the default command)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			return serve(cmd.Context(), cmd.Flags(), o, all)
+			return serve(cmd.Context(), cmd.ErrOrStderr(), cmd.Flags(), o, all)
 		},
 	}
 	fs := cmd.Flags()
@@ -70,8 +71,8 @@ func newServeCommand() *cobra.Command {
 	return cmd
 }
 
-func serve(ctx context.Context, fs *pflag.FlagSet, o serveOptions, all []backend) error {
-	log, err := newLogger(os.Stderr, o.logFormat, o.logLevel)
+func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveOptions, all []backend) error {
+	log, err := newLogger(logTo, o.logFormat, o.logLevel)
 	if err != nil {
 		return err
 	}
