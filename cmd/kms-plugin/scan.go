@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -98,6 +99,9 @@ func runScan(cmd *cobra.Command, o scanOptions) error {
 	defer client.Close()
 
 	rep, err := scan.Scan(ctx, client, scan.Options{Root: o.root, PageSize: o.pageSize, Config: cfg})
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w: no answer from etcd at %s within --timeout; check the endpoints and --etcd-cacert/--etcd-cert/--etcd-key", err, strings.Join(o.endpoints, ","))
+	}
 	if err != nil {
 		return err
 	}
