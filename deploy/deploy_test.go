@@ -1,0 +1,317 @@
+package deploy_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/runtime/serializer/json"
+	"k8s.io/apiserver/pkg/server/options/encryptionconfig"
+	"k8s.io/apiserver/pkg/storage/value"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kmsplugin/kms-plugin/backends/localaes"
+	"github.com/kmsplugin/kms-plugin/internal/clock"
+	"github.com/kmsplugin/kms-plugin/plugin"
+)
+
+const dir = "static-pod"
+
+// files returns the YAML files in static-pod/ whose kind is kind.
+func files(t *testing.T, kind string) map[string][]byte {
+	t.Helper()
+	paths, err := filepath.Glob(filepath.Join(dir, "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]byte{}
+	for _, p := range paths {
+		raw, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var meta struct{ Kind string }
+		if err := yaml.Unmarshal(raw, &meta); err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		if meta.Kind == "" {
+			t.Fatalf("%s: no kind", p)
+		}
+		if meta.Kind == kind {
+			out[filepath.Base(p)] = raw
+		}
+	}
+	if len(out) == 0 {
+		t.Fatalf("no %s in %s", kind, dir)
+	}
+	return out
+}
+
+// decodePod decodes a manifest the strict way: an unknown or duplicated field is an error.
+func decodePod(t *testing.T, name string, raw []byte) *corev1.Pod {
+	t.Helper()
+	scheme := runtime.NewScheme()
+	if err := corev1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	s := json.NewSerializerWithOptions(json.DefaultMetaFactory, scheme, scheme, json.SerializerOptions{Yaml: true, Strict: true})
+	obj, _, err := s.Decode(raw, nil, nil)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	pod, ok := obj.(*corev1.Pod)
+	if !ok {
+		t.Fatalf("%s: decoded a %T", name, obj)
+	}
+	return pod
+}
+
+func TestStrictDecodingCatchesTypos(t *testing.T) {
+	raw := files(t, "Pod")["kms-plugin.yaml"]
+	bad := bytes.Replace(raw, []byte("hostNetwork:"), []byte("hostNetwrok:"), 1)
+	scheme := runtime.NewScheme()
+	corev1.AddToScheme(scheme)
+	s := json.NewSerializerWithOptions(json.DefaultMetaFactory, scheme, scheme, json.SerializerOptions{Yaml: true, Strict: true})
+	if _, _, err := s.Decode(bad, nil, nil); err == nil {
+		t.Fatal("a misspelt field decoded without error")
+	}
+}
+
+func TestPluginManifests(t *testing.T) {
+	for name, raw := range files(t, "Pod") {
+		if !strings.HasPrefix(name, "kms-plugin") {
+			continue
+		}
+		t.Run(name, func(t *testing.T) {
+			pod := decodePod(t, name, raw)
+			spec := pod.Spec
+			if !spec.HostNetwork || spec.PriorityClassName != "system-node-critical" || pod.Namespace != "kube-system" {
+				t.Errorf("hostNetwork %v, priorityClassName %q, namespace %q", spec.HostNetwork, spec.PriorityClassName, pod.Namespace)
+			}
+			if len(spec.Containers) != 1 {
+				t.Fatalf("%d containers", len(spec.Containers))
+			}
+			c := spec.Containers[0]
+			if c.Command[0] != "/kms-plugin" || c.Command[1] != "serve" {
+				t.Errorf("command %v: want /kms-plugin serve ...", c.Command)
+			}
+			if c.LivenessProbe != nil && c.LivenessProbe.Exec != nil {
+				t.Errorf("an exec liveness probe proves nothing about the plugin: %v", c.LivenessProbe.Exec.Command)
+			}
+			if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() {
+				t.Errorf("no resource requests: %v", c.Resources.Requests)
+			}
+			sc := c.SecurityContext
+			if sc == nil || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
+				sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem ||
+				sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
+				t.Errorf("securityContext %+v: want no privilege escalation, read-only root, all capabilities dropped", sc)
+			}
+			volumes := map[string]*corev1.HostPathVolumeSource{}
+			for _, v := range spec.Volumes {
+				volumes[v.Name] = v.HostPath
+			}
+			for _, m := range c.VolumeMounts {
+				hp := volumes[m.Name]
+				if hp == nil {
+					t.Errorf("mount %s: no hostPath volume", m.Name)
+					continue
+				}
+				if hp.Path == "/var/run/kmsplugin" {
+					if m.MountPath != "/var/run/kmsplugin" {
+						t.Errorf("socket directory mounted at %s", m.MountPath)
+					}
+				} else if !m.ReadOnly {
+					t.Errorf("%s (%s) is mounted read-write: keys and credentials are read-only", m.Name, hp.Path)
+				}
+			}
+			if !slices.Contains(c.Command, "--listen=unix:///var/run/kmsplugin/kms.sock") {
+				t.Errorf("command %v does not serve the socket the examples name", c.Command)
+			}
+		})
+	}
+}
+
+// The apiserver patch mounts what the plugin serves and what the config flag names.
+func TestAPIServerPatch(t *testing.T) {
+	pod := decodePod(t, "kube-apiserver-patch.yaml", files(t, "Pod")["kube-apiserver-patch.yaml"])
+	c := pod.Spec.Containers[0]
+	var configPath string
+	for _, arg := range c.Command {
+		if p, ok := strings.CutPrefix(arg, "--encryption-provider-config="); ok {
+			configPath = p
+		}
+	}
+	if configPath == "" || !slices.Contains(c.Command, "--encryption-provider-config-automatic-reload=true") {
+		t.Fatalf("command %v lacks the encryption flags", c.Command)
+	}
+	if filepath.Base(configPath) != "encryption-config.yaml" {
+		t.Errorf("config path %s: docs tell operators to copy encryption-config.yaml", configPath)
+	}
+	mounted := map[string]string{} // mount path -> host path
+	for _, m := range c.VolumeMounts {
+		for _, v := range pod.Spec.Volumes {
+			if v.Name == m.Name && v.HostPath != nil {
+				mounted[m.MountPath] = v.HostPath.Path
+			}
+		}
+	}
+	if mounted[filepath.Dir(configPath)] != filepath.Dir(configPath) {
+		t.Errorf("the config's directory %s is not mounted from the host: %v", filepath.Dir(configPath), mounted)
+	}
+	if mounted["/var/run/kmsplugin"] != "/var/run/kmsplugin" {
+		t.Errorf("the plugin's socket directory is not mounted: %v", mounted)
+	}
+}
+
+var socketRE = regexp.MustCompile(`unix:///var/run/kmsplugin/([a-z0-9.-]+\.sock)`)
+
+// startPlugin serves our plugin in-process on socket with a localaes key file.
+func startPlugin(t *testing.T, socket string) {
+	t.Helper()
+	keyFile := filepath.Join(t.TempDir(), "keys.yaml")
+	if _, err := localaes.AddKey(keyFile, "", true); err != nil {
+		t.Fatal(err)
+	}
+	kek, err := localaes.Open(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	monitor := plugin.NewMonitor(kek, plugin.DefaultMonitorConfig, clock.Real{}, log)
+	monitor.Refresh(context.Background())
+	lis, err := plugin.Listen(socket, plugin.SocketOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := plugin.NewGRPCServer(plugin.NewService(kek, monitor, 2*time.Second, log))
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+}
+
+// loadedConfig is one example, loaded by kube-apiserver's loader.
+type loadedConfig struct {
+	name     string
+	secrets  value.Transformer
+	prefixes []string // the storage prefix of each provider, in order ("" for identity)
+}
+
+// Every EncryptionConfiguration example loads with kube-apiserver's own loader, encrypts and
+// decrypts Secrets through a real plugin on the socket it names (moved to a temp dir), and
+// reads exactly what the other examples write when it lists their write provider: so the
+// migration steps, applied one node at a time, never leave a node unable to read.
+func TestEncryptionConfigs(t *testing.T) {
+	sockets := t.TempDir()
+	started := map[string]bool{}
+	var loaded []loadedConfig
+	for name, raw := range files(t, "EncryptionConfiguration") {
+		text := socketRE.ReplaceAllStringFunc(string(raw), func(m string) string {
+			sock := socketRE.FindStringSubmatch(m)[1]
+			path := filepath.Join(sockets, sock)
+			if !started[sock] {
+				startPlugin(t, path)
+				started[sock] = true
+			}
+			return "unix://" + path
+		})
+		path := filepath.Join(t.TempDir(), name)
+		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		cfg, err := encryptionconfig.LoadEncryptionConfig(ctx, path, true, "deploy-test")
+		if err != nil {
+			t.Fatalf("%s: kube-apiserver's loader: %v", name, err)
+		}
+		tr := cfg.Transformers[schema.GroupResource{Resource: "secrets"}]
+		if tr == nil {
+			t.Fatalf("%s does not configure secrets", name)
+		}
+		loaded = append(loaded, loadedConfig{name: name, secrets: tr, prefixes: prefixes(t, []byte(text))})
+	}
+	if !started["kms.sock"] {
+		t.Fatal("no example names the plugin's default socket")
+	}
+
+	const key = "/registry/secrets/default/db-password"
+	written := map[string][]byte{}
+	for _, c := range loaded {
+		out, err := c.secrets.TransformToStorage(context.Background(), []byte("hunter2"), value.DefaultContext(key))
+		if err != nil {
+			t.Fatalf("%s: encrypt: %v", c.name, err)
+		}
+		if !bytes.HasPrefix(out, []byte(c.prefixes[0])) || bytes.Contains(out, []byte("hunter2")) {
+			t.Fatalf("%s: stored %q, want prefix %q and no plaintext", c.name, out[:min(len(out), 40)], c.prefixes[0])
+		}
+		written[c.name] = out
+	}
+	for _, reader := range loaded {
+		for _, writer := range loaded {
+			want := slices.Contains(reader.prefixes, writer.prefixes[0])
+			plain, _, err := reader.secrets.TransformFromStorage(context.Background(), written[writer.name], value.DefaultContext(key))
+			switch {
+			case want && err != nil:
+				t.Errorf("%s cannot read what %s wrote: %v", reader.name, writer.name, err)
+			case want && string(plain) != "hunter2":
+				t.Errorf("%s read %q from what %s wrote", reader.name, plain, writer.name)
+			case !want && err == nil:
+				t.Errorf("%s reads what %s wrote without listing its provider", reader.name, writer.name)
+			}
+		}
+		// identity, where listed, reads what was stored before encryption was turned on.
+		plain, _, err := reader.secrets.TransformFromStorage(context.Background(), []byte("k8s\x00old"), value.DefaultContext(key))
+		if listed := slices.Contains(reader.prefixes, ""); listed != (err == nil && string(plain) == "k8s\x00old") {
+			t.Errorf("%s: identity listed %v, reading plaintext: %q, %v", reader.name, listed, plain, err)
+		}
+	}
+}
+
+// prefixes lists the storage prefix of each provider of the Secrets rule.
+func prefixes(t *testing.T, raw []byte) []string {
+	var cfg struct {
+		Resources []struct {
+			Resources []string
+			Providers []struct {
+				Identity *struct{}
+				AESCBC   *struct{ Keys []struct{ Name string } }
+				KMS      *struct{ Name, APIVersion string }
+			}
+		}
+	}
+	if err := yaml.Unmarshal(raw, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, r := range cfg.Resources {
+		if !slices.Contains(r.Resources, "secrets") {
+			continue
+		}
+		for _, p := range r.Providers {
+			switch {
+			case p.Identity != nil:
+				out = append(out, "")
+			case p.AESCBC != nil:
+				out = append(out, "k8s:enc:aescbc:v1:"+p.AESCBC.Keys[0].Name+":")
+			case p.KMS != nil && p.KMS.APIVersion == "v2":
+				out = append(out, "k8s:enc:kms:v2:"+p.KMS.Name+":")
+			default:
+				t.Fatalf("an example uses a provider this test does not know: %+v", p)
+			}
+		}
+		return out
+	}
+	t.Fatal("no rule for secrets")
+	return nil
+}
