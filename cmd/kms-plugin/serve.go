@@ -31,7 +31,7 @@ type backend interface {
 // reloader is a backend that re-reads its configuration on SIGHUP.
 type reloader interface{ Reload() error }
 
-func backends() []backend { return []backend{&localAESBackend{}} }
+func backends() []backend { return []backend{&localAESBackend{}, &vaultBackend{}} }
 
 type serveOptions struct {
 	listen, backend         string

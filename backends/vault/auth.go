@@ -1,0 +1,179 @@
+package vault
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+)
+
+// Auth is one way to get a Vault token. Login is called at start, when the token stops
+// working, and when a login token nears its end without being renewable.
+type Auth interface {
+	// Method names the auth method for logs and healthz: token, approle, kubernetes.
+	Method() string
+	// Login returns a token. A method that logs in to Vault also returns the token's lease;
+	// a supplied token returns a nil lease, and the caller looks the token up.
+	Login(ctx context.Context, c *api.Client) (token string, lease *api.SecretAuth, err error)
+}
+
+// changeWatcher is an Auth whose input can change under it (a token file rewritten by an
+// operator or an agent); a change means: log in again now.
+type changeWatcher interface{ Changed() bool }
+
+// StaticToken is a token given once, from VAULT_TOKEN.
+type StaticToken struct{ Token string }
+
+func (StaticToken) Method() string { return "token" }
+
+func (s StaticToken) Login(context.Context, *api.Client) (string, *api.SecretAuth, error) {
+	if s.Token == "" {
+		return "", nil, &localError{"VAULT_TOKEN is empty"}
+	}
+	return s.Token, nil, nil
+}
+
+// TokenFile is a token read from a file, re-read whenever its content changes (rotation by a
+// sidecar or an operator) and whenever the token stops working.
+type TokenFile struct {
+	Path string
+	last []byte // content at the last Login; used only by the token manager's goroutine
+}
+
+func (*TokenFile) Method() string { return "token" }
+
+func (f *TokenFile) Login(context.Context, *api.Client) (string, *api.SecretAuth, error) {
+	b, err := readSecretFile(f.Path, "token file")
+	if err != nil {
+		return "", nil, err
+	}
+	f.last = b
+	return string(b), nil, nil
+}
+
+// Changed reports whether the file holds something other than what Login read last.
+func (f *TokenFile) Changed() bool {
+	b, err := readSecretFile(f.Path, "token file")
+	return err == nil && !bytes.Equal(b, f.last)
+}
+
+// AppRole logs in with a role id and a secret id. The secret id file is re-read at every
+// login, so a rotated secret id is picked up without a restart.
+type AppRole struct {
+	Mount        string // "approle" by default
+	RoleID       string // the role id, or
+	RoleIDFile   string // a file holding it
+	SecretIDFile string
+}
+
+func (AppRole) Method() string { return "approle" }
+
+func (a AppRole) Login(ctx context.Context, c *api.Client) (string, *api.SecretAuth, error) {
+	roleID := a.RoleID
+	if a.RoleIDFile != "" {
+		b, err := readSecretFile(a.RoleIDFile, "approle role id file")
+		if err != nil {
+			return "", nil, err
+		}
+		roleID = string(b)
+	}
+	if roleID == "" {
+		return "", nil, &localError{"approle: no role id"}
+	}
+	body := map[string]any{"role_id": roleID}
+	if a.SecretIDFile != "" {
+		secretID, err := readSecretFile(a.SecretIDFile, "approle secret id file")
+		if err != nil {
+			return "", nil, err
+		}
+		body["secret_id"] = string(secretID)
+	}
+	return login(ctx, c, "auth/"+mountOr(a.Mount, "approle")+"/login", body)
+}
+
+// Kubernetes logs in with the pod's service-account JWT; Vault checks it with the apiserver's
+// TokenReview. The JWT file is re-read at every login: kubelet rotates projected tokens.
+type Kubernetes struct {
+	Mount   string // "kubernetes" by default
+	Role    string
+	JWTFile string // "/var/run/secrets/kubernetes.io/serviceaccount/token" by default
+}
+
+// DefaultServiceAccountTokenFile is where kubelet mounts a pod's service-account token.
+const DefaultServiceAccountTokenFile = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+func (Kubernetes) Method() string { return "kubernetes" }
+
+func (k Kubernetes) Login(ctx context.Context, c *api.Client) (string, *api.SecretAuth, error) {
+	if k.Role == "" {
+		return "", nil, &localError{"kubernetes auth: no role"}
+	}
+	path := k.JWTFile
+	if path == "" {
+		path = DefaultServiceAccountTokenFile
+	}
+	jwt, err := readSecretFile(path, "service-account token file")
+	if err != nil {
+		return "", nil, err
+	}
+	return login(ctx, c, "auth/"+mountOr(k.Mount, "kubernetes")+"/login", map[string]any{"role": k.Role, "jwt": string(jwt)})
+}
+
+func login(ctx context.Context, c *api.Client, path string, body map[string]any) (string, *api.SecretAuth, error) {
+	secret, err := c.Logical().WriteWithContext(ctx, path, body)
+	if err != nil {
+		return "", nil, err
+	}
+	if secret == nil || secret.Auth == nil || secret.Auth.ClientToken == "" {
+		return "", nil, &localError{"login at " + path + " returned no token"}
+	}
+	return secret.Auth.ClientToken, secret.Auth, nil
+}
+
+// readSecretFile reads a small credential file; trailing whitespace (a newline from echo) is
+// not part of the secret. Errors name the file, never its content.
+func readSecretFile(path, what string) ([]byte, error) {
+	if path == "" {
+		return nil, &localError{"no " + what + " configured"}
+	}
+	info, err := os.Stat(path)
+	if err != nil {
+		return nil, &localError{what + ": " + err.Error()}
+	}
+	if info.Size() > 64<<10 {
+		return nil, &localError{fmt.Sprintf("%s %s: %d bytes is too large for a credential", what, path, info.Size())}
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &localError{what + ": " + err.Error()}
+	}
+	b = bytes.TrimSpace(b)
+	if len(b) == 0 {
+		return nil, &localError{what + " " + path + " is empty"}
+	}
+	return b, nil
+}
+
+func mountOr(mount, def string) string {
+	if m := strings.Trim(mount, "/"); m != "" {
+		return m
+	}
+	return def
+}
+
+// leaseOf learns a supplied token's TTL and renewability from a lookup of itself.
+func leaseOf(secret *api.Secret) (*api.SecretAuth, error) {
+	ttl, err := secret.TokenTTL()
+	if err != nil {
+		return nil, &localError{"token lookup: " + err.Error()}
+	}
+	renewable, err := secret.TokenIsRenewable()
+	if err != nil {
+		return nil, &localError{"token lookup: " + err.Error()}
+	}
+	return &api.SecretAuth{LeaseDuration: int(ttl / time.Second), Renewable: renewable}, nil
+}

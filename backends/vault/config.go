@@ -1,0 +1,154 @@
+package vault
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+
+	"github.com/kmsplugin/kms-plugin/internal/clock"
+)
+
+// Config is everything the backend needs. The cmd layer fills it from flags and the few
+// documented environment variables; nothing in this package reads the environment.
+type Config struct {
+	Address       string // https://vault.example:8200
+	CAFile        string // PEM bundle that verifies Vault's certificate; "" uses the system roots
+	ClientCert    string // PEM client certificate for TLS client auth, with ClientKey
+	ClientKey     string
+	TLSServerName string // name to verify in Vault's certificate, when it differs from Address
+	SkipVerify    bool   // do not verify Vault's certificate (test setups only; the cmd layer warns)
+	Namespace     string // Vault Enterprise namespace of the transit mount and auth methods
+
+	Mount string // transit mount path, "transit" by default
+	Key   string // transit key name
+
+	Auth Auth // how to get a token
+
+	// Retry bounds retries of one operation; zero values take DefaultRetry's.
+	Retry RetryPolicy
+	// Clock drives renewals, login backoff and retry waits; nil is the real clock.
+	Clock clock.Clock
+	Log   *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.Mount == "" {
+		c.Mount = "transit"
+	}
+	c.Mount = strings.Trim(c.Mount, "/")
+	c.Namespace = strings.Trim(c.Namespace, "/")
+	c.Retry = c.Retry.withDefaults()
+	if c.Clock == nil {
+		c.Clock = clock.Real{}
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+}
+
+func (c *Config) validate() error {
+	u, err := url.Parse(c.Address)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("vault address %q: want http(s)://host:port", c.Address)
+	}
+	if c.Key == "" || strings.Contains(c.Key, "/") {
+		return fmt.Errorf("transit key name %q: want a single path segment", c.Key)
+	}
+	if c.Mount == "" {
+		return errors.New("transit mount path is empty")
+	}
+	if (c.ClientCert == "") != (c.ClientKey == "") {
+		return errors.New("a client certificate needs both the certificate and the key file")
+	}
+	if c.Auth == nil {
+		return errors.New("no auth method configured")
+	}
+	return nil
+}
+
+// Cleartext reports whether the address sends tokens and DEKs unencrypted over a network
+// (http:// to anything but loopback), which the cmd layer warns about.
+func (c *Config) Cleartext() bool {
+	u, err := url.Parse(c.Address)
+	if err != nil || u.Scheme != "http" {
+		return false
+	}
+	host := u.Hostname()
+	if host == "localhost" {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip == nil || !ip.IsLoopback()
+}
+
+// newHTTPClient builds the one HTTP client every Vault call shares, so connections are reused.
+// No proxy: only the documented settings shape where requests go. The client has no timeout
+// of its own; every request carries its caller's deadline.
+func (c *Config) newHTTPClient() (*http.Client, error) {
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.TLSServerName, InsecureSkipVerify: c.SkipVerify}
+	if c.CAFile != "" {
+		pem, err := os.ReadFile(c.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("vault CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("vault CA file %s: no PEM certificates in it", c.CAFile)
+		}
+		tlsCfg.RootCAs = pool
+	}
+	if c.ClientCert != "" {
+		cert, err := tls.LoadX509KeyPair(c.ClientCert, c.ClientKey)
+		if err != nil {
+			return nil, fmt.Errorf("vault client certificate: %w", err)
+		}
+		tlsCfg.Certificates = []tls.Certificate{cert}
+	}
+	transport := &http.Transport{
+		Proxy:                 nil,
+		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		TLSClientConfig:       tlsCfg,
+		TLSHandshakeTimeout:   5 * time.Second,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          64,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		ExpectContinueTimeout: time.Second,
+	}
+	return &http.Client{Transport: transport}, nil
+}
+
+// newAPIClient returns a vault/api client that uses only what Config says. api.NewClient
+// always reads VAULT_* variables (token, namespace, headers; VAULT_WRAP_TTL at every request),
+// so each of those is overwritten here; its own retries and 60 s timeout are off because
+// retry.go retries within the caller's deadline.
+func (c *Config) newAPIClient(hc *http.Client, namespace, token string) (*api.Client, error) {
+	client, err := api.NewClient(&api.Config{
+		Address:      c.Address,
+		HttpClient:   hc,
+		MaxRetries:   0,
+		Timeout:      0,
+		MinRetryWait: time.Millisecond,
+		MaxRetryWait: time.Millisecond,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("vault client: %w", err)
+	}
+	client.SetHeaders(http.Header{api.RequestHeaderName: []string{"true"}})
+	if namespace != "" {
+		client.SetNamespace(namespace)
+	}
+	client.SetToken(token)
+	client.SetWrappingLookupFunc(func(string, string) string { return "" })
+	return client, nil
+}

@@ -1,0 +1,93 @@
+package vault
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/kmsplugin/kms-plugin/dek"
+)
+
+// A key id is "vault:<lineage>:v<version>". The lineage names one transit key in one Vault
+// cluster from its creation on: a deleted and recreated key, or a same-named key elsewhere,
+// gets another lineage and so never reuses a key id the apiserver has already seen.
+const keyIDPrefix = "vault:"
+
+// keyVersion is one version of one lineage.
+type keyVersion struct {
+	lineage string // 16 hex digits
+	version int    // 1 and up
+}
+
+func (k keyVersion) String() string {
+	if k.lineage == "" {
+		return ""
+	}
+	return keyIDPrefix + k.lineage + ":v" + strconv.Itoa(k.version)
+}
+
+// lineage is the first 16 hex digits of SHA-256 over the cluster id, namespace, mount, key
+// name and the creation time (Unix seconds) of the key's version 1. Each field is
+// length-prefixed so no two field lists hash alike.
+func lineage(clusterID, namespace, mount, key string, created int64) string {
+	h := sha256.New()
+	for _, f := range []string{"kms-plugin vault lineage v1", clusterID, namespace, mount, key, strconv.FormatInt(created, 10)} {
+		var n [4]byte
+		binary.BigEndian.PutUint32(n[:], uint32(len(f)))
+		h.Write(n[:])
+		h.Write([]byte(f))
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// parseKeyID reads a key id strictly; anything else is not one of ours (dek.ErrUnknownKey).
+func parseKeyID(id string) (keyVersion, error) {
+	bad := fmt.Errorf("%w: %q is not a vault key id (vault:<16 hex>:v<version>)", dek.ErrUnknownKey, id)
+	rest, ok := strings.CutPrefix(id, keyIDPrefix)
+	if !ok {
+		return keyVersion{}, bad
+	}
+	lin, ver, ok := strings.Cut(rest, ":v")
+	if !ok || len(lin) != 16 || strings.Trim(lin, "0123456789abcdef") != "" {
+		return keyVersion{}, bad
+	}
+	if ver == "" || ver[0] == '0' || len(ver) > 9 || strings.Trim(ver, "0123456789") != "" {
+		return keyVersion{}, bad
+	}
+	n, err := strconv.Atoi(ver)
+	if err != nil {
+		return keyVersion{}, bad
+	}
+	return keyVersion{lineage: lin, version: n}, nil
+}
+
+// debounce adopts a key id only once two consecutive observations agree, so that control-plane
+// nodes behind a load balancer that briefly disagree about the latest version never make the
+// key id flip back and forth. The first observation is adopted at once: there is nothing yet
+// to flip from.
+type debounce struct {
+	adopted   keyVersion
+	candidate keyVersion
+}
+
+// observe records one successful check's view and reports whether it changed the adopted id.
+func (d *debounce) observe(seen keyVersion) bool {
+	switch {
+	case d.adopted.lineage == "" || seen == d.adopted:
+		changed := seen != d.adopted
+		d.adopted, d.candidate = seen, keyVersion{}
+		return changed
+	case seen == d.candidate:
+		d.adopted, d.candidate = seen, keyVersion{}
+		return true
+	default:
+		d.candidate = seen
+		return false
+	}
+}
+
+// miss records a failed check: observations on either side of it are not consecutive.
+func (d *debounce) miss() { d.candidate = keyVersion{} }

@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/spf13/pflag"
+
+	"github.com/kmsplugin/kms-plugin/backends/vault"
+	"github.com/kmsplugin/kms-plugin/dek"
+)
+
+// The only environment variables the vault backend honours, read here and nowhere else
+// (vault/api's own reading of VAULT_* is overridden in backends/vault).
+const (
+	envVaultAddr      = "VAULT_ADDR"
+	envVaultToken     = "VAULT_TOKEN"
+	envVaultNamespace = "VAULT_NAMESPACE"
+)
+
+type vaultBackend struct {
+	addr, caFile, clientCert, clientKey, serverName string
+	skipVerify                                      bool
+	namespace, mount, key                           string
+	auth, tokenFile                                 string
+	approleMount, roleID, roleIDFile, secretIDFile  string
+	k8sMount, k8sRole, k8sTokenFile                 string
+}
+
+func (*vaultBackend) name() string { return "vault" }
+
+func (b *vaultBackend) addFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&b.addr, "vault-addr", "", "vault: address, https://host:8200 (default $"+envVaultAddr+")")
+	fs.StringVar(&b.caFile, "vault-ca-file", "", "vault: PEM CA bundle that verifies Vault's certificate (default: system roots)")
+	fs.StringVar(&b.clientCert, "vault-client-cert", "", "vault: PEM client certificate for TLS client authentication")
+	fs.StringVar(&b.clientKey, "vault-client-key", "", "vault: PEM key of --vault-client-cert")
+	fs.StringVar(&b.serverName, "vault-tls-server-name", "", "vault: name to verify in Vault's certificate, if not the address's host")
+	fs.BoolVar(&b.skipVerify, "vault-skip-verify", false, "vault: do NOT verify Vault's certificate (tests only; logs a warning)")
+	fs.StringVar(&b.namespace, "vault-namespace", "", "vault: Enterprise namespace of the transit mount and auth method (default $"+envVaultNamespace+")")
+	fs.StringVar(&b.mount, "vault-transit-mount", "transit", "vault: path of the transit secrets engine")
+	fs.StringVar(&b.key, "vault-transit-key", "", "vault: name of the transit key that wraps DEKs (required)")
+	fs.StringVar(&b.auth, "vault-auth", "token", "vault: auth method: token, approle or kubernetes")
+	fs.StringVar(&b.tokenFile, "vault-token-file", "", "vault: token auth: file holding the token, re-read when it changes (default $"+envVaultToken+")")
+	fs.StringVar(&b.approleMount, "vault-approle-mount", "approle", "vault: approle auth: mount path of the AppRole method")
+	fs.StringVar(&b.roleID, "vault-approle-role-id", "", "vault: approle auth: role id")
+	fs.StringVar(&b.roleIDFile, "vault-approle-role-id-file", "", "vault: approle auth: file holding the role id (instead of --vault-approle-role-id)")
+	fs.StringVar(&b.secretIDFile, "vault-approle-secret-id-file", "", "vault: approle auth: file holding the secret id, re-read at every login")
+	fs.StringVar(&b.k8sMount, "vault-kubernetes-mount", "kubernetes", "vault: kubernetes auth: mount path of the Kubernetes method")
+	fs.StringVar(&b.k8sRole, "vault-kubernetes-role", "", "vault: kubernetes auth: Vault role to log in as")
+	fs.StringVar(&b.k8sTokenFile, "vault-kubernetes-token-file", vault.DefaultServiceAccountTokenFile, "vault: kubernetes auth: service-account JWT file, re-read at every login")
+}
+
+func (b *vaultBackend) open(_ context.Context, _ *pflag.FlagSet, log *slog.Logger) (dek.KEK, error) {
+	cfg, err := b.config(os.Getenv, log)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.SkipVerify {
+		log.Warn("##### --vault-skip-verify: Vault's certificate is NOT verified; anyone on the network path can read every DEK. Use --vault-ca-file instead. #####")
+	}
+	if cfg.Cleartext() {
+		log.Warn("--vault-addr is plain http to a non-loopback host: tokens and DEKs cross the network unencrypted", "vault_addr", cfg.Address)
+	}
+	kek, err := vault.Open(cfg)
+	if err != nil {
+		return nil, err
+	}
+	log.Info("vault backend", "vault_addr", cfg.Address, "namespace", cfg.Namespace, "transit_mount", cfg.Mount, "transit_key", cfg.Key, "auth", cfg.Auth.Method())
+	return kek, nil
+}
+
+// config turns flags and the documented environment variables into the backend's Config.
+func (b *vaultBackend) config(getenv func(string) string, log *slog.Logger) (vault.Config, error) {
+	cfg := vault.Config{
+		Address: b.addr, CAFile: b.caFile, ClientCert: b.clientCert, ClientKey: b.clientKey,
+		TLSServerName: b.serverName, SkipVerify: b.skipVerify, Namespace: b.namespace,
+		Mount: b.mount, Key: b.key, Log: log,
+	}
+	if cfg.Address == "" {
+		cfg.Address = getenv(envVaultAddr)
+	}
+	if cfg.Address == "" {
+		return cfg, fmt.Errorf("--vault-addr (or $%s) is required", envVaultAddr)
+	}
+	if cfg.Namespace == "" {
+		cfg.Namespace = getenv(envVaultNamespace)
+	}
+	if cfg.Key == "" {
+		return cfg, errors.New("--vault-transit-key is required")
+	}
+	switch b.auth {
+	case "token":
+		switch {
+		case b.tokenFile != "":
+			cfg.Auth = &vault.TokenFile{Path: b.tokenFile}
+		case getenv(envVaultToken) != "":
+			cfg.Auth = vault.StaticToken{Token: getenv(envVaultToken)}
+		default:
+			return cfg, fmt.Errorf("--vault-auth token needs --vault-token-file or $%s", envVaultToken)
+		}
+	case "approle":
+		if (b.roleID == "") == (b.roleIDFile == "") {
+			return cfg, errors.New("--vault-auth approle needs one of --vault-approle-role-id and --vault-approle-role-id-file")
+		}
+		cfg.Auth = vault.AppRole{Mount: b.approleMount, RoleID: b.roleID, RoleIDFile: b.roleIDFile, SecretIDFile: b.secretIDFile}
+	case "kubernetes":
+		if b.k8sRole == "" {
+			return cfg, errors.New("--vault-auth kubernetes needs --vault-kubernetes-role")
+		}
+		cfg.Auth = vault.Kubernetes{Mount: b.k8sMount, Role: b.k8sRole, JWTFile: b.k8sTokenFile}
+	default:
+		return cfg, fmt.Errorf("--vault-auth %q: want token, approle or kubernetes", b.auth)
+	}
+	return cfg, nil
+}

@@ -1,0 +1,308 @@
+package harness
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+)
+
+// Vault is a real Vault server on loopback with a root client. A dev-mode Vault keeps
+// everything in memory; a file-storage Vault survives Restart and can be sealed and unsealed.
+type Vault struct {
+	Addr      string      // http://127.0.0.1:PORT
+	RootToken string      // never logged
+	Root      *api.Client // authenticated as root
+	Process   *Process
+
+	bin, configPath, unsealKey string
+}
+
+// StartVaultDev starts `vault server -dev` with a random root token. Restarting it would
+// lose every key: tests that restart Vault use StartVaultFile.
+func StartVaultDev(t testing.TB) *Vault {
+	t.Helper()
+	v := &Vault{bin: Binary(t, "vault"), RootToken: randomToken(t)}
+	home := t.TempDir()
+	v.startOnFreePort(t, func(port int) []string {
+		return []string{"server", "-dev", "-dev-root-token-id=" + v.RootToken,
+			fmt.Sprintf("-dev-listen-address=127.0.0.1:%d", port), "-dev-no-store-token", "-log-level=warn"}
+	}, home)
+	v.waitHealth(t, func(h *api.HealthResponse) bool { return h.Initialized && !h.Sealed })
+	v.Root = v.Client(t, v.RootToken)
+	return v
+}
+
+// StartVaultFile starts Vault with file storage in a temp dir, initialises it with one key
+// share and unseals it.
+func StartVaultFile(t testing.TB) *Vault {
+	t.Helper()
+	v := &Vault{bin: Binary(t, "vault")}
+	dir := t.TempDir()
+	v.startOnFreePort(t, func(port int) []string {
+		v.configPath = filepath.Join(dir, fmt.Sprintf("vault-%d.hcl", port))
+		config := fmt.Sprintf(`storage "file" { path = %q }
+listener "tcp" {
+  address     = "127.0.0.1:%d"
+  tls_disable = true
+}
+api_addr      = "http://127.0.0.1:%d"
+disable_mlock = true
+log_level     = "warn"
+`, filepath.Join(dir, "data"), port, port)
+		must(t, os.WriteFile(v.configPath, []byte(config), 0o600), "vault config")
+		return []string{"server", "-config=" + v.configPath}
+	}, dir)
+	v.waitHealth(t, func(*api.HealthResponse) bool { return true })
+	init, err := v.Client(t, "").Sys().Init(&api.InitRequest{SecretShares: 1, SecretThreshold: 1})
+	must(t, err, "vault init")
+	v.RootToken, v.unsealKey = init.RootToken, init.KeysB64[0]
+	v.Root = v.Client(t, v.RootToken)
+	v.Unseal(t)
+	return v
+}
+
+// startOnFreePort starts Vault on a free port, trying another one if the port was taken by
+// another test's server between FreePort and Vault's bind.
+func (v *Vault) startOnFreePort(t testing.TB, args func(port int) []string, home string) {
+	t.Helper()
+	var lastLog string
+	for attempt := 0; attempt < 3; attempt++ {
+		port := FreePort(t)
+		v.Addr = fmt.Sprintf("http://127.0.0.1:%d", port)
+		v.Process = Start(t, fmt.Sprintf("vault-%d", port), v.bin, args(port), vaultEnv(home)...)
+		if v.waitListening(10 * time.Second) {
+			return
+		}
+		lastLog = v.Process.Log()
+		v.Process.Kill()
+		if !strings.Contains(lastLog, "address already in use") {
+			break
+		}
+	}
+	t.Fatalf("vault did not start:\n%s", lastLog)
+}
+
+// vaultEnv keeps the developer's own Vault settings and token helper out of the server.
+func vaultEnv(home string) []string {
+	return []string{"HOME=" + home, "VAULT_ADDR=", "VAULT_TOKEN=", "VAULT_NAMESPACE=", "VAULT_CACERT=", "VAULT_SKIP_VERIFY="}
+}
+
+func (v *Vault) waitListening(timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) && !v.Process.Exited() {
+		resp, err := http.Get(v.Addr + "/v1/sys/health")
+		if err == nil {
+			resp.Body.Close()
+			return true
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return false
+}
+
+func (v *Vault) waitHealth(t testing.TB, ok func(*api.HealthResponse) bool) {
+	t.Helper()
+	c := v.Client(t, "")
+	Eventually(t, 60*time.Second, "vault health", func(ctx context.Context) error {
+		h, err := c.Sys().HealthWithContext(ctx)
+		if err != nil {
+			return err
+		}
+		if !ok(h) {
+			return fmt.Errorf("vault not ready: %+v", *h)
+		}
+		return nil
+	})
+}
+
+// Client returns a client of this Vault with the given token ("" for none), configured
+// explicitly so that the test's environment does not leak in.
+func (v *Vault) Client(t testing.TB, token string) *api.Client {
+	t.Helper()
+	c, err := api.NewClient(&api.Config{Address: v.Addr, HttpClient: &http.Client{Timeout: 30 * time.Second}, MaxRetries: 0})
+	must(t, err, "vault client")
+	c.SetToken(token)
+	c.ClearNamespace()
+	return c
+}
+
+// Stop stops Vault (SIGTERM). A file-storage Vault comes back sealed from Start.
+func (v *Vault) Stop(t testing.TB) {
+	t.Helper()
+	v.Process.Stop(20 * time.Second)
+}
+
+// Start starts a stopped file-storage Vault again on the same address; it comes up sealed.
+func (v *Vault) Start(t testing.TB) {
+	t.Helper()
+	if v.configPath == "" {
+		t.Fatal("Start: a dev-mode Vault cannot be restarted; use StartVaultFile")
+	}
+	v.Process.start(t, v.bin, []string{"server", "-config=" + v.configPath}, vaultEnv(filepath.Dir(v.configPath)))
+	v.waitHealth(t, func(*api.HealthResponse) bool { return true })
+}
+
+// Restart stops, starts and unseals a file-storage Vault.
+func (v *Vault) Restart(t testing.TB) {
+	t.Helper()
+	v.Stop(t)
+	v.Start(t)
+	v.Unseal(t)
+}
+
+// Seal seals Vault; it keeps running and answers every request with 503.
+func (v *Vault) Seal(t testing.TB) {
+	t.Helper()
+	must(t, v.Root.Sys().Seal(), "vault seal")
+}
+
+// Unseal unseals a file-storage Vault with its one key share and waits until it serves.
+func (v *Vault) Unseal(t testing.TB) {
+	t.Helper()
+	if v.unsealKey == "" {
+		t.Fatal("Unseal: a dev-mode Vault has no unseal key; use StartVaultFile")
+	}
+	_, err := v.Client(t, "").Sys().Unseal(v.unsealKey)
+	must(t, err, "vault unseal")
+	v.waitHealth(t, func(h *api.HealthResponse) bool { return h.Initialized && !h.Sealed })
+	// The core answers health before the mounts are loaded; wait for a mounted path too.
+	Eventually(t, 30*time.Second, "vault mounts after unseal", func(ctx context.Context) error {
+		_, err := v.Root.Sys().ListMountsWithContext(ctx)
+		return err
+	})
+}
+
+// Write writes data at path as root.
+func (v *Vault) Write(t testing.TB, path string, data map[string]any) *api.Secret {
+	t.Helper()
+	s, err := v.Root.Logical().Write(path, data)
+	must(t, err, "vault write %s", path)
+	return s
+}
+
+// Read reads path as root.
+func (v *Vault) Read(t testing.TB, path string) *api.Secret {
+	t.Helper()
+	s, err := v.Root.Logical().Read(path)
+	must(t, err, "vault read %s", path)
+	return s
+}
+
+// EnableTransit mounts the transit engine at mount.
+func (v *Vault) EnableTransit(t testing.TB, mount string) {
+	t.Helper()
+	must(t, v.Root.Sys().Mount(mount, &api.MountInput{Type: "transit"}), "enable transit at %s", mount)
+}
+
+// CreateKey creates a transit key of the default type (aes256-gcm96), deletable so tests can
+// delete and recreate it.
+func (v *Vault) CreateKey(t testing.TB, mount, name string) {
+	t.Helper()
+	v.Write(t, mount+"/keys/"+name, nil)
+	v.Write(t, mount+"/keys/"+name+"/config", map[string]any{"deletion_allowed": true})
+}
+
+// RotateKey adds a new latest version to the key.
+func (v *Vault) RotateKey(t testing.TB, mount, name string) {
+	t.Helper()
+	v.Write(t, mount+"/keys/"+name+"/rotate", nil)
+}
+
+// SetMinDecryptionVersion retires every version below min for decryption.
+func (v *Vault) SetMinDecryptionVersion(t testing.TB, mount, name string, min int) {
+	t.Helper()
+	v.Write(t, mount+"/keys/"+name+"/config", map[string]any{"min_decryption_version": min})
+}
+
+// DeleteKey deletes the key and every version of it.
+func (v *Vault) DeleteKey(t testing.TB, mount, name string) {
+	t.Helper()
+	_, err := v.Root.Logical().Delete(mount + "/keys/" + name)
+	must(t, err, "delete key %s/%s", mount, name)
+}
+
+// WritePolicy writes an ACL policy.
+func (v *Vault) WritePolicy(t testing.TB, name, hcl string) {
+	t.Helper()
+	must(t, v.Root.Sys().PutPolicy(name, hcl), "write policy %s", name)
+}
+
+// TransitPolicy is the least-privilege policy docs/vault.md shows: encrypt and decrypt with
+// one key, read it for its versions.
+func TransitPolicy(mount, key string) string {
+	return fmt.Sprintf(`path "%[1]s/encrypt/%[2]s" { capabilities = ["update"] }
+path "%[1]s/decrypt/%[2]s" { capabilities = ["update"] }
+path "%[1]s/keys/%[2]s" { capabilities = ["read"] }
+`, mount, key)
+}
+
+// TokenOptions shape a token that CreateToken makes.
+type TokenOptions struct {
+	Policies  []string
+	TTL       string // "" for the default
+	Renewable bool
+}
+
+// CreateToken creates a token as root.
+func (v *Vault) CreateToken(t testing.TB, o TokenOptions) string {
+	t.Helper()
+	renewable := o.Renewable
+	s, err := v.Root.Auth().Token().Create(&api.TokenCreateRequest{Policies: o.Policies, TTL: o.TTL, Renewable: &renewable})
+	must(t, err, "create token")
+	return s.Auth.ClientToken
+}
+
+// RevokeToken revokes a token (and its children) as root.
+func (v *Vault) RevokeToken(t testing.TB, token string) {
+	t.Helper()
+	must(t, v.Root.Auth().Token().RevokeTree(token), "revoke token")
+}
+
+// LookupToken returns what Vault knows of a token, or an error if it is not valid.
+func (v *Vault) LookupToken(token string) (*api.Secret, error) {
+	return v.Root.Auth().Token().Lookup(token)
+}
+
+// EnableAuth enables an auth method of type kind at mount.
+func (v *Vault) EnableAuth(t testing.TB, mount, kind string) {
+	t.Helper()
+	must(t, v.Root.Sys().EnableAuthWithOptions(mount, &api.EnableAuthOptions{Type: kind}), "enable auth %s at %s", kind, mount)
+}
+
+// AppRole creates (or updates) an AppRole role and returns its role id and a fresh secret id.
+// params are the role's settings (token_policies, token_ttl, ...).
+func (v *Vault) AppRole(t testing.TB, mount, role string, params map[string]any) (roleID, secretID string) {
+	t.Helper()
+	v.Write(t, "auth/"+mount+"/role/"+role, params)
+	id := v.Read(t, "auth/"+mount+"/role/"+role+"/role-id")
+	roleID, _ = id.Data["role_id"].(string)
+	return roleID, v.SecretID(t, mount, role)
+}
+
+// SecretID issues a new secret id for an AppRole role.
+func (v *Vault) SecretID(t testing.TB, mount, role string) string {
+	t.Helper()
+	s := v.Write(t, "auth/"+mount+"/role/"+role+"/secret-id", nil)
+	id, _ := s.Data["secret_id"].(string)
+	if id == "" {
+		t.Fatal(errors.New("no secret_id in the answer"))
+	}
+	return id
+}
+
+func randomToken(t testing.TB) string {
+	b := make([]byte, 16)
+	_, err := rand.Read(b)
+	must(t, err, "random")
+	return "root-" + hex.EncodeToString(b)
+}
