@@ -34,6 +34,7 @@ func newRootCommand() *cobra.Command {
 	root.SilenceErrors = true
 	serve := newServeCommand()
 	serve.Hidden = false
-	root.AddCommand(serve, newKeygenCommand(), newScanCommand())
+	root.AddCommand(serve, newKeygenCommand(), newScanCommand(),
+		newDecryptCommand(), newEncryptCommand(), newCompareCommand())
 	return root
 }
