@@ -1,9 +1,3 @@
-// Package harness starts the real servers that integration tests run against — etcd,
-// kube-apiserver, Vault, and the plugin itself — on loopback, one process each, stopped when
-// the test ends. Every integration test starts its servers through this package.
-//
-// The servers are built before `go test` starts, by integration/servers/build.sh (which
-// scripts/test.sh runs), never inside a test: a build would count against the test's timeout.
 package harness
 
 import (

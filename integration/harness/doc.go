@@ -1,0 +1,44 @@
+// Package harness starts the real servers that integration tests run against — etcd,
+// kube-apiserver, Vault, and the plugin itself — on loopback, one process each, stopped when
+// the test ends. Every integration test starts its servers through this package.
+//
+// The servers are built before `go test` starts, by integration/servers/build.sh (which
+// scripts/test.sh runs), never inside a test: a build would count against the test's timeout.
+// The kms-plugin binary is built from this checkout once per source tree (PluginBinary), or
+// taken from $KMS_PLUGIN_BIN; call BuildPlugin from TestMain to build it before the tests.
+//
+// # One call: etcd + kube-apiserver with this EncryptionConfiguration
+//
+//	c := harness.StartCluster(t, harness.APIServerOptions{
+//		EncryptionConfig: harness.EncryptionConfig([]string{"secrets"},
+//			harness.KMSv2("kms-plugin", plugin.Endpoint), harness.Identity()),
+//	})
+//	c.APIServer.Clientset.CoreV1().Secrets("default").Create(...)
+//	raw := c.Etcd.Get(t, harness.Key("secrets", "default", "name"))
+//	v, err := harness.ParseKMSv2(raw, "kms-plugin") // v.KeyID
+//
+// StartEncryptedCluster(t, pluginArgs...) does the same with a kms-plugin it starts (for
+// example with "--localaes-key-file", path): Secrets and ConfigMaps use KMS v2 provider
+// "kms-plugin", then identity.
+//
+// # Pieces
+//
+//   - StartEtcd: one member, data in a temp dir; Endpoints, a clientv3 Client, Get/List of raw
+//     values, Key(resource, ns, name) for the etcd key of an object.
+//   - StartKubeAPIServer(t, APIServerOptions): etcd servers, EncryptionConfig (YAML, written
+//     to a file the apiserver's --encryption-provider-config names), AutomaticReload, and
+//     ExtraArgs. It generates the service-account key and an admin token, waits for /readyz,
+//     and gives Config (a rest.Config over verified TLS) and Clientset. WriteEncryptionConfig
+//     replaces the file atomically; Restart and Stop; Health(ctx, "/livez") and KMSHealth
+//     (/readyz/kms-providers, the aggregated check of every KMS v2 provider) say whether a
+//     check answers 200 and what it says. Two apiservers may share one Etcd.
+//   - StartPlugin(t, args...): `kms-plugin serve --listen <socket> args...` on a short socket
+//     path; Endpoint for the EncryptionConfiguration; Status and KeyID over the socket;
+//     Stop, Resume, Restart, Reload (SIGHUP) and WaitKeyID. A data race the plugin (built
+//     with -race) reports fails the test.
+//   - EncryptionConfig, KMSv2, Identity, AESCBC, AESGCM, Secretbox build EncryptionConfiguration
+//     YAML from k8s.io/apiserver's own types.
+//   - ParseKMSv2 reads a raw KMS v2 value's key id and encrypted DEK source, independently
+//     of the plugin's code.
+//   - Binary, FreePort, Start/Process and Eventually are the process plumbing beneath.
+package harness

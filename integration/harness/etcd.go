@@ -1,0 +1,133 @@
+package harness
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"path"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// Etcd is a single-member etcd on loopback, with a client for reading raw values.
+type Etcd struct {
+	Endpoints []string // client URLs, for --etcd-servers
+	Client    *clientv3.Client
+	Process   *Process
+}
+
+// StartEtcd starts a fresh etcd (data in a test temp dir) and waits until it serves. It is
+// stopped when the test ends.
+func StartEtcd(t testing.TB) *Etcd {
+	t.Helper()
+	bin := Binary(t, "etcd")
+	dataDir := t.TempDir()
+	var e *Etcd
+	// A port that FreePort returned can be taken by another test's server before etcd binds
+	// it: then etcd exits at once, and a second pair of ports is tried.
+	retryOnPortClash(t, "etcd", func(attempt int) (*Process, error) {
+		client, peer := FreePort(t), FreePort(t)
+		clientURL := fmt.Sprintf("http://127.0.0.1:%d", client)
+		peerURL := fmt.Sprintf("http://127.0.0.1:%d", peer)
+		p := Start(t, fmt.Sprintf("etcd-%d", attempt), bin, []string{
+			"--name=default",
+			"--data-dir=" + path.Join(dataDir, fmt.Sprint(attempt)),
+			"--listen-client-urls=" + clientURL, "--advertise-client-urls=" + clientURL,
+			"--listen-peer-urls=" + peerURL, "--initial-advertise-peer-urls=" + peerURL,
+			"--initial-cluster=default=" + peerURL,
+			"--log-level=warn",
+			// Test data is thrown away: fsync only costs time on a shared 2-core machine.
+			"--unsafe-no-fsync",
+		})
+		e = &Etcd{Endpoints: []string{clientURL}, Process: p}
+		return p, waitHTTP(p, 60*time.Second, clientURL+"/health")
+	})
+	client, err := clientv3.New(clientv3.Config{
+		Endpoints: e.Endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+	})
+	must(t, err, "etcd client")
+	t.Cleanup(func() { client.Close() })
+	e.Client = client
+	return e
+}
+
+// Get returns the raw value stored at key, or nil if there is none.
+func (e *Etcd) Get(t testing.TB, key string) []byte {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := e.Client.Get(ctx, key)
+	must(t, err, "etcd get %s", key)
+	if len(resp.Kvs) == 0 {
+		return nil
+	}
+	return resp.Kvs[0].Value
+}
+
+// List returns every raw value whose key starts with prefix, keyed by etcd key.
+func (e *Etcd) List(t testing.TB, prefix string) map[string][]byte {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := e.Client.Get(ctx, prefix, clientv3.WithPrefix())
+	must(t, err, "etcd list %s", prefix)
+	out := make(map[string][]byte, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		out[string(kv.Key)] = kv.Value
+	}
+	return out
+}
+
+// Key returns the etcd key where kube-apiserver (default --etcd-prefix) stores a namespaced
+// object of a core resource: Key("secrets", "ns", "name") is /registry/secrets/ns/name.
+func Key(resource, namespace, name string) string {
+	return "/registry/" + resource + "/" + namespace + "/" + name
+}
+
+// waitHTTP waits until url answers 200, failing early if p exits.
+func waitHTTP(p *Process, timeout time.Duration, url string) error {
+	deadline := time.Now().Add(timeout)
+	client := &http.Client{Timeout: 2 * time.Second}
+	var last error
+	for time.Now().Before(deadline) {
+		if p.Exited() {
+			return errExited
+		}
+		resp, err := client.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = fmt.Errorf("%s: %s", url, resp.Status)
+		}
+		last = err
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("not ready within %s: %v", timeout, last)
+}
+
+var errExited = fmt.Errorf("exited during start-up")
+
+// retryOnPortClash runs start up to three times while the process it starts exits during
+// start-up with a log that says its address was in use; any other failure ends the test.
+func retryOnPortClash(t testing.TB, what string, start func(attempt int) (*Process, error)) {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		p, err := start(attempt)
+		if err == nil {
+			return
+		}
+		p.Kill()
+		if err == errExited && attempt < 3 && strings.Contains(p.Log(), "address already in use") {
+			t.Logf("%s: port taken, retrying", what)
+			continue
+		}
+		p.dumpLog(t)
+		t.Fatalf("%s did not start: %v", what, err)
+	}
+}
