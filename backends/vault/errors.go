@@ -40,6 +40,8 @@ func classify(what string, err error) error {
 		return fmt.Errorf("%w: %s: vault answered %d: %s", dek.ErrUnavailable, what, re.StatusCode, msg)
 	case re.StatusCode == http.StatusNotFound:
 		return fmt.Errorf("%w: %s: not found in vault: %s", dek.ErrUnknownKey, what, msg)
+	case re.StatusCode == http.StatusBadRequest && strings.Contains(msg, "(too old)"):
+		return fmt.Errorf("%w: %s: %s: the key version is below the transit key's min_decryption_version", dek.ErrUnknownKey, what, msg)
 	case re.StatusCode == http.StatusBadRequest:
 		return fmt.Errorf("%w: %s: %s", badRequestKind(msg), what, msg)
 	}

@@ -32,8 +32,8 @@ type KEK struct {
 	checkMu sync.Mutex // one Check at a time: it owns tokens and the debounce
 
 	mu       sync.RWMutex
-	observed keyVersion // lineage and latest version at the last successful check
-	deb      debounce   // the adopted key id
+	observed *keyState // the key at the last successful check; nil before
+	deb      debounce  // the adopted key id
 }
 
 var _ dek.KEK = (*KEK)(nil)
@@ -77,16 +77,21 @@ func (k *KEK) CurrentID() string {
 func (k *KEK) Check(ctx context.Context) error {
 	k.checkMu.Lock()
 	defer k.checkMu.Unlock()
-	seen, err := k.check(ctx)
+	state, err := k.check(ctx)
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if err != nil {
 		k.deb.miss()
 		return err
 	}
-	k.observed = seen
-	before := k.deb.adopted
-	if k.deb.observe(seen) {
+	k.observed = state
+	seen, before := state.latest, k.deb.adopted
+	if before.lineage != "" && before.version < state.minDecrypt {
+		// The operator retired the adopted version: data it wraps could not be read back, so
+		// waiting for a second check would only make Encrypt fail meanwhile.
+		k.deb.adopt(seen)
+		k.cfg.Log.Info("vault transit key: adopted version is below min_decryption_version; adopting the latest at once", "old_key_id", before.String(), "key_id", seen.String())
+	} else if k.deb.observe(seen) {
 		if before.lineage != "" {
 			k.cfg.Log.Info("vault transit key: adopted new key id", "old_key_id", before.String(), "key_id", seen.String())
 		}
@@ -96,25 +101,25 @@ func (k *KEK) Check(ctx context.Context) error {
 	return nil
 }
 
-func (k *KEK) check(ctx context.Context) (keyVersion, error) {
+func (k *KEK) check(ctx context.Context) (*keyState, error) {
 	clusterID, err := k.clusterID(ctx)
 	if err != nil {
-		return keyVersion{}, err
+		return nil, err
 	}
 	if err := k.tokens.ensure(ctx); err != nil {
-		return keyVersion{}, err
+		return nil, err
 	}
 	secret, err := k.readKey(ctx)
 	if errors.Is(err, dek.ErrDenied) {
 		// Denied: a token revoked since the last check, or a policy without read on the key.
 		k.tokens.denied.Store(true)
 		if verr := k.tokens.ensure(ctx); verr != nil {
-			return keyVersion{}, verr
+			return nil, verr
 		}
 		secret, err = k.readKey(ctx)
 	}
 	if err != nil {
-		return keyVersion{}, err
+		return nil, err
 	}
 	return k.parseKey(clusterID, secret)
 }
@@ -156,29 +161,54 @@ func (k *KEK) readKey(ctx context.Context) (*api.Secret, error) {
 	return secret, nil
 }
 
-// parseKey turns a key read into the key's lineage and latest version, refusing keys this
-// backend cannot use.
-func (k *KEK) parseKey(clusterID string, secret *api.Secret) (keyVersion, error) {
+// keyState is what a check learned of the key.
+type keyState struct {
+	latest     keyVersion
+	minDecrypt int
+	created    map[int]int64 // creation time of every version still able to decrypt
+	lineageOf  func(created int64) string
+}
+
+// parseKey reads a key's versions, refusing keys this backend cannot use.
+func (k *KEK) parseKey(clusterID string, secret *api.Secret) (*keyState, error) {
 	d := secret.Data
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("transit key %s: "+format, append([]any{k.keyPath()}, args...)...)
 	}
 	if enc, _ := d["supports_encryption"].(bool); !enc {
-		return keyVersion{}, bad("type %v cannot encrypt", d["type"])
+		return nil, bad("type %v cannot encrypt", d["type"])
 	}
 	if derived, _ := d["derived"].(bool); derived {
-		return keyVersion{}, bad("derived keys (which need a context per request) are not supported")
+		return nil, bad("derived keys (which need a context per request) are not supported")
 	}
 	latest, err := intField(d["latest_version"])
 	if err != nil || latest < 1 {
-		return keyVersion{}, bad("latest_version %v: %v", d["latest_version"], err)
+		return nil, bad("latest_version %v: %v", d["latest_version"], err)
+	}
+	minDecrypt, err := intField(d["min_decryption_version"])
+	if err != nil {
+		return nil, bad("min_decryption_version %v: %v", d["min_decryption_version"], err)
 	}
 	keys, _ := d["keys"].(map[string]any)
-	created, err := creationTime(keys["1"])
-	if err != nil {
-		return keyVersion{}, bad("no creation time for version 1 (%v); the lineage in key ids needs it, so trimming version 1 is not supported", err)
+	st := &keyState{minDecrypt: minDecrypt, created: make(map[int]int64, len(keys)),
+		lineageOf: func(created int64) string {
+			return lineage(clusterID, k.cfg.Namespace, k.cfg.Mount, k.cfg.Key, created)
+		}}
+	for v, raw := range keys {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return nil, bad("version %q: %v", v, err)
+		}
+		if st.created[n], err = creationTime(raw); err != nil {
+			return nil, bad("version %d: creation time: %v", n, err)
+		}
 	}
-	return keyVersion{lineage: lineage(clusterID, k.cfg.Namespace, k.cfg.Mount, k.cfg.Key, created), version: latest}, nil
+	created, ok := st.created[latest]
+	if !ok {
+		return nil, bad("latest version %d is not listed", latest)
+	}
+	st.latest = keyVersion{lineage: st.lineageOf(created), version: latest}
+	return st, nil
 }
 
 // creationTime reads a version's creation time: Unix seconds for symmetric keys, an object
@@ -209,21 +239,31 @@ func intField(v any) (int, error) {
 	return i, err
 }
 
-// usable parses keyID and checks that it names a version of this transit key as last seen.
+// usable parses keyID and checks that it names a version of this transit key that can still
+// decrypt, as last seen: its lineage must be the one that version's creation time gives.
 func (k *KEK) usable(keyID string) (keyVersion, error) {
 	kv, err := parseKeyID(keyID)
 	if err != nil {
 		return kv, err
 	}
 	k.mu.RLock()
-	observed := k.observed
+	st := k.observed
 	k.mu.RUnlock()
-	if observed.lineage == "" {
+	if st == nil {
 		return kv, fmt.Errorf("%w: vault transit key %s not read yet", dek.ErrUnavailable, k.keyPath())
 	}
-	if kv.lineage != observed.lineage {
-		return kv, fmt.Errorf("%w: key id %s names another transit key than %s (lineage %s): deleted and recreated, or in another Vault cluster",
-			dek.ErrUnknownKey, keyID, k.keyPath(), observed.lineage)
+	created, listed := st.created[kv.version]
+	switch {
+	case kv.version < st.minDecrypt:
+		return kv, fmt.Errorf("%w: key id %s: version %d is below the transit key's min_decryption_version %d (retired by the operator)",
+			dek.ErrUnknownKey, keyID, kv.version, st.minDecrypt)
+	case !listed && kv.version > st.latest.version:
+		// Another plugin instance may have adopted a rotation this one has not seen yet.
+		return kv, fmt.Errorf("%w: key id %s: version %d is newer than the latest this plugin has seen (%d); retry after its next check",
+			dek.ErrUnavailable, keyID, kv.version, st.latest.version)
+	case !listed || st.lineageOf(created) != kv.lineage:
+		return kv, fmt.Errorf("%w: key id %s names another transit key than %s (deleted and recreated, or in another Vault cluster)",
+			dek.ErrUnknownKey, keyID, k.keyPath())
 	}
 	return kv, nil
 }

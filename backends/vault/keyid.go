@@ -11,9 +11,14 @@ import (
 	"github.com/kmsplugin/kms-plugin/dek"
 )
 
-// A key id is "vault:<lineage>:v<version>". The lineage names one transit key in one Vault
-// cluster from its creation on: a deleted and recreated key, or a same-named key elsewhere,
-// gets another lineage and so never reuses a key id the apiserver has already seen.
+// A key id is "vault:<lineage>:v<version>". The lineage ties the id to one key version of one
+// transit key in one Vault cluster: a deleted and recreated key, or a same-named key
+// elsewhere, gets other lineages and so never reuses a key id the apiserver has already seen.
+//
+// It hashes the creation time of the version the id names, not of version 1: Vault lists a
+// key's versions (and their creation times) only down to min_decryption_version, so version
+// 1's time disappears when an operator retires old versions, while every version that can
+// still decrypt keeps its own.
 const keyIDPrefix = "vault:"
 
 // keyVersion is one version of one lineage.
@@ -30,8 +35,8 @@ func (k keyVersion) String() string {
 }
 
 // lineage is the first 16 hex digits of SHA-256 over the cluster id, namespace, mount, key
-// name and the creation time (Unix seconds) of the key's version 1. Each field is
-// length-prefixed so no two field lists hash alike.
+// name and a key version's creation time (Unix seconds). Each field is length-prefixed so no
+// two field lists hash alike.
 func lineage(clusterID, namespace, mount, key string, created int64) string {
 	h := sha256.New()
 	for _, f := range []string{"kms-plugin vault lineage v1", clusterID, namespace, mount, key, strconv.FormatInt(created, 10)} {
@@ -88,6 +93,9 @@ func (d *debounce) observe(seen keyVersion) bool {
 		return false
 	}
 }
+
+// adopt takes seen at once, bypassing the wait.
+func (d *debounce) adopt(seen keyVersion) { d.adopted, d.candidate = seen, keyVersion{} }
 
 // miss records a failed check: observations on either side of it are not consecutive.
 func (d *debounce) miss() { d.candidate = keyVersion{} }
