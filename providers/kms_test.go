@@ -78,7 +78,7 @@ func writeConfig(t testing.TB, body string) string {
 
 // apiserverTransformer loads path with kube-apiserver's own loader and waits until its KMS
 // v2 transformer has its first DEK seed (it asks the plugin at load time, and retries).
-func apiserverTransformer(t *testing.T, path string, gr schema.GroupResource) value.Transformer {
+func apiserverTransformer(t testing.TB, path string, gr schema.GroupResource) value.Transformer {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
