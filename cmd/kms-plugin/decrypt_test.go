@@ -66,12 +66,12 @@ func TestEncryptDecryptCommands(t *testing.T) {
 			key, value, `configured aesgcm keys: k2`},
 		"wrong key": {writeEncConfig(t, "      - aesgcm: {keys: [{name: k1, secret: "+b64("fedcba9876543210")+"}]}\n"),
 			key, value, "failed authentication"},
-		"moved": {gcm, "/registry/secrets/prod/other", value, "failed authentication"},
-		"corrupted": {gcm, key, append(bytes.Clone(value[:len(value)-1]), value[len(value)-1]^1), "failed authentication"},
-		"truncated": {gcm, key, value[:30], "malformed"},
+		"moved":                              {gcm, "/registry/secrets/prod/other", value, "failed authentication"},
+		"corrupted":                          {gcm, key, append(bytes.Clone(value[:len(value)-1]), value[len(value)-1]^1), "failed authentication"},
+		"truncated":                          {gcm, key, value[:30], "malformed"},
 		"plaintext config refuses encrypted": {writeEncConfig(t, "      - identity: {}\n"), key, value, "k8s:enc:aesgcm:v1:k1:"},
-		"unknown resource": {gcm, "/registry/widgets/x", value, "pass --resource"},
-		"not under /registry": {gcm, "/other/secrets/x", value, "pass --resource"},
+		"unknown resource":                   {gcm, "/registry/widgets/x", value, "pass --resource"},
+		"not under /registry":                {gcm, "/other/secrets/x", value, "pass --resource"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := runWithStdin(tc.value, "decrypt", "--encryption-config", tc.config, "--etcd-key", tc.etcdKey)
