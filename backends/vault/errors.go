@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/hashicorp/vault/api"
@@ -28,9 +29,13 @@ func classify(what string, err error) error {
 	}
 	var re *api.ResponseError
 	if !errors.As(err, &re) {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // the URL (with sys/health's query) would crowd healthz's 256 bytes
+		}
 		return fmt.Errorf("%w: %s: vault unreachable: %v", dek.ErrUnavailable, what, err)
 	}
-	msg := strings.Join(re.Errors, "; ")
+	msg := vaultMessage(re.Errors)
 	switch {
 	case re.StatusCode == http.StatusForbidden:
 		return fmt.Errorf("%w: %s: vault denied it (token revoked or expired, or the policy lacks this path): %s", dek.ErrDenied, what, msg)
@@ -73,3 +78,19 @@ func badRequestKind(msg string) error {
 // errBadRequest is any other 400: a setting this backend does not support (a derived key) or
 // a bug; the request as sent can never succeed.
 var errBadRequest = errors.New("vault rejected the request")
+
+// vaultMessage flattens Vault's error list, whose items may themselves be multi-line
+// "2 errors occurred:\n\t* permission denied\n\t* invalid token", into one line for
+// logs and healthz.
+func vaultMessage(errs []string) string {
+	var parts []string
+	for _, e := range errs {
+		for _, line := range strings.Split(e, "\n") {
+			line = strings.TrimSpace(strings.TrimLeft(strings.TrimSpace(line), "*"))
+			if line != "" && !strings.HasSuffix(line, "errors occurred:") {
+				parts = append(parts, line)
+			}
+		}
+	}
+	return strings.Join(parts, "; ")
+}

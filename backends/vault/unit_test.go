@@ -263,6 +263,10 @@ func TestClassify(t *testing.T) {
 			t.Errorf("%d %q: %v, want %v", c.status, c.msg, err, c.want)
 		}
 	}
+	multi := classify("op", &api.ResponseError{StatusCode: 403, Errors: []string{"2 errors occurred:\n\t* permission denied\n\t* invalid token\n\n"}})
+	if !strings.HasSuffix(multi.Error(), ": permission denied; invalid token") {
+		t.Errorf("multi-line Vault error flattened to %q", multi)
+	}
 	if err := classify("op", context.DeadlineExceeded); !errors.Is(err, dek.ErrUnavailable) {
 		t.Errorf("deadline: %v", err)
 	}

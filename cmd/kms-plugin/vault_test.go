@@ -1,0 +1,175 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	kmsapi "k8s.io/kms/apis/v2"
+
+	"github.com/kmsplugin/kms-plugin/backends/vault"
+	"github.com/kmsplugin/kms-plugin/integration/harness"
+)
+
+func parseVaultFlags(t *testing.T, args ...string) *vaultBackend {
+	t.Helper()
+	b := &vaultBackend{}
+	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+	b.addFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestVaultConfigFromFlagsAndEnvironment(t *testing.T) {
+	env := map[string]string{}
+	getenv := func(k string) string { return env[k] }
+	log := slog.New(slog.DiscardHandler)
+
+	b := parseVaultFlags(t, "--vault-transit-key", "k")
+	if _, err := b.config(getenv, log); err == nil || !strings.Contains(err.Error(), "--vault-addr") {
+		t.Fatalf("no address: %v", err)
+	}
+	env["VAULT_ADDR"] = "https://env:8200"
+	env["VAULT_NAMESPACE"] = "team"
+	if _, err := b.config(getenv, log); err == nil || !strings.Contains(err.Error(), "VAULT_TOKEN") {
+		t.Fatalf("no token: %v", err)
+	}
+	env["VAULT_TOKEN"] = "s.env"
+	cfg, err := b.config(getenv, log)
+	if err != nil || cfg.Address != "https://env:8200" || cfg.Namespace != "team" || cfg.Auth != (vault.StaticToken{Token: "s.env"}) || cfg.Mount != "transit" {
+		t.Fatalf("from the environment: %+v, %v", cfg, err)
+	}
+
+	b = parseVaultFlags(t, "--vault-addr", "https://flag:8200", "--vault-namespace", "ns", "--vault-transit-key", "k",
+		"--vault-transit-mount", "kms", "--vault-token-file", "/run/token")
+	cfg, err = b.config(getenv, log)
+	if err != nil || cfg.Address != "https://flag:8200" || cfg.Namespace != "ns" || cfg.Mount != "kms" {
+		t.Fatalf("flags over the environment: %+v, %v", cfg, err)
+	}
+	if tf, ok := cfg.Auth.(*vault.TokenFile); !ok || tf.Path != "/run/token" {
+		t.Fatalf("--vault-token-file: auth %#v", cfg.Auth)
+	}
+
+	b = parseVaultFlags(t, "--vault-transit-key", "k", "--vault-auth", "approle", "--vault-approle-role-id", "r", "--vault-approle-secret-id-file", "/s")
+	if cfg, err := b.config(getenv, log); err != nil || cfg.Auth != (vault.AppRole{Mount: "approle", RoleID: "r", SecretIDFile: "/s"}) {
+		t.Fatalf("approle: %#v, %v", cfg.Auth, err)
+	}
+	b = parseVaultFlags(t, "--vault-transit-key", "k", "--vault-auth", "kubernetes", "--vault-kubernetes-role", "kms")
+	if cfg, err := b.config(getenv, log); err != nil || cfg.Auth != (vault.Kubernetes{Mount: "kubernetes", Role: "kms", JWTFile: vault.DefaultServiceAccountTokenFile}) {
+		t.Fatalf("kubernetes: %#v, %v", cfg.Auth, err)
+	}
+
+	for _, bad := range [][]string{
+		{"--vault-addr", "https://x"},
+		{"--vault-transit-key", "k", "--vault-auth", "ldap"},
+		{"--vault-transit-key", "k", "--vault-auth", "approle"},
+		{"--vault-transit-key", "k", "--vault-auth", "approle", "--vault-approle-role-id", "r", "--vault-approle-role-id-file", "/r"},
+		{"--vault-transit-key", "k", "--vault-auth", "kubernetes"},
+	} {
+		if _, err := parseVaultFlags(t, bad...).config(getenv, log); err == nil {
+			t.Errorf("%v: accepted", bad)
+		}
+	}
+}
+
+func TestVaultSkipVerifyWarns(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	b := parseVaultFlags(t, "--vault-addr", "https://vault.example:8200", "--vault-transit-key", "k", "--vault-skip-verify")
+	t.Setenv("VAULT_TOKEN", "s.x")
+	if _, err := b.open(context.Background(), nil, log); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), "level=WARN") || !strings.Contains(buf.String(), "NOT verified") {
+		t.Fatalf("--vault-skip-verify logged no warning:\n%s", buf.String())
+	}
+	if strings.Contains(buf.String(), "s.x") {
+		t.Fatal("the token was logged")
+	}
+}
+
+// TestServeVault runs `kms-plugin serve --backend vault` in process against a real Vault, with
+// the token from VAULT_TOKEN, and drives it over its socket through a key rotation.
+func TestServeVault(t *testing.T) {
+	v := harness.StartVaultDev(t)
+	v.EnableTransit(t, "transit")
+	v.CreateKey(t, "transit", "kek")
+	v.WritePolicy(t, "kms", harness.TransitPolicy("transit", "kek"))
+	token := v.CreateToken(t, harness.TokenOptions{Policies: []string{"kms"}, TTL: "1h", Renewable: true})
+	t.Setenv("VAULT_TOKEN", token)
+	t.Setenv("VAULT_SKIP_VERIFY", "true") // ignored: only the documented variables count
+
+	sock := shortDir(t) + "/kms.sock"
+	_, log := runInProcess(t, "serve", "--listen", sock, "--backend", "vault",
+		"--vault-addr", v.Addr, "--vault-transit-key", "kek", "--check-interval", "200ms")
+	st := waitStatus(t, sock)
+	if st.Healthz != "ok" || !regexp.MustCompile(`^vault:[0-9a-f]{16}:v1$`).MatchString(st.KeyId) {
+		t.Fatalf("Status = %v", st)
+	}
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := kmsapi.NewKeyManagementServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	seed := bytes.Repeat([]byte{0x5a}, 32)
+	enc, err := client.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: seed, Uid: "1"})
+	if err != nil || enc.KeyId != st.KeyId {
+		t.Fatalf("Encrypt = %v, %v", enc, err)
+	}
+
+	v.RotateKey(t, "transit", "kek")
+	harness.Eventually(t, 30*time.Second, "key id after rotation", func(ctx context.Context) error {
+		st2, err := client.Status(ctx, &kmsapi.StatusRequest{})
+		if err == nil && (st2.KeyId == st.KeyId || !strings.HasSuffix(st2.KeyId, ":v2")) {
+			return os.ErrNotExist
+		}
+		return err
+	})
+	enc2, err := client.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: seed, Uid: "2"})
+	if err != nil || !strings.HasSuffix(enc2.KeyId, ":v2") {
+		t.Fatalf("Encrypt after rotation = %v, %v", enc2, err)
+	}
+	for _, e := range []*kmsapi.EncryptResponse{enc, enc2} {
+		dec, err := client.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: e.Ciphertext, KeyId: e.KeyId, Uid: "3"})
+		if err != nil || !bytes.Equal(dec.Plaintext, seed) {
+			t.Fatalf("Decrypt of %s: %v", e.KeyId, err)
+		}
+	}
+	if strings.Contains(log.String(), token) {
+		t.Fatal("the token was logged")
+	}
+}
+
+// Every --vault-* flag docs/vault.md shows exists.
+func TestVaultDocFlagsExist(t *testing.T) {
+	raw, err := os.ReadFile("../../docs/vault.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := newServeCommand().Flags()
+	seen := map[string]bool{}
+	for _, m := range regexp.MustCompile(`--(vault-[a-z0-9-]+)`).FindAllStringSubmatch(string(raw), -1) {
+		if fs.Lookup(m[1]) == nil && !seen[m[1]] {
+			t.Errorf("docs/vault.md names --%s, which serve does not have", m[1])
+		}
+		seen[m[1]] = true
+	}
+	fs.VisitAll(func(f *pflag.Flag) {
+		if strings.HasPrefix(f.Name, "vault-") && !seen[f.Name] {
+			t.Errorf("docs/vault.md does not document --%s", f.Name)
+		}
+	})
+}
