@@ -149,6 +149,9 @@ func (a *APIServer) Health(ctx context.Context, path string) (ok bool, body stri
 // every provider at all once the config is reloaded automatically). Each request after the
 // apiserver's cache of the last answer expires (20 s after a success, 3 s after a failure)
 // calls the plugins' Status, and on a new key id makes the apiserver rotate its DEK seed.
+// Which provider failed is in the body ("kms-provider-<i>: ..."); separate
+// /readyz/kms-provider-<i> endpoints exist only for KMS v1 configs without automatic reload
+// (ask them with Health).
 func (a *APIServer) KMSHealth(ctx context.Context) (ok bool, body string, err error) {
 	return a.Health(ctx, "/readyz/kms-providers")
 }

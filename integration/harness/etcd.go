@@ -4,7 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"path"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -35,7 +35,7 @@ func StartEtcd(t testing.TB) *Etcd {
 		peerURL := fmt.Sprintf("http://127.0.0.1:%d", peer)
 		p := Start(t, fmt.Sprintf("etcd-%d", attempt), bin, []string{
 			"--name=default",
-			"--data-dir=" + path.Join(dataDir, fmt.Sprint(attempt)),
+			"--data-dir=" + filepath.Join(dataDir, fmt.Sprint(attempt)),
 			"--listen-client-urls=" + clientURL, "--advertise-client-urls=" + clientURL,
 			"--listen-peer-urls=" + peerURL, "--initial-advertise-peer-urls=" + peerURL,
 			"--initial-cluster=default=" + peerURL,
