@@ -33,6 +33,7 @@ type Plugin struct {
 	args     []string
 	conn     *grpc.ClientConn
 	restarts int
+	all      []*Process // every process run, for the race check
 }
 
 // StartPlugin runs `kms-plugin serve --listen <socket> args...` and waits until the socket
@@ -53,18 +54,23 @@ func StartPlugin(t testing.TB, args ...string) *Plugin {
 		grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority("localhost"))
 	must(t, err, "plugin client")
 	t.Cleanup(func() { p.conn.Close() })
-	p.start(t, "kms-plugin")
+	// Registered before the processes start, so it runs after they are killed: a race found
+	// during shutdown is in the logs by then.
 	t.Cleanup(func() {
-		if strings.Contains(p.Process.Log(), "DATA RACE") {
-			t.Errorf("the plugin reported a data race: see %s", p.Process.LogPath)
+		for _, proc := range p.all {
+			if strings.Contains(proc.Log(), "DATA RACE") {
+				t.Errorf("the plugin reported a data race: see %s", proc.LogPath)
+			}
 		}
 	})
+	p.start(t, "kms-plugin")
 	return p
 }
 
 func (p *Plugin) start(t testing.TB, name string) {
 	t.Helper()
 	p.Process = Start(t, name, p.bin, p.args)
+	p.all = append(p.all, p.Process)
 	deadline := time.Now().Add(time.Minute)
 	var last error
 	for time.Now().Before(deadline) {
