@@ -5,7 +5,8 @@
 // The servers are built before `go test` starts, by integration/servers/build.sh (which
 // scripts/test.sh runs), never inside a test: a build would count against the test's timeout.
 // The kms-plugin binary is built from this checkout once per source tree (PluginBinary), or
-// taken from $KMS_PLUGIN_BIN; call BuildPlugin from TestMain to build it before the tests.
+// taken from $KMS_PLUGIN_BIN; call BuildPlugin from TestMain to build it before the tests
+// (as package integration does), or the first test that starts a plugin pays for the build.
 //
 // # One call: etcd + kube-apiserver with this EncryptionConfiguration
 //
@@ -36,6 +37,8 @@
 //     path; Endpoint for the EncryptionConfiguration; Status and KeyID over the socket;
 //     Stop, Resume, Restart, Reload (SIGHUP) and WaitKeyID. A data race the plugin (built
 //     with -race) reports fails the test.
+//   - StartVaultDev / StartVaultFile (vault.go): a real Vault, with helpers for transit keys,
+//     policies, tokens and auth methods; the Vault variants of the scenarios use them.
 //   - EncryptionConfig, KMSv2, Identity, AESCBC, AESGCM, Secretbox build EncryptionConfiguration
 //     YAML from k8s.io/apiserver's own types.
 //   - ParseKMSv2 reads a raw KMS v2 value's key id and encrypted DEK source, independently
