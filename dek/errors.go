@@ -18,4 +18,6 @@ var (
 	ErrUnavailable = errors.New("backend unavailable")
 	// ErrDenied: the backend refused the operation (policy, revoked credentials).
 	ErrDenied = errors.New("backend denied the operation")
+	// ErrOverloaded: too many backend calls are in progress and waiting; nothing was tried.
+	ErrOverloaded = errors.New("too many backend calls in progress")
 )

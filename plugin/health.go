@@ -31,6 +31,7 @@ type Monitor struct {
 	lastWrap   time.Time // last successful wrap (probe or real traffic)
 	lastUnwrap time.Time // last successful unwrap (probe or real traffic)
 	checked    bool      // at least one refresh has finished
+	observers  []func(keyID string, unhealthy error)
 }
 
 // MonitorConfig sets how often the backend is looked at.
@@ -89,6 +90,26 @@ func (m *Monitor) Refresh(ctx context.Context) {
 		err = m.prove(ctx, id)
 	}
 
+	m.record(id, err, proofDue)
+	m.mu.Lock()
+	keyID, unhealthy, observers := m.keyID, m.err, m.observers
+	m.mu.Unlock()
+	for _, f := range observers {
+		f(keyID, unhealthy)
+	}
+}
+
+// OnRefresh registers f to be called after every refresh with the state Status then reports,
+// so that the gRPC health service and the metrics follow the same view. f must not block and
+// must be safe for concurrent use (a SIGHUP reload refreshes beside the periodic refresh).
+func (m *Monitor) OnRefresh(f func(keyID string, unhealthy error)) {
+	m.mu.Lock()
+	m.observers = append(m.observers, f)
+	m.mu.Unlock()
+}
+
+// record stores the outcome of one refresh.
+func (m *Monitor) record(id string, err error, proofDue bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	wasHealthy, first := m.err == nil, !m.checked

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	kmsapi "k8s.io/kms/apis/v2"
@@ -108,6 +107,8 @@ func toStatus(ctx context.Context, err error) *status.Status {
 		code = codes.FailedPrecondition
 	case errors.Is(err, dek.ErrDenied):
 		code = codes.PermissionDenied
+	case errors.Is(err, dek.ErrOverloaded):
+		code = codes.ResourceExhausted // --max-concurrent-backend-calls and its queue are full
 	case errors.Is(err, dek.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
 		code = codes.Unavailable // the backend did not answer within --timeout
 	}
@@ -119,15 +120,4 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n-3] + "..."
-}
-
-// MaxRequestSize bounds one request on the wire. It sits above dek.MaxCiphertextSize so that
-// an oversized ciphertext gets our InvalidArgument; anything larger is gRPC's ResourceExhausted.
-const MaxRequestSize = 64 << 10
-
-// NewGRPCServer returns a gRPC server with svc registered as the KMS v2 service.
-func NewGRPCServer(svc *Service) *grpc.Server {
-	s := grpc.NewServer(grpc.MaxRecvMsgSize(MaxRequestSize))
-	kmsapi.RegisterKeyManagementServiceServer(s, svc)
-	return s
 }

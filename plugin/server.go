@@ -1,0 +1,79 @@
+package plugin
+
+import (
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	kmsv1 "k8s.io/kms/apis/v1beta1"
+	kmsapi "k8s.io/kms/apis/v2"
+)
+
+// MaxRequestSize bounds one request on the wire. It sits above dek.MaxCiphertextSize so that
+// an oversized ciphertext gets our InvalidArgument; anything larger is gRPC's ResourceExhausted.
+const MaxRequestSize = 64 << 10
+
+// Service names the gRPC health service answers for, besides the whole server ("").
+var healthServices = []string{"", kmsapi.KeyManagementService_ServiceDesc.ServiceName, kmsv1.KeyManagementService_ServiceDesc.ServiceName}
+
+// ServerConfig completes a gRPC server beyond the KMS v2 service.
+type ServerConfig struct {
+	// Version is the plugin's version, which KMS v1beta1's Version reports.
+	Version string
+	// MaxRequestSize overrides MaxRequestSize when positive.
+	MaxRequestSize int
+	// Options are added last, so they win (interceptors, for example).
+	Options []grpc.ServerOption
+}
+
+// Server is the gRPC server on the socket: KMS v2, KMS v1beta1 and the standard gRPC health
+// service (grpc.health.v1), whose status follows the Monitor, so that grpc-health-probe
+// style checks see what Status's healthz says.
+type Server struct {
+	*grpc.Server
+	health *health.Server
+}
+
+// NewGRPCServer returns a Server with the defaults of ServerConfig.
+func NewGRPCServer(svc *Service) *Server { return NewServer(svc, ServerConfig{}) }
+
+// NewServer returns a Server for svc.
+func NewServer(svc *Service, cfg ServerConfig) *Server {
+	size := MaxRequestSize
+	if cfg.MaxRequestSize > 0 {
+		size = cfg.MaxRequestSize
+	}
+	s := &Server{
+		Server: grpc.NewServer(append([]grpc.ServerOption{grpc.MaxRecvMsgSize(size)}, cfg.Options...)...),
+		health: health.NewServer(),
+	}
+	kmsapi.RegisterKeyManagementServiceServer(s.Server, svc)
+	kmsv1.RegisterKeyManagementServiceServer(s.Server, NewServiceV1beta1(svc, cfg.Version))
+	healthpb.RegisterHealthServer(s.Server, s.health)
+	s.follow(svc.monitor.State())
+	svc.monitor.OnRefresh(s.follow)
+	return s
+}
+
+// follow sets the health service's status from the Monitor's state: serving exactly while the
+// backend is usable now. (Status may still answer with the last good key id meanwhile.)
+func (s *Server) follow(keyID string, unhealthy error) {
+	st := healthpb.HealthCheckResponse_SERVING
+	if keyID == "" || unhealthy != nil {
+		st = healthpb.HealthCheckResponse_NOT_SERVING
+	}
+	for _, name := range healthServices {
+		s.health.SetServingStatus(name, st)
+	}
+}
+
+// GracefulStop reports NOT_SERVING from now on, then lets in-flight requests finish.
+func (s *Server) GracefulStop() {
+	s.health.Shutdown()
+	s.Server.GracefulStop()
+}
+
+// Stop reports NOT_SERVING and closes every connection at once.
+func (s *Server) Stop() {
+	s.health.Shutdown()
+	s.Server.Stop()
+}
