@@ -100,7 +100,10 @@ func (t *tokens) refresh(ctx context.Context) error {
 			t.log.Info("vault token near its max TTL; logging in again", "method", t.auth.Method(), "ttl", ttl)
 		} else if err != nil {
 			if err := classify("token renewal", err); !errors.Is(err, dek.ErrDenied) {
-				return err // Vault is down; keep the token and try at the next check
+				// The token is still valid for a third of its TTL: keep it and renew at the
+				// next check; the key read says whether Vault is really down.
+				t.log.Warn("vault token renewal failed; retrying at the next check", "error", err)
+				return nil
 			}
 		}
 	}

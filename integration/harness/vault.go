@@ -253,7 +253,8 @@ type TokenOptions struct {
 	Renewable bool
 }
 
-// CreateToken creates a token as root.
+// CreateToken creates a token as root. With no Policies the token inherits root's: pass
+// []string{"default"} for a token that may do next to nothing.
 func (v *Vault) CreateToken(t testing.TB, o TokenOptions) string {
 	t.Helper()
 	renewable := o.Renewable
