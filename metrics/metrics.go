@@ -1,0 +1,180 @@
+// Package metrics is the plugin's Prometheus instrumentation: gRPC requests, backend calls
+// (through a dek.KEK decorator, so every backend gets them), the backend's health and key id,
+// and the call limiter. It has its own registry, never the global one; docs/metrics.md lists
+// every metric.
+package metrics
+
+import (
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+const namespace = "kms_plugin"
+
+// latencyBuckets span a local AES wrap (microseconds) to a Vault call near the apiserver's
+// 3-second timeout.
+var latencyBuckets = []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
+
+// Metrics holds the collectors of one plugin process.
+type Metrics struct {
+	reg     *prometheus.Registry
+	wrapped prometheus.Registerer // adds the backend label
+
+	requests        *prometheus.CounterVec
+	requestDuration *prometheus.HistogramVec
+	inFlight        *prometheus.GaugeVec
+	backendCalls    *prometheus.CounterVec
+	backendDuration *prometheus.HistogramVec
+	keyInfo         *prometheus.GaugeVec
+	rotations       prometheus.Counter
+	healthy         prometheus.Gauge
+
+	mu    sync.Mutex
+	keyID string // the key id keyInfo reports
+}
+
+// New returns the metrics of a plugin serving with the named backend (localaes, vault), which
+// every kms_plugin_ metric carries as its backend label. version goes into kms_plugin_build_info.
+func New(backend, version string) *Metrics {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	w := prometheus.WrapRegistererWith(prometheus.Labels{"backend": backend}, reg)
+	m := &Metrics{
+		reg:     reg,
+		wrapped: w,
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "requests_total",
+			Help: "gRPC requests finished, by API (v2, v1beta1), method and gRPC status code.",
+		}, []string{"api", "method", "code"}),
+		requestDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "request_duration_seconds",
+			Help:    "Time to answer a gRPC request, by API and method.",
+			Buckets: latencyBuckets,
+		}, []string{"api", "method"}),
+		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "requests_in_flight",
+			Help: "gRPC requests being served now, by API and method.",
+		}, []string{"api", "method"}),
+		backendCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "backend_calls_total",
+			Help: "Backend calls finished, by operation (wrap, unwrap, check) and result (ok or the kind of failure).",
+		}, []string{"operation", "result"}),
+		backendDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "backend_call_duration_seconds",
+			Help:    "Time of one backend call (a Vault round trip, a local AES wrap), by operation.",
+			Buckets: latencyBuckets,
+		}, []string{"operation"}),
+		keyInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "key_info",
+			Help: "The key id that Status reports (value always 1); absent until the backend has been healthy once.",
+		}, []string{"key_id"}),
+		rotations: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "key_rotations_total",
+			Help: "Changes of the reported key id seen since start.",
+		}),
+		healthy: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "backend_healthy",
+			Help: "1 while the backend is usable (the health check of Status, /readyz and gRPC health), else 0.",
+		}),
+	}
+	buildInfo := prometheus.NewGauge(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "build_info",
+		Help:        "The plugin's version (value always 1).",
+		ConstLabels: prometheus.Labels{"version": version},
+	})
+	buildInfo.Set(1)
+	w.MustRegister(m.requests, m.requestDuration, m.inFlight, m.backendCalls, m.backendDuration,
+		m.keyInfo, m.rotations, m.healthy, buildInfo)
+	return m
+}
+
+// Handler serves the metrics in the Prometheus exposition format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg, MaxRequestsInFlight: 4, Timeout: 10 * time.Second})
+}
+
+// ObserveBackend records the state Status reports, after every health refresh: whether the
+// backend is usable, the key id, and a rotation when the key id changed.
+func (m *Metrics) ObserveBackend(keyID string, unhealthy error) {
+	if unhealthy == nil && keyID != "" {
+		m.healthy.Set(1)
+	} else {
+		m.healthy.Set(0)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if keyID == m.keyID {
+		return
+	}
+	if m.keyID != "" {
+		m.rotations.Inc()
+		m.keyInfo.DeleteLabelValues(m.keyID)
+	}
+	m.keyID = keyID
+	if keyID != "" {
+		m.keyInfo.WithLabelValues(keyID).Set(1)
+	}
+}
+
+// TokenTTLReporter is implemented by a backend whose credentials expire, such as a Vault
+// token. TokenTTL answers from memory (a scrape must never reach the backend): the time left
+// on the credentials in use, and false while none are held or they do not expire.
+type TokenTTLReporter interface {
+	TokenTTL() (time.Duration, bool)
+}
+
+// WatchTokenTTL exports kms_plugin_backend_token_ttl_seconds when backend implements
+// TokenTTLReporter; it reports whether it does.
+func (m *Metrics) WatchTokenTTL(backend any) bool {
+	r, ok := backend.(TokenTTLReporter)
+	if ok {
+		m.wrapped.MustRegister(&tokenTTLCollector{r: r, desc: prometheus.NewDesc(namespace+"_backend_token_ttl_seconds",
+			"Time left on the backend's credentials (a Vault token); absent while they do not expire.", nil, nil)})
+	}
+	return ok
+}
+
+type tokenTTLCollector struct {
+	r    TokenTTLReporter
+	desc *prometheus.Desc
+}
+
+func (c *tokenTTLCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c *tokenTTLCollector) Collect(ch chan<- prometheus.Metric) {
+	if ttl, ok := c.r.TokenTTL(); ok {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, ttl.Seconds())
+	}
+}
+
+// Limiter is what the backend call limiter reports.
+type Limiter interface {
+	InProgress() int
+	Waiting() int
+}
+
+// WatchLimiter exports the limiter's calls in progress and waiting, and its bounds.
+func (m *Metrics) WatchLimiter(l Limiter, maxInProgress, maxWaiting int) {
+	m.wrapped.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "backend_calls_in_progress",
+			Help: "Wrap and unwrap calls the backend is serving now.",
+		}, func() float64 { return float64(l.InProgress()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "backend_calls_waiting",
+			Help: "Wrap and unwrap calls queued for a free slot (--max-concurrent-backend-calls).",
+		}, func() float64 { return float64(l.Waiting()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "backend_calls_in_progress_limit",
+			Help: "--max-concurrent-backend-calls.",
+		}, func() float64 { return float64(maxInProgress) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "backend_calls_waiting_limit",
+			Help: "--backend-call-queue.",
+		}, func() float64 { return float64(maxWaiting) }),
+	)
+}
