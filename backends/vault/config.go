@@ -142,7 +142,9 @@ func (c *Config) newAPIClient(hc *http.Client, namespace, token string) (*api.Cl
 		MaxRetryWait: time.Millisecond,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("vault client: %w", err)
+		// Only a malformed VAULT_* variable makes it fail: it parses them all even though
+		// every value is overridden below, and its error does not name the variable.
+		return nil, fmt.Errorf("vault client: a VAULT_* environment variable is malformed; the plugin ignores them but the Vault library parses them all, so fix or unset it: %w", err)
 	}
 	client.SetHeaders(http.Header{api.RequestHeaderName: []string{"true"}})
 	if namespace != "" {

@@ -423,6 +423,15 @@ func TestEnvironmentIgnored(t *testing.T) {
 		t.Errorf("lookup-self token %q, want the configured one", tok)
 	}
 
+	// A malformed variable stops the start with an error that names it, never silently.
+	t.Run("malformed", func(t *testing.T) {
+		t.Setenv("VAULT_MAX_RETRIES", "lots")
+		_, err := Open(Config{Address: srv.URL, Key: "k", Auth: StaticToken{"x"}})
+		if err == nil || !strings.Contains(err.Error(), "VAULT_* environment variable is malformed") {
+			t.Fatalf("Open with a malformed VAULT_MAX_RETRIES: %v", err)
+		}
+	})
+
 	// VAULT_SKIP_VERIFY must not disable certificate checks.
 	tlsSrv := httptest.NewTLSServer(fv)
 	defer tlsSrv.Close()
