@@ -72,6 +72,10 @@ func (k *KEK) CurrentID() string {
 	return k.deb.adopted.String()
 }
 
+// TokenTTL is the time left on the Vault token in use, for metrics; false while there is none
+// or it does not expire. It answers from memory.
+func (k *KEK) TokenTTL() (time.Duration, bool) { return k.tokens.ttlLeft() }
+
 // Check refreshes Vault's state, the token and the key's latest version. Its error says
 // whether Vault is unreachable, sealed, denying access or missing the key.
 func (k *KEK) Check(ctx context.Context) error {

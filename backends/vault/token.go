@@ -33,7 +33,8 @@ type tokens struct {
 	client    *api.Client                             // the backend's client; its token is set here
 	newClient func(token string) (*api.Client, error) // for logins and lookups of a new token
 
-	denied atomic.Bool // a request was denied since the last check
+	denied  atomic.Bool  // a request was denied since the last check
+	expires atomic.Int64 // Unix nanoseconds when the token in use expires; 0: none or never
 
 	token     string
 	obtained  time.Time     // when the current TTL was learned
@@ -94,6 +95,7 @@ func (t *tokens) refresh(ctx context.Context) error {
 			// A supplied token cannot log in afresh: keep renewing it, however short it gets.
 			if t.supplied || ttl >= t.loginTTL/2 {
 				t.obtained, t.ttl, t.renewable = t.clk.Now(), ttl, secret.Auth.Renewable
+				t.setExpiry()
 				t.log.Debug("vault token renewed", "ttl", ttl)
 				return nil
 			}
@@ -127,6 +129,7 @@ func (t *tokens) login(ctx context.Context, force bool) error {
 	ttl := time.Duration(lease.LeaseDuration) * time.Second
 	t.token, t.obtained, t.ttl, t.loginTTL, t.renewable, t.supplied = token, now, ttl, ttl, lease.Renewable, supplied
 	t.failures, t.lastErr = 0, nil
+	t.setExpiry()
 	t.denied.Store(false)
 	t.log.Info("vault login", "method", t.auth.Method(), "ttl", ttl, "renewable", lease.Renewable)
 	return nil
@@ -155,6 +158,23 @@ func (t *tokens) doLogin(ctx context.Context) (token string, lease *api.SecretAu
 	}
 	lease, err = leaseOf(secret)
 	return token, lease, true, err
+}
+
+func (t *tokens) setExpiry() {
+	if t.ttl <= 0 {
+		t.expires.Store(0)
+		return
+	}
+	t.expires.Store(t.obtained.Add(t.ttl).UnixNano())
+}
+
+// ttlLeft is the time left on the token in use, from memory; false if none or it never expires.
+func (t *tokens) ttlLeft() (time.Duration, bool) {
+	exp := t.expires.Load()
+	if exp == 0 {
+		return 0, false
+	}
+	return max(time.Unix(0, exp).Sub(t.clk.Now()), 0), true
 }
 
 // loginBackoff is the jittered wait after n consecutive failed logins.

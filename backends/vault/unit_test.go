@@ -501,10 +501,16 @@ func TestTokenLifecycle(t *testing.T) {
 		return n
 	}
 
+	if _, ok := k.TokenTTL(); ok {
+		t.Fatal("TokenTTL before any login")
+	}
 	if err := tk.ensure(ctx); err != nil || tk.token != "hvs.t1" {
 		t.Fatalf("first ensure: token %q, %v", tk.token, err)
 	}
 	clk.Advance(39 * time.Second)
+	if ttl, ok := k.TokenTTL(); !ok || ttl != 21*time.Second {
+		t.Fatalf("TokenTTL 39 s into a 60 s token = %s, %v", ttl, ok)
+	}
 	tk.ensure(ctx)
 	if n := count("/v1/auth/token/renew-self"); n != 0 {
 		t.Fatalf("renewed %d times before two thirds of the TTL", n)
