@@ -1,0 +1,108 @@
+package vault
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/hashicorp/vault/api"
+
+	"github.com/kmsplugin/kms-plugin/dek"
+)
+
+// Wrap encrypts dek with the key version that keyID names, so the envelope's key id is the
+// version that really wrapped it even if the key rotates meanwhile. The wrapped DEK is the raw
+// transit ciphertext without its "vault:vN:" prefix and base64, which the key id restores.
+func (k *KEK) Wrap(ctx context.Context, keyID string, plain []byte) ([]byte, error) {
+	kv, err := k.usable(keyID)
+	if err != nil {
+		return nil, err
+	}
+	path := k.cfg.Mount + "/encrypt/" + k.cfg.Key
+	var secret *api.Secret
+	err = k.cfg.Retry.do(ctx, k.cfg.Clock, func(ctx context.Context) (err error) {
+		secret, err = k.client.Logical().WriteWithContext(ctx, path, map[string]any{
+			"plaintext":   base64.StdEncoding.EncodeToString(plain),
+			"key_version": kv.version,
+		})
+		return err
+	})
+	if err != nil {
+		return nil, k.requestFailed("encrypt with "+path, err)
+	}
+	if secret == nil {
+		return nil, k.notFound("encrypt with " + path)
+	}
+	ct, _ := secretString(secret, "ciphertext")
+	prefix := transitPrefix(kv.version)
+	b64, ok := strings.CutPrefix(ct, prefix)
+	if !ok {
+		return nil, fmt.Errorf("encrypt with %s: vault returned no ciphertext of version %d", path, kv.version)
+	}
+	raw, err := base64.StdEncoding.DecodeString(b64)
+	if err != nil || len(raw) == 0 {
+		return nil, fmt.Errorf("encrypt with %s: vault returned an undecodable ciphertext", path)
+	}
+	return raw, nil
+}
+
+// Unwrap decrypts a DEK that Wrap wrapped under keyID.
+func (k *KEK) Unwrap(ctx context.Context, keyID string, wrapped []byte) ([]byte, error) {
+	kv, err := k.usable(keyID)
+	if err != nil {
+		return nil, err
+	}
+	if len(wrapped) == 0 {
+		return nil, fmt.Errorf("%w: empty wrapped DEK", dek.ErrMalformed)
+	}
+	path := k.cfg.Mount + "/decrypt/" + k.cfg.Key
+	ct := transitPrefix(kv.version) + base64.StdEncoding.EncodeToString(wrapped)
+	var secret *api.Secret
+	err = k.cfg.Retry.do(ctx, k.cfg.Clock, func(ctx context.Context) (err error) {
+		secret, err = k.client.Logical().WriteWithContext(ctx, path, map[string]any{"ciphertext": ct})
+		return err
+	})
+	if err != nil {
+		return nil, k.requestFailed("decrypt with "+path, err)
+	}
+	if secret == nil {
+		return nil, k.notFound("decrypt with " + path)
+	}
+	pt, ok := secretString(secret, "plaintext")
+	if !ok {
+		return nil, fmt.Errorf("decrypt with %s: vault returned no plaintext", path)
+	}
+	plain, err := base64.StdEncoding.DecodeString(pt)
+	if err != nil {
+		return nil, fmt.Errorf("decrypt with %s: vault returned undecodable plaintext", path)
+	}
+	return plain, nil
+}
+
+// notFound is vault/api's nil answer to a request it got a 404 for: no such mount.
+func (k *KEK) notFound(what string) error {
+	return fmt.Errorf("%w: %s: vault has no transit mount at %q", dek.ErrUnknownKey, what, k.cfg.Mount)
+}
+
+// requestFailed classifies a failed encrypt or decrypt; a denial makes the next check look at
+// the token.
+func (k *KEK) requestFailed(what string, err error) error {
+	err = classify(what, err)
+	if errors.Is(err, dek.ErrDenied) {
+		k.tokens.denied.Store(true)
+	}
+	return err
+}
+
+func transitPrefix(version int) string { return "vault:v" + strconv.Itoa(version) + ":" }
+
+func secretString(s *api.Secret, field string) (string, bool) {
+	if s == nil || s.Data == nil {
+		return "", false
+	}
+	v, ok := s.Data[field].(string)
+	return v, ok
+}
