@@ -111,7 +111,8 @@ func TestServeVault(t *testing.T) {
 
 	sock := shortDir(t) + "/kms.sock"
 	_, log := runInProcess(t, "serve", "--listen", sock, "--backend", "vault",
-		"--vault-addr", v.Addr, "--vault-transit-key", "kek", "--check-interval", "200ms")
+		"--vault-addr", v.Addr, "--vault-transit-key", "kek", "--check-interval", "200ms",
+		"--health-addr=") // no fixed HTTP port: other tests may hold it
 	st := waitStatus(t, sock)
 	if st.Healthz != "ok" || !regexp.MustCompile(`^vault:[0-9a-f]{16}:v1$`).MatchString(st.KeyId) {
 		t.Fatalf("Status = %v", st)
