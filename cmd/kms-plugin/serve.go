@@ -40,6 +40,8 @@ type serveOptions struct {
 	checkEvery, proveEvery  time.Duration
 	logFormat, logLevel     string
 	shutdownGrace           time.Duration
+	config                  string
+	ops                     opsOptions
 }
 
 func newServeCommand() *cobra.Command {
@@ -50,11 +52,15 @@ func newServeCommand() *cobra.Command {
 		Short: "Serve the KMS v2 API on a unix socket (the default command)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyConfigFile(cmd.Flags()); err != nil {
+				return err
+			}
 			return serve(cmd.Context(), cmd.ErrOrStderr(), cmd.Flags(), o, all)
 		},
 	}
 	fs := cmd.Flags()
 	fs.SortFlags = false
+	fs.StringVar(&o.config, "config", "", "YAML file of settings named like these flags (listen: /path, vault-addr: ...); the command line wins")
 	fs.StringVar(&o.listen, "listen", "/var/run/kmsplugin/kms.sock", "unix socket to serve on (path or unix:///path)")
 	fs.StringVar(&o.backend, "backend", "localaes", "KEK backend: localaes or vault")
 	fs.StringVar(&o.socketGroup, "socket-group", "", "group (name or id) that owns the socket, for an apiserver that runs as another user")
@@ -68,6 +74,8 @@ func newServeCommand() *cobra.Command {
 	for _, b := range all {
 		b.addFlags(fs)
 	}
+	o.ops.addFlags(fs)
+	cmd.SetUsageFunc(groupedUsage(all))
 	return cmd
 }
 
@@ -93,6 +101,12 @@ func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveOptio
 	if chosen == nil {
 		return fmt.Errorf("--backend %q: want localaes or vault", o.backend)
 	}
+	if err := checkCombination(fs, o.backend, all, o.ops); err != nil {
+		return err
+	}
+	if err := disableCoreDumps(); err != nil {
+		return err
+	}
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -100,17 +114,24 @@ func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveOptio
 	if err != nil {
 		return err
 	}
-	monitor := plugin.NewMonitor(kek, plugin.MonitorConfig{
+	inst := instrument(kek, o.backend, o.ops)
+	monitor := plugin.NewMonitor(inst.measured, plugin.MonitorConfig{
 		CheckInterval: o.checkEvery, ProofInterval: o.proveEvery, Timeout: o.timeout,
 	}, clock.Real{}, log)
+	monitor.OnRefresh(inst.metrics.ObserveBackend)
 	monitor.Refresh(ctx)
 	go monitor.Run(ctx)
+	stopOps, err := startOps(o.ops, fs.Changed("health-addr"), monitor, inst.metrics, log)
+	if err != nil {
+		return err
+	}
+	defer stopOps()
 
 	lis, err := plugin.Listen(path, sockOpts)
 	if err != nil {
 		return err
 	}
-	srv := plugin.NewGRPCServer(plugin.NewService(kek, monitor, o.timeout, log))
+	srv := plugin.NewServer(plugin.NewService(inst.limited, monitor, o.timeout, log), inst.serverConfig(o.ops))
 	keyID, unhealthy := monitor.State()
 	log.Info("serving KMS v2", "socket", path, "backend", o.backend, "key_id", keyID, "healthy", unhealthy == nil, "version", version)
 

@@ -1,0 +1,69 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+)
+
+// groupedUsage prints the command's usage with its flags in sections: general, one per
+// backend (flags named after it), and operations (annotated in operations.go).
+func groupedUsage(all []backend) func(*cobra.Command) error {
+	return func(cmd *cobra.Command) error {
+		var b strings.Builder
+		fmt.Fprintf(&b, "Usage:\n  %s\n", cmd.UseLine())
+		if cmd.HasAvailableSubCommands() {
+			fmt.Fprintf(&b, "  %s [command]\n\nCommands:\n", cmd.CommandPath())
+			for _, c := range cmd.Commands() {
+				if c.IsAvailableCommand() {
+					fmt.Fprintf(&b, "  %-10s %s\n", c.Name(), c.Short)
+				}
+			}
+		}
+		titles := []string{"general"}
+		for _, be := range all {
+			titles = append(titles, be.name())
+		}
+		titles = append(titles, "operations")
+		groups := map[string]*pflag.FlagSet{}
+		for _, t := range titles {
+			groups[t] = pflag.NewFlagSet(t, pflag.ContinueOnError)
+			groups[t].SortFlags = false
+		}
+		cmd.Flags().VisitAll(func(f *pflag.Flag) {
+			if f.Hidden {
+				return
+			}
+			groups[flagGroup(f, all)].AddFlag(f)
+		})
+		for _, t := range titles {
+			if !groups[t].HasFlags() {
+				continue
+			}
+			heading := map[string]string{"general": "General flags", "operations": "Operations flags (endpoints, limits, logs)"}[t]
+			if heading == "" {
+				heading = fmt.Sprintf("%s backend flags (--backend %s)", t, t)
+			}
+			fmt.Fprintf(&b, "\n%s:\n%s", heading, groups[t].FlagUsages())
+		}
+		if cmd.HasAvailableSubCommands() {
+			fmt.Fprintf(&b, "\nEvery flag can also be set in the --config file, by its name without --.\nUse \"%s [command] --help\" for more about a command.\n", cmd.CommandPath())
+		}
+		_, err := fmt.Fprint(cmd.OutOrStderr(), b.String())
+		return err
+	}
+}
+
+func flagGroup(f *pflag.Flag, all []backend) string {
+	if g := f.Annotations[groupAnnotation]; len(g) == 1 {
+		return g[0]
+	}
+	for _, b := range all {
+		if strings.HasPrefix(f.Name, b.name()+"-") {
+			return b.name()
+		}
+	}
+	return "general"
+}
