@@ -40,7 +40,7 @@ type KMSv2 struct {
 
 type kmsWriteState struct {
 	seed []byte
-	obj  EncryptedObject // every field but EncryptedData
+	tail []byte // the EncryptedObject's fields after EncryptedData, encoded once
 }
 
 // NewKMSv2 returns the transformer of the kms v2 provider name, whose plugin answers on
@@ -130,7 +130,7 @@ func (t *KMSv2) Encrypt(ctx context.Context, dst, plaintext, etcdKey []byte) ([]
 	encLen := infoSize + gcmNonceSize + len(plaintext) + gcmTagSize
 	dst = protowire.AppendTag(dst, fieldEncryptedData, protowire.BytesType)
 	dst = protowire.AppendVarint(dst, uint64(encLen))
-	dst = slices.Grow(dst, encLen+len(w.obj.Marshal()))
+	dst = slices.Grow(dst, encLen+len(w.tail))
 	info := dst[len(dst) : len(dst)+infoSize]
 	if _, err := rand.Read(info); err != nil {
 		return nil, fmt.Errorf("kms v2: reading random HKDF info: %w", err)
@@ -147,7 +147,7 @@ func (t *KMSv2) Encrypt(ctx context.Context, dst, plaintext, etcdKey []byte) ([]
 	if err != nil {
 		return nil, err
 	}
-	return append(dst, w.obj.Marshal()...), nil
+	return append(dst, w.tail...), nil
 }
 
 // writeState asks the plugin once to encrypt a fresh seed.
@@ -167,19 +167,19 @@ func (t *KMSv2) writeState(ctx context.Context) (*kmsWriteState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: kms provider %q, Encrypt of a new DEK seed: %v", ErrKMS, t.name, err)
 	}
-	w := &kmsWriteState{seed: seed, obj: EncryptedObject{
-		EncryptedData:      []byte{0}, // validated below, never written
+	obj := EncryptedObject{
+		EncryptedData:      []byte{0}, // for Validate; never written
 		KeyID:              resp.KeyId,
 		EncryptedDEKSource: resp.Ciphertext,
 		Annotations:        resp.Annotations,
 		DEKSourceType:      DEKSourceHKDFSeed,
-	}}
-	if err := w.obj.Validate(); err != nil {
+	}
+	if err := obj.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: kms provider %q answered Encrypt with %v", ErrKMS, t.name, err)
 	}
-	w.obj.EncryptedData = nil
-	t.write = w
-	return w, nil
+	obj.EncryptedData = nil
+	t.write = &kmsWriteState{seed: seed, tail: obj.Marshal()}
+	return t.write, nil
 }
 
 // deriveKey is the apiserver's sha256KDFExpandOnly: HKDF-Expand without Extract.

@@ -95,7 +95,7 @@ func (c *Chain) Decrypt(ctx context.Context, data, etcdKey []byte) ([]byte, erro
 		if l.Prefix == "" {
 			continue
 		}
-		errs = append(errs, fmt.Errorf("%s%q: %w", c.what+" ", strings.TrimSuffix(l.Prefix, ":"), err))
+		errs = append(errs, fmt.Errorf("%s %q: %w", c.what, strings.TrimSuffix(l.Prefix, ":"), err))
 	}
 	switch len(errs) {
 	case 0:
