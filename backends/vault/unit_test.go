@@ -615,3 +615,31 @@ func TestCleartext(t *testing.T) {
 		}
 	}
 }
+
+// TestConnectionsReused: every call shares one HTTP client whose connections stay open.
+func TestConnectionsReused(t *testing.T) {
+	fv := &fakeVault{handler: func(path string, _ map[string]any, _ string) (int, string) {
+		return 200, `{"data":{"ciphertext":"vault:v1:AAAA"}}` + "\n"
+	}}
+	srv := httptest.NewUnstartedServer(fv)
+	var conns atomic.Int32
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	client := testAPIClient(t, srv.URL)
+	for i := 0; i < 20; i++ {
+		if _, err := client.Logical().WriteWithContext(context.Background(), "transit/encrypt/k", map[string]any{"plaintext": "AAAA"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := client.Logical().ReadWithContext(context.Background(), "transit/keys/k"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Fatalf("40 sequential requests opened %d connections, want 1", n)
+	}
+}
