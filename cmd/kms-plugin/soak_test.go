@@ -121,7 +121,9 @@ func TestSoak(t *testing.T) {
 		return v
 	}
 	// Requests the server finished as the clients were cancelled count there, not here.
-	within := func(served float64, seen int64) bool { return served >= float64(seen) && served <= float64(seen+workers) }
+	within := func(served float64, seen int64) bool {
+		return served >= float64(seen) && served <= float64(seen+workers)
+	}
 	if !within(ok("Encrypt"), encrypts.Load()) || !within(ok("Decrypt"), decrypts.Load()) {
 		t.Errorf("metrics count %v encrypts and %v decrypts; clients saw %d and %d", ok("Encrypt"), ok("Decrypt"), encrypts.Load(), decrypts.Load())
 	}

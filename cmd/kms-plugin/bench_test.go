@@ -1,0 +1,100 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	kmsapi "k8s.io/kms/apis/v2"
+
+	"github.com/kmsplugin/kms-plugin/backends/localaes"
+)
+
+// benchPlugin serves the plugin in-process as `kms-plugin serve` would (localaes backend,
+// metrics, limiter) and returns a client on its socket. docs/performance.md records figures.
+func benchPlugin(b *testing.B) kmsapi.KeyManagementServiceClient {
+	b.Helper()
+	dir := b.TempDir()
+	keys := filepath.Join(dir, "keys.yaml")
+	if _, err := localaes.AddKey(keys, "bench", true); err != nil {
+		b.Fatal(err)
+	}
+	socket := filepath.Join(dir, "kms.sock")
+	if len(socket) > 100 {
+		socket = filepath.Join("/tmp", filepath.Base(dir)+".sock")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := newRootCommand()
+	cmd.SetArgs([]string{"--listen", socket, "--localaes-key-file", keys, "--health-addr", "127.0.0.1:0", "--log-level", "error"})
+	cmd.SetErr(&syncBuffer{})
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	b.Cleanup(func() { cancel(); <-done })
+
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { conn.Close() })
+	client := kmsapi.NewKeyManagementServiceClient(conn)
+	for deadline := time.Now().Add(20 * time.Second); ; {
+		if _, err := client.Status(ctx, &kmsapi.StatusRequest{}); err == nil {
+			return client
+		} else if time.Now().After(deadline) {
+			b.Fatalf("plugin not serving: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+var benchSeed = bytes.Repeat([]byte{0x42}, 32) // the size of kube-apiserver's DEK seeds
+
+func BenchmarkEncrypt(b *testing.B) {
+	client := benchPlugin(b)
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := client.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: benchSeed}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkDecrypt(b *testing.B) {
+	client := benchPlugin(b)
+	ctx := context.Background()
+	enc, err := client.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: benchSeed})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := client.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: enc.Ciphertext}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// Concurrent Decrypts on one connection, as an apiserver filling its watch cache sends them;
+// -cpu sets GOMAXPROCS and SetParallelism(8) makes 8 goroutines per P.
+func BenchmarkDecryptParallel(b *testing.B) {
+	client := benchPlugin(b)
+	enc, err := client.Encrypt(context.Background(), &kmsapi.EncryptRequest{Plaintext: benchSeed})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.SetParallelism(8)
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := client.Decrypt(context.Background(), &kmsapi.DecryptRequest{Ciphertext: enc.Ciphertext}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}
