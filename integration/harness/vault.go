@@ -3,9 +3,11 @@ package harness
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -23,6 +25,7 @@ type Vault struct {
 	RootToken string      // never logged
 	Root      *api.Client // authenticated as root
 	Process   *Process
+	CAFile    string // the CA that verifies Vault's certificate, when it serves TLS
 
 	bin, configPath, unsealKey string
 }
@@ -35,6 +38,23 @@ func StartVaultDev(t testing.TB) *Vault {
 	home := t.TempDir()
 	v.startOnFreePort(t, func(port int) []string {
 		return []string{"server", "-dev", "-dev-root-token-id=" + v.RootToken,
+			fmt.Sprintf("-dev-listen-address=127.0.0.1:%d", port), "-dev-no-store-token", "-log-level=warn"}
+	}, home)
+	v.waitHealth(t, func(h *api.HealthResponse) bool { return h.Initialized && !h.Sealed })
+	v.Root = v.Client(t, v.RootToken)
+	return v
+}
+
+// StartVaultDevTLS is StartVaultDev serving HTTPS with a certificate that Vault generates for
+// localhost and 127.0.0.1, signed by the CA in CAFile.
+func StartVaultDevTLS(t testing.TB) *Vault {
+	t.Helper()
+	v := &Vault{bin: Binary(t, "vault"), RootToken: randomToken(t)}
+	home, certDir := t.TempDir(), t.TempDir()
+	v.CAFile = filepath.Join(certDir, "vault-ca.pem")
+	v.startOnFreePort(t, func(port int) []string {
+		v.Addr = fmt.Sprintf("https://127.0.0.1:%d", port)
+		return []string{"server", "-dev", "-dev-tls", "-dev-tls-cert-dir=" + certDir, "-dev-root-token-id=" + v.RootToken,
 			fmt.Sprintf("-dev-listen-address=127.0.0.1:%d", port), "-dev-no-store-token", "-log-level=warn"}
 	}, home)
 	v.waitHealth(t, func(h *api.HealthResponse) bool { return h.Initialized && !h.Sealed })
@@ -79,7 +99,7 @@ func (v *Vault) startOnFreePort(t testing.TB, args func(port int) []string, home
 	for attempt := 0; attempt < 3; attempt++ {
 		port := FreePort(t)
 		v.Addr = fmt.Sprintf("http://127.0.0.1:%d", port)
-		v.Process = Start(t, fmt.Sprintf("vault-%d", port), v.bin, args(port), vaultEnv(home)...)
+		v.Process = Start(t, fmt.Sprintf("vault-%d", port), v.bin, args(port), vaultEnv(home)...) // args may set an https Addr
 		if v.waitListening(10 * time.Second) {
 			return
 		}
@@ -97,12 +117,14 @@ func vaultEnv(home string) []string {
 	return []string{"HOME=" + home, "VAULT_ADDR=", "VAULT_TOKEN=", "VAULT_NAMESPACE=", "VAULT_CACERT=", "VAULT_SKIP_VERIFY="}
 }
 
+// waitListening waits until something accepts connections on Vault's port (with dev TLS the
+// CA file appears only then, so no TLS handshake here).
 func (v *Vault) waitListening(timeout time.Duration) bool {
+	host := strings.TrimPrefix(strings.TrimPrefix(v.Addr, "http://"), "https://")
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) && !v.Process.Exited() {
-		resp, err := http.Get(v.Addr + "/v1/sys/health")
-		if err == nil {
-			resp.Body.Close()
+		if conn, err := net.DialTimeout("tcp", host, time.Second); err == nil {
+			conn.Close()
 			return true
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -129,7 +151,12 @@ func (v *Vault) waitHealth(t testing.TB, ok func(*api.HealthResponse) bool) {
 // explicitly so that the test's environment does not leak in.
 func (v *Vault) Client(t testing.TB, token string) *api.Client {
 	t.Helper()
-	c, err := api.NewClient(&api.Config{Address: v.Addr, HttpClient: &http.Client{Timeout: 30 * time.Second}, MaxRetries: 0})
+	cfg := &api.Config{Address: v.Addr, HttpClient: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{}}}, MaxRetries: 0}
+	if v.CAFile != "" {
+		Eventually(t, 30*time.Second, "vault dev CA file", func(context.Context) error { _, err := os.Stat(v.CAFile); return err })
+		must(t, cfg.ConfigureTLS(&api.TLSConfig{CACert: v.CAFile}), "vault client TLS")
+	}
+	c, err := api.NewClient(cfg)
 	must(t, err, "vault client")
 	c.SetToken(token)
 	c.ClearNamespace()
