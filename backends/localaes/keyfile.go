@@ -60,6 +60,7 @@ func readKeyFile(path string) (*keySet, error) {
 	if err != nil {
 		return nil, fmt.Errorf("key file: %w", err)
 	}
+	defer clear(raw) // one copy fewer of the secrets in memory
 	var f File
 	if err := yaml.UnmarshalStrict(raw, &f); err != nil {
 		return nil, fmt.Errorf("key file %s: %w", path, err)
@@ -106,6 +107,9 @@ func newKeySet(f File) (*keySet, error) {
 		}
 		fp := fingerprint(secret)
 		clear(secret)
+		if where, published := publishedKeys[fp]; published {
+			return nil, fmt.Errorf("keys[%d] (%s): this secret is published in kms-plugin's examples (%s), so anyone can read it; generate a key with 'kms-plugin keygen'", i, fk.Name, where)
+		}
 		if prev, dup := fingerprints[fp]; dup {
 			return nil, fmt.Errorf("keys[%d] (%s): same secret as %s", i, fk.Name, prev)
 		}
