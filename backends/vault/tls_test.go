@@ -80,3 +80,33 @@ func TestVaultTLS(t *testing.T) {
 		}
 	})
 }
+
+// TestVaultClientCertificate: against a Vault listener that requires a client certificate,
+// the configured one is presented, and without it Vault cannot be reached.
+func TestVaultClientCertificate(t *testing.T) {
+	t.Parallel()
+	v := harness.StartVaultFileMTLS(t)
+	v.EnableTransit(t, "transit")
+	f := newFixture(t, v)
+	ctx := context.Background()
+
+	cfg := f.config(t, StaticToken{f.token})
+	cfg.CAFile, cfg.ClientCert, cfg.ClientKey = v.CAFile, v.ClientCert, v.ClientKey
+	k, err := Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustCheck(t, k)
+	if _, err := k.Wrap(ctx, k.CurrentID(), bytes.Repeat([]byte{6}, 32)); err != nil {
+		t.Fatal(err)
+	}
+
+	cfg.ClientCert, cfg.ClientKey = "", ""
+	k, err = Open(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.Check(ctx); !errors.Is(err, dek.ErrUnavailable) || !strings.Contains(err.Error(), "certificate required") {
+		t.Fatalf("Check without the client certificate: %v; want dek.ErrUnavailable, certificate required", err)
+	}
+}

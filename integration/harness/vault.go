@@ -26,6 +26,8 @@ type Vault struct {
 	Root      *api.Client // authenticated as root
 	Process   *Process
 	CAFile    string // the CA that verifies Vault's certificate, when it serves TLS
+	// ClientCert and ClientKey: a client certificate Vault requires (StartVaultFileMTLS).
+	ClientCert, ClientKey string
 
 	bin, configPath, unsealKey string
 }
@@ -66,19 +68,45 @@ func StartVaultDevTLS(t testing.TB) *Vault {
 // share and unseals it.
 func StartVaultFile(t testing.TB) *Vault {
 	t.Helper()
+	return startVaultFile(t, false)
+}
+
+// StartVaultFileMTLS is StartVaultFile serving HTTPS that requires a client certificate:
+// CAFile verifies Vault, ClientCert and ClientKey are a certificate it accepts.
+func StartVaultFileMTLS(t testing.TB) *Vault {
+	t.Helper()
+	return startVaultFile(t, true)
+}
+
+func startVaultFile(t testing.TB, mtls bool) *Vault {
+	t.Helper()
 	v := &Vault{bin: Binary(t, "vault")}
 	dir := t.TempDir()
+	listener := "tls_disable = true"
+	if mtls {
+		pki := NewTestPKI(t, dir)
+		v.CAFile, v.ClientCert, v.ClientKey = pki.CAFile, pki.ClientCert, pki.ClientKey
+		listener = fmt.Sprintf(`tls_cert_file = %q
+  tls_key_file = %q
+  tls_client_ca_file = %q
+  tls_require_and_verify_client_cert = true`, pki.ServerCert, pki.ServerKey, pki.CAFile)
+	}
 	v.startOnFreePort(t, func(port int) []string {
+		scheme := "http"
+		if mtls {
+			scheme = "https"
+		}
+		v.Addr = fmt.Sprintf("%s://127.0.0.1:%d", scheme, port)
 		v.configPath = filepath.Join(dir, fmt.Sprintf("vault-%d.hcl", port))
 		config := fmt.Sprintf(`storage "file" { path = %q }
 listener "tcp" {
-  address     = "127.0.0.1:%d"
-  tls_disable = true
+  address = "127.0.0.1:%d"
+  %s
 }
-api_addr      = "http://127.0.0.1:%d"
+api_addr      = "%s"
 disable_mlock = true
 log_level     = "warn"
-`, filepath.Join(dir, "data"), port, port)
+`, filepath.Join(dir, "data"), port, listener, v.Addr)
 		must(t, os.WriteFile(v.configPath, []byte(config), 0o600), "vault config")
 		return []string{"server", "-config=" + v.configPath}
 	}, dir)
@@ -154,7 +182,7 @@ func (v *Vault) Client(t testing.TB, token string) *api.Client {
 	cfg := &api.Config{Address: v.Addr, HttpClient: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{}}}, MaxRetries: 0}
 	if v.CAFile != "" {
 		Eventually(t, 30*time.Second, "vault dev CA file", func(context.Context) error { _, err := os.Stat(v.CAFile); return err })
-		must(t, cfg.ConfigureTLS(&api.TLSConfig{CACert: v.CAFile}), "vault client TLS")
+		must(t, cfg.ConfigureTLS(&api.TLSConfig{CACert: v.CAFile, ClientCert: v.ClientCert, ClientKey: v.ClientKey}), "vault client TLS")
 	}
 	c, err := api.NewClient(cfg)
 	must(t, err, "vault client")
