@@ -335,3 +335,41 @@ func TestReadinessFollowsRealVault(t *testing.T) {
 	v.Unseal(t)
 	harness.Eventually(t, 60*time.Second, "ready again after unseal", ready(true))
 }
+
+// Every flag and config-file setting that docs/operations.md and the README's flag table show
+// exists, so the operator docs cannot drift from the CLI.
+func TestOperationsDocsMatchCLI(t *testing.T) {
+	fs := newRootCommand().Flags()
+	apiserverFlags := map[string]bool{"feature-gates": true}
+	for _, doc := range []string{"../../docs/operations.md", "../../docs/metrics.md", "../../README.md"} {
+		raw, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range regexp.MustCompile("`(--[a-z][a-z0-9-]+)").FindAllStringSubmatch(string(raw), -1) {
+			name := strings.TrimPrefix(m[1], "--")
+			if fs.Lookup(name) == nil && !apiserverFlags[name] && name != "help" {
+				t.Errorf("%s shows %s, which kms-plugin does not have", doc, m[1])
+			}
+		}
+	}
+	raw, _ := os.ReadFile("../../docs/operations.md")
+	_, after, _ := strings.Cut(string(raw), "## Configuration file")
+	_, example, _ := strings.Cut(after, "```yaml\n")
+	example, _, _ = strings.Cut(example, "```")
+	if example == "" {
+		t.Fatal("no config file example in docs/operations.md")
+	}
+	config := filepath.Join(shortDir(t), "config.yaml")
+	os.WriteFile(config, []byte(example), 0o600)
+	cmd := newRootCommand()
+	if err := cmd.ParseFlags([]string{"--config", config}); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyConfigFile(cmd.Flags()); err != nil {
+		t.Fatalf("the documented config file: %v", err)
+	}
+	if got, _ := cmd.Flags().GetString("vault-transit-key"); got != "kubernetes" {
+		t.Fatalf("vault-transit-key = %q", got)
+	}
+}
