@@ -183,7 +183,9 @@ func (a *APIServer) waitReadyz(token string) error {
 			return errExited
 		}
 		if a.Config == nil {
-			if ca, err := os.ReadFile(filepath.Join(a.dir, "certs", "apiserver.crt")); err == nil {
+			// The apiserver may be halfway through writing the file: take it only once it
+			// holds a whole certificate.
+			if ca, err := os.ReadFile(filepath.Join(a.dir, "certs", "apiserver.crt")); err == nil && wholeCertificate(ca) {
 				a.Config = &rest.Config{
 					Host:            a.URL,
 					BearerToken:     token,
@@ -206,11 +208,25 @@ func (a *APIServer) waitReadyz(token string) error {
 			if err == nil {
 				err = errors.New(body)
 			}
+			var unknownCA x509.UnknownAuthorityError
+			if errors.As(err, &unknownCA) {
+				a.Config = nil // read the certificate again
+			}
 			last = err
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
 	return fmt.Errorf("/readyz not 200 within 3m: %v", last)
+}
+
+// wholeCertificate reports whether b is a complete PEM certificate.
+func wholeCertificate(b []byte) bool {
+	block, _ := pem.Decode(b)
+	if block == nil {
+		return false
+	}
+	_, err := x509.ParseCertificate(block.Bytes)
+	return err == nil
 }
 
 // writeAuthFiles writes the service-account signing key and a static token file with one
