@@ -22,6 +22,10 @@ var forbidden = map[string][]string{
 	"dek/":      {module + "plugin", module + "backends", module + "cmd"},
 	"plugin/":   {module + "backends", module + "cmd", module + "integration"},
 	"backends/": {module + "plugin", module + "cmd", module + "integration"},
+	// Operations: instrumentation and limits wrap the KEK interface, endpoints know neither.
+	"metrics/":      {module + "plugin", module + "backends", module + "cmd"},
+	"backendlimit/": {module + "plugin", module + "backends", module + "cmd"},
+	"ops/":          {module + "plugin", module + "backends", module + "dek", module + "cmd"},
 }
 
 // envReaders are the calls that read the process environment.
