@@ -209,6 +209,13 @@ func TestHelpGroupsFlagsByBackend(t *testing.T) {
 	if strings.Contains(sections[headings[0]], "--vault-") || strings.Contains(sections[headings[3]], "--vault-") {
 		t.Error("vault flags outside their section")
 	}
+	if out := runCmd(t, "serve", "--help"); !strings.Contains(out, headings[2]) {
+		t.Errorf("serve --help not grouped:\n%s", out)
+	}
+	// Other subcommands keep cobra's plain usage.
+	if out := runCmd(t, "keygen", "--help"); strings.Contains(out, "General flags") || !strings.Contains(out, "Flags:\n") {
+		t.Errorf("keygen --help:\n%s", out)
+	}
 }
 
 // A config file sets the flags the command line leaves alone; the command line wins.

@@ -11,7 +11,11 @@ import (
 // groupedUsage prints the command's usage with its flags in sections: general, one per
 // backend (flags named after it), and operations (annotated in operations.go).
 func groupedUsage(all []backend) func(*cobra.Command) error {
+	cobraDefault := (&cobra.Command{}).UsageFunc() // a command without parent has cobra's own
 	return func(cmd *cobra.Command) error {
+		if cmd.HasParent() && cmd.Name() != "serve" {
+			return cobraDefault(cmd) // other subcommands inherit this function from the root
+		}
 		var b strings.Builder
 		fmt.Fprintf(&b, "Usage:\n  %s\n", cmd.UseLine())
 		if cmd.HasAvailableSubCommands() {
