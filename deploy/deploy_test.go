@@ -106,8 +106,9 @@ func TestPluginManifests(t *testing.T) {
 			if c.Command[0] != "/kms-plugin" || c.Command[1] != "serve" {
 				t.Errorf("command %v: want /kms-plugin serve ...", c.Command)
 			}
-			if c.LivenessProbe != nil && c.LivenessProbe.Exec != nil {
-				t.Errorf("an exec liveness probe proves nothing about the plugin: %v", c.LivenessProbe.Exec.Command)
+			// Liveness must be the plugin's own /healthz, which never depends on the backend.
+			if lp := c.LivenessProbe; lp == nil || lp.HTTPGet == nil || lp.HTTPGet.Path != "/healthz" || lp.HTTPGet.Host != "127.0.0.1" || lp.HTTPGet.Port.IntValue() != 8095 {
+				t.Errorf("liveness probe %+v: want httpGet 127.0.0.1:8095/healthz (the default --health-addr)", lp)
 			}
 			if c.Resources.Requests.Cpu().IsZero() || c.Resources.Requests.Memory().IsZero() {
 				t.Errorf("no resource requests: %v", c.Resources.Requests)
