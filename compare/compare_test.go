@@ -3,50 +3,22 @@ package compare_test
 import (
 	"bytes"
 	"context"
-	"io"
-	"log/slog"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	kmsapi "k8s.io/kms/apis/v2"
 
-	"github.com/kmsplugin/kms-plugin/backends/localaes"
 	"github.com/kmsplugin/kms-plugin/compare"
-	"github.com/kmsplugin/kms-plugin/internal/clock"
-	"github.com/kmsplugin/kms-plugin/plugin"
+	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 	"github.com/kmsplugin/kms-plugin/providers"
 )
 
 // Every provider and the plugin's RPCs get a row for each size, over a real plugin socket;
 // sizes above the plugin's limit are reported as skipped, not as failures.
 func TestRunMeasuresEveryProvider(t *testing.T) {
-	dir, err := os.MkdirTemp("", "kp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer os.RemoveAll(dir)
-	keyFile := filepath.Join(dir, "keys.yaml")
-	if _, err := localaes.AddKey(keyFile, "one", true); err != nil {
-		t.Fatal(err)
-	}
-	backend, err := localaes.Open(keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	monitor := plugin.NewMonitor(backend, plugin.DefaultMonitorConfig, clock.Real{}, log)
-	monitor.Refresh(context.Background())
-	lis, err := plugin.Listen(filepath.Join(dir, "kms.sock"), plugin.SocketOptions{GID: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := plugin.NewGRPCServer(plugin.NewService(backend, monitor, time.Second, log))
-	go srv.Serve(lis)
-	defer srv.Stop()
-	conn, err := providers.DialPlugin("unix://" + filepath.Join(dir, "kms.sock"))
+	socket := plugintest.ServeLocalAES(t, plugintest.Options{}).Socket
+	conn, err := providers.DialPlugin("unix://" + socket)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,15 +3,12 @@ package deploy_test
 import (
 	"bytes"
 	"context"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -21,9 +18,7 @@ import (
 	"k8s.io/apiserver/pkg/storage/value"
 	"sigs.k8s.io/yaml"
 
-	"github.com/kmsplugin/kms-plugin/backends/localaes"
-	"github.com/kmsplugin/kms-plugin/internal/clock"
-	"github.com/kmsplugin/kms-plugin/plugin"
+	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 )
 
 const dir = "static-pod"
@@ -180,25 +175,7 @@ var socketRE = regexp.MustCompile(`unix:///var/run/kmsplugin/([a-z0-9.-]+\.sock)
 
 // startPlugin serves our plugin in-process on socket with a localaes key file.
 func startPlugin(t *testing.T, socket string) {
-	t.Helper()
-	keyFile := filepath.Join(t.TempDir(), "keys.yaml")
-	if _, err := localaes.AddKey(keyFile, "", true); err != nil {
-		t.Fatal(err)
-	}
-	kek, err := localaes.Open(keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	monitor := plugin.NewMonitor(kek, plugin.DefaultMonitorConfig, clock.Real{}, log)
-	monitor.Refresh(context.Background())
-	lis, err := plugin.Listen(socket, plugin.SocketOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := plugin.NewGRPCServer(plugin.NewService(kek, monitor, 2*time.Second, log))
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
+	plugintest.ServeLocalAES(t, plugintest.Options{Socket: socket})
 }
 
 // loadedConfig is one example, loaded by kube-apiserver's loader.

@@ -2,8 +2,6 @@ package plugin_test
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"path/filepath"
 	"runtime"
 	"testing"
@@ -15,14 +13,13 @@ import (
 	"github.com/kmsplugin/kms-plugin/backendlimit"
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
-	"github.com/kmsplugin/kms-plugin/plugin"
+	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 )
 
 // Over the socket: with every backend slot busy and no queue, a request fails at once with
 // ResourceExhausted, while Status (answered from memory) is unaffected.
 func TestBackendLimitIsResourceExhausted(t *testing.T) {
-	dir := shortTempDir(t)
-	keyFile := filepath.Join(dir, "keys.yaml")
+	keyFile := filepath.Join(shortTempDir(t), "keys.yaml")
 	if _, err := localaes.AddKey(keyFile, "one", true); err != nil {
 		t.Fatal(err)
 	}
@@ -31,18 +28,8 @@ func TestBackendLimitIsResourceExhausted(t *testing.T) {
 		t.Fatal(err)
 	}
 	kek := &faultKEK{Backend: backend}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	monitor := plugin.NewMonitor(kek, plugin.DefaultMonitorConfig, clock.NewFake(time.Unix(1_800_000_000, 0)), log)
-	monitor.Refresh(context.Background())
 	limited := backendlimit.New(kek, 1, 0)
-	socket := filepath.Join(dir, "kms.sock")
-	lis, err := plugin.Listen(socket, plugin.SocketOptions{GID: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := plugin.NewGRPCServer(plugin.NewService(limited, monitor, time.Minute, log))
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
+	socket := plugintest.Serve(t, limited, plugintest.Options{Clock: clock.NewFake(time.Unix(1_800_000_000, 0)), Timeout: time.Minute}).Socket
 	client := dial(t, socket)
 
 	kek.set(nil, time.Minute) // the backend hangs

@@ -5,8 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,6 +21,7 @@ import (
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
 	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
+	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 	"github.com/kmsplugin/kms-plugin/plugin"
 )
 
@@ -87,8 +86,7 @@ type testPlugin struct {
 
 func startPlugin(t *testing.T) *testPlugin {
 	t.Helper()
-	dir := shortTempDir(t)
-	keyFile := filepath.Join(dir, "keys.yaml")
+	keyFile := filepath.Join(shortTempDir(t), "keys.yaml")
 	if _, err := localaes.AddKey(keyFile, "one", true); err != nil {
 		t.Fatal(err)
 	}
@@ -98,19 +96,8 @@ func startPlugin(t *testing.T) *testPlugin {
 	}
 	kek := &faultKEK{Backend: backend}
 	clk := clock.NewFake(time.Unix(1_800_000_000, 0))
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	monitor := plugin.NewMonitor(kek, plugin.DefaultMonitorConfig, clk, log)
-	monitor.Refresh(context.Background())
-
-	socket := filepath.Join(dir, "kms.sock")
-	lis, err := plugin.Listen(socket, plugin.SocketOptions{GID: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := plugin.NewGRPCServer(plugin.NewService(kek, monitor, time.Second, log))
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	return &testPlugin{keyFile: keyFile, kek: kek, monitor: monitor, clock: clk, client: dial(t, socket), socket: socket}
+	p := plugintest.Serve(t, kek, plugintest.Options{Clock: clk, Timeout: time.Second})
+	return &testPlugin{keyFile: keyFile, kek: kek, monitor: p.Monitor, clock: clk, client: dial(t, p.Socket), socket: p.Socket}
 }
 
 func dial(t *testing.T, socket string) kmsapi.KeyManagementServiceClient {
@@ -124,15 +111,7 @@ func dial(t *testing.T, socket string) kmsapi.KeyManagementServiceClient {
 	return kmsapi.NewKeyManagementServiceClient(conn)
 }
 
-// shortTempDir keeps socket paths under the 108-byte limit of unix sockets.
-func shortTempDir(t *testing.T) string {
-	dir, err := os.MkdirTemp("", "kp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
+var shortTempDir = plugintest.ShortTempDir
 
 func ctx(t *testing.T) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -8,8 +8,6 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -24,48 +22,18 @@ import (
 	"k8s.io/apiserver/pkg/storage/value/encrypt/envelope"
 	kmsv1 "k8s.io/kms/apis/v1beta1"
 
-	"github.com/kmsplugin/kms-plugin/backends/localaes"
 	ourconfig "github.com/kmsplugin/kms-plugin/encryptionconfig"
-	"github.com/kmsplugin/kms-plugin/internal/clock"
+	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 	"github.com/kmsplugin/kms-plugin/plugin"
 	"github.com/kmsplugin/kms-plugin/providers"
 )
 
 // startPlugin serves our KMS v2 plugin (localaes backend) in-process on a temp socket.
 func startPlugin(t testing.TB) string {
-	t.Helper()
-	dir := shortTempDir(t)
-	keyFile := filepath.Join(dir, "keys.yaml")
-	if _, err := localaes.AddKey(keyFile, "one", true); err != nil {
-		t.Fatal(err)
-	}
-	backend, err := localaes.Open(keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	monitor := plugin.NewMonitor(backend, plugin.DefaultMonitorConfig, clock.Real{}, log)
-	monitor.Refresh(context.Background())
-	socket := filepath.Join(dir, "kms.sock")
-	lis, err := plugin.Listen(socket, plugin.SocketOptions{GID: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := plugin.NewGRPCServer(plugin.NewService(backend, monitor, time.Second, log))
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	return socket
+	return plugintest.ServeLocalAES(t, plugintest.Options{}).Socket
 }
 
-// shortTempDir keeps socket paths under the 108-byte limit of unix sockets.
-func shortTempDir(t testing.TB) string {
-	dir, err := os.MkdirTemp("", "kp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
+var shortTempDir = plugintest.ShortTempDir
 
 func writeConfig(t testing.TB, body string) string {
 	t.Helper()

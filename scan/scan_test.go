@@ -6,8 +6,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -22,10 +20,8 @@ import (
 	"k8s.io/apiserver/pkg/storage/value"
 	kmsv2api "k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2/v2"
 
-	"github.com/kmsplugin/kms-plugin/backends/localaes"
 	"github.com/kmsplugin/kms-plugin/integration/harness"
-	"github.com/kmsplugin/kms-plugin/internal/clock"
-	"github.com/kmsplugin/kms-plugin/plugin"
+	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 	"github.com/kmsplugin/kms-plugin/scan"
 )
 
@@ -52,62 +48,6 @@ func startEtcd(t *testing.T) *clientv3.Client {
 		return err
 	})
 	return c
-}
-
-// testPlugin is our plugin served in-process on a unix socket, with a localaes key file.
-type testPlugin struct {
-	socket, keyFile string
-	kek             *localaes.Backend
-	monitor         *plugin.Monitor
-}
-
-func startPlugin(t *testing.T) *testPlugin {
-	t.Helper()
-	dir := t.TempDir()
-	p := &testPlugin{socket: filepath.Join(dir, "kms.sock"), keyFile: filepath.Join(dir, "keys.yaml")}
-	if _, err := localaes.AddKey(p.keyFile, "first", true); err != nil {
-		t.Fatal(err)
-	}
-	var err error
-	if p.kek, err = localaes.Open(p.keyFile); err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	p.monitor = plugin.NewMonitor(p.kek, plugin.DefaultMonitorConfig, clock.Real{}, log)
-	p.monitor.Refresh(context.Background())
-	lis, err := plugin.Listen(p.socket, plugin.SocketOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := plugin.NewGRPCServer(plugin.NewService(p.kek, p.monitor, 2*time.Second, log))
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	return p
-}
-
-// rotate makes a new key the plugin's write key, as `kms-plugin keygen --write` and SIGHUP do.
-func (p *testPlugin) rotate(t *testing.T, name string) string {
-	t.Helper()
-	if _, err := localaes.AddKey(p.keyFile, name, true); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.kek.Reload(); err != nil {
-		t.Fatal(err)
-	}
-	p.monitor.Refresh(context.Background())
-	id, unhealthy := p.monitor.State()
-	if unhealthy != nil {
-		t.Fatal(unhealthy)
-	}
-	return id
-}
-
-func (p *testPlugin) keyID(t *testing.T) string {
-	id, unhealthy := p.monitor.State()
-	if unhealthy != nil {
-		t.Fatal(unhealthy)
-	}
-	return id
 }
 
 func secret(n int) string {
@@ -158,12 +98,12 @@ func encrypt(t *testing.T, tr value.Transformer, key, plain string) []byte {
 // keys of an EncryptionConfiguration whose KMS v2 plugin has just rotated its key.
 func TestScanAgainstEtcd(t *testing.T) {
 	etcd := startEtcd(t)
-	kp := startPlugin(t)
-	kmsProvider := fmt.Sprintf("kms: {apiVersion: v2, name: kp, endpoint: unix://%s, timeout: 3s}", kp.socket)
+	kp := plugintest.ServeLocalAES(t, plugintest.Options{KEKName: "first"})
+	kmsProvider := fmt.Sprintf("kms: {apiVersion: v2, name: kp, endpoint: unix://%s, timeout: 3s}", kp.Socket)
 
 	// Values written with the apiserver's transformers, before the rotation.
 	oldKMS := apiserverWriter(t, kmsProvider)
-	oldKeyID := kp.keyID(t)
+	oldKeyID, _ := kp.Monitor.State()
 	for i := range 3 {
 		key := fmt.Sprintf("/registry/secrets/ns1/old-%d", i)
 		put(t, etcd, key, encrypt(t, oldKMS, key, "top secret"))
@@ -184,7 +124,7 @@ func TestScanAgainstEtcd(t *testing.T) {
 	put(t, etcd, "/other/not-scanned", []byte("plain"))
 
 	// The plugin rotates; values written after it carry the new key id.
-	newKeyID := kp.rotate(t, "second")
+	newKeyID := kp.Rotate(t, "second")
 	if newKeyID == oldKeyID {
 		t.Fatal("rotation kept the key id")
 	}
@@ -267,7 +207,7 @@ resources:
 		for _, line := range []string{
 			"RESOURCE ", "secrets  ", " kms-v2 ", " kp ", " " + oldKeyID + " ", " STALE",
 			"deployments.apps ", "configmaps ", " current",
-			"kms provider kp (unix://" + kp.socket + "): current key id " + newKeyID + ", healthz ok",
+			"kms provider kp (unix://" + kp.Socket + "): current key id " + newKeyID + ", healthz ok",
 			fmt.Sprintf("14 objects under /registry/ at revision %d: 4 plaintext, 8 not on the write key", rep.Revision),
 		} {
 			if !strings.Contains(table, line) {
