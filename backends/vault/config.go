@@ -21,13 +21,17 @@ import (
 // Config is everything the backend needs. The cmd layer fills it from flags and the few
 // documented environment variables; nothing in this package reads the environment.
 type Config struct {
-	Address       string // https://vault.example:8200
-	CAFile        string // PEM bundle that verifies Vault's certificate; "" uses the system roots
-	ClientCert    string // PEM client certificate for TLS client auth, with ClientKey
-	ClientKey     string
-	TLSServerName string // name to verify in Vault's certificate, when it differs from Address
-	SkipVerify    bool   // do not verify Vault's certificate (test setups only; the cmd layer warns)
-	Namespace     string // Vault Enterprise namespace of the transit mount and auth methods
+	Address string // https://vault.example:8200, the preferred address
+	// FailoverAddresses are more addresses of the same Vault cluster, in order of preference
+	// after Address: a request that Address cannot serve (no connection, 5xx, 429, a standby's
+	// redirect) goes to the next one, and requests go back to Address once it serves again.
+	FailoverAddresses []string
+	CAFile            string // PEM bundle that verifies Vault's certificate; "" uses the system roots
+	ClientCert        string // PEM client certificate for TLS client auth, with ClientKey
+	ClientKey         string
+	TLSServerName     string // name to verify in Vault's certificate, when it differs from Address
+	SkipVerify        bool   // do not verify Vault's certificate (test setups only; the cmd layer warns)
+	Namespace         string // Vault Enterprise namespace of the transit mount and auth methods
 
 	Mount string // transit mount path, "transit" by default
 	Key   string // transit key name
@@ -56,10 +60,24 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// addresses is Address followed by FailoverAddresses.
+func (c *Config) addresses() []string { return append([]string{c.Address}, c.FailoverAddresses...) }
+
 func (c *Config) validate() error {
-	u, err := url.Parse(c.Address)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("vault address %q: want http(s)://host:port", c.Address)
+	all := c.addresses()
+	seen := map[string]bool{}
+	for _, a := range all {
+		u, err := url.Parse(a)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("vault address %q: want http(s)://host:port", a)
+		}
+		if len(all) > 1 && strings.Trim(u.Path, "/") != "" {
+			return fmt.Errorf("vault address %q: with several addresses, each must be http(s)://host:port without a path", a)
+		}
+		if seen[u.Scheme+"://"+u.Host] {
+			return fmt.Errorf("vault address %q is listed twice", a)
+		}
+		seen[u.Scheme+"://"+u.Host] = true
 	}
 	if c.Key == "" || strings.Contains(c.Key, "/") {
 		return fmt.Errorf("transit key name %q: want a single path segment", c.Key)
@@ -73,13 +91,29 @@ func (c *Config) validate() error {
 	if c.Auth == nil {
 		return errors.New("no auth method configured")
 	}
+	if _, ok := c.Auth.(certificateAuth); ok {
+		for _, a := range all {
+			if !strings.HasPrefix(a, "https://") {
+				return fmt.Errorf("cert auth needs https: the client certificate travels in the TLS handshake, and %s is not https", a)
+			}
+		}
+	}
 	return nil
 }
 
-// Cleartext reports whether the address sends tokens and DEKs unencrypted over a network
+// Cleartext reports whether an address sends tokens and DEKs unencrypted over a network
 // (http:// to anything but loopback), which the cmd layer warns about.
 func (c *Config) Cleartext() bool {
-	u, err := url.Parse(c.Address)
+	for _, a := range c.addresses() {
+		if cleartext(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func cleartext(address string) bool {
+	u, err := url.Parse(address)
 	if err != nil || u.Scheme != "http" {
 		return false
 	}
@@ -91,10 +125,10 @@ func (c *Config) Cleartext() bool {
 	return ip == nil || !ip.IsLoopback()
 }
 
-// newHTTPClient builds the one HTTP client every Vault call shares, so connections are reused.
-// No proxy: only the documented settings shape where requests go. The client has no timeout
+// newTransport builds the one HTTP transport every Vault call shares, so connections are
+// reused. No proxy: only the documented settings shape where requests go. It has no timeout
 // of its own; every request carries its caller's deadline.
-func (c *Config) newHTTPClient() (*http.Client, error) {
+func (c *Config) newTransport() (*http.Transport, error) {
 	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.TLSServerName, InsecureSkipVerify: c.SkipVerify}
 	if c.CAFile != "" {
 		pem, err := os.ReadFile(c.CAFile)
@@ -125,7 +159,17 @@ func (c *Config) newHTTPClient() (*http.Client, error) {
 		IdleConnTimeout:       90 * time.Second,
 		ExpectContinueTimeout: time.Second,
 	}
-	return &http.Client{Transport: transport}, nil
+	return transport, nil
+}
+
+// newHTTPClient is the client of every Vault call: the transport behind failover across the
+// addresses, and no redirects followed by net/http (vault/api follows one itself, refusing a
+// downgrade from https).
+func newHTTPClient(transport http.RoundTripper, addrs *addresses) *http.Client {
+	return &http.Client{
+		Transport:     failover{next: transport, addrs: addrs},
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
 }
 
 // newAPIClient returns a vault/api client that uses only what Config says. api.NewClient

@@ -1,15 +1,17 @@
 // Package vault is the KEK backend that wraps DEKs with a HashiCorp Vault transit key:
 // wrap = transit/encrypt/<key> at the version the key id names, unwrap = transit/decrypt/<key>.
 //
-// Check, which the plugin's Monitor calls in the background, learns Vault's state (sealed,
-// unreachable), keeps the token alive and reads the key's latest version; the key id moves
-// to a new version once two consecutive checks have seen it.
+// Check, which the plugin's Monitor calls in the background, keeps the token alive and reads
+// the key's latest version (and, when that fails, learns why: sealed, unreachable); the key
+// id moves to a new version once two consecutive checks have seen it. Several addresses of one
+// Vault cluster can be given; requests fail over between them (failover.go).
 package vault
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"sync"
 	"time"
 
@@ -24,8 +26,13 @@ type KEK struct {
 	client *api.Client // carries the token and namespace
 	health *api.Client // sys/health is unauthenticated and lives in the root namespace
 	tokens *tokens
+	addrs  *addresses
+	// transport is the shared transport without failover, for probes of one address.
+	transport *http.Transport
 
-	checkMu sync.Mutex // one Check at a time: it owns tokens and the debounce
+	checkMu      sync.Mutex // one Check at a time: it owns tokens, the debounce and the cluster id
+	cluster      string     // Vault's cluster id, learned from sys/health; "" after a failed check
+	clusterMoves uint64     // addrs.moves when cluster was learned
 
 	mu       sync.RWMutex
 	observed *keyState // the key at the last successful check; nil before
@@ -41,10 +48,15 @@ func Open(cfg Config) (*KEK, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	hc, err := cfg.newHTTPClient()
+	transport, err := cfg.newTransport()
 	if err != nil {
 		return nil, err
 	}
+	addrs, err := newAddresses(cfg.addresses(), cfg.Clock, cfg.Log)
+	if err != nil {
+		return nil, err
+	}
+	hc := newHTTPClient(transport, addrs)
 	client, err := cfg.newAPIClient(hc, cfg.Namespace, "")
 	if err != nil {
 		return nil, err
@@ -53,13 +65,17 @@ func Open(cfg Config) (*KEK, error) {
 	if err != nil {
 		return nil, err
 	}
-	k := &KEK{cfg: cfg, client: client, health: health}
+	k := &KEK{cfg: cfg, client: client, health: health, addrs: addrs, transport: transport}
 	k.tokens = &tokens{
 		auth: cfg.Auth, clk: cfg.Clock, log: cfg.Log, client: client,
 		newClient: func(token string) (*api.Client, error) { return cfg.newAPIClient(hc, cfg.Namespace, token) },
 	}
 	return k, nil
 }
+
+// Address is the Vault address that requests go to first now: Config.Address, or while it
+// cannot serve, the failover address in use.
+func (k *KEK) Address() string { return k.addrs.inUse() }
 
 // CurrentID is the adopted key id, "" before the first successful Check.
 func (k *KEK) CurrentID() string {
@@ -77,6 +93,7 @@ func (k *KEK) TokenTTL() (time.Duration, bool) { return k.tokens.ttlLeft() }
 func (k *KEK) Check(ctx context.Context) error {
 	k.checkMu.Lock()
 	defer k.checkMu.Unlock()
+	k.backToPreferred(ctx)
 	state, err := k.check(ctx)
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -101,27 +118,59 @@ func (k *KEK) Check(ctx context.Context) error {
 	return nil
 }
 
+// check reads the key: at an idle plugin's check that is the only Vault request. The cluster
+// id is learned once from sys/health and again only after a failed check or a failover;
+// sys/health is also asked when something fails, to say why (sealed, not initialized).
 func (k *KEK) check(ctx context.Context) (*keyState, error) {
-	clusterID, err := k.clusterID(ctx)
-	if err != nil {
-		return nil, err
+	if moves := k.addrs.moves.Load(); k.cluster == "" || k.clusterMoves != moves {
+		id, err := k.clusterID(ctx)
+		if err != nil {
+			k.cluster = ""
+			return nil, err
+		}
+		k.cluster, k.clusterMoves = id, moves
 	}
 	if err := k.tokens.ensure(ctx); err != nil {
-		return nil, err
+		return nil, k.explain(ctx, err)
 	}
 	secret, err := k.readKey(ctx)
 	if errors.Is(err, dek.ErrDenied) {
 		// Denied: a token revoked since the last check, or a policy without read on the key.
 		k.tokens.denied.Store(true)
 		if verr := k.tokens.ensure(ctx); verr != nil {
-			return nil, verr
+			return nil, k.explain(ctx, verr)
 		}
 		secret, err = k.readKey(ctx)
 	}
 	if err != nil {
-		return nil, err
+		return nil, k.explain(ctx, err)
 	}
-	return k.parseKey(clusterID, secret)
+	return k.parseKey(k.cluster, secret)
+}
+
+// explain follows a failed check: the cluster id is asked again at the next check (Vault may
+// have been replaced meanwhile), and an unavailable Vault is asked through sys/health why.
+func (k *KEK) explain(ctx context.Context, err error) error {
+	k.cluster = ""
+	if !errors.Is(err, dek.ErrUnavailable) {
+		return err
+	}
+	if _, herr := k.clusterID(ctx); herr != nil {
+		return herr
+	}
+	return err
+}
+
+// backToPreferred probes the preferred address while another is in use, within a part of the
+// check's deadline so that a black-holed address leaves time for the check itself.
+func (k *KEK) backToPreferred(ctx context.Context) {
+	budget := 2 * time.Second
+	if deadline, ok := ctx.Deadline(); ok {
+		budget = min(budget, time.Until(deadline)/2)
+	}
+	ctx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
+	k.addrs.probePreferred(ctx, k.transport)
 }
 
 // clusterID asks sys/health, which also tells a sealed Vault from an unreachable one.
@@ -131,15 +180,16 @@ func (k *KEK) clusterID(ctx context.Context) (string, error) {
 		h, err = k.health.Sys().HealthWithContext(ctx)
 		return err
 	})
+	addr := k.addrs.inUse()
 	switch {
 	case err != nil:
-		return "", classify("vault health check at "+k.cfg.Address, err)
+		return "", classify("vault health check at "+addr, err)
 	case !h.Initialized:
-		return "", fmt.Errorf("%w: vault at %s is not initialized", dek.ErrUnavailable, k.cfg.Address)
+		return "", fmt.Errorf("%w: vault at %s is not initialized", dek.ErrUnavailable, addr)
 	case h.Sealed:
-		return "", fmt.Errorf("%w: vault at %s is sealed", dek.ErrUnavailable, k.cfg.Address)
+		return "", fmt.Errorf("%w: vault at %s is sealed", dek.ErrUnavailable, addr)
 	case h.ClusterID == "":
-		return "", fmt.Errorf("%w: vault at %s reports no cluster id", dek.ErrUnavailable, k.cfg.Address)
+		return "", fmt.Errorf("%w: vault at %s reports no cluster id", dek.ErrUnavailable, addr)
 	}
 	return h.ClusterID, nil
 }

@@ -54,8 +54,7 @@ func (t *tokens) ensure(ctx context.Context) error {
 	case t.token == "":
 		return t.login(ctx, false)
 	case changed(t.auth):
-		t.log.Info("vault token file changed; using the new token")
-		return t.login(ctx, true)
+		return t.loginWithChanged(ctx)
 	case t.denied.Load():
 		return t.verify(ctx)
 	case t.ttl > 0 && !now.Before(t.obtained.Add(t.ttl*2/3)):
@@ -67,6 +66,34 @@ func (t *tokens) ensure(ctx context.Context) error {
 func changed(a Auth) bool {
 	w, ok := a.(changeWatcher)
 	return ok && w.Changed()
+}
+
+// loginWithChanged follows a change of the credential file. A new token in a token file is
+// what the operator wants used: it replaces the old one, or the failure is reported. A new
+// certificate or JWT logs in afresh at once, so a bad one shows while the current token
+// still works: a failed login keeps that token (and says so) until it must be renewed.
+func (t *tokens) loginWithChanged(ctx context.Context) error {
+	if t.supplied {
+		t.log.Info("vault token file changed; using the new token")
+		return t.login(ctx, true)
+	}
+	t.log.Info("vault credential file changed; logging in with it", "method", t.auth.Method())
+	err := t.login(ctx, true)
+	if err != nil && t.token != "" {
+		if left, ok := t.ttlLeft(); !ok || left > 0 {
+			t.log.Warn("vault login with the changed credential failed; keeping the current token until it must be renewed", "method", t.auth.Method(), "error", err)
+			return nil
+		}
+	}
+	return err
+}
+
+// boundToCertificate: a token from a certificate login can be renewed only over a connection
+// that presents the same certificate, which kubelet's rotation replaces; such a token is not
+// renewed but replaced by a new login, which costs as much.
+func boundToCertificate(a Auth) bool {
+	_, ok := a.(certificateAuth)
+	return ok
 }
 
 // verify follows a denial: a token that can still look itself up is valid and the denial is
@@ -88,7 +115,7 @@ func (t *tokens) verify(ctx context.Context) error {
 // refresh renews a renewable token, or logs in again when it is not renewable or its max TTL
 // is near.
 func (t *tokens) refresh(ctx context.Context) error {
-	if t.renewable {
+	if t.renewable && !boundToCertificate(t.auth) {
 		secret, err := t.client.Auth().Token().RenewSelfWithContext(ctx, 0)
 		if err == nil && secret != nil && secret.Auth != nil {
 			ttl := time.Duration(secret.Auth.LeaseDuration) * time.Second
@@ -101,9 +128,10 @@ func (t *tokens) refresh(ctx context.Context) error {
 			}
 			t.log.Info("vault token near its max TTL; logging in again", "method", t.auth.Method(), "ttl", ttl)
 		} else if err != nil {
-			if err := classify("token renewal", err); !errors.Is(err, dek.ErrDenied) {
-				// The token is still valid for a third of its TTL: keep it and renew at the
-				// next check; the key read says whether Vault is really down.
+			if err := classify("token renewal", err); errors.Is(err, dek.ErrUnavailable) {
+				// Vault unreachable: the token is still valid for a third of its TTL, so keep
+				// it and renew at the next check; the key read says whether Vault is down.
+				// Any other refusal (revoked, expired, not renewable after all) logs in.
 				t.log.Warn("vault token renewal failed; retrying at the next check", "error", err)
 				return nil
 			}

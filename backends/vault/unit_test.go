@@ -227,11 +227,16 @@ func TestRetryPolicy(t *testing.T) {
 func testAPIClient(t *testing.T, addr string) *api.Client {
 	t.Helper()
 	cfg := Config{Address: addr}
-	hc, err := cfg.newHTTPClient()
+	cfg.setDefaults()
+	transport, err := cfg.newTransport()
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := cfg.newAPIClient(hc, "", "")
+	addrs, err := newAddresses(cfg.addresses(), cfg.Clock, cfg.Log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := cfg.newAPIClient(newHTTPClient(transport, addrs), "", "")
 	if err != nil {
 		t.Fatal(err)
 	}

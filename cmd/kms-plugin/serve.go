@@ -31,6 +31,12 @@ type backend interface {
 // reloader is a backend that re-reads its configuration on SIGHUP.
 type reloader interface{ Reload() error }
 
+// monitorTuner is a backend with its own default check and proof intervals (a remote one that
+// must not be polled as often as local keys); explicit flags still win.
+type monitorTuner interface {
+	monitorIntervals() (check, proof time.Duration)
+}
+
 func backends() []backend { return []backend{&localAESBackend{}, &vaultBackend{}} }
 
 type serveOptions struct {
@@ -103,6 +109,15 @@ func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveOptio
 	}
 	if err := checkCombination(fs, o.backend, all, o.ops); err != nil {
 		return err
+	}
+	if mt, ok := chosen.(monitorTuner); ok {
+		check, proof := mt.monitorIntervals()
+		if !fs.Changed("check-interval") {
+			o.checkEvery = check
+		}
+		if !fs.Changed("proof-interval") {
+			o.proveEvery = proof
+		}
 	}
 	if err := disableCoreDumps(); err != nil {
 		return err

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -28,12 +30,50 @@ type vaultBackend struct {
 	auth, tokenFile                                 string
 	approleMount, roleID, roleIDFile, secretIDFile  string
 	k8sMount, k8sRole, k8sTokenFile                 string
+	certMount, certRole, certPEM, certFile, keyFile string
+	jwtMount, jwtRole, jwtFile                      string
+}
+
+// Check and proof intervals of the vault backend: at an idle apiserver its plugin sends Vault
+// about 1.4 requests a minute (a key read per check, a wrap and an unwrap per proof), and a
+// rotation is adopted after two checks, within two minutes.
+const (
+	vaultCheckInterval = time.Minute
+	vaultProofInterval = 5 * time.Minute
+)
+
+func (*vaultBackend) monitorIntervals() (check, proof time.Duration) {
+	return vaultCheckInterval, vaultProofInterval
+}
+
+// addrList is --vault-addr: repeated, or a comma-separated list, kept comma-joined.
+type addrList struct{ s *string }
+
+func (a addrList) String() string { return *a.s }
+func (a addrList) Type() string   { return "addresses" }
+func (a addrList) Set(v string) error {
+	if *a.s != "" {
+		v = *a.s + "," + v
+	}
+	*a.s = v
+	return nil
+}
+
+// splitAddrs splits a comma-separated address list, dropping empty items.
+func splitAddrs(s string) []string {
+	var out []string
+	for _, a := range strings.Split(s, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 func (*vaultBackend) name() string { return "vault" }
 
 func (b *vaultBackend) addFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&b.addr, "vault-addr", "", "vault: address, https://host:8200 (default $"+envVaultAddr+")")
+	fs.Var(addrList{&b.addr}, "vault-addr", "vault: address, https://host:8200; repeat it or list several, comma-separated, for failover between nodes of one cluster, preferred first (default $"+envVaultAddr+")")
 	fs.StringVar(&b.caFile, "vault-ca-file", "", "vault: PEM CA bundle that verifies Vault's certificate (default: system roots)")
 	fs.StringVar(&b.clientCert, "vault-client-cert", "", "vault: PEM client certificate for TLS client authentication")
 	fs.StringVar(&b.clientKey, "vault-client-key", "", "vault: PEM key of --vault-client-cert")
@@ -42,7 +82,7 @@ func (b *vaultBackend) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&b.namespace, "vault-namespace", "", "vault: Enterprise namespace of the transit mount and auth method (default $"+envVaultNamespace+")")
 	fs.StringVar(&b.mount, "vault-transit-mount", "transit", "vault: path of the transit secrets engine")
 	fs.StringVar(&b.key, "vault-transit-key", "", "vault: name of the transit key that wraps DEKs (required)")
-	fs.StringVar(&b.auth, "vault-auth", "token", "vault: auth method: token, approle or kubernetes")
+	fs.StringVar(&b.auth, "vault-auth", "token", "vault: auth method: token, approle, kubernetes, cert or jwt")
 	fs.StringVar(&b.tokenFile, "vault-token-file", "", "vault: token auth: file holding the token, re-read when it changes (default $"+envVaultToken+")")
 	fs.StringVar(&b.approleMount, "vault-approle-mount", "approle", "vault: approle auth: mount path of the AppRole method")
 	fs.StringVar(&b.roleID, "vault-approle-role-id", "", "vault: approle auth: role id")
@@ -51,6 +91,14 @@ func (b *vaultBackend) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&b.k8sMount, "vault-kubernetes-mount", "kubernetes", "vault: kubernetes auth: mount path of the Kubernetes method")
 	fs.StringVar(&b.k8sRole, "vault-kubernetes-role", "", "vault: kubernetes auth: Vault role to log in as")
 	fs.StringVar(&b.k8sTokenFile, "vault-kubernetes-token-file", vault.DefaultServiceAccountTokenFile, "vault: kubernetes auth: service-account JWT file, re-read at every login")
+	fs.StringVar(&b.certMount, "vault-cert-auth-mount", "cert", "vault: cert auth: mount path of the TLS certificate method")
+	fs.StringVar(&b.certRole, "vault-cert-auth-role", "", "vault: cert auth: certificate role to log in as (default: any role that matches)")
+	fs.StringVar(&b.certPEM, "vault-cert-auth-pem", "", "vault: cert auth: PEM file with the client certificate and its key, such as "+vault.DefaultKubeletClientPEM+"; re-read when it changes")
+	fs.StringVar(&b.certFile, "vault-cert-auth-cert", "", "vault: cert auth: PEM client certificate (with --vault-cert-auth-key, instead of --vault-cert-auth-pem)")
+	fs.StringVar(&b.keyFile, "vault-cert-auth-key", "", "vault: cert auth: PEM key of --vault-cert-auth-cert")
+	fs.StringVar(&b.jwtMount, "vault-jwt-mount", "jwt", "vault: jwt auth: mount path of the JWT/OIDC method")
+	fs.StringVar(&b.jwtRole, "vault-jwt-role", "", "vault: jwt auth: role to log in as (default: the method's default_role)")
+	fs.StringVar(&b.jwtFile, "vault-jwt-token-file", "", "vault: jwt auth: file holding the JWT, re-read when it changes")
 }
 
 func (b *vaultBackend) open(_ context.Context, _ *pflag.FlagSet, log *slog.Logger) (dek.KEK, error) {
@@ -68,7 +116,7 @@ func (b *vaultBackend) open(_ context.Context, _ *pflag.FlagSet, log *slog.Logge
 	if err != nil {
 		return nil, err
 	}
-	log.Info("vault backend", "vault_addr", cfg.Address, "namespace", cfg.Namespace, "transit_mount", cfg.Mount, "transit_key", cfg.Key, "auth", cfg.Auth.Method())
+	log.Info("vault backend", "vault_addr", cfg.Address, "failover_addrs", cfg.FailoverAddresses, "namespace", cfg.Namespace, "transit_mount", cfg.Mount, "transit_key", cfg.Key, "auth", cfg.Auth.Method())
 	return kek, nil
 }
 
@@ -82,7 +130,9 @@ func (b *vaultBackend) config(getenv func(string) string, log *slog.Logger) (vau
 	if cfg.Address == "" {
 		cfg.Address = getenv(envVaultAddr)
 	}
-	if cfg.Address == "" {
+	if addrs := splitAddrs(cfg.Address); len(addrs) > 0 {
+		cfg.Address, cfg.FailoverAddresses = addrs[0], addrs[1:]
+	} else {
 		return cfg, fmt.Errorf("--vault-addr (or $%s) is required", envVaultAddr)
 	}
 	if cfg.Namespace == "" {
@@ -111,8 +161,18 @@ func (b *vaultBackend) config(getenv func(string) string, log *slog.Logger) (vau
 			return cfg, errors.New("--vault-auth kubernetes needs --vault-kubernetes-role")
 		}
 		cfg.Auth = vault.Kubernetes{Mount: b.k8sMount, Role: b.k8sRole, JWTFile: b.k8sTokenFile}
+	case "cert":
+		if (b.certPEM == "") == (b.certFile == "" && b.keyFile == "") || (b.certFile == "") != (b.keyFile == "") {
+			return cfg, errors.New("--vault-auth cert needs --vault-cert-auth-pem, or both --vault-cert-auth-cert and --vault-cert-auth-key")
+		}
+		cfg.Auth = &vault.Cert{Mount: b.certMount, Role: b.certRole, PEMFile: b.certPEM, CertFile: b.certFile, KeyFile: b.keyFile}
+	case "jwt":
+		if b.jwtFile == "" {
+			return cfg, errors.New("--vault-auth jwt needs --vault-jwt-token-file")
+		}
+		cfg.Auth = &vault.JWT{Mount: b.jwtMount, Role: b.jwtRole, TokenFile: b.jwtFile}
 	default:
-		return cfg, fmt.Errorf("--vault-auth %q: want token, approle or kubernetes", b.auth)
+		return cfg, fmt.Errorf("--vault-auth %q: want token, approle, kubernetes, cert or jwt", b.auth)
 	}
 	return cfg, nil
 }
