@@ -19,7 +19,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "kms-plugin:", err)
 		var failed checkFailed
 		if errors.As(err, &failed) {
-			os.Exit(3) // scan ran, and its result failed a --fail-on-* check
+			os.Exit(3) // scan or doctor ran, and its result failed a check
 		}
 		os.Exit(1)
 	}
@@ -35,6 +35,7 @@ func newRootCommand() *cobra.Command {
 	serve := newServeCommand()
 	serve.Hidden = false
 	root.AddCommand(serve, newKeygenCommand(), newScanCommand(),
-		newDecryptCommand(), newEncryptCommand(), newCompareCommand())
+		newDecryptCommand(), newEncryptCommand(), newCompareCommand(),
+		newDoctorCommand(), newPolicyCommand())
 	return root
 }

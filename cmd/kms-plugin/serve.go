@@ -64,7 +64,14 @@ func newServeCommand() *cobra.Command {
 			return serve(cmd.Context(), cmd.ErrOrStderr(), cmd.Flags(), o, all)
 		},
 	}
-	fs := cmd.Flags()
+	addServeFlags(cmd.Flags(), &o, all)
+	cmd.SetUsageFunc(groupedUsage(all))
+	return cmd
+}
+
+// addServeFlags registers serve's flags; doctor and policy take the same ones, so an operator
+// can run them with the plugin's own command line or --config file.
+func addServeFlags(fs *pflag.FlagSet, o *serveOptions, all []backend) {
 	fs.SortFlags = false
 	fs.StringVar(&o.config, "config", "", "YAML file of settings named like these flags (listen: /path, vault-addr: ...); the command line wins")
 	fs.StringVar(&o.listen, "listen", "/var/run/kmsplugin/kms.sock", "unix socket to serve on (path or unix:///path)")
@@ -81,8 +88,6 @@ func newServeCommand() *cobra.Command {
 		b.addFlags(fs)
 	}
 	o.ops.addFlags(fs)
-	cmd.SetUsageFunc(groupedUsage(all))
-	return cmd
 }
 
 func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveOptions, all []backend) error {

@@ -1,0 +1,140 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/kmsplugin/kms-plugin/doctor"
+	"github.com/kmsplugin/kms-plugin/plugin"
+	"github.com/kmsplugin/kms-plugin/scan"
+)
+
+type doctorOptions struct {
+	running           bool
+	etcdEndpoints     []string
+	etcdCA, etcdCert  string
+	etcdKey, etcdRoot string
+	kmsProvider       string
+	etcdTimeout       time.Duration
+}
+
+func newDoctorCommand() *cobra.Command {
+	var o serveOptions
+	var d doctorOptions
+	all := backends()
+	cmd := &cobra.Command{
+		Use:   "doctor",
+		Short: "Check what serve needs (socket, file permissions, Vault, key, policy); one line per check",
+		Long: `Runs the checks that tell, before the plugin serves (or beside a running one), whether it
+can: the socket path is usable (with --running: a plugin answers Status there), credential files
+are private, and for --backend vault: Vault is reachable and unsealed, the login works, the
+token's capabilities are exactly what 'kms-plugin policy' prints (missing ones fail, extra ones
+warn), the transit key is safely configured (authenticated cipher, not exportable, not
+deletable, min_decryption_version not above a version still used in etcd, with
+--etcd-endpoints), and an encrypt/decrypt round trip works; for --backend localaes: the key
+file loads. It takes the same flags (and --config file) as serve.
+
+Each line starts with ok, warn or FAIL, then what was checked, what was found and how to fix
+it. Exit status 3 if any check failed.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyConfigFile(cmd.Flags()); err != nil {
+				return err
+			}
+			return runDoctor(cmd, o, d, all)
+		},
+	}
+	addServeFlags(cmd.Flags(), &o, all)
+	fs := cmd.Flags()
+	fs.BoolVar(&d.running, "running", false, "a plugin should already serve on --listen: check its Status instead of the path being free")
+	fs.StringSliceVar(&d.etcdEndpoints, "etcd-endpoints", nil, "etcd client URLs: check min_decryption_version against the key ids stored there (as scan reads them)")
+	fs.StringVar(&d.etcdCA, "etcd-cacert", "", "CA bundle that signed etcd's server certificate")
+	fs.StringVar(&d.etcdCert, "etcd-cert", "", "client certificate for etcd")
+	fs.StringVar(&d.etcdKey, "etcd-key", "", "client key for etcd")
+	fs.StringVar(&d.etcdRoot, "etcd-prefix", scan.DefaultRoot, "etcd key prefix of the apiserver's objects")
+	fs.StringVar(&d.kmsProvider, "kms-provider", "", "count only values of this KMS provider name of the EncryptionConfiguration (default: every vault key id)")
+	fs.DurationVar(&d.etcdTimeout, "etcd-timeout", 2*time.Minute, "deadline for reading etcd")
+	return cmd
+}
+
+func runDoctor(cmd *cobra.Command, o serveOptions, d doctorOptions, all []backend) error {
+	path, err := plugin.SocketPath(o.listen)
+	if err != nil {
+		return err
+	}
+	var chosen backend
+	for _, b := range all {
+		if b.name() == o.backend {
+			chosen = b
+		}
+	}
+	if chosen == nil {
+		return fmt.Errorf("--backend %q: want localaes or vault", o.backend)
+	}
+	if err := checkCombination(cmd.Flags(), o.backend, all, o.ops); err != nil {
+		return err
+	}
+	ctx := cmd.Context()
+	rep := doctor.Report(doctor.Socket(ctx, path, d.running))
+	switch b := chosen.(type) {
+	case *localAESBackend:
+		if _, err := os.Stat(b.keyFile); errors.Is(err, os.ErrNotExist) && !cmd.Flags().Changed("localaes-key-file") {
+			rep = append(rep, doctor.Result{Status: doctor.Warn, Check: "localaes key file",
+				Detail: b.keyFile + " does not exist: serve will create a new key there",
+				Fix:    "create keys with 'kms-plugin keygen', back them up, and pass --localaes-key-file"})
+			break
+		}
+		rep = append(rep, doctor.Files([]doctor.File{{What: "localaes key file", Path: b.keyFile, Secret: true}})...)
+		rep = append(rep, doctor.LocalAES(b.keyFile))
+	case *vaultBackend:
+		cfg, err := b.config(os.Getenv, slog.New(slog.DiscardHandler))
+		if err != nil {
+			return err
+		}
+		rep = append(rep, doctor.Files(doctor.VaultFiles(cfg))...)
+		vo := doctor.VaultOptions{Config: cfg, Timeout: o.timeout}
+		if len(d.etcdEndpoints) > 0 {
+			vo.KeyIDsInUse = d.keyIDsInUse
+		}
+		rep = append(rep, doctor.Vault(ctx, vo)...)
+	}
+	if err := rep.Write(cmd.OutOrStdout()); err != nil {
+		return err
+	}
+	if n := rep.Failed(); n > 0 {
+		return checkFailed{fmt.Sprintf("doctor: %d of %d checks failed", n, len(rep))}
+	}
+	return nil
+}
+
+// keyIDsInUse reads the key ids stored in etcd, as scan does.
+func (d doctorOptions) keyIDsInUse(ctx context.Context) (map[string]int, error) {
+	tlsConfig, err := etcdTLS(d.etcdCA, d.etcdCert, d.etcdKey)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.etcdTimeout)
+	defer cancel()
+	client, err := clientv3.New(clientv3.Config{
+		Endpoints: d.etcdEndpoints, TLS: tlsConfig, DialTimeout: 10 * time.Second,
+		Logger: zap.NewNop(), Context: ctx,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcd client: %w", err)
+	}
+	defer client.Close()
+	root := d.etcdRoot
+	if !strings.HasSuffix(root, "/") {
+		root += "/"
+	}
+	return doctor.KeyIDsInEtcd(ctx, client, root, d.kmsProvider)
+}

@@ -1,0 +1,200 @@
+package doctor
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kmsplugin/kms-plugin/backends/localaes"
+	"github.com/kmsplugin/kms-plugin/internal/clock"
+	"github.com/kmsplugin/kms-plugin/plugin"
+)
+
+func only(t *testing.T, rs []Result) Result {
+	t.Helper()
+	if len(rs) != 1 {
+		t.Fatalf("want one result, got %v", rs)
+	}
+	return rs[0]
+}
+
+func wantStatus(t *testing.T, r Result, want Status, substr string) {
+	t.Helper()
+	if r.Status != want || !strings.Contains(r.String(), substr) {
+		t.Errorf("got %q, want status %s mentioning %q", r, want, substr)
+	}
+}
+
+// shortDir is a temp dir with a path short enough for a unix socket.
+func shortDir(t *testing.T) string {
+	dir, err := os.MkdirTemp("", "dr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+func TestSocket(t *testing.T) {
+	ctx := context.Background()
+	dir := shortDir(t)
+
+	t.Run("free path in a directory to create", func(t *testing.T) {
+		wantStatus(t, only(t, Socket(ctx, filepath.Join(dir, "new", "kms.sock"), false)), OK, "no socket yet")
+	})
+	t.Run("nothing there but --running", func(t *testing.T) {
+		wantStatus(t, only(t, Socket(ctx, filepath.Join(dir, "none.sock"), true)), Fail, "--running")
+	})
+	t.Run("too long", func(t *testing.T) {
+		wantStatus(t, only(t, Socket(ctx, "/"+strings.Repeat("a", 120), false)), Fail, "longer than a unix socket")
+	})
+	t.Run("parent is a file", func(t *testing.T) {
+		f := filepath.Join(dir, "file")
+		if err := os.WriteFile(f, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		wantStatus(t, only(t, Socket(ctx, filepath.Join(f, "kms.sock"), false)), Fail, "not a directory")
+		wantStatus(t, only(t, Socket(ctx, f, false)), Fail, "not a socket")
+	})
+	t.Run("stale socket", func(t *testing.T) {
+		path := filepath.Join(dir, "stale.sock")
+		l, err := net.Listen("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.(*net.UnixListener).SetUnlinkOnClose(false)
+		l.Close()
+		wantStatus(t, only(t, Socket(ctx, path, false)), OK, "stale socket")
+		wantStatus(t, only(t, Socket(ctx, path, true)), Fail, "no process listens")
+	})
+	t.Run("live process that is not a plugin", func(t *testing.T) {
+		path := filepath.Join(dir, "live.sock")
+		l, err := net.Listen("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		go func() {
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+		wantStatus(t, only(t, Socket(ctx, path, false)), Fail, "served by a live process")
+		wantStatus(t, only(t, Socket(ctx, path, true)), Fail, "Status over")
+	})
+	t.Run("running plugin", func(t *testing.T) {
+		path := filepath.Join(dir, "plugin.sock")
+		servePlugin(t, path)
+		wantStatus(t, only(t, Socket(ctx, path, true)), OK, "healthz ok, key_id localaes:")
+		wantStatus(t, only(t, Socket(ctx, path, false)), Fail, "--running")
+	})
+}
+
+// servePlugin serves the plugin's real gRPC service with a localaes key on path.
+func servePlugin(t *testing.T, path string) {
+	t.Helper()
+	keyFile := filepath.Join(t.TempDir(), "keys.yaml")
+	if _, err := localaes.AddKey(keyFile, "", true); err != nil {
+		t.Fatal(err)
+	}
+	kek, err := localaes.Open(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	m := plugin.NewMonitor(kek, plugin.DefaultMonitorConfig, clock.Real{}, log)
+	m.Refresh(context.Background())
+	lis, err := plugin.Listen(path, plugin.SocketOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := plugin.NewServer(plugin.NewService(kek, m, time.Second, log), plugin.ServerConfig{})
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+}
+
+func TestFiles(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	cert := "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+	key := "-----BEGIN EC PRIVATE KEY-----\nMHcC\n-----END EC PRIVATE KEY-----\n"
+	for _, c := range []struct {
+		name string
+		file File
+		want Status
+		says string
+	}{
+		{"private token", File{What: "token", Path: write("t1", "s.x", 0o600), Secret: true}, OK, "mode 0600"},
+		{"token readable by group", File{What: "token", Path: write("t2", "s.x", 0o640), Secret: true}, Fail, "chmod 600"},
+		{"token readable by all", File{What: "token", Path: write("t3", "s.x", 0o644), Secret: true}, Fail, "group or others can read"},
+		{"projected token readable by all", File{What: "sa token", Path: write("t4", "jwt", 0o644), Secret: true, Lenient: true}, Warn, "chmod 600"},
+		{"CA readable by all", File{What: "CA", Path: write("ca1", cert, 0o644)}, OK, "mode 0644"},
+		{"CA writable by group", File{What: "CA", Path: write("ca2", cert, 0o664)}, Fail, "can replace it"},
+		{"certificate with its key", File{What: "client certificate", Path: write("c1", cert+key, 0o644)}, Fail, "chmod 600"},
+		{"missing", File{What: "token", Path: filepath.Join(dir, "none"), Secret: true}, Fail, "no such file"},
+		{"directory", File{What: "token", Path: dir, Secret: true}, Fail, "not a regular file"},
+	} {
+		t.Run(c.name, func(t *testing.T) { wantStatus(t, only(t, Files([]File{c.file})), c.want, c.says) })
+	}
+}
+
+func TestLocalAES(t *testing.T) {
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "keys.yaml")
+	if _, err := localaes.AddKey(keyFile, "", true); err != nil {
+		t.Fatal(err)
+	}
+	wantStatus(t, LocalAES(keyFile), OK, "1 keys")
+	if err := os.Chmod(keyFile, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	wantStatus(t, LocalAES(keyFile), Fail, "mode 0644")
+	bad := filepath.Join(dir, "bad.yaml")
+	if err := os.WriteFile(bad, []byte("keys: [{name: a, secret: short}]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wantStatus(t, LocalAES(bad), Fail, "bad.yaml")
+}
+
+func TestReport(t *testing.T) {
+	rep := Report{ok("a", "fine"), warn("b", "narrow it", "broad"), fail("c", "fix it", "broken\nbadly")}
+	var b strings.Builder
+	if err := rep.Write(&b); err != nil {
+		t.Fatal(err)
+	}
+	want := "ok    a                    fine\n" +
+		"warn  b                    broad -- fix: narrow it\n" +
+		"FAIL  c                    broken badly -- fix: fix it\n"
+	if b.String() != want || rep.Failed() != 1 {
+		t.Errorf("got\n%s(failed %d), want\n%s", b.String(), rep.Failed(), want)
+	}
+}
+
+func TestVaultKeyVersion(t *testing.T) {
+	for id, want := range map[string]int{"vault:0123456789abcdef:v3": 3, "vault:0123456789abcdef:v12": 12,
+		"vault:0123456789ABCDEF:v3": 0, "vault:0123:v3": 0, "localaes:abc": 0, "vault:0123456789abcdef:v0": 0, "vault:0123456789abcdef:vx": 0} {
+		got, ok := vaultKeyVersion(id)
+		if got != want && ok || (want == 0) == ok {
+			t.Errorf("vaultKeyVersion(%q) = %d, %v; want %d", id, got, ok, want)
+		}
+	}
+}

@@ -1,0 +1,481 @@
+package doctor
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+
+	"github.com/kmsplugin/kms-plugin/backends/vault"
+	"github.com/kmsplugin/kms-plugin/vaultpolicy"
+)
+
+// VaultOptions configure the Vault checks.
+type VaultOptions struct {
+	// Config is the backend's configuration, as serve would build it from the same flags.
+	Config vault.Config
+	// Timeout bounds each Vault request (serve's --timeout).
+	Timeout time.Duration
+	// KeyIDsInUse, if set, returns the KMS v2 key ids of the objects stored in etcd, with how
+	// many objects use each; the check of min_decryption_version needs them.
+	KeyIDsInUse func(ctx context.Context) (map[string]int, error)
+}
+
+// aeadTypes are the transit key types whose encryption is authenticated.
+var aeadTypes = []string{"aes256-gcm96", "aes128-gcm96", "chacha20-poly1305"}
+
+// Vault runs the Vault checks in order. A failure that leaves nothing to check further (Vault
+// unreachable, no token) ends them.
+func Vault(ctx context.Context, o VaultOptions) []Result {
+	cfg := o.Config
+	if cfg.Mount == "" {
+		cfg.Mount = "transit"
+	}
+	cfg.Mount = strings.Trim(cfg.Mount, "/")
+	cfg.Namespace = strings.Trim(cfg.Namespace, "/")
+	if o.Timeout <= 0 {
+		o.Timeout = 5 * time.Second
+	}
+	d := &vaultDoctor{o: o, cfg: cfg}
+	out := d.run(ctx)
+	if d.revoke != nil {
+		d.revoke()
+	}
+	return out
+}
+
+type vaultDoctor struct {
+	o      VaultOptions
+	cfg    vault.Config
+	client *api.Client // with the token, once logged in
+	revoke func()      // revokes a token that doctor's own login created
+}
+
+func (d *vaultDoctor) run(ctx context.Context) []Result {
+	anon, err := d.newClient("", "")
+	if err != nil {
+		return []Result{fail("vault client", "fix the --vault-* TLS flags", "%v", err)}
+	}
+	var out []Result
+	health := d.health(ctx, anon)
+	out = append(out, health)
+	if health.Status == Fail {
+		return out
+	}
+	login, ok := d.login(ctx)
+	out = append(out, login...)
+	if !ok {
+		return out
+	}
+	out = append(out, d.capabilities(ctx)...)
+	out = append(out, d.key(ctx)...)
+	out = append(out, d.roundTrip(ctx))
+	return out
+}
+
+// newClient builds a vault/api client from the same settings the backend uses: the address,
+// TLS files, namespace and token; no VAULT_* variable, proxy or retry of the library's own.
+func (d *vaultDoctor) newClient(namespace, token string) (*api.Client, error) {
+	hc := &http.Client{Transport: &http.Transport{Proxy: nil, TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS12}}}
+	conf := &api.Config{Address: d.cfg.Address, HttpClient: hc, MaxRetries: 0}
+	if err := conf.ConfigureTLS(&api.TLSConfig{
+		CACert: d.cfg.CAFile, ClientCert: d.cfg.ClientCert, ClientKey: d.cfg.ClientKey,
+		TLSServerName: d.cfg.TLSServerName, Insecure: d.cfg.SkipVerify,
+	}); err != nil {
+		return nil, fmt.Errorf("vault TLS settings: %w", err)
+	}
+	c, err := api.NewClient(conf)
+	if err != nil {
+		return nil, fmt.Errorf("vault client (a malformed VAULT_* variable?): %w", err)
+	}
+	c.SetHeaders(http.Header{api.RequestHeaderName: []string{"true"}}) // drops $VAULT_HEADERS
+	c.SetToken(token)
+	c.ClearNamespace()
+	if namespace != "" {
+		c.SetNamespace(namespace)
+	}
+	c.SetWrappingLookupFunc(func(string, string) string { return "" })
+	return c, nil
+}
+
+func (d *vaultDoctor) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, d.o.Timeout)
+}
+
+func (d *vaultDoctor) health(ctx context.Context, anon *api.Client) Result {
+	const check = "vault reachable"
+	ctx, cancel := d.ctx(ctx)
+	defer cancel()
+	h, err := anon.Sys().HealthWithContext(ctx)
+	switch {
+	case err != nil:
+		return fail(check, "check --vault-addr, the network path, and --vault-ca-file/--vault-tls-server-name for TLS errors",
+			"sys/health at %s: %v", d.cfg.Address, err)
+	case !h.Initialized:
+		return fail(check, "initialise Vault (vault operator init)", "Vault at %s is not initialized", d.cfg.Address)
+	case h.Sealed:
+		return fail(check, "unseal it (vault operator unseal), or check its auto-unseal",
+			"Vault at %s is sealed: every request fails until it is unsealed", d.cfg.Address)
+	}
+	role := "active"
+	if h.Standby {
+		role = "standby (forwards to the active node)"
+	}
+	return ok(check, "Vault %s at %s: initialized, unsealed, %s", h.Version, d.cfg.Address, role)
+}
+
+// login logs in the way the backend does, and looks the token up.
+func (d *vaultDoctor) login(ctx context.Context) ([]Result, bool) {
+	const check = "vault login"
+	if d.cfg.Auth == nil {
+		return []Result{fail(check, "choose --vault-auth and its credentials", "no auth method configured")}, false
+	}
+	method := d.cfg.Auth.Method()
+	anon, err := d.newClient(d.cfg.Namespace, "")
+	if err != nil {
+		return []Result{fail(check, "", "%v", err)}, false
+	}
+	lctx, cancel := d.ctx(ctx)
+	token, lease, err := d.cfg.Auth.Login(lctx, anon)
+	cancel()
+	if err != nil {
+		return []Result{fail(check, loginFix(method), "%s login: %s", method, vaultError(err))}, false
+	}
+	if d.client, err = d.newClient(d.cfg.Namespace, token); err != nil {
+		return []Result{fail(check, "", "%v", err)}, false
+	}
+	if lease != nil { // doctor's own login made this token: do not leave it behind
+		client := d.client
+		d.revoke = func() {
+			rctx, cancel := context.WithTimeout(context.Background(), d.o.Timeout)
+			defer cancel()
+			_ = client.Auth().Token().RevokeSelfWithContext(rctx, "")
+		}
+	}
+	lctx, cancel = d.ctx(ctx)
+	self, err := d.client.Auth().Token().LookupSelfWithContext(lctx)
+	cancel()
+	if err != nil {
+		if strings.Contains(err.Error(), "invalid token") {
+			return []Result{fail(check, loginFix(method), "%s: Vault does not accept the token (revoked, expired or mistyped): %s", method, vaultError(err))}, false
+		}
+		if lease == nil {
+			return []Result{fail(check, "grant read on auth/token/lookup-self (kms-plugin policy prints it), or check the token",
+				"%s: looking the token up failed, and the plugin looks a supplied token up at every login: %s", method, vaultError(err))}, false
+		}
+		return []Result{ok(check, "%s login works (the token cannot look itself up: see the capabilities check)", method)}, true
+	}
+	ttl, _ := self.TokenTTL()
+	renewable, _ := self.TokenIsRenewable()
+	policies, _ := self.TokenPolicies()
+	life := "never expires"
+	if ttl > 0 {
+		life = fmt.Sprintf("ttl %s, renewable %v", ttl.Round(time.Second), renewable)
+	}
+	out := []Result{ok(check, "%s login works: token %s, policies %v", method, life, policies)}
+	switch {
+	case slices.Contains(policies, "root"):
+		out = append(out, warn(check, "give the plugin a token with only the policy `kms-plugin policy` prints",
+			"the token has the root policy: it can do anything in Vault"))
+	case lease == nil && ttl > 0 && !renewable:
+		out = append(out, warn(check, "use a renewable or periodic token (vault token create -period=24h), or AppRole",
+			"the supplied token expires in %s and cannot be renewed: the plugin stops working then unless its file is replaced", ttl.Round(time.Second)))
+	}
+	return out, true
+}
+
+func loginFix(method string) string {
+	switch method {
+	case "token":
+		return "put a valid token in --vault-token-file (or $VAULT_TOKEN)"
+	case "approle":
+		return "check the role id, the secret id file and --vault-approle-mount; issue a new secret id if it expired"
+	case "kubernetes":
+		return "check --vault-kubernetes-role, the service-account token and the auth method's config in Vault"
+	}
+	return "check the --vault-auth settings and the auth method's config in Vault"
+}
+
+// capabilities compares the token's capabilities with what the plugin needs: a missing one
+// fails, anything beyond it warns.
+func (d *vaultDoctor) capabilities(ctx context.Context) []Result {
+	const check = "vault capabilities"
+	rules := vaultpolicy.Required(d.cfg.Mount, d.cfg.Key)
+	extras := broaderProbes(d.cfg.Mount, d.cfg.Key)
+	var paths []string
+	for _, r := range rules {
+		paths = append(paths, r.Path)
+	}
+	for _, p := range extras {
+		paths = append(paths, p.path)
+	}
+	ctx, cancel := d.ctx(ctx)
+	defer cancel()
+	caps, err := capabilitiesSelf(ctx, d.client, paths)
+	if err != nil {
+		return []Result{fail(check, `grant "update" on sys/capabilities-self (kms-plugin policy includes it; so does Vault's default policy)`,
+			"cannot read the token's capabilities: %s", vaultError(err))}
+	}
+	var missing, broader []string
+	if root := slices.Contains(caps[rules[0].Path], "root"); root {
+		broader = append(broader, `"root" on every path (a root token, or a policy granting sudo-like rights on everything)`)
+	}
+	for _, r := range rules {
+		have := caps[r.Path]
+		for _, c := range r.Capabilities {
+			if !grants(have, c) {
+				missing = append(missing, fmt.Sprintf("%q on %s (%s)", c, r.Path, r.Why))
+			}
+		}
+		if extra := beyond(have, r.Capabilities); len(extra) > 0 && !slices.Contains(have, "root") {
+			broader = append(broader, fmt.Sprintf("%v on %s, which needs only %v", extra, r.Path, r.Capabilities))
+		}
+	}
+	for _, p := range extras {
+		if have := beyond(caps[p.path], nil); len(have) > 0 && !slices.Contains(have, "root") {
+			broader = append(broader, fmt.Sprintf("%v on %s (%s)", have, p.path, p.why))
+		}
+	}
+	var out []Result
+	if len(missing) > 0 {
+		out = append(out, fail(check, "add them to the token's policy; `kms-plugin policy` prints the whole policy",
+			"the token lacks %s", strings.Join(missing, "; ")))
+	} else {
+		out = append(out, ok(check, "the token has every capability the plugin needs on %s/{encrypt,decrypt,keys}/%s and its own token", d.cfg.Mount, d.cfg.Key))
+	}
+	if len(broader) > 0 {
+		out = append(out, warn(check, "narrow the policy to what `kms-plugin policy` prints (no wildcards, no extra capabilities)",
+			"the token can do more than the plugin needs: %s", strings.Join(broader, "; ")))
+	}
+	return out
+}
+
+type probe struct{ path, why string }
+
+// broaderProbes are paths the plugin never needs: any capability there means a policy broader
+// than least privilege (a wildcard path, or rights to manage the key).
+func broaderProbes(mount, key string) []probe {
+	const other = "kms-plugin-doctor-another-key"
+	return []probe{
+		{mount + "/keys/" + key + "/config", "change the key's settings: exportable, deletion_allowed, min_decryption_version"},
+		{mount + "/keys/" + key + "/rotate", "rotate the key"},
+		{mount + "/export/encryption-key/" + key, "export the key's material"},
+		{mount + "/backup/" + key, "back up the key with its material"},
+		{mount + "/decrypt/" + other, "decrypt with other transit keys: a wildcard path?"},
+		{mount + "/keys/" + other, "other transit keys: a wildcard path?"},
+		{"sys/policies/acl/kms-plugin", "change policies"},
+		{"auth/token/create", "create tokens"},
+	}
+}
+
+// capabilitiesSelf asks sys/capabilities-self for several paths at once.
+func capabilitiesSelf(ctx context.Context, c *api.Client, paths []string) (map[string][]string, error) {
+	secret, err := c.Logical().WriteWithContext(ctx, "sys/capabilities-self", map[string]any{"paths": paths})
+	if err != nil {
+		return nil, err
+	}
+	if secret == nil || secret.Data == nil {
+		return nil, errors.New("sys/capabilities-self returned nothing")
+	}
+	out := map[string][]string{}
+	for _, p := range paths {
+		raw, _ := secret.Data[p].([]any)
+		for _, v := range raw {
+			if s, ok := v.(string); ok {
+				out[p] = append(out[p], s)
+			}
+		}
+	}
+	return out, nil
+}
+
+func grants(have []string, want string) bool {
+	if slices.Contains(have, "deny") {
+		return false
+	}
+	return slices.Contains(have, want) || slices.Contains(have, "root")
+}
+
+// beyond lists capabilities in have other than need ("deny" is no capability).
+func beyond(have, need []string) []string {
+	var out []string
+	for _, c := range have {
+		if c != "deny" && !slices.Contains(need, c) {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// key reads the transit key and checks its configuration.
+func (d *vaultDoctor) key(ctx context.Context) []Result {
+	const check = "vault key"
+	path := d.cfg.Mount + "/keys/" + d.cfg.Key
+	rctx, cancel := d.ctx(ctx)
+	secret, err := d.client.Logical().ReadWithContext(rctx, path)
+	cancel()
+	if err != nil {
+		return []Result{fail(check, "see the capabilities check", "reading %s: %s", path, vaultError(err))}
+	}
+	if secret == nil || secret.Data == nil {
+		return []Result{fail(check, fmt.Sprintf("create it: vault write -f %s (and check --vault-transit-mount, --vault-transit-key)", path),
+			"transit key %s does not exist", path)}
+	}
+	k := secret.Data
+	typ, _ := k["type"].(string)
+	latest, _ := number(k["latest_version"])
+	minDecrypt, _ := number(k["min_decryption_version"])
+	var out []Result
+	switch {
+	case isTrue(k["derived"]) || isTrue(k["convergent_encryption"]):
+		out = append(out, fail(check, "create a non-derived key of type aes256-gcm96 and migrate to it",
+			"%s is a derived key (type %s): the plugin cannot use it", path, typ))
+	case !slices.Contains(aeadTypes, typ):
+		out = append(out, fail(check, "create a key of type aes256-gcm96 and migrate to it",
+			"%s has type %q, not an authenticated cipher (%s)", path, typ, strings.Join(aeadTypes, ", ")))
+	default:
+		out = append(out, ok(check, "%s: type %s, latest version %d, min_decryption_version %d", path, typ, latest, minDecrypt))
+	}
+	if isTrue(k["exportable"]) || isTrue(k["allow_plaintext_backup"]) {
+		out = append(out, fail("vault key export", "Vault cannot undo this: create a new key (exportable=false, allow_plaintext_backup=false) and migrate to it",
+			"%s can leave Vault (exportable %v, allow_plaintext_backup %v): whoever may export it can read every DEK", path, k["exportable"], k["allow_plaintext_backup"]))
+	} else {
+		out = append(out, ok("vault key export", "%s is not exportable and has no plaintext backup", path))
+	}
+	if isTrue(k["deletion_allowed"]) {
+		out = append(out, fail("vault key deletion", fmt.Sprintf("vault write %s/config deletion_allowed=false", path),
+			"%s may be deleted: one request would make every object encrypted with it unreadable", path))
+	} else {
+		out = append(out, ok("vault key deletion", "%s cannot be deleted (deletion_allowed false)", path))
+	}
+	return append(out, d.versionsInUse(ctx, path, latest, minDecrypt))
+}
+
+// versionsInUse checks min_decryption_version against the key versions that objects in etcd
+// are stored under.
+func (d *vaultDoctor) versionsInUse(ctx context.Context, path string, latest, minDecrypt int) Result {
+	const check = "vault key versions"
+	if d.o.KeyIDsInUse == nil {
+		if minDecrypt > 1 {
+			return warn(check, "pass --etcd-endpoints (and --etcd-cacert/--etcd-cert/--etcd-key) to check them against etcd",
+				"versions below %d of %s are retired; not checked against the objects in etcd", minDecrypt, path)
+		}
+		return ok(check, "%s: every version decrypts (min_decryption_version %d)", path, minDecrypt)
+	}
+	inUse, err := d.o.KeyIDsInUse(ctx)
+	if err != nil {
+		return fail(check, "check --etcd-endpoints and --etcd-cacert/--etcd-cert/--etcd-key", "reading key ids from etcd: %v", err)
+	}
+	byVersion := map[int]int{}
+	for id, n := range inUse {
+		if v, ok := vaultKeyVersion(id); ok {
+			byVersion[v] += n
+		}
+	}
+	versions := make([]int, 0, len(byVersion))
+	for v := range byVersion {
+		versions = append(versions, v)
+	}
+	sort.Ints(versions)
+	var retired, unknown []string
+	for _, v := range versions {
+		switch {
+		case v < minDecrypt:
+			retired = append(retired, fmt.Sprintf("v%d (%d objects)", v, byVersion[v]))
+		case v > latest:
+			unknown = append(unknown, fmt.Sprintf("v%d (%d objects)", v, byVersion[v]))
+		}
+	}
+	switch {
+	case len(retired) > 0:
+		return fail(check, fmt.Sprintf("vault write %s/config min_decryption_version=%d, then migrate the objects (kubectl get secrets -A -o json | kubectl replace -f -) before raising it again", path, versions[0]),
+			"min_decryption_version of %s is %d, but objects in etcd are still stored under %s: they cannot be decrypted", path, minDecrypt, strings.Join(retired, ", "))
+	case len(unknown) > 0:
+		return warn(check, "check that etcd's Vault key ids belong to this key (another key, or a deleted and recreated one?)",
+			"objects in etcd name versions above the latest of %s (%d): %s", path, latest, strings.Join(unknown, ", "))
+	case len(versions) == 0:
+		return ok(check, "%s: no object in etcd is stored under a Vault key id", path)
+	}
+	return ok(check, "%s: every version in use in etcd (v%d to v%d) is at or above min_decryption_version %d", path, versions[0], versions[len(versions)-1], minDecrypt)
+}
+
+// vaultKeyVersion reads the version of a key id "vault:<16 hex>:v<version>".
+func vaultKeyVersion(id string) (int, bool) {
+	rest, ok := strings.CutPrefix(id, "vault:")
+	if !ok {
+		return 0, false
+	}
+	lin, ver, ok := strings.Cut(rest, ":v")
+	if !ok || len(lin) != 16 || strings.Trim(lin, "0123456789abcdef") != "" {
+		return 0, false
+	}
+	n, err := strconv.Atoi(ver)
+	return n, err == nil && n > 0
+}
+
+// roundTrip wraps and unwraps a random DEK through the plugin's own Vault backend.
+func (d *vaultDoctor) roundTrip(ctx context.Context) Result {
+	const check = "vault round trip"
+	kek, err := vault.Open(d.o.Config)
+	if err != nil {
+		return fail(check, "", "opening the backend: %v", err)
+	}
+	cctx, cancel := d.ctx(ctx)
+	err = kek.Check(cctx)
+	cancel()
+	if err != nil {
+		return fail(check, "see the checks above", "the backend's key check: %v", err)
+	}
+	keyID := kek.CurrentID()
+	plain := make([]byte, 32)
+	_, _ = rand.Read(plain)
+	defer clear(plain)
+	wctx, cancel := d.ctx(ctx)
+	wrapped, err := kek.Wrap(wctx, keyID, plain)
+	cancel()
+	if err != nil {
+		return fail(check, "see the capabilities check", "encrypt under %s: %v", keyID, err)
+	}
+	uctx, cancel := d.ctx(ctx)
+	got, err := kek.Unwrap(uctx, keyID, wrapped)
+	cancel()
+	if err != nil {
+		return fail(check, "see the capabilities check", "decrypt under %s: %v", keyID, err)
+	}
+	defer clear(got)
+	if !bytes.Equal(got, plain) {
+		return fail(check, "", "decrypt under %s returned other bytes than were encrypted", keyID)
+	}
+	return ok(check, "encrypted and decrypted a random DEK under key id %s", keyID)
+}
+
+// vaultError is Vault's own message, on one line.
+func vaultError(err error) string {
+	var re *api.ResponseError
+	if errors.As(err, &re) {
+		return fmt.Sprintf("vault answered %d: %s", re.StatusCode, strings.Join(re.Errors, "; "))
+	}
+	return err.Error()
+}
+
+func isTrue(v any) bool { b, _ := v.(bool); return b }
+
+func number(v any) (int, bool) {
+	n, ok := v.(json.Number)
+	if !ok {
+		return 0, false
+	}
+	i, err := strconv.Atoi(n.String())
+	return i, err == nil
+}
