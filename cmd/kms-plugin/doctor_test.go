@@ -1,0 +1,147 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+
+	"github.com/kmsplugin/kms-plugin/integration/harness"
+)
+
+// lines returns the doctor output's lines that start with status.
+func lines(out, status string) []string {
+	var got []string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, status+" ") {
+			got = append(got, l)
+		}
+	}
+	return got
+}
+
+// The doctor and policy commands end to end against a real Vault: the policy that `policy`
+// prints passes every check of `doctor`, the same policy without decrypt fails it with exit
+// status 3, and doctor takes serve's --config file.
+func TestDoctorCommandVault(t *testing.T) {
+	t.Parallel()
+	v := harness.StartVaultDev(t)
+	v.EnableTransit(t, "transit")
+	v.Write(t, "transit/keys/k8s", nil)
+	policy, err := runCLI("policy", "--vault-transit-key", "k8s", "--vault-addr", v.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := shortDir(t)
+	tokenWith := func(name, hcl string) string {
+		v.WritePolicy(t, name, hcl)
+		tok, err := v.Root.Auth().Token().Create(&api.TokenCreateRequest{Policies: []string{name}, NoDefaultPolicy: true, TTL: "1h"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, name+".token")
+		if err := os.WriteFile(path, []byte(tok.Auth.ClientToken), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	args := func(tokenFile string) []string {
+		return []string{"doctor", "--listen", filepath.Join(dir, "kms.sock"), "--backend", "vault", "--vault-addr", v.Addr,
+			"--vault-transit-key", "k8s", "--vault-token-file", tokenFile}
+	}
+
+	good := tokenWith("kms-plugin", policy)
+	out, err := runCLI(args(good)...)
+	t.Logf("doctor:\n%s", out)
+	if err != nil || len(lines(out, "FAIL")) > 0 || len(lines(out, "warn")) > 0 || len(lines(out, "ok")) < 10 {
+		t.Fatalf("healthy setup: %v", err)
+	}
+
+	blocks := strings.Split(policy, "\n\n")
+	var kept []string
+	for _, b := range blocks {
+		if !strings.Contains(b, `"transit/decrypt/k8s"`) {
+			kept = append(kept, b)
+		}
+	}
+	noDecrypt := tokenWith("no-decrypt", strings.Join(kept, "\n\n"))
+	out, err = runCLI(args(noDecrypt)...)
+	t.Logf("doctor:\n%s", out)
+	var failed checkFailed
+	if !errors.As(err, &failed) {
+		t.Fatalf("policy without decrypt: want a failed check (exit status 3), got %v", err)
+	}
+	if f := lines(out, "FAIL"); len(f) != 2 || !strings.Contains(f[0], `vault capabilities   the token lacks "update" on transit/decrypt/k8s`) ||
+		!strings.Contains(f[1], "vault round trip") {
+		t.Errorf("policy without decrypt: FAIL lines %q", f)
+	}
+
+	// The same settings from serve's --config file.
+	config := filepath.Join(dir, "config.yaml")
+	yaml := "listen: " + filepath.Join(dir, "kms.sock") + "\nbackend: vault\nvault-addr: " + v.Addr +
+		"\nvault-transit-key: k8s\nvault-token-file: " + good + "\ncheck-interval: 5s\n"
+	if err := os.WriteFile(config, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runCLI("doctor", "--config", config); err != nil || len(lines(out, "ok")) < 10 {
+		t.Errorf("doctor --config: %v\n%s", err, out)
+	}
+	if out, err := runCLI("policy", "--config", config); err != nil || out != policy {
+		t.Errorf("policy --config: %v\n%s", err, out)
+	}
+	if _, err := runCLI("policy"); err == nil || !strings.Contains(err.Error(), "--vault-transit-key") {
+		t.Errorf("policy without a key: %v", err)
+	}
+}
+
+func TestDoctorCommandLocalAES(t *testing.T) {
+	dir := shortDir(t)
+	keys := filepath.Join(dir, "keys.yaml")
+	if _, err := runCLI("keygen", "--localaes-key-file", keys); err != nil {
+		t.Fatal(err)
+	}
+	socket := filepath.Join(dir, "kms.sock")
+	out, err := runCLI("doctor", "--listen", socket, "--localaes-key-file", keys)
+	if err != nil || len(lines(out, "ok")) != 3 {
+		t.Fatalf("healthy: %v\n%s", err, out)
+	}
+
+	// Beside a running plugin: --running asks its Status; without it the path is taken.
+	stop, log := runInProcess(t, "serve", "--listen", socket, "--localaes-key-file", keys, "--health-addr", "")
+	harness.Eventually(t, 30*time.Second, "plugin serving", func(context.Context) error { _, err := status(t, socket); return err })
+	out, err = runCLI("doctor", "--running", "--listen", socket, "--localaes-key-file", keys)
+	if err != nil || !strings.Contains(out, "ok    plugin status        Status over "+socket+": healthz ok, key_id localaes:") {
+		t.Errorf("--running: %v\n%s", err, out)
+	}
+	out, err = runCLI("doctor", "--listen", socket, "--localaes-key-file", keys)
+	if err == nil || !strings.Contains(out, "FAIL  socket") {
+		t.Errorf("socket in use without --running: %v\n%s", err, out)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("serve: %v\n%s", err, log)
+	}
+
+	if err := os.Chmod(keys, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err = runCLI("doctor", "--listen", socket, "--localaes-key-file", keys)
+	if err == nil || len(lines(out, "FAIL")) != 2 || !strings.Contains(out, "chmod 600 "+keys) {
+		t.Errorf("key file readable by others: %v\n%s", err, out)
+	}
+
+	saved := defaultKeyFile
+	defaultKeyFile = filepath.Join(dir, "absent.yaml")
+	defer func() { defaultKeyFile = saved }()
+	out, err = runCLI("doctor", "--listen", socket)
+	if err != nil || !strings.Contains(out, "warn  localaes key file") {
+		t.Errorf("default key file missing: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(defaultKeyFile); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("doctor created the default key file: %v", err)
+	}
+}
