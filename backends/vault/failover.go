@@ -129,9 +129,12 @@ func (a *addresses) probePreferred(ctx context.Context, next http.RoundTripper) 
 // next, each at most once and only while the caller's deadline allows. The retry policy
 // (retry.go) repeats the whole round with backoff.
 //
-// Only requests to the preferred address (the one the vault/api client was built with) are
-// steered; anything else, such as the one redirect vault/api follows when no other address is
-// left, goes where it was sent.
+// A redirect is never followed, here or by vault/api (which would take a standby's 307 for an
+// empty answer once it stopped following): a standby redirects when it cannot forward, to the
+// active node's advertised address, which may be the very node that just died. The last
+// address's redirect becomes an error (unavailable) that names where it pointed. Requests to
+// other hosts than the preferred address (the one the vault/api client was built with) go
+// where they were sent.
 type failover struct {
 	next  http.RoundTripper
 	addrs *addresses
@@ -165,22 +168,20 @@ func (f failover) RoundTrip(req *http.Request) (*http.Response, error) {
 			return resp, nil
 		}
 		last := j == n-1 || req.Context().Err() != nil
-		if last {
-			if err == nil && resp != nil {
-				return resp, nil // a 5xx or 429 (or a redirect vault/api may follow): vault/api reports it
-			}
-			if n == 1 {
-				return nil, err
-			}
-			failures = append(failures, fmt.Errorf("%s: %w", f.addrs.urls[i].Redacted(), err))
-			return nil, &allFailed{failures}
+		if last && err == nil && !isRedirect(resp.StatusCode) {
+			return resp, nil // a 5xx or 429: vault/api reports it with Vault's own words
 		}
-		if err != nil {
-			failures = append(failures, fmt.Errorf("%s: %w", f.addrs.urls[i].Redacted(), err))
-		} else {
-			failures = append(failures, fmt.Errorf("%s: %s", f.addrs.urls[i].Redacted(), why))
+		if last && err != nil && n == 1 {
+			return nil, err
+		}
+		if err == nil {
+			err = errors.New(why)
 			io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 			resp.Body.Close()
+		}
+		failures = append(failures, fmt.Errorf("%s: %w", f.addrs.urls[i].Redacted(), err))
+		if last {
+			return nil, &allFailed{failures}
 		}
 	}
 	return nil, &allFailed{failures} // not reached: the last iteration returns
@@ -215,11 +216,15 @@ func unfit(resp *http.Response, err error) string {
 		return err.Error()
 	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
 		return fmt.Sprintf("answered %d", resp.StatusCode)
-	case resp.StatusCode == http.StatusMovedPermanently, resp.StatusCode == http.StatusFound,
-		resp.StatusCode == http.StatusTemporaryRedirect, resp.StatusCode == http.StatusPermanentRedirect:
-		return "redirected to " + resp.Header.Get("Location") + " (a standby that does not forward requests)"
+	case isRedirect(resp.StatusCode):
+		return "redirected to " + resp.Header.Get("Location") + " (a standby that cannot forward requests to the active node)"
 	}
 	return ""
+}
+
+func isRedirect(code int) bool {
+	return code == http.StatusMovedPermanently || code == http.StatusFound ||
+		code == http.StatusTemporaryRedirect || code == http.StatusPermanentRedirect
 }
 
 // allFailed is a request that no address could serve; it unwraps to each address's error, so
