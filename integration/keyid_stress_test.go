@@ -1,0 +1,406 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/vault/api"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	kmsapi "k8s.io/kms/apis/v2"
+
+	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/vaultpolicy"
+)
+
+// The stress proof of what the Vault backend promises about key ids. Three plugin processes
+// share one transit key: one talks to Vault directly, two through a load balancer that
+// models a replica lagging behind the active node (for a while after each rotation, every
+// other read of the key returns it as it was before). Under concurrent Status and Encrypt
+// load, the key is rotated four times and Vault is stopped, restarted sealed and unsealed:
+//   - each plugin's Status key ids only ever move to a higher version (no flip-flop, even while
+//     the balancer serves old and new versions in turn);
+//   - every Encrypt response's key id equals the Status key id seen just before or just after;
+//   - during the outage the key id stays what it was, Status keeps answering, and afterwards
+//     it is unchanged and healthy again;
+//   - data encrypted under every version still decrypts through every plugin.
+//
+// (A real Vault cluster is not used: Vault OSS standbys forward every request to the active
+// node, so they never disagree; the lagging balancer stands in for the replicas that do.)
+func TestKeyIDStress(t *testing.T) {
+	t.Parallel()
+	v := harness.StartVaultFile(t) // restartable: the outage stops it
+	v.EnableTransit(t, "transit")
+	const key = "stress"
+	v.Write(t, "transit/keys/"+key, nil)
+	tokenFile := leastPrivilegeToken(t, v, key)
+	lb := newLaggingBalancer(t, v.Addr, "/v1/transit/keys/"+key, 1500*time.Millisecond)
+
+	var plugins []*harness.Plugin
+	for _, addr := range []string{v.Addr, lb.URL, lb.URL} {
+		plugins = append(plugins, harness.StartPlugin(t, "--backend=vault", "--vault-addr="+addr,
+			"--vault-transit-key="+key, "--vault-auth=token", "--vault-token-file="+tokenFile,
+			"--check-interval=100ms", "--proof-interval=1s", "--log-level=warn"))
+	}
+	load := startKeyIDLoad(t, plugins)
+
+	waitVersion := func(version int) {
+		t.Helper()
+		for i, p := range plugins {
+			harness.Eventually(t, 30*time.Second, fmt.Sprintf("plugin %d adopts v%d", i, version), func(ctx context.Context) error {
+				st, err := p.Status(ctx)
+				if err != nil {
+					return err
+				}
+				if got := keyIDVersion(st.KeyId); got != version || st.Healthz != "ok" {
+					return fmt.Errorf("key id %s, healthz %s", st.KeyId, st.Healthz)
+				}
+				return nil
+			})
+		}
+	}
+	waitVersion(1)
+	for version := 2; version <= 4; version++ {
+		v.RotateKey(t, "transit", key)
+		waitVersion(version)
+	}
+
+	// Outage: stopped, then back sealed, then unsealed. The key id must not move.
+	before := make([]string, len(plugins))
+	for i, p := range plugins {
+		before[i] = p.KeyID(t)
+	}
+	load.freeze(before)
+	v.Stop(t)
+	waitHealthz(t, plugins, func(h string) bool { return h != "ok" }, "unhealthy while Vault is down")
+	v.Start(t)
+	waitHealthz(t, plugins[:1], func(h string) bool { return strings.Contains(h, "sealed") }, "sealed")
+	v.Unseal(t)
+	waitHealthz(t, plugins, func(h string) bool { return h == "ok" }, "healthy after unseal")
+	for i, p := range plugins {
+		if id := p.KeyID(t); id != before[i] {
+			t.Errorf("plugin %d: key id %s after the outage, %s before", i, id, before[i])
+		}
+	}
+	load.thaw()
+
+	// After the outage rotation still works.
+	v.RotateKey(t, "transit", key)
+	waitVersion(5)
+	load.stop(t)
+
+	t.Logf("the balancer answered %d key reads with the lagging replica's view", lb.staleServed.Load())
+	if lb.staleServed.Load() == 0 {
+		t.Error("the balancer never served a lagging key read: the test did not exercise disagreement")
+	}
+	load.verify(t, plugins, 5)
+}
+
+// leastPrivilegeToken writes the policy `kms-plugin policy` prints for key and returns a file
+// holding a token with only that policy.
+func leastPrivilegeToken(t *testing.T, v *harness.Vault, key string) string {
+	t.Helper()
+	hcl, err := vaultpolicy.HCL(vaultpolicy.Options{Key: key})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.WritePolicy(t, key, hcl)
+	renewable := true
+	tok, err := v.Root.Auth().Token().Create(&api.TokenCreateRequest{Policies: []string{key}, NoDefaultPolicy: true, TTL: "1h", Renewable: &renewable})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(path, []byte(tok.Auth.ClientToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func waitHealthz(t *testing.T, plugins []*harness.Plugin, ok func(string) bool, what string) {
+	t.Helper()
+	for i, p := range plugins {
+		harness.Eventually(t, 60*time.Second, fmt.Sprintf("plugin %d %s", i, what), func(ctx context.Context) error {
+			st, err := p.Status(ctx)
+			if err != nil {
+				return err
+			}
+			if !ok(st.Healthz) {
+				return fmt.Errorf("healthz %q", st.Healthz)
+			}
+			return nil
+		})
+	}
+}
+
+var vaultKeyIDRE = regexp.MustCompile(`^vault:[0-9a-f]{16}:v([1-9][0-9]*)$`)
+
+// keyIDVersion is the version a vault key id names, 0 if it is not one.
+func keyIDVersion(id string) int {
+	m := vaultKeyIDRE.FindStringSubmatch(id)
+	if m == nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
+}
+
+// keyIDLoad drives Status and Encrypt on every plugin and records what breaks a promise.
+type keyIDLoad struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu         sync.Mutex
+	violations []string
+	sequences  [][]string        // per plugin: distinct key ids in the order a poller saw them
+	samples    map[string][]byte // key id -> a ciphertext Encrypt returned under it
+	plaintexts map[string][]byte
+	encrypts   atomic.Int64
+	failures   atomic.Int64 // failed Encrypts (expected only during the outage)
+	frozen     []string     // while set: the key id each plugin must keep
+}
+
+const encryptWorkers = 3
+
+func startKeyIDLoad(t *testing.T, plugins []*harness.Plugin) *keyIDLoad {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &keyIDLoad{cancel: cancel, sequences: make([][]string, len(plugins)), samples: map[string][]byte{}, plaintexts: map[string][]byte{}}
+	t.Cleanup(cancel)
+	for i, p := range plugins {
+		client := kmsClient(t, p)
+		l.wg.Add(1 + encryptWorkers)
+		go l.poll(ctx, i, client)
+		for range encryptWorkers {
+			go l.encrypt(ctx, i, client)
+		}
+	}
+	return l
+}
+
+func kmsClient(t *testing.T, p *harness.Plugin) kmsapi.KeyManagementServiceClient {
+	conn, err := grpc.NewClient(p.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority("localhost"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return kmsapi.NewKeyManagementServiceClient(conn)
+}
+
+func (l *keyIDLoad) violate(format string, args ...any) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.violations) < 20 {
+		l.violations = append(l.violations, fmt.Sprintf(format, args...))
+	}
+}
+
+// poll records plugin i's Status key ids: each must be a vault key id of a higher version
+// than the one before, and while frozen, the frozen one.
+func (l *keyIDLoad) poll(ctx context.Context, i int, c kmsapi.KeyManagementServiceClient) {
+	defer l.wg.Done()
+	for ctx.Err() == nil {
+		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		st, err := c.Status(rctx, &kmsapi.StatusRequest{})
+		cancel()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err != nil:
+			l.violate("plugin %d: Status failed: %v", i, err)
+			continue
+		}
+		l.mu.Lock()
+		seq := l.sequences[i]
+		last := ""
+		if len(seq) > 0 {
+			last = seq[len(seq)-1]
+		}
+		frozen := l.frozen
+		if st.KeyId != last {
+			l.sequences[i] = append(seq, st.KeyId)
+		}
+		l.mu.Unlock()
+		switch {
+		case keyIDVersion(st.KeyId) == 0:
+			l.violate("plugin %d: Status key id %q is not a vault key id", i, st.KeyId)
+		case frozen != nil && st.KeyId != frozen[i]:
+			l.violate("plugin %d: key id %s during the outage, %s before it", i, st.KeyId, frozen[i])
+		case last != "" && st.KeyId != last && keyIDVersion(st.KeyId) <= keyIDVersion(last):
+			l.violate("plugin %d: key id went from %s to %s (flip-flop)", i, last, st.KeyId)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// encrypt calls Status, Encrypt, Status in a loop: a successful Encrypt's key id must be one
+// of the two Status key ids around it.
+func (l *keyIDLoad) encrypt(ctx context.Context, i int, c kmsapi.KeyManagementServiceClient) {
+	defer l.wg.Done()
+	for n := 0; ctx.Err() == nil; n++ {
+		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		before, err1 := c.Status(rctx, &kmsapi.StatusRequest{})
+		plain := make([]byte, 32)
+		_, _ = rand.Read(plain)
+		resp, err := c.Encrypt(rctx, &kmsapi.EncryptRequest{Plaintext: plain, Uid: fmt.Sprintf("stress-%d-%d", i, n)})
+		after, err2 := c.Status(rctx, &kmsapi.StatusRequest{})
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err1 != nil || err2 != nil {
+			l.violate("plugin %d: Status failed around an Encrypt: %v, %v", i, err1, err2)
+			continue
+		}
+		if err != nil {
+			l.failures.Add(1)
+			time.Sleep(20 * time.Millisecond) // an outage: no need to spin
+			continue
+		}
+		l.encrypts.Add(1)
+		if resp.KeyId != before.KeyId && resp.KeyId != after.KeyId {
+			l.violate("plugin %d: Encrypt returned key id %s; Status said %s before and %s after", i, resp.KeyId, before.KeyId, after.KeyId)
+		}
+		l.mu.Lock()
+		if _, ok := l.samples[resp.KeyId]; !ok {
+			l.samples[resp.KeyId], l.plaintexts[resp.KeyId] = resp.Ciphertext, plain
+		}
+		l.mu.Unlock()
+	}
+}
+
+func (l *keyIDLoad) freeze(ids []string) { l.mu.Lock(); l.frozen = ids; l.mu.Unlock() }
+func (l *keyIDLoad) thaw()               { l.mu.Lock(); l.frozen = nil; l.mu.Unlock() }
+
+func (l *keyIDLoad) stop(t *testing.T) {
+	l.cancel()
+	l.wg.Wait()
+	t.Logf("%d Encrypts succeeded, %d failed (during the outage)", l.encrypts.Load(), l.failures.Load())
+}
+
+// verify checks the recorded promises, that every plugin went through versions 1..last in
+// order, and that a ciphertext of every version decrypts through every plugin.
+func (l *keyIDLoad) verify(t *testing.T, plugins []*harness.Plugin, last int) {
+	t.Helper()
+	for _, v := range l.violations {
+		t.Error(v)
+	}
+	for i, seq := range l.sequences {
+		var versions []int
+		for _, id := range seq {
+			versions = append(versions, keyIDVersion(id))
+		}
+		want := make([]int, last)
+		for j := range want {
+			want[j] = j + 1
+		}
+		if fmt.Sprint(versions) != fmt.Sprint(want) {
+			t.Errorf("plugin %d: Status key id versions %v, want %v (%v)", i, versions, want, seq)
+		}
+		if i > 0 && fmt.Sprint(seq) != fmt.Sprint(l.sequences[0]) {
+			t.Errorf("plugin %d saw key ids %v, plugin 0 %v", i, seq, l.sequences[0])
+		}
+	}
+	if len(l.samples) != last {
+		t.Errorf("Encrypt responses carried %d key ids, want %d", len(l.samples), last)
+	}
+	for i, p := range plugins {
+		c := kmsClient(t, p)
+		for id, ct := range l.samples {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			resp, err := c.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: ct, KeyId: id, Uid: "verify"})
+			cancel()
+			if err != nil || !bytes.Equal(resp.Plaintext, l.plaintexts[id]) {
+				t.Errorf("plugin %d: decrypt of data under %s: %v", i, id, err)
+			}
+		}
+	}
+}
+
+// laggingBalancer is an HTTP reverse proxy in front of Vault. For lag after the key at keyPath
+// gets a new latest version, every other read of it answers with the key as it was before,
+// like a load balancer over the active node and a replica that has not caught up.
+type laggingBalancer struct {
+	URL         string
+	staleServed atomic.Int64
+
+	keyPath string
+	lag     time.Duration
+
+	mu      sync.Mutex
+	fresh   []byte // the newest body read from Vault
+	stale   []byte // the body before the last change, served in turn until lag has passed
+	changed time.Time
+	reads   int
+}
+
+func newLaggingBalancer(t *testing.T, vaultAddr, keyPath string, lag time.Duration) *laggingBalancer {
+	target, err := url.Parse(vaultAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lb := &laggingBalancer{keyPath: keyPath, lag: lag}
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.ModifyResponse = lb.modify
+	proxy.ErrorLog = log.New(io.Discard, "", 0) // Vault down: 502s, expected
+	srv := httptest.NewServer(proxy)
+	t.Cleanup(srv.Close)
+	lb.URL = srv.URL
+	return lb
+}
+
+func (lb *laggingBalancer) modify(resp *http.Response) error {
+	if resp.Request.Method != http.MethodGet || resp.Request.URL.Path != lb.keyPath || resp.StatusCode != http.StatusOK {
+		return nil
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return err
+	}
+	lb.mu.Lock()
+	if lb.fresh != nil && latestVersion(lb.fresh) != latestVersion(body) {
+		lb.stale, lb.changed = lb.fresh, time.Now()
+	}
+	lb.fresh = body
+	if lb.stale != nil && time.Since(lb.changed) > lb.lag {
+		lb.stale = nil // the replica caught up
+	}
+	lb.reads++
+	if lb.stale != nil && lb.reads%2 == 0 {
+		body = lb.stale
+		lb.staleServed.Add(1)
+	}
+	lb.mu.Unlock()
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	resp.ContentLength = int64(len(body))
+	resp.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	return nil
+}
+
+func latestVersion(body []byte) json.Number {
+	var k struct {
+		Data struct {
+			LatestVersion json.Number `json:"latest_version"`
+		} `json:"data"`
+	}
+	_ = json.Unmarshal(body, &k)
+	return k.Data.LatestVersion
+}
