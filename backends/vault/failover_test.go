@@ -5,13 +5,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/vault/api"
+
 	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/internal/clock"
 )
 
 // TestVaultFailoverRaft runs the backend against a real 3-node Raft cluster on loopback, the
@@ -157,4 +163,166 @@ func TestVaultFailoverRaft(t *testing.T) {
 		t.Fatalf("key id changed: %s, was %s", k.CurrentID(), id)
 	}
 	t.Logf("round trips: %d ok, %d unavailable during the failover", ok.Load(), unavailable.Load())
+}
+
+// TestFailoverUnit drives the failover RoundTripper against fake nodes: what moves requests to
+// the next address, that the body reaches it intact, that redirects are never followed, and
+// how requests return to the preferred address.
+func TestFailoverUnit(t *testing.T) {
+	var mode atomic.Value // what the preferred node answers: "ok", "503", "307", "429"
+	mode.Store("503")
+	elsewhere := &fakeVault{handler: func(string, map[string]any, string) (int, string) { return 200, `{}` }}
+	target := httptest.NewServer(elsewhere)
+	defer target.Close()
+	a := &fakeVault{}
+	a.handler = func(path string, _ map[string]any, _ string) (int, string) {
+		switch mode.Load() {
+		case "503":
+			return 503, `{"errors":["local node not active but active cluster node not found"]}`
+		case "429":
+			return 429, `{"errors":["standby"]}`
+		}
+		if path == "/v1/sys/health" {
+			return 200, `{"initialized":true,"sealed":false,"standby":true}`
+		}
+		return 200, `{"data":{"ciphertext":"vault:v1:QUFBQQ=="}}`
+	}
+	srvA := httptest.NewServer(redirecting(a, &mode, target.URL))
+	defer srvA.Close()
+	b := &fakeVault{handler: func(string, map[string]any, string) (int, string) {
+		return 200, `{"data":{"ciphertext":"vault:v1:QkJCQg=="}}`
+	}}
+	srvB := httptest.NewServer(b)
+	defer srvB.Close()
+	closed := httptest.NewServer(b)
+	closed.Close()
+
+	clk := clock.NewFake(time.Unix(1_800_000_000, 0))
+	open := func(addrs ...string) (*api.Client, *addresses) {
+		t.Helper()
+		cfg := Config{Address: addrs[0], FailoverAddresses: addrs[1:], Clock: clk}
+		cfg.setDefaults()
+		transport, err := cfg.newTransport()
+		if err != nil {
+			t.Fatal(err)
+		}
+		as, err := newAddresses(cfg.addresses(), clk, testLogger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := cfg.newAPIClient(newHTTPClient(transport, as), "", "t")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c, as
+	}
+	encrypt := func(c *api.Client) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		s, err := c.Logical().WriteWithContext(ctx, "transit/encrypt/k", map[string]any{"plaintext": "cGxhaW4="})
+		if err != nil {
+			return "", err
+		}
+		ct, _ := secretString(s, "ciphertext")
+		return ct, nil
+	}
+
+	c, as := open(srvA.URL, srvB.URL)
+	for _, m := range []string{"503", "429", "307"} {
+		mode.Store(m)
+		as.mu.Lock()
+		as.active = 0
+		as.mu.Unlock()
+		ct, err := encrypt(c)
+		if err != nil || ct != "vault:v1:QkJCQg==" || as.inUse() != srvB.URL {
+			t.Fatalf("preferred answers %s: %q, %v, in use %s; want the second node's answer", m, ct, err, as.inUse())
+		}
+		if got := b.last("/v1/transit/encrypt/k").body["plaintext"]; got != "cGxhaW4=" {
+			t.Fatalf("preferred answers %s: the second node got plaintext %v", m, got)
+		}
+	}
+	if n := len(elsewhere.paths()); n != 0 {
+		t.Fatalf("a redirect was followed (%d requests at its target)", n)
+	}
+
+	// Back to the preferred address: at a check's probe, and after the cool-down at a request.
+	mode.Store("ok")
+	as.probePreferred(context.Background(), http.DefaultTransport)
+	if as.inUse() != srvA.URL {
+		t.Fatalf("after a good probe in use %s, want %s", as.inUse(), srvA.URL)
+	}
+	mode.Store("503")
+	encrypt(c) // fails over again
+	mode.Store("ok")
+	if ct, _ := encrypt(c); ct != "vault:v1:QkJCQg==" || as.inUse() != srvB.URL {
+		t.Fatal("back to the preferred address before the cool-down")
+	}
+	clk.Advance(preferredCoolDown)
+	encrypt(c) // starts a background probe
+	harness.Eventually(t, 10*time.Second, "back to the preferred address after the cool-down", func(context.Context) error {
+		if as.inUse() != srvA.URL {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+
+	// No address can serve: a clean Unavailable naming each.
+	mode.Store("307")
+	c, _ = open(srvA.URL, closed.URL)
+	_, err := encrypt(c)
+	if err = classify("encrypt", err); !errors.Is(err, dek.ErrUnavailable) || !strings.Contains(err.Error(), "every vault address failed") ||
+		!strings.Contains(err.Error(), "redirected to") || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("every address failing: %v", err)
+	}
+	// One address that redirects: an error, not an empty answer, and not followed.
+	c, _ = open(srvA.URL)
+	if _, err := encrypt(c); !errors.Is(classify("encrypt", err), dek.ErrUnavailable) || !strings.Contains(err.Error(), "redirected to") {
+		t.Fatalf("a single redirecting address: %v", err)
+	}
+	if n := len(elsewhere.paths()); n != 0 {
+		t.Fatalf("a redirect was followed (%d requests at its target)", n)
+	}
+	// Connection refused on the preferred address.
+	c, as = open(closed.URL, srvB.URL)
+	if ct, err := encrypt(c); err != nil || ct != "vault:v1:QkJCQg==" || as.inUse() != srvB.URL {
+		t.Fatalf("preferred address refusing connections: %q, %v", ct, err)
+	}
+}
+
+// redirecting answers like h, or with a redirect to target while mode is "307".
+func redirecting(h http.Handler, mode *atomic.Value, target string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if mode.Load() == "307" {
+			http.Redirect(w, r, target+r.URL.Path, http.StatusTemporaryRedirect)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func TestConfigAddresses(t *testing.T) {
+	for _, c := range []struct {
+		addrs []string
+		ok    bool
+	}{
+		{[]string{"https://a:8200", "https://b:8200"}, true},
+		{[]string{"https://a:8200", "https://a:8200"}, false},
+		{[]string{"https://a:8200", "b:8200"}, false},
+		{[]string{"https://a:8200/vault", "https://b:8200"}, false},
+		{[]string{"https://a:8200/vault"}, true},
+	} {
+		cfg := Config{Address: c.addrs[0], FailoverAddresses: c.addrs[1:], Key: "k", Auth: StaticToken{"t"}}
+		cfg.setDefaults()
+		if err := cfg.validate(); (err == nil) != c.ok {
+			t.Errorf("%v: %v", c.addrs, err)
+		}
+	}
+	if !(&Config{Address: "https://a:8200", FailoverAddresses: []string{"http://b:8200"}}).Cleartext() {
+		t.Error("a plain-http failover address is not reported as cleartext")
+	}
+	cfg := Config{Address: "http://127.0.0.1:8200", Key: "k", Auth: &Cert{PEMFile: "/p"}}
+	cfg.setDefaults()
+	if err := cfg.validate(); err == nil || !strings.Contains(err.Error(), "https") {
+		t.Errorf("cert auth over http: %v", err)
+	}
 }
