@@ -43,6 +43,8 @@ type Config struct {
 	// Clock drives renewals, login backoff and retry waits; nil is the real clock.
 	Clock clock.Clock
 	Log   *slog.Logger
+
+	wrapTransport func(http.RoundTripper) http.RoundTripper // tests: count requests
 }
 
 func (c *Config) setDefaults() {

@@ -34,16 +34,10 @@ type vaultBackend struct {
 	jwtMount, jwtRole, jwtFile                      string
 }
 
-// Check and proof intervals of the vault backend: at an idle apiserver its plugin sends Vault
-// about 1.4 requests a minute (a key read per check, a wrap and an unwrap per proof), and a
-// rotation is adopted after two checks, within two minutes.
-const (
-	vaultCheckInterval = time.Minute
-	vaultProofInterval = 5 * time.Minute
-)
-
+// monitorIntervals are the vault backend's own defaults of --check-interval and
+// --proof-interval: few Vault requests at an idle apiserver, rotations within two minutes.
 func (*vaultBackend) monitorIntervals() (check, proof time.Duration) {
-	return vaultCheckInterval, vaultProofInterval
+	return vault.DefaultCheckInterval, vault.DefaultProofInterval
 }
 
 // addrList is --vault-addr: repeated, or a comma-separated list, kept comma-joined.
