@@ -75,6 +75,17 @@ func TestVaultKubernetesAuth(t *testing.T) {
 		t.Fatalf("the backend's token did not come from a kubernetes login: %v", err)
 	}
 
+	// Revoked (or expired): the next check logs in again with the JWT file.
+	first := k.tokens.token
+	v.RevokeToken(t, first)
+	mustCheck(t, k)
+	if k.tokens.token == first {
+		t.Fatal("no new kubernetes login after the token was revoked")
+	}
+	if got, err := k.Unwrap(ctx, k.CurrentID(), w); err != nil || !bytes.Equal(got, key) {
+		t.Fatalf("Unwrap after re-login: %v", err)
+	}
+
 	// A service account the role does not name is refused, with a clear error.
 	other := filepath.Join(dir, "other")
 	writeFile(t, other, jwtFor("someone-else"))
