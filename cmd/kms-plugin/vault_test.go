@@ -82,6 +82,50 @@ func TestVaultConfigFromFlagsAndEnvironment(t *testing.T) {
 	}
 }
 
+func TestVaultConfigAddressesAndNewAuthMethods(t *testing.T) {
+	getenv := func(k string) string { return map[string]string{"VAULT_ADDR": "https://e1:8200, https://e2:8200"}[k] }
+	log := slog.New(slog.DiscardHandler)
+
+	b := parseVaultFlags(t, "--vault-addr", "https://a:8200", "--vault-addr", "https://b:8200,https://c:8200",
+		"--vault-transit-key", "k", "--vault-auth", "cert", "--vault-cert-auth-pem", "/var/lib/kubelet/pki/kubelet-client-current.pem")
+	cfg, err := b.config(getenv, log)
+	if err != nil || cfg.Address != "https://a:8200" || strings.Join(cfg.FailoverAddresses, " ") != "https://b:8200 https://c:8200" {
+		t.Fatalf("repeated and comma-separated --vault-addr: %q %q, %v", cfg.Address, cfg.FailoverAddresses, err)
+	}
+	if c, ok := cfg.Auth.(*vault.Cert); !ok || c.Mount != "cert" || c.PEMFile != vault.DefaultKubeletClientPEM || c.Role != "" {
+		t.Fatalf("cert auth: %#v", cfg.Auth)
+	}
+	b = parseVaultFlags(t, "--vault-transit-key", "k", "--vault-auth", "cert", "--vault-cert-auth-cert", "/c", "--vault-cert-auth-key", "/k", "--vault-cert-auth-role", "kms")
+	cfg, err = b.config(getenv, log)
+	if err != nil || cfg.Address != "https://e1:8200" || len(cfg.FailoverAddresses) != 1 || cfg.FailoverAddresses[0] != "https://e2:8200" {
+		t.Fatalf("list in VAULT_ADDR: %q %q, %v", cfg.Address, cfg.FailoverAddresses, err)
+	}
+	if c, ok := cfg.Auth.(*vault.Cert); !ok || c.CertFile != "/c" || c.KeyFile != "/k" || c.Role != "kms" {
+		t.Fatalf("cert auth with two files: %#v", cfg.Auth)
+	}
+	b = parseVaultFlags(t, "--vault-transit-key", "k", "--vault-auth", "jwt", "--vault-jwt-role", "kms", "--vault-jwt-token-file", "/run/jwt", "--vault-jwt-mount", "oidc")
+	if cfg, err := b.config(getenv, log); err != nil {
+		t.Fatal(err)
+	} else if j, ok := cfg.Auth.(*vault.JWT); !ok || j.Role != "kms" || j.TokenFile != "/run/jwt" || j.Mount != "oidc" {
+		t.Fatalf("jwt auth: %#v", cfg.Auth)
+	}
+	for _, bad := range [][]string{
+		{"--vault-transit-key", "k", "--vault-auth", "cert"},
+		{"--vault-transit-key", "k", "--vault-auth", "cert", "--vault-cert-auth-pem", "/p", "--vault-cert-auth-cert", "/c", "--vault-cert-auth-key", "/k"},
+		{"--vault-transit-key", "k", "--vault-auth", "cert", "--vault-cert-auth-cert", "/c"},
+		{"--vault-transit-key", "k", "--vault-auth", "jwt"},
+	} {
+		if _, err := parseVaultFlags(t, bad...).config(getenv, log); err == nil {
+			t.Errorf("%v: accepted", bad)
+		}
+	}
+
+	var tuner monitorTuner = &vaultBackend{}
+	if check, proof := tuner.monitorIntervals(); check != time.Minute || proof != 5*time.Minute {
+		t.Fatalf("vault's default intervals %s, %s; want 1m, 5m", check, proof)
+	}
+}
+
 func TestVaultSkipVerifyWarns(t *testing.T) {
 	var buf bytes.Buffer
 	log := slog.New(slog.NewTextHandler(&buf, nil))
@@ -173,4 +217,63 @@ func TestVaultDocFlagsExist(t *testing.T) {
 			t.Errorf("docs/vault.md does not document --%s", f.Name)
 		}
 	})
+}
+
+// TestServeVaultCertAuth runs `serve --backend vault --vault-auth cert` with a combined
+// certificate-and-key PEM file laid out like kubelet's kubelet-client-current.pem, against a
+// real Vault serving HTTPS whose auth/cert method trusts the certificate's CA.
+func TestServeVaultCertAuth(t *testing.T) {
+	v := harness.StartVaultDevTLS(t)
+	v.EnableTransit(t, "transit")
+	v.CreateKey(t, "transit", "kek")
+	v.WritePolicy(t, "kms", harness.TransitPolicy("transit", "kek"))
+	dir := t.TempDir()
+	pki := harness.NewTestPKI(t, dir)
+	ca, err := os.ReadFile(pki.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.EnableAuth(t, "cert", "cert")
+	v.Write(t, "auth/cert/certs/kms", map[string]any{"certificate": string(ca), "token_policies": "kms", "token_ttl": "1h"})
+	var combined []byte
+	for _, f := range []string{pki.ClientCert, pki.ClientKey} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		combined = append(combined, b...)
+	}
+	pemFile := dir + "/kubelet-client-current.pem"
+	if err := os.WriteFile(pemFile, combined, 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	sock := shortDir(t) + "/kms.sock"
+	_, log := runInProcess(t, "serve", "--listen", sock, "--backend", "vault",
+		"--vault-addr", v.Addr, "--vault-ca-file", v.CAFile, "--vault-transit-key", "kek",
+		"--vault-auth", "cert", "--vault-cert-auth-pem", pemFile, "--vault-cert-auth-role", "kms", "--health-addr=")
+	st := waitStatus(t, sock)
+	if st.Healthz != "ok" || !strings.HasSuffix(st.KeyId, ":v1") {
+		t.Fatalf("Status = %v\n%s", st, log.String())
+	}
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := kmsapi.NewKeyManagementServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	seed := bytes.Repeat([]byte{0x3c}, 32)
+	enc, err := client.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: seed, Uid: "1"})
+	if err != nil || enc.KeyId != st.KeyId {
+		t.Fatalf("Encrypt = %v, %v", enc, err)
+	}
+	dec, err := client.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: enc.KeyId, Uid: "2"})
+	if err != nil || !bytes.Equal(dec.Plaintext, seed) {
+		t.Fatalf("Decrypt: %v", err)
+	}
+	if !strings.Contains(log.String(), "method=cert") || strings.Contains(log.String(), "PRIVATE KEY") {
+		t.Fatalf("log: want a cert login and no key material:\n%s", log.String())
+	}
 }
