@@ -114,6 +114,9 @@ func (k *KEK) Check(ctx context.Context) error {
 		k.deb.miss()
 		return err
 	}
+	if k.laggingView(state) {
+		return nil // see lagging.go
+	}
 	k.observed = state
 	seen, before := state.latest, k.deb.adopted
 	if before.lineage != "" && before.version < state.minDecrypt {
