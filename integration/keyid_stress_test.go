@@ -25,6 +25,8 @@ import (
 	"github.com/hashicorp/vault/api"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kmsplugin/kms-plugin/integration/harness"
@@ -403,4 +405,147 @@ func latestVersion(body []byte) json.Number {
 	}
 	_ = json.Unmarshal(body, &k)
 	return k.Data.LatestVersion
+}
+
+// rejectedRotation are what kube-apiserver (k8s.io/apiserver, encryptionconfig's kmsv2 probe)
+// says when it refuses a key id from Status: an Encrypt whose key id differs from Status's
+// ("failed to rotate DEK ... statusKeyIDHash ... encryptKeyIDHash"), or an invalid key id.
+var rejectedRotation = []string{"failed to rotate DEK", "got invalid KMSv2 KeyID"}
+
+// A real kube-apiserver, writing Secrets without pause, follows a rotation of the Vault key:
+// new writes land under the new key id, no write fails, and the apiserver never rejects the
+// DEK rotation (its log, at -v=2 where failed probes are logged, and its readyz answers say
+// so).
+func TestKeyIDRotationWithAPIServer(t *testing.T) {
+	t.Parallel()
+	v := harness.StartVaultDev(t)
+	v.EnableTransit(t, "transit")
+	const key, provider = "apiserver-rotation", "kms-plugin"
+	v.Write(t, "transit/keys/"+key, nil)
+	p := harness.StartPlugin(t, "--backend=vault", "--vault-addr="+v.Addr, "--vault-transit-key="+key,
+		"--vault-auth=token", "--vault-token-file="+leastPrivilegeToken(t, v, key),
+		"--check-interval=200ms", "--proof-interval=5s", "--log-level=warn")
+	c := harness.StartCluster(t, harness.APIServerOptions{
+		EncryptionConfig: harness.EncryptionConfig([]string{"secrets"}, harness.KMSv2(provider, p.Endpoint), harness.Identity()),
+		ExtraArgs:        []string{"--v=2"},
+	})
+	secrets := c.APIServer.Clientset.CoreV1().Secrets("default")
+	keyIDOf := func(name string) string {
+		raw := c.Etcd.Get(t, harness.Key("secrets", "default", name))
+		val, err := harness.ParseKMSv2(raw, provider)
+		if err != nil {
+			t.Fatalf("secret %s in etcd: %v", name, err)
+		}
+		return val.KeyID
+	}
+	create := func(ctx context.Context, name string) error {
+		_, err := secrets.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name}, Data: map[string][]byte{"k": []byte(name)}}, metav1.CreateOptions{})
+		return err
+	}
+	if err := create(context.Background(), "first"); err != nil {
+		t.Fatal(err)
+	}
+	oldID := keyIDOf("first")
+	if oldID != p.KeyID(t) {
+		t.Fatalf("first secret under %s, plugin reports %s", oldID, p.KeyID(t))
+	}
+
+	// Write load: four writers creating Secrets until the rotation has reached the apiserver.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	var written atomic.Int64
+	var mu sync.Mutex
+	var writeErrs []string
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; ctx.Err() == nil; n++ {
+				rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+				err := create(rctx, fmt.Sprintf("load-%d-%d", w, n))
+				rcancel()
+				switch {
+				case ctx.Err() != nil:
+					return
+				case err != nil:
+					mu.Lock()
+					writeErrs = append(writeErrs, err.Error())
+					mu.Unlock()
+				default:
+					written.Add(1)
+				}
+				time.Sleep(10 * time.Millisecond) // steady load, not a flood of the shared machine
+			}
+		}()
+	}
+
+	v.RotateKey(t, "transit", key)
+	harness.Eventually(t, 30*time.Second, "plugin adopts v2", func(ctx context.Context) error {
+		st, err := p.Status(ctx)
+		if err != nil {
+			return err
+		}
+		if keyIDVersion(st.KeyId) != 2 {
+			return fmt.Errorf("key id %s", st.KeyId)
+		}
+		return nil
+	})
+	newID := p.KeyID(t)
+	// The apiserver reads Status every minute, and at each /readyz/kms-providers request once
+	// its 20 s cache has expired: ask it until new writes land under the new key id.
+	var readyz []string
+	probe := 0
+	harness.Eventually(t, 90*time.Second, "apiserver writes under "+newID, func(ctx context.Context) error {
+		if _, body, err := c.APIServer.KMSHealth(ctx); err == nil {
+			readyz = append(readyz, body)
+		}
+		probe++
+		name := fmt.Sprintf("probe-%d", probe)
+		if err := create(ctx, name); err != nil {
+			return err
+		}
+		if id := keyIDOf(name); id != newID {
+			time.Sleep(time.Second)
+			return fmt.Errorf("new secret %s under %s", name, id)
+		}
+		return nil
+	})
+	cancel()
+	wg.Wait()
+
+	t.Logf("%d Secrets written under load during the rotation", written.Load())
+	if written.Load() == 0 || len(writeErrs) > 0 {
+		t.Errorf("writes under load: %d written, %d failed: %v", written.Load(), len(writeErrs), writeErrs[:min(len(writeErrs), 5)])
+	}
+	log := c.APIServer.Process.Log()
+	for _, msg := range rejectedRotation {
+		if strings.Contains(log, msg) {
+			t.Errorf("kube-apiserver's log shows a rejected key id (%q); see %s", msg, c.APIServer.Process.LogPath)
+		}
+		for _, body := range readyz {
+			if strings.Contains(body, msg) {
+				t.Errorf("kube-apiserver's readyz shows a rejected key id: %s", body)
+			}
+		}
+	}
+	// Everything written, under either key id, reads back through the apiserver.
+	list, err := secrets.List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// (Writes cut off by the end of the load may have landed too.)
+	if want := int(written.Load()) + 1 + probe; len(list.Items) < want || len(list.Items) > want+4 {
+		t.Errorf("listed %d Secrets, wrote %d", len(list.Items), want)
+	}
+	for _, s := range list.Items {
+		if string(s.Data["k"]) != s.Name {
+			t.Errorf("secret %s reads back %q", s.Name, s.Data["k"])
+		}
+	}
+	for _, name := range []string{"first", fmt.Sprintf("probe-%d", probe)} {
+		if id := keyIDOf(name); id != oldID && id != newID {
+			t.Errorf("secret %s under unknown key id %s", name, id)
+		}
+	}
 }
