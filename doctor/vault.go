@@ -68,10 +68,26 @@ func (d *vaultDoctor) run(ctx context.Context) []Result {
 		return []Result{fail("vault client", "fix the --vault-* TLS flags", "%v", err)}
 	}
 	var out []Result
-	health := d.health(ctx, anon)
+	health := d.health(ctx, anon, d.cfg.Address)
 	out = append(out, health)
 	if health.Status == Fail {
 		return out
+	}
+	// Failover addresses serve only while the first cannot: one that fails is a warning.
+	for _, addr := range d.cfg.FailoverAddresses {
+		c, err := d.newClient("", "")
+		if err == nil {
+			err = c.SetAddress(addr)
+		}
+		if err != nil {
+			out = append(out, warn("vault reachable", "fix the --vault-addr list", "failover address %s: %v", addr, err))
+			continue
+		}
+		r := d.health(ctx, c, addr)
+		if r.Status == Fail {
+			r.Status, r.Detail = Warn, "failover address: "+r.Detail
+		}
+		out = append(out, r)
 	}
 	login, ok := d.login(ctx)
 	out = append(out, login...)
@@ -113,7 +129,7 @@ func (d *vaultDoctor) ctx(ctx context.Context) (context.Context, context.CancelF
 	return context.WithTimeout(ctx, d.o.Timeout)
 }
 
-func (d *vaultDoctor) health(ctx context.Context, anon *api.Client) Result {
+func (d *vaultDoctor) health(ctx context.Context, anon *api.Client, addr string) Result {
 	const check = "vault reachable"
 	ctx, cancel := d.ctx(ctx)
 	defer cancel()
@@ -121,18 +137,18 @@ func (d *vaultDoctor) health(ctx context.Context, anon *api.Client) Result {
 	switch {
 	case err != nil:
 		return fail(check, "check --vault-addr, the network path, and --vault-ca-file/--vault-tls-server-name for TLS errors",
-			"sys/health at %s: %v", d.cfg.Address, err)
+			"sys/health at %s: %v", addr, err)
 	case !h.Initialized:
-		return fail(check, "initialise Vault (vault operator init)", "Vault at %s is not initialized", d.cfg.Address)
+		return fail(check, "initialise Vault (vault operator init)", "Vault at %s is not initialized", addr)
 	case h.Sealed:
 		return fail(check, "unseal it (vault operator unseal), or check its auto-unseal",
-			"Vault at %s is sealed: every request fails until it is unsealed", d.cfg.Address)
+			"Vault at %s is sealed: every request fails until it is unsealed", addr)
 	}
 	role := "active"
 	if h.Standby {
 		role = "standby (forwards to the active node)"
 	}
-	return ok(check, "Vault %s at %s: initialized, unsealed, %s", h.Version, d.cfg.Address, role)
+	return ok(check, "Vault %s at %s: initialized, unsealed, %s", h.Version, addr, role)
 }
 
 // login logs in the way the backend does, and looks the token up.

@@ -281,6 +281,18 @@ path "transit/*" { capabilities = ["create", "read", "update", "delete", "list",
 		}
 	})
 
+	t.Run("failover address down warns", func(t *testing.T) {
+		cfg := s.config("healthy", writeToken(t, v.RootToken))
+		down := fmt.Sprintf("http://127.0.0.1:%d", harness.FreePort(t))
+		cfg.FailoverAddresses = []string{down}
+		rep := runVault(t, VaultOptions{Config: cfg, Timeout: 2 * time.Second})
+		want(t, rep, "vault reachable", OK, v.Addr)
+		want(t, rep, "vault reachable", Warn, "failover address", down)
+		if rep.Failed() != 0 {
+			t.Errorf("a failover address down is a warning")
+		}
+	})
+
 	// Last: it seals the shared Vault.
 	t.Run("sealed", func(t *testing.T) {
 		key := "healthy"

@@ -20,6 +20,14 @@ func VaultFiles(cfg vault.Config) []File {
 	case vault.AppRole:
 		add("approle role id file", a.RoleIDFile, true)
 		add("approle secret id file", a.SecretIDFile, true)
+	case *vault.Cert:
+		if a.PEMFile != "" {
+			add("vault cert auth certificate-and-key file", a.PEMFile, true)
+		}
+		add("vault cert auth certificate", a.CertFile, false)
+		add("vault cert auth key", a.KeyFile, true)
+	case *vault.JWT:
+		add("vault jwt file", a.TokenFile, true)
 	case vault.Kubernetes:
 		path := a.JWTFile
 		if path == "" {
