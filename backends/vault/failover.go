@@ -155,7 +155,7 @@ func (f failover) RoundTrip(req *http.Request) (*http.Response, error) {
 	for j := 0; j < n; j++ {
 		i := (first + j) % n
 		resp, err := f.next.RoundTrip(f.to(req, i, body))
-		if err != nil && req.Context().Err() != nil && errors.Is(err, req.Context().Err()) && j == 0 && n > 1 {
+		if err != nil && j == 0 && n > 1 && errors.Is(err, context.DeadlineExceeded) {
 			// The deadline ran out on this address (a black hole, say): the next request
 			// starts at the next one.
 			f.addrs.use((i+1)%n, "no answer within the request's deadline")

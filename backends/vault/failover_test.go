@@ -282,6 +282,27 @@ func TestFailoverUnit(t *testing.T) {
 	if n := len(elsewhere.paths()); n != 0 {
 		t.Fatalf("a redirect was followed (%d requests at its target)", n)
 	}
+	// A preferred address that never answers: the request fails cleanly at its deadline, and
+	// the next one starts at the next address.
+	release := make(chan struct{})
+	hole := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	defer hole.Close()
+	defer close(release)
+	c, as = open(hole.URL, srvB.URL)
+	short, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	_, err = c.Logical().WriteWithContext(short, "transit/encrypt/k", map[string]any{"plaintext": "cGxhaW4="})
+	cancel()
+	if !errors.Is(classify("encrypt", err), dek.ErrUnavailable) || as.inUse() != srvB.URL {
+		t.Fatalf("black-holed preferred address: %v, in use %s", err, as.inUse())
+	}
+	if ct, err := encrypt(c); err != nil || ct != "vault:v1:QkJCQg==" {
+		t.Fatalf("the request after a black hole: %q, %v", ct, err)
+	}
 	// Connection refused on the preferred address.
 	c, as = open(closed.URL, srvB.URL)
 	if ct, err := encrypt(c); err != nil || ct != "vault:v1:QkJCQg==" || as.inUse() != srvB.URL {

@@ -168,8 +168,8 @@ func (k *KEK) check(ctx context.Context) (*keyState, error) {
 // have been replaced meanwhile), and an unavailable Vault is asked through sys/health why.
 func (k *KEK) explain(ctx context.Context, err error) error {
 	k.cluster = ""
-	if !errors.Is(err, dek.ErrUnavailable) {
-		return err
+	if !errors.Is(err, dek.ErrUnavailable) || ctx.Err() != nil {
+		return err // out of time: the original error says more than a health check could
 	}
 	if _, herr := k.clusterID(ctx); herr != nil {
 		return herr
