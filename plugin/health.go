@@ -62,12 +62,21 @@ func (m *Monitor) State() (keyID string, unhealthy error) {
 }
 
 // Run refreshes every CheckInterval until ctx ends.
+//
+// Refreshes keep a fixed cadence, not "interval after the last one ended": a backend that
+// adopts a new key after two checks (Vault) then shows it within two intervals, however long
+// each check takes.
 func (m *Monitor) Run(ctx context.Context) {
+	next := m.clock.Now()
 	for {
+		next = next.Add(m.cfg.CheckInterval)
+		if now := m.clock.Now(); next.Before(now) {
+			next = now // a refresh overran a whole interval: start again from now
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-m.clock.After(m.cfg.CheckInterval):
+		case <-m.clock.After(next.Sub(m.clock.Now())):
 			m.Refresh(ctx)
 		}
 	}

@@ -143,3 +143,36 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// slowKEK takes 3 s of (fake) time for every Check and records when each one started.
+type slowKEK struct {
+	countingKEK
+	clk    *clock.Fake
+	starts chan time.Time
+}
+
+func (k *slowKEK) Check(ctx context.Context) error {
+	k.starts <- k.clk.Now()
+	k.clk.Advance(3 * time.Second)
+	return k.countingKEK.Check(ctx)
+}
+
+// Slow checks do not stretch the cadence: a key adopted after two checks shows within two
+// intervals, whatever each check costs.
+func TestMonitorRunKeepsAFixedCadence(t *testing.T) {
+	clk := clock.NewFake(time.Unix(0, 0))
+	k := &slowKEK{countingKEK: countingKEK{id: "k1"}, clk: clk, starts: make(chan time.Time, 10)}
+	m := newMonitor(k, clk)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	for i := 1; i <= 3; i++ {
+		waitFor(t, func() bool { return clk.Waiters() == 1 })
+		clk.Advance(time.Duration(10*i)*time.Second - clk.Now().Sub(time.Unix(0, 0)))
+		if got := (<-k.starts).Sub(time.Unix(0, 0)); got != time.Duration(10*i)*time.Second {
+			t.Fatalf("check %d started at %v, want %ds", i, got, 10*i)
+		}
+	}
+	cancel()
+	<-done
+}
