@@ -11,6 +11,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -312,5 +313,24 @@ func wantCode(t *testing.T, err error, want codes.Code) {
 	t.Helper()
 	if got := status.Code(err); got != want {
 		t.Fatalf("code = %v (%v), want %v", got, err, want)
+	}
+}
+
+// A long reason is cut to a short healthz without splitting a character: a proto3 string must
+// be valid UTF-8, or Status itself fails to marshal (Internal) and the apiserver counts it as
+// a failed Status rather than an unhealthy one.
+func TestLongUnhealthyReasonStaysValidUTF8(t *testing.T) {
+	p := startPlugin(t)
+	c := ctx(t)
+	good, _ := p.client.Status(c, &kmsapi.StatusRequest{})
+	reason := strings.Repeat("a", 252) + strings.Repeat("é", 100) // the cut falls inside an é
+	p.kek.set(fmt.Errorf("%s: %w", reason, dek.ErrUnavailable), 0)
+	p.monitor.Refresh(c)
+	st, err := p.client.Status(c, &kmsapi.StatusRequest{})
+	if err != nil {
+		t.Fatalf("Status with a long non-ASCII reason: %v", err)
+	}
+	if st.KeyId != good.KeyId || !utf8.ValidString(st.Healthz) || len(st.Healthz) > 256 || !strings.HasPrefix(st.Healthz, "aaa") {
+		t.Fatalf("Status = %+v", st)
 	}
 }
