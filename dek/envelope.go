@@ -45,8 +45,8 @@ type envelope struct {
 
 // appendHeader appends the v1 header for keyID and wrappedDEK to b.
 func appendHeader(b []byte, keyID string, wrappedDEK []byte) ([]byte, error) {
-	if len(keyID) == 0 || len(keyID) > MaxKeyIDSize {
-		return nil, fmt.Errorf("key id of %d bytes: must be 1 to %d", len(keyID), MaxKeyIDSize)
+	if err := checkKeyID(keyID); err != nil {
+		return nil, err
 	}
 	if len(wrappedDEK) == 0 || len(wrappedDEK) > MaxWrappedDEKSize {
 		return nil, fmt.Errorf("wrapped DEK of %d bytes: must be 1 to %d", len(wrappedDEK), MaxWrappedDEKSize)
@@ -55,6 +55,14 @@ func appendHeader(b []byte, keyID string, wrappedDEK []byte) ([]byte, error) {
 	b = append(b, keyID...)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(wrappedDEK)))
 	return append(b, wrappedDEK...), nil
+}
+
+// checkKeyID refuses a key id that the envelope's one-byte length cannot carry.
+func checkKeyID(keyID string) error {
+	if len(keyID) == 0 || len(keyID) > MaxKeyIDSize {
+		return fmt.Errorf("key id of %d bytes: must be 1 to %d", len(keyID), MaxKeyIDSize)
+	}
+	return nil
 }
 
 // parseEnvelope splits a v1 ciphertext into its parts without decrypting anything.

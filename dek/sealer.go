@@ -25,6 +25,9 @@ func (s *Sealer) Encrypt(ctx context.Context, keyID string, plaintext []byte) ([
 	if len(plaintext) > MaxPlaintextSize {
 		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(plaintext), MaxPlaintextSize)
 	}
+	if err := checkKeyID(keyID); err != nil {
+		return nil, err // before Wrap: an id the envelope cannot carry must not cost a backend call
+	}
 	dek := make([]byte, DEKSize)
 	defer clear(dek)
 	if _, err := rand.Read(dek); err != nil {

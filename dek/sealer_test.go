@@ -22,6 +22,7 @@ type memKEK struct {
 	current string
 	keys    map[string]cipher.AEAD
 	err     error // returned by every call when set
+	wraps   int
 }
 
 func newMemKEK(t testing.TB, ids ...string) *memKEK {
@@ -51,6 +52,9 @@ func (k *memKEK) CurrentID() string               { k.mu.Lock(); defer k.mu.Unlo
 func (k *memKEK) Check(ctx context.Context) error { return k.err }
 
 func (k *memKEK) Wrap(_ context.Context, id string, d []byte) ([]byte, error) {
+	k.mu.Lock()
+	k.wraps++
+	k.mu.Unlock()
 	aead, err := k.aead(id)
 	if err != nil {
 		return nil, err
@@ -199,8 +203,15 @@ func TestLimits(t *testing.T) {
 	if _, _, err := s.Decrypt(ctx, nil); !errors.Is(err, dek.ErrMalformed) {
 		t.Fatalf("empty ciphertext: err = %v", err)
 	}
-	if _, err := s.Encrypt(ctx, strings.Repeat("k", dek.MaxKeyIDSize+1), []byte("x")); err == nil {
+	// The KEK holds the over-long id, so only the envelope's limit can refuse it, and it does
+	// so before spending a backend call.
+	long := strings.Repeat("k", dek.MaxKeyIDSize+1)
+	longKEK := newMemKEK(t, long)
+	if _, err := dek.NewSealer(longKEK).Encrypt(ctx, long, []byte("x")); err == nil {
 		t.Fatal("over-long key id accepted")
+	}
+	if longKEK.wraps != 0 {
+		t.Fatalf("over-long key id: %d backend wraps, want 0", longKEK.wraps)
 	}
 }
 
