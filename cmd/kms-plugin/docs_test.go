@@ -62,3 +62,38 @@ func isKubectlFlag(line, flag string) bool {
 	j := strings.Index(line, "kms-plugin ")
 	return i >= 0 && j >= 0 && i < j
 }
+
+// README.md's command table names every subcommand, each with a doc that exists, and its
+// documentation list names every file in docs/.
+func TestREADMECoversCommandsAndDocs(t *testing.T) {
+	raw, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(raw)
+	row := regexp.MustCompile("(?m)^\\| `([a-z]+)`[^|]*\\|[^|]+\\| `(docs/[a-z]+\\.md)`")
+	listed := map[string]bool{}
+	for _, m := range row.FindAllStringSubmatch(readme, -1) {
+		listed[m[1]] = true
+		if _, err := os.Stat("../../" + m[2]); err != nil {
+			t.Errorf("README: %s points to %s: %v", m[1], m[2], err)
+		}
+	}
+	for _, c := range newRootCommand().Commands() {
+		if c.Hidden || c.Name() == "completion" || c.Name() == "help" {
+			continue
+		}
+		if !listed[c.Name()] {
+			t.Errorf("README's command table has no row for %s", c.Name())
+		}
+	}
+	docs, err := os.ReadDir("../../docs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range docs {
+		if !strings.Contains(readme, "`docs/"+d.Name()+"`") {
+			t.Errorf("README does not name docs/%s", d.Name())
+		}
+	}
+}
