@@ -5,11 +5,10 @@ import (
 	"fmt"
 	"os"
 	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/spf13/pflag"
-	"sigs.k8s.io/yaml"
+	"go.yaml.in/yaml/v3"
 )
 
 // applyConfigFile sets, from the YAML file that --config names, every flag that the command
@@ -24,7 +23,9 @@ func applyConfigFile(fs *pflag.FlagSet) error {
 	if err != nil {
 		return fmt.Errorf("--config: %w", err)
 	}
-	var settings map[string]any
+	// Nodes keep each value as written: decoded, an unquoted 0660 would be YAML's octal 432,
+	// which --socket-mode then reads as 0432.
+	var settings map[string]yaml.Node
 	if err := yaml.Unmarshal(raw, &settings); err != nil {
 		return fmt.Errorf("--config %s: %w", path, err)
 	}
@@ -57,19 +58,15 @@ func applyConfigFile(fs *pflag.FlagSet) error {
 	return nil
 }
 
-// scalar renders a YAML value as a flag's text.
-func scalar(v any) (string, error) {
-	switch v := v.(type) {
-	case string:
-		return v, nil
-	case bool:
-		return strconv.FormatBool(v), nil
-	case float64:
-		return strconv.FormatFloat(v, 'f', -1, 64), nil
-	case nil:
+// scalar is a YAML value's text as written, for the flag to parse.
+func scalar(n yaml.Node) (string, error) {
+	if n.Kind != yaml.ScalarNode {
+		return "", errors.New("want a single value (string, number or boolean)")
+	}
+	if n.Tag == "!!null" {
 		return "", nil
 	}
-	return "", errors.New("want a single value (string, number or boolean)")
+	return n.Value, nil
 }
 
 // checkCombination refuses flags that configure a backend other than the chosen one (they
