@@ -25,6 +25,10 @@ type Monitor struct {
 	log   *slog.Logger
 	cfg   MonitorConfig
 
+	// refreshing makes refreshes take turns (a SIGHUP reload refreshes beside Run): two at
+	// once could record an older view of the key after a newer one and move the key id back.
+	refreshing sync.Mutex
+
 	mu         sync.Mutex
 	keyID      string    // last key id proved usable; "" until the first success
 	err        error     // why the backend is unhealthy; nil when healthy
@@ -84,6 +88,8 @@ func (m *Monitor) Run(ctx context.Context) {
 
 // Refresh looks at the backend once: its key state, and a round trip when one is due.
 func (m *Monitor) Refresh(ctx context.Context) {
+	m.refreshing.Lock()
+	defer m.refreshing.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, m.cfg.Timeout)
 	defer cancel()
 
@@ -109,8 +115,8 @@ func (m *Monitor) Refresh(ctx context.Context) {
 }
 
 // OnRefresh registers f to be called after every refresh with the state Status then reports,
-// so that the gRPC health service and the metrics follow the same view. f must not block and
-// must be safe for concurrent use (a SIGHUP reload refreshes beside the periodic refresh).
+// so that the gRPC health service and the metrics follow the same view. f must not block;
+// refreshes take turns, so calls come one at a time and in order.
 func (m *Monitor) OnRefresh(f func(keyID string, unhealthy error)) {
 	m.mu.Lock()
 	m.observers = append(m.observers, f)

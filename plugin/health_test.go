@@ -176,3 +176,41 @@ func TestMonitorRunKeepsAFixedCadence(t *testing.T) {
 	cancel()
 	<-done
 }
+
+// gateKEK holds the probe wrap of key "A" until gate closes (or a moment passes).
+type gateKEK struct {
+	countingKEK
+	gate chan struct{}
+	held chan struct{}
+}
+
+func (k *gateKEK) Wrap(ctx context.Context, id string, d []byte) ([]byte, error) {
+	if id == "A" {
+		close(k.held)
+		select {
+		case <-k.gate:
+		case <-time.After(200 * time.Millisecond): // only how long a serialized refresh waits
+		}
+	}
+	return k.countingKEK.Wrap(ctx, id, d)
+}
+
+// A SIGHUP refresh beside the periodic one must not let the older view land last: the key id
+// would move back (B, then A again), which the apiserver takes for two rotations.
+func TestMonitorConcurrentRefreshesNeverMoveTheKeyBack(t *testing.T) {
+	k := &gateKEK{countingKEK: countingKEK{id: "A"}, gate: make(chan struct{}), held: make(chan struct{})}
+	m := newMonitor(k, clock.NewFake(time.Unix(0, 0)))
+	first := make(chan struct{})
+	go func() { m.Refresh(context.Background()); close(first) }() // sees A, proof held
+	<-k.held
+	k.mu.Lock()
+	k.id = "B" // a reload moves the key
+	k.mu.Unlock()
+	second := make(chan struct{})
+	go func() { m.Refresh(context.Background()); close(second); close(k.gate) }() // sees B
+	<-first
+	<-second
+	if id, err := m.State(); id != "B" || err != nil {
+		t.Fatalf("State = %q, %v after both refreshes; want B", id, err)
+	}
+}
