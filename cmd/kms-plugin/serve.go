@@ -129,6 +129,10 @@ func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveOptio
 	}
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	// SIGHUP is caught from the start: its default action would kill the plugin.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	defer stop()
 	kek, err := chosen.open(ctx, fs, log)
 	if err != nil {
@@ -155,7 +159,7 @@ func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveOptio
 	keyID, unhealthy := monitor.State()
 	log.Info("serving KMS v2", "socket", path, "backend", o.backend, "key_id", keyID, "healthy", unhealthy == nil, "version", version)
 
-	go reloadOnHUP(ctx, kek, monitor, log)
+	go reloadOnHUP(ctx, hup, kek, monitor, log)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
 
@@ -178,11 +182,8 @@ func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveOptio
 
 // reloadOnHUP re-reads the backend's configuration on SIGHUP. A failed reload keeps the keys
 // in use and says why.
-func reloadOnHUP(ctx context.Context, kek dek.KEK, monitor *plugin.Monitor, log *slog.Logger) {
+func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, kek dek.KEK, monitor *plugin.Monitor, log *slog.Logger) {
 	r, ok := kek.(reloader)
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	for {
 		select {
 		case <-ctx.Done():
