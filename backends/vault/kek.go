@@ -46,6 +46,9 @@ type KEK struct {
 	mu       sync.RWMutex
 	observed *keyState // the key at the last successful check; nil before
 	deb      debounce  // the adopted key id
+	// adoptedView is the last view whose latest version is the adopted one: lagging.go tells
+	// older views from it.
+	adoptedView *keyState
 }
 
 var _ dek.KEK = (*KEK)(nil)
@@ -108,14 +111,21 @@ func (k *KEK) Check(ctx context.Context) error {
 	defer k.checkMu.Unlock()
 	k.backToPreferred(ctx)
 	state, err := k.check(ctx)
+	k.apply(state, err)
+	return err
+}
+
+// apply records one check's outcome: a failed check breaks the debounce's run, a view of the
+// key moves the key id as the debounce and lagging.go allow.
+func (k *KEK) apply(state *keyState, err error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if err != nil {
 		k.deb.miss()
-		return err
+		return
 	}
 	if k.laggingView(state) {
-		return nil // see lagging.go
+		return // see lagging.go
 	}
 	k.observed = state
 	seen, before := state.latest, k.deb.adopted
@@ -131,7 +141,9 @@ func (k *KEK) Check(ctx context.Context) error {
 	} else if seen != k.deb.adopted {
 		k.cfg.Log.Info("vault transit key: new key id seen; adopting it if the next check agrees", "key_id", k.deb.adopted.String(), "seen", seen.String())
 	}
-	return nil
+	if seen == k.deb.adopted {
+		k.adoptedView = state
+	}
 }
 
 // check reads the key: at an idle plugin's check that is the only Vault request. The cluster
