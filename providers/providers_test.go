@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -68,7 +69,8 @@ func TestErrorsSayWhatIsWrong(t *testing.T) {
 			renamed := p
 			renamed.keys = []providers.Key{{Name: "another", Secret: p.keys[0].Secret}}
 			_, err = ourChain(t, renamed).Decrypt(bg, stored, etcdKey)
-			if !errors.Is(err, providers.ErrNoMatch) || !strings.Contains(err.Error(), "another") {
+			// The error names the key the value asks for, and the keys configured.
+			if !errors.Is(err, providers.ErrNoMatch) || !strings.Contains(err.Error(), fmt.Sprintf("%q", p.keys[0].Name)) || !strings.Contains(err.Error(), "another") {
 				t.Fatalf("key not configured: %v", err)
 			}
 

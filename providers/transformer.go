@@ -99,6 +99,11 @@ func (c *Chain) Decrypt(ctx context.Context, data, etcdKey []byte) ([]byte, erro
 	}
 	switch len(errs) {
 	case 0:
+		if c.what != "provider" {
+			// A provider's chain of keys sees the value after the provider's prefix: name
+			// the key it asks for.
+			return nil, fmt.Errorf("%w: the value names %s %q; configured %ss: %s", ErrNoMatch, c.what, keyName(data), c.what, c.names())
+		}
 		return nil, fmt.Errorf("%w: the value starts %q; configured %ss: %s", ErrNoMatch, describePrefix(data), c.what, c.names())
 	case 1:
 		return nil, errs[0]
@@ -144,6 +149,19 @@ func describePrefix(data []byte) string {
 		}
 	}
 	return EncryptedPrefix + "..."
+}
+
+// keyName is the key name at the start of a value after its provider's prefix ("<name>:").
+func keyName(data []byte) string {
+	for i, b := range data {
+		if i >= 256 || b < 0x20 || b > 0x7e {
+			break
+		}
+		if b == ':' {
+			return string(data[:i])
+		}
+	}
+	return "(unreadable)"
 }
 
 func hasPrefix(data []byte, prefix string) bool {
