@@ -73,6 +73,10 @@ func (c *Config) validate() error {
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return fmt.Errorf("vault address %q: want http(s)://host:port", a)
 		}
+		if u.User != nil {
+			// Credentials belong in files; an address is logged and shown by ps.
+			return fmt.Errorf("vault address %s carries credentials: remove them and use --vault-auth", u.Redacted())
+		}
 		if len(all) > 1 && strings.Trim(u.Path, "/") != "" {
 			return fmt.Errorf("vault address %q: with several addresses, each must be http(s)://host:port without a path", a)
 		}

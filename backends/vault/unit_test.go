@@ -648,3 +648,16 @@ func TestConnectionsReused(t *testing.T) {
 		t.Fatalf("40 sequential requests opened %d connections, want 1", n)
 	}
 }
+
+// An address with credentials is refused, and the error does not repeat the password.
+func TestAddressWithCredentialsIsRefused(t *testing.T) {
+	for _, cfg := range []Config{
+		{Address: "https://admin:hunter2@vault.example:8200", Key: "k", Auth: StaticToken{"x"}},
+		{Address: "https://vault-a.example:8200", FailoverAddresses: []string{"https://admin:hunter2@vault-b.example:8200"}, Key: "k", Auth: StaticToken{"x"}},
+	} {
+		_, err := Open(cfg)
+		if err == nil || !strings.Contains(err.Error(), "carries credentials") || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("%s: err = %v", cfg.Address, err)
+		}
+	}
+}
