@@ -71,16 +71,8 @@ func runDoctor(cmd *cobra.Command, o serveOptions, d doctorOptions, all []backen
 	if err != nil {
 		return err
 	}
-	var chosen backend
-	for _, b := range all {
-		if b.name() == o.backend {
-			chosen = b
-		}
-	}
-	if chosen == nil {
-		return fmt.Errorf("--backend %q: want localaes or vault", o.backend)
-	}
-	if err := checkCombination(cmd.Flags(), o.backend, all, o.ops); err != nil {
+	chosen, err := chooseBackend(cmd.Flags(), o, all)
+	if err != nil {
 		return err
 	}
 	ctx := cmd.Context()

@@ -103,16 +103,8 @@ func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveOptio
 	if err != nil {
 		return err
 	}
-	var chosen backend
-	for _, b := range all {
-		if b.name() == o.backend {
-			chosen = b
-		}
-	}
-	if chosen == nil {
-		return fmt.Errorf("--backend %q: want localaes or vault", o.backend)
-	}
-	if err := checkCombination(fs, o.backend, all, o.ops); err != nil {
+	chosen, err := chooseBackend(fs, o, all)
+	if err != nil {
 		return err
 	}
 	if mt, ok := chosen.(monitorTuner); ok {
@@ -178,6 +170,16 @@ func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveOptio
 	}
 	log.Info("stopped; socket removed", "socket", path)
 	return nil
+}
+
+// chooseBackend returns the backend --backend names, once the flags given fit it.
+func chooseBackend(fs *pflag.FlagSet, o serveOptions, all []backend) (backend, error) {
+	for _, b := range all {
+		if b.name() == o.backend {
+			return b, checkCombination(fs, o.backend, all, o.ops)
+		}
+	}
+	return nil, fmt.Errorf("--backend %q: want localaes or vault", o.backend)
 }
 
 // reloadOnHUP re-reads the backend's configuration on SIGHUP. A failed reload keeps the keys
