@@ -443,7 +443,13 @@ func vaultKeyVersion(id string) (int, bool) {
 // roundTrip wraps and unwraps a random DEK through the plugin's own Vault backend.
 func (d *vaultDoctor) roundTrip(ctx context.Context) Result {
 	const check = "vault round trip"
-	kek, err := vault.Open(d.o.Config)
+	cfg := d.o.Config
+	if d.client != nil {
+		// The token doctor logged in with: a login of the backend's own would leave one
+		// more live token behind on every doctor run.
+		cfg.Auth = vault.StaticToken{Token: d.client.Token()}
+	}
+	kek, err := vault.Open(cfg)
 	if err != nil {
 		return fail(check, "", "opening the backend: %v", err)
 	}

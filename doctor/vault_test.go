@@ -134,6 +134,30 @@ func TestVault(t *testing.T) {
 		want(t, rep, "vault round trip", OK, "vault:", ":v1")
 	})
 
+	// doctor logs in like the backend does; every token its checks create is revoked again.
+	t.Run("leaves no login token behind", func(t *testing.T) {
+		key := s.key("approle", nil)
+		v.WritePolicy(t, "doctor-approle", leastPrivilege(t, key))
+		v.EnableAuth(t, "approle", "approle")
+		roleID, secretID := v.AppRole(t, "approle", "doctor", map[string]any{"token_policies": "doctor-approle", "token_ttl": "1h"})
+		secretFile := writeToken(t, secretID)
+		accessors := func() int {
+			list, err := v.Root.Logical().List("auth/token/accessors")
+			if err != nil || list == nil {
+				t.Fatalf("listing token accessors: %v", err)
+			}
+			keys, _ := list.Data["keys"].([]any)
+			return len(keys)
+		}
+		before := accessors()
+		rep := runVault(t, VaultOptions{Config: vault.Config{Address: v.Addr, Key: key,
+			Auth: vault.AppRole{RoleID: roleID, SecretIDFile: secretFile}}})
+		want(t, rep, "vault round trip", OK, "vault:")
+		if after := accessors(); after != before {
+			t.Fatalf("%d live tokens before doctor, %d after: doctor left tokens behind", before, after)
+		}
+	})
+
 	// The acceptance check: a policy missing decrypt is caught, naming what is missing.
 	t.Run("policy missing decrypt", func(t *testing.T) {
 		key := s.key("nodecrypt", nil)
