@@ -3,17 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -26,60 +18,12 @@ import (
 	"github.com/kmsplugin/kms-plugin/integration/harness"
 )
 
-// tlsFiles are a CA and two certificates signed by it, written as PEM files.
-type tlsFiles struct{ ca, serverCert, serverKey, clientCert, clientKey string }
-
-func writeTLSFiles(t *testing.T, dir string) tlsFiles {
-	t.Helper()
-	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	caTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test etcd ca"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, _ := x509.ParseCertificate(caDER)
-	f := tlsFiles{ca: filepath.Join(dir, "ca.crt")}
-	writePEM(t, f.ca, "CERTIFICATE", caDER)
-	issue := func(name string, usage x509.ExtKeyUsage, serial int64) (string, string) {
-		key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		tmpl := &x509.Certificate{
-			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
-			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-			IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keyDER, _ := x509.MarshalECPrivateKey(key)
-		certPath, keyPath := filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
-		writePEM(t, certPath, "CERTIFICATE", der)
-		writePEM(t, keyPath, "EC PRIVATE KEY", keyDER)
-		return certPath, keyPath
-	}
-	f.serverCert, f.serverKey = issue("server", x509.ExtKeyUsageServerAuth, 2)
-	f.clientCert, f.clientKey = issue("client", x509.ExtKeyUsageClientAuth, 3)
-	return f
-}
-
-func writePEM(t *testing.T, path, typ string, der []byte) {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // startTLSEtcd runs a real etcd that serves clients over TLS and demands a client
 // certificate, as kubeadm's etcd does.
-func startTLSEtcd(t *testing.T) (endpoint string, files tlsFiles, client *clientv3.Client) {
+func startTLSEtcd(t *testing.T) (endpoint string, files harness.TestPKI, client *clientv3.Client) {
 	t.Helper()
 	bin := harness.Binary(t, "etcd")
-	files = writeTLSFiles(t, t.TempDir())
+	files = harness.NewTestPKI(t, t.TempDir())
 	endpoint = fmt.Sprintf("https://127.0.0.1:%d", harness.FreePort(t))
 	peer := fmt.Sprintf("http://127.0.0.1:%d", harness.FreePort(t))
 	harness.Start(t, "etcd", bin, []string{
@@ -87,10 +31,10 @@ func startTLSEtcd(t *testing.T) (endpoint string, files tlsFiles, client *client
 		"--listen-client-urls=" + endpoint, "--advertise-client-urls=" + endpoint,
 		"--listen-peer-urls=" + peer, "--initial-advertise-peer-urls=" + peer,
 		"--initial-cluster=scan=" + peer, "--log-level=warn",
-		"--cert-file=" + files.serverCert, "--key-file=" + files.serverKey,
-		"--trusted-ca-file=" + files.ca, "--client-cert-auth",
+		"--cert-file=" + files.ServerCert, "--key-file=" + files.ServerKey,
+		"--trusted-ca-file=" + files.CAFile, "--client-cert-auth",
 	})
-	tlsConfig, err := etcdTLS(files.ca, files.clientCert, files.clientKey)
+	tlsConfig, err := etcdTLS(files.CAFile, files.ClientCert, files.ClientKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,8 +85,8 @@ resources:
       - {name: old, secret: AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=}
   - identity: {}
 `), 0o600)
-	conn := []string{"scan", "--etcd-endpoints=" + endpoint, "--etcd-cacert=" + files.ca,
-		"--etcd-cert=" + files.clientCert, "--etcd-key=" + files.clientKey}
+	conn := []string{"scan", "--etcd-endpoints=" + endpoint, "--etcd-cacert=" + files.CAFile,
+		"--etcd-cert=" + files.ClientCert, "--etcd-key=" + files.ClientKey}
 
 	out, err := runCLI(append(conn, "--encryption-config="+cfg)...)
 	if err != nil {
@@ -184,7 +128,7 @@ resources:
 	}
 
 	// Without the client certificate etcd refuses the scan, and it says so instead of hanging.
-	_, err = runCLI("scan", "--etcd-endpoints="+endpoint, "--etcd-cacert="+files.ca, "--timeout=2s")
+	_, err = runCLI("scan", "--etcd-endpoints="+endpoint, "--etcd-cacert="+files.CAFile, "--timeout=2s")
 	var failed checkFailed
 	if err == nil || errors.As(err, &failed) {
 		t.Errorf("scan without a client certificate: %v, want an etcd error", err)
