@@ -5,7 +5,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/kmsplugin/kms-plugin/scan"
+	"github.com/kmsplugin/kms-plugin/storage/scan"
 )
 
 // KeyIDsInEtcd reads every KMS v2 value under root the way `kms-plugin scan` does and counts

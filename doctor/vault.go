@@ -18,7 +18,7 @@ import (
 	"github.com/hashicorp/vault/api"
 
 	"github.com/kmsplugin/kms-plugin/backends/vault"
-	"github.com/kmsplugin/kms-plugin/vaultpolicy"
+	"github.com/kmsplugin/kms-plugin/backends/vault/policy"
 )
 
 // VaultOptions configure the Vault checks.
@@ -227,7 +227,7 @@ func loginFix(method string) string {
 // fails, anything beyond it warns.
 func (d *vaultDoctor) capabilities(ctx context.Context) []Result {
 	const check = "vault capabilities"
-	rules := vaultpolicy.Required(d.cfg.Mount, d.cfg.Key)
+	rules := policy.Required(d.cfg.Mount, d.cfg.Key)
 	extras := broaderProbes(d.cfg.Mount, d.cfg.Key)
 	var paths []string
 	for _, r := range rules {

@@ -14,7 +14,7 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/backends/vault"
 	"github.com/kmsplugin/kms-plugin/integration/harness"
-	"github.com/kmsplugin/kms-plugin/vaultpolicy"
+	"github.com/kmsplugin/kms-plugin/backends/vault/policy"
 )
 
 // vaultSetup is one real Vault with transit, shared by the subtests (each has its own key).
@@ -57,7 +57,7 @@ func (s vaultSetup) config(key, tokenFile string) vault.Config {
 }
 
 func leastPrivilege(t *testing.T, key string) string {
-	hcl, err := vaultpolicy.HCL(vaultpolicy.Options{Key: key})
+	hcl, err := policy.HCL(policy.Options{Key: key})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,7 +172,7 @@ func TestVault(t *testing.T) {
 
 	t.Run("every missing capability of the policy is named", func(t *testing.T) {
 		key := s.key("each", nil)
-		for _, r := range vaultpolicy.Required("transit", key) {
+		for _, r := range policy.Required("transit", key) {
 			if r.Path == "sys/capabilities-self" {
 				continue // without it nothing can be listed: the next subtest
 			}

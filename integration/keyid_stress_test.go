@@ -30,7 +30,7 @@ import (
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kmsplugin/kms-plugin/integration/harness"
-	"github.com/kmsplugin/kms-plugin/vaultpolicy"
+	"github.com/kmsplugin/kms-plugin/backends/vault/policy"
 )
 
 // The stress proof of what the Vault backend promises about key ids. Three plugin processes
@@ -120,7 +120,7 @@ func TestKeyIDStress(t *testing.T) {
 // holding a token with only that policy.
 func leastPrivilegeToken(t *testing.T, v *harness.Vault, key string) string {
 	t.Helper()
-	hcl, err := vaultpolicy.HCL(vaultpolicy.Options{Key: key})
+	hcl, err := policy.HCL(policy.Options{Key: key})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,7 @@ import (
 	"google.golang.org/grpc/codes"
 	kmsapi "k8s.io/kms/apis/v2"
 
-	"github.com/kmsplugin/kms-plugin/backendlimit"
+	"github.com/kmsplugin/kms-plugin/plugin/limit"
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
 	"github.com/kmsplugin/kms-plugin/internal/plugintest"
@@ -28,7 +28,7 @@ func TestBackendLimitIsResourceExhausted(t *testing.T) {
 		t.Fatal(err)
 	}
 	kek := &faultKEK{Backend: backend}
-	limited := backendlimit.New(kek, 1, 0)
+	limited := limit.New(kek, 1, 0)
 	socket := plugintest.Serve(t, limited, plugintest.Options{Clock: clock.NewFake(time.Unix(1_800_000_000, 0)), Timeout: time.Minute}).Socket
 	client := dial(t, socket)
 

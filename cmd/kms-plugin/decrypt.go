@@ -11,10 +11,10 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/kmsplugin/kms-plugin/encryptionconfig"
-	"github.com/kmsplugin/kms-plugin/providers"
-	"github.com/kmsplugin/kms-plugin/scan"
-	"github.com/kmsplugin/kms-plugin/storedobject"
+	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
+	"github.com/kmsplugin/kms-plugin/storage/providers"
+	"github.com/kmsplugin/kms-plugin/storage/scan"
+	"github.com/kmsplugin/kms-plugin/storage/storedobject"
 )
 
 // maxValueSize bounds what decrypt and encrypt read; etcd's own request limit is 1.5 MiB.

@@ -9,8 +9,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kmsplugin/kms-plugin/providers"
-	"github.com/kmsplugin/kms-plugin/storedobject"
+	"github.com/kmsplugin/kms-plugin/storage/providers"
+	"github.com/kmsplugin/kms-plugin/storage/storedobject"
 )
 
 func runWithStdin(stdin []byte, args ...string) ([]byte, error) {

@@ -15,7 +15,7 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/doctor"
 	"github.com/kmsplugin/kms-plugin/plugin"
-	"github.com/kmsplugin/kms-plugin/scan"
+	"github.com/kmsplugin/kms-plugin/storage/scan"
 )
 
 type doctorOptions struct {

@@ -5,7 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/kmsplugin/kms-plugin/storedobject"
+	"github.com/kmsplugin/kms-plugin/storage/storedobject"
 )
 
 func newEncryptCommand() *cobra.Command {

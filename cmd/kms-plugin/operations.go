@@ -10,10 +10,10 @@ import (
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 
-	"github.com/kmsplugin/kms-plugin/backendlimit"
+	"github.com/kmsplugin/kms-plugin/plugin/limit"
 	"github.com/kmsplugin/kms-plugin/dek"
-	"github.com/kmsplugin/kms-plugin/metrics"
-	"github.com/kmsplugin/kms-plugin/ops"
+	"github.com/kmsplugin/kms-plugin/plugin/metrics"
+	"github.com/kmsplugin/kms-plugin/plugin/endpoints"
 	"github.com/kmsplugin/kms-plugin/plugin"
 )
 
@@ -29,7 +29,7 @@ type opsOptions struct {
 const groupAnnotation = "kms-plugin/group"
 
 func (o *opsOptions) addFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&o.healthAddr, "health-addr", ops.DefaultAddr, "HTTP address of /healthz, /readyz, /metrics and /version (host:port; \"\" turns them off); a non-loopback address exposes them to the network")
+	fs.StringVar(&o.healthAddr, "health-addr", endpoints.DefaultAddr, "HTTP address of /healthz, /readyz, /metrics and /version (host:port; \"\" turns them off); a non-loopback address exposes them to the network")
 	fs.IntVar(&o.maxCalls, "max-concurrent-backend-calls", 64, "most wraps and unwraps the backend serves at once")
 	fs.IntVar(&o.callQueue, "backend-call-queue", 256, "calls that may wait for a free slot, each at most until its deadline; beyond it requests fail at once with ResourceExhausted (0: no waiting)")
 	fs.IntVar(&o.maxRequestSize, "max-request-size", plugin.MaxRequestSize, "largest gRPC request accepted, in bytes; larger ones fail with ResourceExhausted")
@@ -42,7 +42,7 @@ func (o *opsOptions) addFlags(fs *pflag.FlagSet) {
 func (o *opsOptions) problems() []string {
 	var p []string
 	if o.healthAddr != "" {
-		if _, err := ops.IsLoopback(o.healthAddr); err != nil {
+		if _, err := endpoints.IsLoopback(o.healthAddr); err != nil {
 			p = append(p, err.Error())
 		}
 	}
@@ -69,7 +69,7 @@ func instrument(kek dek.KEK, backend string, o opsOptions) instrumented {
 	m := metrics.New(backend, version)
 	m.WatchTokenTTL(kek)
 	measured := m.KEK(kek)
-	limited := backendlimit.New(measured, o.maxCalls, o.callQueue)
+	limited := limit.New(measured, o.maxCalls, o.callQueue)
 	m.WatchLimiter(limited, o.maxCalls, o.callQueue)
 	return instrumented{metrics: m, measured: measured, limited: limited}
 }
@@ -92,7 +92,7 @@ func startOps(o opsOptions, chosen bool, monitor *plugin.Monitor, m *metrics.Met
 		log.Info("health and metrics endpoints off (--health-addr \"\")")
 		return func() {}, nil
 	}
-	srv, err := ops.Listen(o.healthAddr, ops.Config{
+	srv, err := endpoints.Listen(o.healthAddr, endpoints.Config{
 		Ready: func() error {
 			keyID, unhealthy := monitor.State()
 			if unhealthy == nil && keyID == "" {
@@ -110,7 +110,7 @@ func startOps(o opsOptions, chosen bool, monitor *plugin.Monitor, m *metrics.Met
 	if err != nil {
 		return nil, err
 	}
-	if loopback, _ := ops.IsLoopback(o.healthAddr); !loopback {
+	if loopback, _ := endpoints.IsLoopback(o.healthAddr); !loopback {
 		log.Warn("health and metrics endpoints listen beyond loopback, as --health-addr asks", "health_addr", srv.Addr())
 	}
 	log.Info("serving /healthz /readyz /metrics /version", "health_addr", srv.Addr())

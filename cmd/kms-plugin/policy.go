@@ -7,7 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/kmsplugin/kms-plugin/vaultpolicy"
+	"github.com/kmsplugin/kms-plugin/backends/vault/policy"
 )
 
 func newPolicyCommand() *cobra.Command {
@@ -35,7 +35,7 @@ flags (and --config file) as serve and uses only --vault-transit-mount, --vault-
 			if namespace == "" {
 				namespace = os.Getenv(envVaultNamespace)
 			}
-			hcl, err := vaultpolicy.HCL(vaultpolicy.Options{Mount: b.mount, Key: b.key, Namespace: namespace, Name: name})
+			hcl, err := policy.HCL(policy.Options{Mount: b.mount, Key: b.key, Namespace: namespace, Name: name})
 			if err != nil {
 				return err
 			}

@@ -14,7 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/kmsplugin/kms-plugin/scan"
+	"github.com/kmsplugin/kms-plugin/storage/scan"
 )
 
 type scanOptions struct {

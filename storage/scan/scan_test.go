@@ -22,7 +22,7 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/integration/harness"
 	"github.com/kmsplugin/kms-plugin/internal/plugintest"
-	"github.com/kmsplugin/kms-plugin/scan"
+	"github.com/kmsplugin/kms-plugin/storage/scan"
 )
 
 // startEtcd runs a real single-member etcd on loopback and returns a client of it.

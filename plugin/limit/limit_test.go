@@ -1,4 +1,4 @@
-package backendlimit_test
+package limit_test
 
 import (
 	"context"
@@ -7,7 +7,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/kmsplugin/kms-plugin/backendlimit"
+	"github.com/kmsplugin/kms-plugin/plugin/limit"
 	"github.com/kmsplugin/kms-plugin/dek"
 )
 
@@ -30,7 +30,7 @@ func (g *gateKEK) Unwrap(ctx context.Context, id string, w []byte) ([]byte, erro
 
 func TestLimitQueuesThenRefuses(t *testing.T) {
 	g := &gateKEK{started: make(chan struct{}, 10), release: make(chan struct{})}
-	l := backendlimit.New(g, 2, 1)
+	l := limit.New(g, 2, 1)
 	ctx := context.Background()
 
 	var wg sync.WaitGroup
@@ -81,7 +81,7 @@ func TestLimitQueuesThenRefuses(t *testing.T) {
 // A queued call gives up with ErrOverloaded when its context ends.
 func TestLimitWaitEndsWithTheContext(t *testing.T) {
 	g := &gateKEK{started: make(chan struct{}, 10), release: make(chan struct{})}
-	l := backendlimit.New(g, 1, 4)
+	l := limit.New(g, 1, 4)
 	done := make(chan struct{})
 	go func() { l.Wrap(context.Background(), "k", nil); close(done) }()
 	<-g.started
@@ -106,7 +106,7 @@ func TestLimitWaitEndsWithTheContext(t *testing.T) {
 // Zero waiting means refuse at once.
 func TestLimitWithoutQueue(t *testing.T) {
 	g := &gateKEK{started: make(chan struct{}, 10), release: make(chan struct{})}
-	l := backendlimit.New(g, 1, 0)
+	l := limit.New(g, 1, 0)
 	done := make(chan struct{})
 	go func() { l.Wrap(context.Background(), "k", nil); close(done) }()
 	<-g.started

@@ -3,7 +3,7 @@
 //
 // /healthz never depends on the backend: a liveness probe that failed with Vault would make
 // kubelet restart the plugin during a Vault outage, which helps nothing and empties caches.
-package ops
+package endpoints
 
 import (
 	"context"

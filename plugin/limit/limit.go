@@ -6,7 +6,7 @@
 // seeds, and these are cheap to serve a moment later but costly to fail (the apiserver retries
 // them, and reads fail meanwhile). A waiting call gives up when its context ends: the caller's
 // deadline, or --timeout. Only when the queue itself is full is a call refused at once.
-package backendlimit
+package limit
 
 import (
 	"context"

@@ -19,7 +19,7 @@ import (
 	kmsv2 "k8s.io/kms/apis/v2"
 	"sigs.k8s.io/yaml"
 
-	"github.com/kmsplugin/kms-plugin/providers"
+	"github.com/kmsplugin/kms-plugin/storage/providers"
 )
 
 // GroupResource is a resource and its API group ("" for the core group); either may be "*".

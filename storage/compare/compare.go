@@ -17,7 +17,7 @@ import (
 
 	kmsapi "k8s.io/kms/apis/v2"
 
-	"github.com/kmsplugin/kms-plugin/providers"
+	"github.com/kmsplugin/kms-plugin/storage/providers"
 )
 
 // MaxPluginPlaintext is the largest plaintext our plugin's Encrypt accepts (dek.MaxPlaintextSize);

@@ -9,7 +9,7 @@ import (
 
 	apiconfig "k8s.io/apiserver/pkg/server/options/encryptionconfig"
 
-	"github.com/kmsplugin/kms-plugin/encryptionconfig"
+	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
 )
 
 // FuzzParse feeds arbitrary files to our loader and to kube-apiserver's. Ours must never

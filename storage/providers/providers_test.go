@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kmsplugin/kms-plugin/providers"
+	"github.com/kmsplugin/kms-plugin/storage/providers"
 )
 
 var bg = context.Background()

@@ -7,7 +7,7 @@ import (
 	"math/rand/v2"
 	"testing"
 
-	"github.com/kmsplugin/kms-plugin/providers"
+	"github.com/kmsplugin/kms-plugin/storage/providers"
 )
 
 // sizes returns n plaintext sizes from 0 to 1 MiB: the block and tag boundaries, then random

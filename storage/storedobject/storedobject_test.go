@@ -9,7 +9,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/serializer/protobuf"
 	"k8s.io/client-go/kubernetes/scheme"
 
-	"github.com/kmsplugin/kms-plugin/storedobject"
+	"github.com/kmsplugin/kms-plugin/storage/storedobject"
 )
 
 const secretYAML = `apiVersion: v1

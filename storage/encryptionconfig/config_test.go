@@ -14,8 +14,8 @@ import (
 	"k8s.io/apiserver/pkg/storage/value"
 	"k8s.io/klog/v2"
 
-	"github.com/kmsplugin/kms-plugin/encryptionconfig"
-	"github.com/kmsplugin/kms-plugin/providers"
+	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
+	"github.com/kmsplugin/kms-plugin/storage/providers"
 )
 
 func TestMain(m *testing.M) {

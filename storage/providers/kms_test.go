@@ -22,10 +22,10 @@ import (
 	"k8s.io/apiserver/pkg/storage/value/encrypt/envelope"
 	kmsv1 "k8s.io/kms/apis/v1beta1"
 
-	ourconfig "github.com/kmsplugin/kms-plugin/encryptionconfig"
+	ourconfig "github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
 	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 	"github.com/kmsplugin/kms-plugin/plugin"
-	"github.com/kmsplugin/kms-plugin/providers"
+	"github.com/kmsplugin/kms-plugin/storage/providers"
 )
 
 // startPlugin serves our KMS v2 plugin (localaes backend) in-process on a temp socket.

@@ -1,4 +1,4 @@
-package vaultpolicy_test
+package policy_test
 
 import (
 	"bytes"
@@ -19,11 +19,11 @@ import (
 	"github.com/kmsplugin/kms-plugin/doctor"
 	"github.com/kmsplugin/kms-plugin/integration/harness"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
-	"github.com/kmsplugin/kms-plugin/vaultpolicy"
+	"github.com/kmsplugin/kms-plugin/backends/vault/policy"
 )
 
 func TestHCL(t *testing.T) {
-	hcl, err := vaultpolicy.HCL(vaultpolicy.Options{Mount: "/kv-transit/", Key: "k8s", Namespace: "team-a/", Name: "kms"})
+	hcl, err := policy.HCL(policy.Options{Mount: "/kv-transit/", Key: "k8s", Namespace: "team-a/", Name: "kms"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -46,8 +46,8 @@ func TestHCL(t *testing.T) {
 			t.Errorf("least privilege never grants create or a wildcard path: %s", line)
 		}
 	}
-	for _, bad := range []vaultpolicy.Options{{Key: ""}, {Key: "a/b"}, {Key: "*"}, {Key: "k", Mount: "transit\"\n"}, {Key: "k", Namespace: "a+"}} {
-		if _, err := vaultpolicy.HCL(bad); err == nil {
+	for _, bad := range []policy.Options{{Key: ""}, {Key: "a/b"}, {Key: "*"}, {Key: "k", Mount: "transit\"\n"}, {Key: "k", Namespace: "a+"}} {
+		if _, err := policy.HCL(bad); err == nil {
 			t.Errorf("HCL(%+v) accepted", bad)
 		}
 	}
@@ -63,7 +63,7 @@ func TestPolicyInRealVault(t *testing.T) {
 
 	exercise := func(t *testing.T, key string, without string) (step string, err error) {
 		v.Write(t, "transit/keys/"+key, nil)
-		hcl, herr := vaultpolicy.HCL(vaultpolicy.Options{Key: key})
+		hcl, herr := policy.HCL(policy.Options{Key: key})
 		if herr != nil {
 			t.Fatal(herr)
 		}
@@ -142,7 +142,7 @@ func TestPolicyInRealVault(t *testing.T) {
 		"auth/token/lookup-self": "check", // a supplied token is looked up at login
 		"auth/token/renew-self":  "renew",
 	}
-	for i, rule := range vaultpolicy.Required("transit", "KEY") {
+	for i, rule := range policy.Required("transit", "KEY") {
 		t.Run("without "+rule.Path, func(t *testing.T) {
 			t.Parallel()
 			key := fmt.Sprintf("without-%d", i)
@@ -170,7 +170,7 @@ func TestPolicyInRealVault(t *testing.T) {
 
 func exerciseDoctor(t *testing.T, v *harness.Vault, key, path string) {
 	v.Write(t, "transit/keys/"+key, nil)
-	hcl, err := vaultpolicy.HCL(vaultpolicy.Options{Key: key})
+	hcl, err := policy.HCL(policy.Options{Key: key})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,9 +9,9 @@ import (
 
 	kmsapi "k8s.io/kms/apis/v2"
 
-	"github.com/kmsplugin/kms-plugin/compare"
+	"github.com/kmsplugin/kms-plugin/storage/compare"
 	"github.com/kmsplugin/kms-plugin/internal/plugintest"
-	"github.com/kmsplugin/kms-plugin/providers"
+	"github.com/kmsplugin/kms-plugin/storage/providers"
 )
 
 // Every provider and the plugin's RPCs get a row for each size, over a real plugin socket;

@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/kmsplugin/kms-plugin/dek"
-	"github.com/kmsplugin/kms-plugin/metrics"
+	"github.com/kmsplugin/kms-plugin/plugin/metrics"
 )
 
 // scrape returns the exposition text of m's handler.

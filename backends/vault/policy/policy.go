@@ -1,7 +1,7 @@
 // Package vaultpolicy is the least-privilege Vault policy of the plugin's Vault backend: the
 // paths and capabilities it needs, as rules that `kms-plugin doctor` checks a token against and
 // as the HCL that `kms-plugin policy` prints. Both come from one list, so they cannot drift.
-package vaultpolicy
+package policy
 
 import (
 	"fmt"

@@ -1,4 +1,4 @@
-package ops_test
+package endpoints_test
 
 import (
 	"encoding/json"
@@ -9,7 +9,7 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/kmsplugin/kms-plugin/ops"
+	"github.com/kmsplugin/kms-plugin/plugin/endpoints"
 )
 
 func get(t *testing.T, url string) (int, string) {
@@ -27,7 +27,7 @@ func get(t *testing.T, url string) (int, string) {
 func TestEndpoints(t *testing.T) {
 	var mu sync.Mutex
 	var backendErr error
-	srv, err := ops.Listen("127.0.0.1:0", ops.Config{
+	srv, err := endpoints.Listen("127.0.0.1:0", endpoints.Config{
 		Ready:   func() error { mu.Lock(); defer mu.Unlock(); return backendErr },
 		Metrics: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "kms_plugin_x 1\n") }),
 		Version: "v9.9.9",
@@ -88,12 +88,12 @@ func TestIsLoopback(t *testing.T) {
 		"127.0.0.1:8095": true, "[::1]:8095": true, "localhost:8095": true, "127.0.0.2:1": true,
 		":8095": false, "0.0.0.0:8095": false, "10.1.2.3:8095": false, "[::]:8095": false, "node1:8095": false,
 	} {
-		got, err := ops.IsLoopback(addr)
+		got, err := endpoints.IsLoopback(addr)
 		if err != nil || got != want {
 			t.Errorf("IsLoopback(%q) = %v, %v; want %v", addr, got, err, want)
 		}
 	}
-	if _, err := ops.IsLoopback("8095"); err == nil {
+	if _, err := endpoints.IsLoopback("8095"); err == nil {
 		t.Error("a bare port was accepted")
 	}
 }

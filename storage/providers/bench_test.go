@@ -9,8 +9,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apiserver/pkg/storage/value"
 
-	ourconfig "github.com/kmsplugin/kms-plugin/encryptionconfig"
-	"github.com/kmsplugin/kms-plugin/providers"
+	ourconfig "github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
+	"github.com/kmsplugin/kms-plugin/storage/providers"
 )
 
 // BenchmarkProviders compares our providers with kube-apiserver's on the same inputs: the
