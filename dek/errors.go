@@ -1,9 +1,14 @@
 package dek
 
-import "errors"
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/grpc/codes"
+)
 
 // Error kinds. Backends wrap these (fmt.Errorf("...: %w", dek.ErrUnavailable)) so that the gRPC
-// layer can answer with the right code without knowing the backend; docs/errors.md has the table.
+// layer and the metrics can classify a failure without knowing the backend (Classify).
 var (
 	// ErrMalformed: the ciphertext is empty, truncated, oversized or not one of our envelopes.
 	ErrMalformed = errors.New("malformed ciphertext")
@@ -21,3 +26,50 @@ var (
 	// ErrOverloaded: too many backend calls are in progress and waiting; nothing was tried.
 	ErrOverloaded = errors.New("too many backend calls in progress")
 )
+
+// Class is what a failure means to the two who see it: the gRPC client (Code) and the
+// operator's metrics (Label, from a fixed set, never the error's text).
+type Class struct {
+	Code  codes.Code
+	Label string
+}
+
+// classes is the one table of error kinds; docs/errors.md is the same table.
+var classes = []struct {
+	kind  error
+	class Class
+}{
+	{ErrMalformed, Class{codes.InvalidArgument, "invalid"}},
+	{ErrTampered, Class{codes.InvalidArgument, "invalid"}},
+	{ErrTooLarge, Class{codes.InvalidArgument, "invalid"}},
+	{ErrUnknownKey, Class{codes.FailedPrecondition, "unknown_key"}},
+	{ErrDenied, Class{codes.PermissionDenied, "denied"}},
+	{ErrOverloaded, Class{codes.ResourceExhausted, "overloaded"}},
+	{ErrUnavailable, Class{codes.Unavailable, "unavailable"}},
+}
+
+// Classify returns err's class. ctx is the caller's: once it has ended, that is the answer
+// whatever the backend said. A backend call that ran out of its own --timeout is
+// Unavailable: the backend did not answer in time, the caller may still retry.
+func Classify(ctx context.Context, err error) Class {
+	switch {
+	case err == nil:
+		return Class{codes.OK, "ok"}
+	case errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return Class{codes.DeadlineExceeded, "timeout"}
+	case errors.Is(ctx.Err(), context.Canceled):
+		return Class{codes.Canceled, "canceled"}
+	}
+	for _, c := range classes {
+		if errors.Is(err, c.kind) {
+			return c.class
+		}
+	}
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return Class{codes.Unavailable, "timeout"}
+	case errors.Is(err, context.Canceled):
+		return Class{codes.Canceled, "canceled"}
+	}
+	return Class{codes.Internal, "error"}
+}

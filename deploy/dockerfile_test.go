@@ -115,7 +115,7 @@ func TestBuildScriptFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	script := string(raw)
-	for _, want := range []string{"CGO_ENABLED=0 go build", "-trimpath", `-ldflags "-s -w -X main.version=${version}"`, "./cmd/kms-plugin"} {
+	for _, want := range []string{"CGO_ENABLED=0 go build", "-tags grpcnotrace", "-trimpath", `-ldflags "-s -w -X main.version=${version}"`, `"./cmd/${command}"`, "command=${2:-kms-plugin}"} {
 		if !strings.Contains(script, want) {
 			t.Errorf("scripts/build.sh lacks %q", want)
 		}

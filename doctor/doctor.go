@@ -2,7 +2,7 @@
 // a usable socket path, private credential files, and for Vault a reachable unsealed server, a
 // working login, a token with exactly the needed capabilities, a safely configured transit key
 // that still decrypts every version in use, and a working encrypt/decrypt round trip. Each
-// check is one Result; `kms-plugin doctor` prints them one per line.
+// check is one Result; `kmsctl doctor` prints them one per line.
 package doctor
 
 import (

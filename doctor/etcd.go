@@ -8,7 +8,7 @@ import (
 	"github.com/kmsplugin/kms-plugin/storage/scan"
 )
 
-// KeyIDsInEtcd reads every KMS v2 value under root the way `kms-plugin scan` does and counts
+// KeyIDsInEtcd reads every KMS v2 value under root the way `kmsctl scan` does and counts
 // the objects per key id. With provider set, only that KMS provider's values count.
 func KeyIDsInEtcd(ctx context.Context, kv clientv3.KV, root, provider string) (map[string]int, error) {
 	rep, err := scan.Scan(ctx, kv, scan.Options{Root: root})

@@ -163,7 +163,7 @@ func TestVault(t *testing.T) {
 		key := s.key("nodecrypt", nil)
 		hcl := without(t, leastPrivilege(t, key), "transit/decrypt/"+key)
 		rep := runVault(t, VaultOptions{Config: s.config(key, s.tokenFile(t, hcl))})
-		want(t, rep, "vault capabilities", Fail, `lacks "update" on transit/decrypt/nodecrypt`, "kms-plugin policy")
+		want(t, rep, "vault capabilities", Fail, `lacks "update" on transit/decrypt/nodecrypt`, "kmsctl policy")
 		want(t, rep, "vault round trip", Fail, "decrypt")
 		if rep.Failed() != 2 {
 			t.Errorf("want exactly the capabilities and round-trip checks to fail, got %d failures", rep.Failed())

@@ -10,7 +10,7 @@ import (
 )
 
 // TestLocalAES runs every scenario with the localaes backend: plugins share one key file,
-// and rotation is `kms-plugin keygen --write` then SIGHUP.
+// and rotation is `kmsctl keygen --write` then SIGHUP.
 func TestLocalAES(t *testing.T) {
 	t.Parallel()
 	runScenarios(t, newLocalAES)
@@ -40,16 +40,16 @@ func (l *localAES) rotate(t *testing.T, plugins ...*harness.Plugin) string {
 
 var addedKey = regexp.MustCompile(`^added key (\S+) to `)
 
-// keygen adds a key to the key file with `kms-plugin keygen` and returns its id.
+// keygen adds a key to the key file with `kmsctl keygen` and returns its id.
 func keygen(t *testing.T, keyFile string, args ...string) string {
 	t.Helper()
-	out, err := exec.Command(harness.PluginBinary(t), append([]string{"keygen", "--localaes-key-file", keyFile}, args...)...).CombinedOutput()
+	out, err := exec.Command(harness.KmsctlBinary(t), append([]string{"keygen", "--localaes-key-file", keyFile}, args...)...).CombinedOutput()
 	if err != nil {
-		t.Fatalf("kms-plugin keygen: %v: %s", err, out)
+		t.Fatalf("kmsctl keygen: %v: %s", err, out)
 	}
 	m := addedKey.FindSubmatch(out)
 	if m == nil {
-		t.Fatalf("kms-plugin keygen said %q", out)
+		t.Fatalf("kmsctl keygen said %q", out)
 	}
 	return string(m[1])
 }

@@ -29,8 +29,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kmsapi "k8s.io/kms/apis/v2"
 
-	"github.com/kmsplugin/kms-plugin/integration/harness"
 	"github.com/kmsplugin/kms-plugin/backends/vault/policy"
+	"github.com/kmsplugin/kms-plugin/integration/harness"
 )
 
 // The stress proof of what the Vault backend promises about key ids. Three plugin processes
@@ -116,7 +116,7 @@ func TestKeyIDStress(t *testing.T) {
 	load.verify(t, plugins, 5)
 }
 
-// leastPrivilegeToken writes the policy `kms-plugin policy` prints for key and returns a file
+// leastPrivilegeToken writes the policy `kmsctl policy` prints for key and returns a file
 // holding a token with only that policy.
 func leastPrivilegeToken(t *testing.T, v *harness.Vault, key string) string {
 	t.Helper()

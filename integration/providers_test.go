@@ -20,12 +20,12 @@ import (
 )
 
 // A real kube-apiserver writes Secrets with each local provider (and with our plugin as KMS
-// v2); `kms-plugin decrypt`, given the apiserver's own EncryptionConfiguration file, reads
-// the raw etcd values back to the exact objects; values that `kms-plugin encrypt` makes and a
+// v2); `kmsctl decrypt`, given the apiserver's own EncryptionConfiguration file, reads
+// the raw etcd values back to the exact objects; values that `kmsctl encrypt` makes and a
 // test puts straight into etcd are served by the apiserver.
 func TestLocalProvidersAgainstAPIServer(t *testing.T) {
 	t.Parallel()
-	bin := harness.PluginBinary(t)
+	bin := harness.KmsctlBinary(t)
 	for _, tc := range []struct {
 		name          string
 		prefix        string
@@ -134,7 +134,7 @@ func lpKey(t *testing.T, n int) []byte {
 	return k
 }
 
-// lpTry runs the kms-plugin binary with stdin and returns its stdout, or its stderr as error.
+// lpTry runs the kmsctl binary with stdin and returns its stdout, or its stderr as error.
 func lpTry(bin string, stdin []byte, args ...string) ([]byte, error) {
 	cmd := exec.CommandContext(context.Background(), bin, args...)
 	cmd.Stdin = bytes.NewReader(stdin)

@@ -10,10 +10,10 @@ import (
 	"google.golang.org/grpc/codes"
 	kmsapi "k8s.io/kms/apis/v2"
 
-	"github.com/kmsplugin/kms-plugin/plugin/limit"
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
 	"github.com/kmsplugin/kms-plugin/internal/plugintest"
+	"github.com/kmsplugin/kms-plugin/plugin/limit"
 )
 
 // Over the socket: with every backend slot busy and no queue, a request fails at once with
@@ -27,7 +27,7 @@ func TestBackendLimitIsResourceExhausted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kek := &faultKEK{Backend: backend}
+	kek := &faultKEK{KEK: backend}
 	limited := limit.New(kek, 1, 0)
 	socket := plugintest.Serve(t, limited, plugintest.Options{Clock: clock.NewFake(time.Unix(1_800_000_000, 0)), Timeout: time.Minute}).Socket
 	client := dial(t, socket)

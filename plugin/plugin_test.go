@@ -28,7 +28,7 @@ import (
 
 // faultKEK puts a switchable fault in front of a real localaes backend.
 type faultKEK struct {
-	*localaes.Backend
+	*localaes.KEK
 	mu    sync.Mutex
 	err   error         // returned by Check, Wrap and Unwrap while set
 	delay time.Duration // before Wrap and Unwrap, honouring the context
@@ -58,21 +58,21 @@ func (f *faultKEK) Check(ctx context.Context) error {
 	if err := f.fault(ctx); err != nil {
 		return err
 	}
-	return f.Backend.Check(ctx)
+	return f.KEK.Check(ctx)
 }
 
 func (f *faultKEK) Wrap(ctx context.Context, id string, d []byte) ([]byte, error) {
 	if err := f.fault(ctx); err != nil {
 		return nil, err
 	}
-	return f.Backend.Wrap(ctx, id, d)
+	return f.KEK.Wrap(ctx, id, d)
 }
 
 func (f *faultKEK) Unwrap(ctx context.Context, id string, w []byte) ([]byte, error) {
 	if err := f.fault(ctx); err != nil {
 		return nil, err
 	}
-	return f.Backend.Unwrap(ctx, id, w)
+	return f.KEK.Unwrap(ctx, id, w)
 }
 
 // testPlugin is a plugin served on a real unix socket, with a client connected to it.
@@ -95,7 +95,7 @@ func startPlugin(t *testing.T) *testPlugin {
 	if err != nil {
 		t.Fatal(err)
 	}
-	kek := &faultKEK{Backend: backend}
+	kek := &faultKEK{KEK: backend}
 	clk := clock.NewFake(time.Unix(1_800_000_000, 0))
 	p := plugintest.Serve(t, kek, plugintest.Options{Clock: clk, Timeout: time.Second})
 	return &testPlugin{keyFile: keyFile, kek: kek, monitor: p.Monitor, clock: clk, client: dial(t, p.Socket), socket: p.Socket}

@@ -12,7 +12,7 @@ import (
 // an oversized ciphertext gets our InvalidArgument; anything larger is gRPC's ResourceExhausted.
 const MaxRequestSize = 64 << 10
 
-// Service names the gRPC health service answers for, besides the whole server ("").
+// healthServices are the names the gRPC health service answers for, besides the whole server ("").
 var healthServices = []string{"", kmsapi.KeyManagementService_ServiceDesc.ServiceName, kmsv1.KeyManagementService_ServiceDesc.ServiceName}
 
 // ServerConfig completes a gRPC server beyond the KMS v2 service.

@@ -1,20 +1,16 @@
-// Package plugin serves the KMS v2 KeyManagementService over gRPC. It knows nothing of any
-// backend: Encrypt and Decrypt go to a dek.Sealer, Status reads a Monitor.
 package plugin
 
 import (
 	"context"
-	"errors"
 	"log/slog"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kmsplugin/kms-plugin/dek"
+	"github.com/kmsplugin/kms-plugin/internal/textutil"
 )
 
 // maxHealthzSize keeps an unhealthy Status short; the apiserver logs it.
@@ -44,7 +40,7 @@ func (s *Service) Status(context.Context, *kmsapi.StatusRequest) (*kmsapi.Status
 	}
 	healthz := "ok"
 	if unhealthy != nil {
-		healthz = truncate(unhealthy.Error(), maxHealthzSize)
+		healthz = textutil.Truncate(unhealthy.Error(), maxHealthzSize)
 	}
 	return &kmsapi.StatusResponse{Version: "v2", Healthz: healthz, KeyId: keyID}, nil
 }
@@ -92,41 +88,10 @@ func (s *Service) fail(ctx context.Context, method, uid, keyID string, err error
 	return st.Err()
 }
 
-// toStatus maps an error to its gRPC status; docs/errors.md is the same table.
+// toStatus maps an error to its gRPC status with dek.Classify's table.
 func toStatus(ctx context.Context, err error) *status.Status {
 	if st, ok := status.FromError(err); ok {
 		return st
 	}
-	code := codes.Internal
-	switch {
-	case errors.Is(ctx.Err(), context.DeadlineExceeded):
-		code = codes.DeadlineExceeded // the caller's deadline passed
-	case errors.Is(ctx.Err(), context.Canceled):
-		code = codes.Canceled
-	case errors.Is(err, dek.ErrMalformed), errors.Is(err, dek.ErrTampered), errors.Is(err, dek.ErrTooLarge):
-		code = codes.InvalidArgument
-	case errors.Is(err, dek.ErrUnknownKey):
-		code = codes.FailedPrecondition
-	case errors.Is(err, dek.ErrDenied):
-		code = codes.PermissionDenied
-	case errors.Is(err, dek.ErrOverloaded):
-		code = codes.ResourceExhausted // --max-concurrent-backend-calls and its queue are full
-	case errors.Is(err, dek.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
-		code = codes.Unavailable // the backend did not answer within --timeout
-	}
-	return status.New(code, err.Error())
-}
-
-// truncate shortens s to at most n bytes of valid UTF-8: healthz is a proto3 string, and an
-// invalid one makes Status fail to marshal.
-func truncate(s string, n int) string {
-	s = strings.ToValidUTF8(s, "\uFFFD")
-	if len(s) <= n {
-		return s
-	}
-	cut := n - 3
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "..."
+	return status.New(dek.Classify(ctx, err).Code, err.Error())
 }

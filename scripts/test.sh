@@ -13,4 +13,6 @@ if [ -n "$unformatted" ]; then
   exit 1
 fi
 go vet ./...
+# Every test that needs a real server runs: a missing binary fails instead of skipping.
+export KMS_PLUGIN_REQUIRE_SERVERS=1
 go test -race -timeout 60m "$@" ./...

@@ -108,7 +108,7 @@ func newKeySet(f File) (*keySet, error) {
 		fp := fingerprint(secret)
 		clear(secret)
 		if where, published := publishedKeys[fp]; published {
-			return nil, fmt.Errorf("keys[%d] (%s): this secret is published in kms-plugin's examples (%s), so anyone can read it; generate a key with 'kms-plugin keygen'", i, fk.Name, where)
+			return nil, fmt.Errorf("keys[%d] (%s): this secret is published in kms-plugin's examples (%s), so anyone can read it; generate a key with 'kmsctl keygen'", i, fk.Name, where)
 		}
 		if prev, dup := fingerprints[fp]; dup {
 			return nil, fmt.Errorf("keys[%d] (%s): same secret as %s", i, fk.Name, prev)

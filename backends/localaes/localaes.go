@@ -16,28 +16,28 @@ const (
 	tagSize   = 16
 )
 
-// Backend holds the keys of one key file. Reload swaps them atomically: a request in flight
+// KEK is the localaes dek.KEK: the keys of one key file. Reload swaps them atomically: a request in flight
 // finishes with the keys it started with.
-type Backend struct {
+type KEK struct {
 	path string
 	keys atomic.Pointer[keySet]
 }
 
-var _ dek.KEK = (*Backend)(nil)
+var _ dek.KEK = (*KEK)(nil)
 
 // Open loads the key file at path.
-func Open(path string) (*Backend, error) {
+func Open(path string) (*KEK, error) {
 	set, err := readKeyFile(path)
 	if err != nil {
 		return nil, err
 	}
-	b := &Backend{path: path}
+	b := &KEK{path: path}
 	b.keys.Store(set)
 	return b, nil
 }
 
 // Reload re-reads the key file. On error the keys in use stay as they were.
-func (b *Backend) Reload() error {
+func (b *KEK) Reload() error {
 	set, err := readKeyFile(b.path)
 	if err != nil {
 		return err
@@ -47,7 +47,7 @@ func (b *Backend) Reload() error {
 }
 
 // KeyIDs lists the ids of the loaded keys, the write key first.
-func (b *Backend) KeyIDs() []string {
+func (b *KEK) KeyIDs() []string {
 	set := b.keys.Load()
 	ids := make([]string, len(set.keys))
 	for i, k := range set.keys {
@@ -57,14 +57,14 @@ func (b *Backend) KeyIDs() []string {
 }
 
 // CurrentID is the id of the write key, the first in the file.
-func (b *Backend) CurrentID() string { return b.keys.Load().keys[0].id }
+func (b *KEK) CurrentID() string { return b.keys.Load().keys[0].id }
 
 // Check has nothing remote to refresh: loaded keys are always usable.
-func (b *Backend) Check(context.Context) error { return nil }
+func (b *KEK) Check(context.Context) error { return nil }
 
 // Wrap seals dek with AES-256-GCM under the key named keyID: nonce || ciphertext || tag, with
 // the key id as additional data.
-func (b *Backend) Wrap(_ context.Context, keyID string, plain []byte) ([]byte, error) {
+func (b *KEK) Wrap(_ context.Context, keyID string, plain []byte) ([]byte, error) {
 	aead, err := b.aead(keyID)
 	if err != nil {
 		return nil, err
@@ -77,7 +77,7 @@ func (b *Backend) Wrap(_ context.Context, keyID string, plain []byte) ([]byte, e
 }
 
 // Unwrap opens what Wrap sealed under keyID.
-func (b *Backend) Unwrap(_ context.Context, keyID string, wrapped []byte) ([]byte, error) {
+func (b *KEK) Unwrap(_ context.Context, keyID string, wrapped []byte) ([]byte, error) {
 	aead, err := b.aead(keyID)
 	if err != nil {
 		return nil, err
@@ -92,7 +92,7 @@ func (b *Backend) Unwrap(_ context.Context, keyID string, wrapped []byte) ([]byt
 	return plain, nil
 }
 
-func (b *Backend) aead(keyID string) (cipher.AEAD, error) {
+func (b *KEK) aead(keyID string) (cipher.AEAD, error) {
 	k, ok := b.keys.Load().byID[keyID]
 	if !ok {
 		return nil, fmt.Errorf("%w: %s is not in the key file %s", dek.ErrUnknownKey, keyID, b.path)

@@ -1,10 +1,11 @@
 // Command kms-plugin is a Kubernetes KMS v2 plugin: it serves the KeyManagementService on a
 // unix socket for kube-apiserver, wrapping data keys with a local AES key or Vault Transit.
+// It holds what serving needs and no more: the operator's tools (keygen, policy, scan,
+// doctor...), some of which need client-go and the etcd client, are cmd/kmsctl.
 // This package only parses flags and wires the packages together.
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 
@@ -17,10 +18,6 @@ var version = "dev"
 func main() {
 	if err := newRootCommand().Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "kms-plugin:", err)
-		var failed checkFailed
-		if errors.As(err, &failed) {
-			os.Exit(3) // scan or doctor ran, and its result failed a check
-		}
 		os.Exit(1)
 	}
 }
@@ -34,8 +31,6 @@ func newRootCommand() *cobra.Command {
 	root.SilenceErrors = true
 	serve := newServeCommand()
 	serve.Hidden = false
-	root.AddCommand(serve, newKeygenCommand(), newScanCommand(),
-		newDecryptCommand(), newEncryptCommand(), newCompareCommand(),
-		newDoctorCommand(), newPolicyCommand())
+	root.AddCommand(serve)
 	return root
 }

@@ -3,60 +3,18 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"time"
 
-	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 
-	"github.com/kmsplugin/kms-plugin/plugin/limit"
+	"github.com/kmsplugin/kms-plugin/cmd/internal/serveconfig"
 	"github.com/kmsplugin/kms-plugin/dek"
-	"github.com/kmsplugin/kms-plugin/plugin/metrics"
-	"github.com/kmsplugin/kms-plugin/plugin/endpoints"
 	"github.com/kmsplugin/kms-plugin/plugin"
+	"github.com/kmsplugin/kms-plugin/plugin/endpoints"
+	"github.com/kmsplugin/kms-plugin/plugin/limit"
+	"github.com/kmsplugin/kms-plugin/plugin/metrics"
 )
-
-// opsOptions are the flags of the operations group: endpoints and limits.
-type opsOptions struct {
-	healthAddr     string
-	maxCalls       int
-	callQueue      int
-	maxRequestSize int
-}
-
-// groupAnnotation names a flag's section in --help (usage.go).
-const groupAnnotation = "kms-plugin/group"
-
-func (o *opsOptions) addFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&o.healthAddr, "health-addr", endpoints.DefaultAddr, "HTTP address of /healthz, /readyz, /metrics and /version (host:port; \"\" turns them off); a non-loopback address exposes them to the network")
-	fs.IntVar(&o.maxCalls, "max-concurrent-backend-calls", 64, "most wraps and unwraps the backend serves at once")
-	fs.IntVar(&o.callQueue, "backend-call-queue", 256, "calls that may wait for a free slot, each at most until its deadline; beyond it requests fail at once with ResourceExhausted (0: no waiting)")
-	fs.IntVar(&o.maxRequestSize, "max-request-size", plugin.MaxRequestSize, "largest gRPC request accepted, in bytes; larger ones fail with ResourceExhausted")
-	for _, name := range []string{"health-addr", "max-concurrent-backend-calls", "backend-call-queue", "max-request-size", "log-format", "log-level", "shutdown-grace"} {
-		fs.SetAnnotation(name, groupAnnotation, []string{"operations"})
-	}
-}
-
-// problems lists what is wrong with the operations flags.
-func (o *opsOptions) problems() []string {
-	var p []string
-	if o.healthAddr != "" {
-		if _, err := endpoints.IsLoopback(o.healthAddr); err != nil {
-			p = append(p, err.Error())
-		}
-	}
-	if o.maxCalls < 1 {
-		p = append(p, fmt.Sprintf("--max-concurrent-backend-calls %d: want at least 1", o.maxCalls))
-	}
-	if o.callQueue < 0 {
-		p = append(p, fmt.Sprintf("--backend-call-queue %d: want 0 or more", o.callQueue))
-	}
-	if o.maxRequestSize < 1<<10 || o.maxRequestSize > 16<<20 {
-		p = append(p, fmt.Sprintf("--max-request-size %d: want 1024 to 16777216 bytes (a DEK seed is 32)", o.maxRequestSize))
-	}
-	return p
-}
 
 // instrumented is the backend as the plugin uses it: measured, and bounded for requests.
 type instrumented struct {
@@ -65,20 +23,20 @@ type instrumented struct {
 	limited  dek.KEK // for requests
 }
 
-func instrument(kek dek.KEK, backend string, o opsOptions) instrumented {
+func instrument(kek dek.KEK, backend string, o serveconfig.OpsOptions) instrumented {
 	m := metrics.New(backend, version)
 	m.WatchTokenTTL(kek)
-	measured := m.KEK(kek)
-	limited := limit.New(measured, o.maxCalls, o.callQueue)
-	m.WatchLimiter(limited, o.maxCalls, o.callQueue)
+	measured := metrics.NewKEK(kek, m)
+	limited := limit.New(measured, o.MaxCalls, o.CallQueue)
+	m.WatchLimiter(limited, o.MaxCalls, o.CallQueue)
 	return instrumented{metrics: m, measured: measured, limited: limited}
 }
 
 // serverConfig is the gRPC server's configuration with the metrics interceptor.
-func (i instrumented) serverConfig(o opsOptions) plugin.ServerConfig {
+func (i instrumented) serverConfig(o serveconfig.OpsOptions) plugin.ServerConfig {
 	return plugin.ServerConfig{
 		Version:        version,
-		MaxRequestSize: o.maxRequestSize,
+		MaxRequestSize: o.MaxRequestSize,
 		Options:        []grpc.ServerOption{grpc.ChainUnaryInterceptor(i.metrics.UnaryInterceptor())},
 	}
 }
@@ -87,12 +45,12 @@ func (i instrumented) serverConfig(o opsOptions) plugin.ServerConfig {
 // the default address is taken (another plugin on this host), the endpoints are off and the
 // log says so: the KMS socket matters more than the endpoints. An address the operator chose
 // must work.
-func startOps(o opsOptions, chosen bool, monitor *plugin.Monitor, m *metrics.Metrics, log *slog.Logger) (stop func(), err error) {
-	if o.healthAddr == "" {
+func startOps(o serveconfig.OpsOptions, chosen bool, monitor *plugin.Monitor, m *metrics.Metrics, log *slog.Logger) (stop func(), err error) {
+	if o.HealthAddr == "" {
 		log.Info("health and metrics endpoints off (--health-addr \"\")")
 		return func() {}, nil
 	}
-	srv, err := endpoints.Listen(o.healthAddr, endpoints.Config{
+	srv, err := endpoints.Listen(o.HealthAddr, endpoints.Config{
 		Ready: func() error {
 			keyID, unhealthy := monitor.State()
 			if unhealthy == nil && keyID == "" {
@@ -104,13 +62,13 @@ func startOps(o opsOptions, chosen bool, monitor *plugin.Monitor, m *metrics.Met
 		Version: version,
 	})
 	if err != nil && !chosen {
-		log.Error("health and metrics endpoints OFF: the default --health-addr is taken; set --health-addr to another address", "health_addr", o.healthAddr, "error", err)
+		log.Error("health and metrics endpoints OFF: the default --health-addr is taken; set --health-addr to another address", "health_addr", o.HealthAddr, "error", err)
 		return func() {}, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	if loopback, _ := endpoints.IsLoopback(o.healthAddr); !loopback {
+	if loopback, _ := endpoints.IsLoopback(o.HealthAddr); !loopback {
 		log.Warn("health and metrics endpoints listen beyond loopback, as --health-addr asks", "health_addr", srv.Addr())
 	}
 	log.Info("serving /healthz /readyz /metrics /version", "health_addr", srv.Addr())

@@ -23,6 +23,7 @@ import (
 	kmsv1 "k8s.io/kms/apis/v1beta1"
 	kmsapi "k8s.io/kms/apis/v2"
 
+	"github.com/kmsplugin/kms-plugin/cmd/internal/serveconfig"
 	"github.com/kmsplugin/kms-plugin/integration/harness"
 )
 
@@ -94,7 +95,7 @@ func atLeast(n float64) func(float64) bool { return func(v float64) bool { retur
 func localKeys(t *testing.T) string {
 	t.Helper()
 	keys := filepath.Join(shortDir(t), "keys.yaml")
-	runCmd(t, "keygen", "--localaes-key-file", keys)
+	addKey(t, keys, "", false)
 	return keys
 }
 
@@ -211,10 +212,6 @@ func TestHelpGroupsFlagsByBackend(t *testing.T) {
 	}
 	if out := runCmd(t, "serve", "--help"); !strings.Contains(out, headings[2]) {
 		t.Errorf("serve --help not grouped:\n%s", out)
-	}
-	// Other subcommands keep cobra's plain usage.
-	if out := runCmd(t, "keygen", "--help"); strings.Contains(out, "General flags") || !strings.Contains(out, "Flags:\n") {
-		t.Errorf("keygen --help:\n%s", out)
 	}
 }
 
@@ -373,7 +370,7 @@ func TestOperationsDocsMatchCLI(t *testing.T) {
 	if err := cmd.ParseFlags([]string{"--config", config}); err != nil {
 		t.Fatal(err)
 	}
-	if err := applyConfigFile(cmd.Flags()); err != nil {
+	if err := serveconfig.ApplyConfigFile(cmd.Flags()); err != nil {
 		t.Fatalf("the documented config file: %v", err)
 	}
 	if got, _ := cmd.Flags().GetString("vault-transit-key"); got != "kubernetes" {

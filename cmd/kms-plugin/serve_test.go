@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kmsplugin/kms-plugin/backends/localaes"
+	"github.com/kmsplugin/kms-plugin/cmd/internal/serveconfig"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	kmsapi "k8s.io/kms/apis/v2"
@@ -98,9 +100,9 @@ func waitStatus(t *testing.T, socket string) *kmsapi.StatusResponse {
 
 func TestEmbeddedDefaultCreatesAKeyLoudlyOnce(t *testing.T) {
 	dir := shortDir(t)
-	old := defaultKeyFile
-	defaultKeyFile = filepath.Join(dir, "state", "keys.yaml")
-	defer func() { defaultKeyFile = old }()
+	old := serveconfig.DefaultKeyFile
+	serveconfig.DefaultKeyFile = filepath.Join(dir, "state", "keys.yaml")
+	defer func() { serveconfig.DefaultKeyFile = old }()
 	socket := filepath.Join(dir, "kms.sock")
 
 	stop, log := runInProcess(t, "--listen", "unix://"+socket)
@@ -111,13 +113,13 @@ func TestEmbeddedDefaultCreatesAKeyLoudlyOnce(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(log.String(), "CREATED A NEW KEY") || !strings.Contains(log.String(), defaultKeyFile) {
+	if !strings.Contains(log.String(), "CREATED A NEW KEY") || !strings.Contains(log.String(), serveconfig.DefaultKeyFile) {
 		t.Fatalf("no loud warning naming the key file in the log:\n%s", log)
 	}
 	if !strings.Contains(log.String(), socket) {
 		t.Fatalf("socket path not logged:\n%s", log)
 	}
-	if info, err := os.Stat(defaultKeyFile); err != nil || info.Mode().Perm() != 0o600 {
+	if info, err := os.Stat(serveconfig.DefaultKeyFile); err != nil || info.Mode().Perm() != 0o600 {
 		t.Fatalf("key file: %v %v", info, err)
 	}
 	if _, err := os.Stat(socket); !os.IsNotExist(err) {
@@ -151,7 +153,7 @@ func TestNamedKeyFileThatIsMissingIsAnError(t *testing.T) {
 func TestBadFlagsAreRefused(t *testing.T) {
 	dir := shortDir(t)
 	keys := filepath.Join(dir, "keys.yaml")
-	runCmd(t, "keygen", "--localaes-key-file", keys)
+	addKey(t, keys, "", false)
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -169,26 +171,11 @@ func TestBadFlagsAreRefused(t *testing.T) {
 	}
 }
 
-func TestKeygen(t *testing.T) {
-	keys := filepath.Join(shortDir(t), "keys.yaml")
-	out := runCmd(t, "keygen", "--localaes-key-file", keys)
-	if !strings.Contains(out, "localaes:key1:") {
-		t.Fatalf("keygen output %q", out)
-	}
-	runCmd(t, "keygen", "--localaes-key-file", keys, "--name", "later")
-	runCmd(t, "keygen", "--localaes-key-file", keys, "--name", "now", "--write")
-	raw, _ := os.ReadFile(keys)
-	names := []string{}
-	for _, line := range strings.Split(string(raw), "\n") {
-		if strings.Contains(line, "name:") {
-			names = append(names, strings.TrimSpace(strings.SplitN(line, "name:", 2)[1]))
-		}
-	}
-	if strings.Join(names, ",") != "now,key1,later" {
-		t.Fatalf("key order %v, want now,key1,later", names)
-	}
-	if info, _ := os.Stat(keys); info.Mode().Perm() != 0o600 {
-		t.Fatalf("mode %v", info.Mode())
+// addKey adds a key to a key file, as kmsctl keygen does.
+func addKey(t *testing.T, keys, name string, write bool) {
+	t.Helper()
+	if _, err := localaes.AddKey(keys, name, write); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -221,7 +208,7 @@ func TestSignals(t *testing.T) {
 	dir := shortDir(t)
 	keys := filepath.Join(dir, "keys.yaml")
 	socket := filepath.Join(dir, "kms.sock")
-	runCmd(t, "keygen", "--localaes-key-file", keys)
+	addKey(t, keys, "", false)
 
 	var log syncBuffer
 	p := exec.Command(bin, "--listen", socket, "--localaes-key-file", keys)
@@ -244,7 +231,7 @@ func TestSignals(t *testing.T) {
 	}
 
 	// SIGHUP after a new write key: Status reports it at once.
-	runCmd(t, "keygen", "--localaes-key-file", keys, "--name", "rotated", "--write")
+	addKey(t, keys, "rotated", true)
 	p.Process.Signal(syscall.SIGHUP)
 	deadline := time.Now().Add(10 * time.Second)
 	for {

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"log/slog"
 	"os"
 	"regexp"
 	"strings"
@@ -15,135 +14,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	kmsapi "k8s.io/kms/apis/v2"
 
-	"github.com/kmsplugin/kms-plugin/backends/vault"
 	"github.com/kmsplugin/kms-plugin/integration/harness"
 )
 
-func parseVaultFlags(t *testing.T, args ...string) *vaultBackend {
-	t.Helper()
-	b := &vaultBackend{}
-	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
-	b.addFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
-func TestVaultConfigFromFlagsAndEnvironment(t *testing.T) {
-	env := map[string]string{}
-	getenv := func(k string) string { return env[k] }
-	log := slog.New(slog.DiscardHandler)
-
-	b := parseVaultFlags(t, "--vault-transit-key", "k")
-	if _, err := b.config(getenv, log); err == nil || !strings.Contains(err.Error(), "--vault-addr") {
-		t.Fatalf("no address: %v", err)
-	}
-	env["VAULT_ADDR"] = "https://env:8200"
-	env["VAULT_NAMESPACE"] = "team"
-	if _, err := b.config(getenv, log); err == nil || !strings.Contains(err.Error(), "VAULT_TOKEN") {
-		t.Fatalf("no token: %v", err)
-	}
-	env["VAULT_TOKEN"] = "s.env"
-	cfg, err := b.config(getenv, log)
-	if err != nil || cfg.Address != "https://env:8200" || cfg.Namespace != "team" || cfg.Auth != (vault.StaticToken{Token: "s.env"}) || cfg.Mount != "transit" {
-		t.Fatalf("from the environment: %+v, %v", cfg, err)
-	}
-
-	b = parseVaultFlags(t, "--vault-addr", "https://flag:8200", "--vault-namespace", "ns", "--vault-transit-key", "k",
-		"--vault-transit-mount", "kms", "--vault-token-file", "/run/token")
-	cfg, err = b.config(getenv, log)
-	if err != nil || cfg.Address != "https://flag:8200" || cfg.Namespace != "ns" || cfg.Mount != "kms" {
-		t.Fatalf("flags over the environment: %+v, %v", cfg, err)
-	}
-	if tf, ok := cfg.Auth.(*vault.TokenFile); !ok || tf.Path != "/run/token" {
-		t.Fatalf("--vault-token-file: auth %#v", cfg.Auth)
-	}
-
-	b = parseVaultFlags(t, "--vault-transit-key", "k", "--vault-auth", "approle", "--vault-approle-role-id", "r", "--vault-approle-secret-id-file", "/s")
-	if cfg, err := b.config(getenv, log); err != nil || cfg.Auth != (vault.AppRole{Mount: "approle", RoleID: "r", SecretIDFile: "/s"}) {
-		t.Fatalf("approle: %#v, %v", cfg.Auth, err)
-	}
-	b = parseVaultFlags(t, "--vault-transit-key", "k", "--vault-auth", "kubernetes", "--vault-kubernetes-role", "kms")
-	if cfg, err := b.config(getenv, log); err != nil || cfg.Auth != (vault.Kubernetes{Mount: "kubernetes", Role: "kms", JWTFile: vault.DefaultServiceAccountTokenFile}) {
-		t.Fatalf("kubernetes: %#v, %v", cfg.Auth, err)
-	}
-
-	for _, bad := range [][]string{
-		{"--vault-addr", "https://x"},
-		{"--vault-transit-key", "k", "--vault-auth", "ldap"},
-		{"--vault-transit-key", "k", "--vault-auth", "approle"},
-		{"--vault-transit-key", "k", "--vault-auth", "approle", "--vault-approle-role-id", "r", "--vault-approle-role-id-file", "/r"},
-		{"--vault-transit-key", "k", "--vault-auth", "kubernetes"},
-	} {
-		if _, err := parseVaultFlags(t, bad...).config(getenv, log); err == nil {
-			t.Errorf("%v: accepted", bad)
-		}
-	}
-}
-
-func TestVaultConfigAddressesAndNewAuthMethods(t *testing.T) {
-	getenv := func(k string) string { return map[string]string{"VAULT_ADDR": "https://e1:8200, https://e2:8200"}[k] }
-	log := slog.New(slog.DiscardHandler)
-
-	b := parseVaultFlags(t, "--vault-addr", "https://a:8200", "--vault-addr", "https://b:8200,https://c:8200",
-		"--vault-transit-key", "k", "--vault-auth", "cert", "--vault-cert-auth-pem", "/var/lib/kubelet/pki/kubelet-client-current.pem")
-	cfg, err := b.config(getenv, log)
-	if err != nil || cfg.Address != "https://a:8200" || strings.Join(cfg.FailoverAddresses, " ") != "https://b:8200 https://c:8200" {
-		t.Fatalf("repeated and comma-separated --vault-addr: %q %q, %v", cfg.Address, cfg.FailoverAddresses, err)
-	}
-	if c, ok := cfg.Auth.(*vault.Cert); !ok || c.Mount != "cert" || c.PEMFile != vault.DefaultKubeletClientPEM || c.Role != "" {
-		t.Fatalf("cert auth: %#v", cfg.Auth)
-	}
-	b = parseVaultFlags(t, "--vault-transit-key", "k", "--vault-auth", "cert", "--vault-cert-auth-cert", "/c", "--vault-cert-auth-key", "/k", "--vault-cert-auth-role", "kms")
-	cfg, err = b.config(getenv, log)
-	if err != nil || cfg.Address != "https://e1:8200" || len(cfg.FailoverAddresses) != 1 || cfg.FailoverAddresses[0] != "https://e2:8200" {
-		t.Fatalf("list in VAULT_ADDR: %q %q, %v", cfg.Address, cfg.FailoverAddresses, err)
-	}
-	if c, ok := cfg.Auth.(*vault.Cert); !ok || c.CertFile != "/c" || c.KeyFile != "/k" || c.Role != "kms" {
-		t.Fatalf("cert auth with two files: %#v", cfg.Auth)
-	}
-	b = parseVaultFlags(t, "--vault-transit-key", "k", "--vault-auth", "jwt", "--vault-jwt-role", "kms", "--vault-jwt-token-file", "/run/jwt", "--vault-jwt-mount", "oidc")
-	if cfg, err := b.config(getenv, log); err != nil {
-		t.Fatal(err)
-	} else if j, ok := cfg.Auth.(*vault.JWT); !ok || j.Role != "kms" || j.TokenFile != "/run/jwt" || j.Mount != "oidc" {
-		t.Fatalf("jwt auth: %#v", cfg.Auth)
-	}
-	for _, bad := range [][]string{
-		{"--vault-transit-key", "k", "--vault-auth", "cert"},
-		{"--vault-transit-key", "k", "--vault-auth", "cert", "--vault-cert-auth-pem", "/p", "--vault-cert-auth-cert", "/c", "--vault-cert-auth-key", "/k"},
-		{"--vault-transit-key", "k", "--vault-auth", "cert", "--vault-cert-auth-cert", "/c"},
-		{"--vault-transit-key", "k", "--vault-auth", "jwt"},
-	} {
-		if _, err := parseVaultFlags(t, bad...).config(getenv, log); err == nil {
-			t.Errorf("%v: accepted", bad)
-		}
-	}
-
-	var tuner monitorTuner = &vaultBackend{}
-	if check, proof := tuner.monitorIntervals(); check != time.Minute || proof != 5*time.Minute {
-		t.Fatalf("vault's default intervals %s, %s; want 1m, 5m", check, proof)
-	}
-}
-
-func TestVaultSkipVerifyWarns(t *testing.T) {
-	var buf bytes.Buffer
-	log := slog.New(slog.NewTextHandler(&buf, nil))
-	b := parseVaultFlags(t, "--vault-addr", "https://vault.example:8200", "--vault-transit-key", "k", "--vault-skip-verify")
-	t.Setenv("VAULT_TOKEN", "s.x")
-	if _, err := b.open(context.Background(), nil, log); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(buf.String(), "level=WARN") || !strings.Contains(buf.String(), "NOT verified") {
-		t.Fatalf("--vault-skip-verify logged no warning:\n%s", buf.String())
-	}
-	if strings.Contains(buf.String(), "s.x") {
-		t.Fatal("the token was logged")
-	}
-}
-
-// TestServeVault runs `kms-plugin serve --backend vault` in process against a real Vault, with
-// the token from VAULT_TOKEN, and drives it over its socket through a key rotation.
 func TestServeVault(t *testing.T) {
 	v := harness.StartVaultDev(t)
 	v.EnableTransit(t, "transit")

@@ -147,9 +147,9 @@ func (p *Plugin) WaitKeyID(t testing.TB, keyID string) {
 	})
 }
 
-var pluginBuild struct {
+var binaries struct {
 	once sync.Once
-	path string
+	dir  string // holds kms-plugin and kmsctl
 	err  error
 }
 
@@ -167,19 +167,34 @@ func PluginBinary(t testing.TB) string {
 	return path
 }
 
-// BuildPlugin is PluginBinary for TestMain: it returns the binary's path or why there is none.
-func BuildPlugin() (string, error) {
-	pluginBuild.once.Do(func() { pluginBuild.path, pluginBuild.err = buildPlugin() })
-	return pluginBuild.path, pluginBuild.err
+// KmsctlBinary is PluginBinary for the operator's tools, kmsctl ($KMSCTL_BIN if set), built
+// with kms-plugin from the same sources.
+func KmsctlBinary(t testing.TB) string {
+	t.Helper()
+	if bin := os.Getenv("KMSCTL_BIN"); bin != "" {
+		return bin
+	}
+	if _, err := BuildPlugin(); err != nil {
+		t.Fatalf("kmsctl binary: %v", err)
+	}
+	return filepath.Join(binaries.dir, "kmsctl")
 }
 
-func buildPlugin() (string, error) {
+// BuildPlugin is PluginBinary for TestMain: it returns the binary's path or why there is none.
+// It builds kmsctl too.
+func BuildPlugin() (string, error) {
 	if bin := os.Getenv("KMS_PLUGIN_BIN"); bin != "" {
 		if _, err := os.Stat(bin); err != nil {
 			return "", fmt.Errorf("KMS_PLUGIN_BIN: %w", err)
 		}
 		return bin, nil
 	}
+	binaries.once.Do(func() { binaries.dir, binaries.err = buildBinaries() })
+	return filepath.Join(binaries.dir, "kms-plugin"), binaries.err
+}
+
+// buildBinaries builds both commands into a directory named by the sources' hash.
+func buildBinaries() (string, error) {
 	root, err := moduleRoot()
 	if err != nil {
 		return "", err
@@ -202,22 +217,24 @@ func buildPlugin() (string, error) {
 	}
 	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
 
-	bin := filepath.Join(cache, hash, "kms-plugin")
-	if _, err := os.Stat(bin); err == nil {
+	dir := filepath.Join(cache, hash)
+	if _, err := os.Stat(dir); err == nil {
 		now := time.Now()
-		_ = os.Chtimes(filepath.Dir(bin), now, now) // marks it used, for pruneOldBuilds
-		return bin, nil
+		_ = os.Chtimes(dir, now, now) // marks it used, for pruneOldBuilds
+		return dir, nil
 	}
 	pruneOldBuilds(cache)
-	if err := os.MkdirAll(filepath.Dir(bin), 0o700); err != nil {
+	tmp := dir + ".tmp"
+	os.RemoveAll(tmp)
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
 		return "", err
 	}
-	cmd := exec.Command("go", "build", "-race", "-trimpath", "-o", bin+".tmp", "./cmd/kms-plugin")
+	cmd := exec.Command("go", "build", "-race", "-trimpath", "-o", tmp+"/", "./cmd/kms-plugin", "./cmd/kmsctl")
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/kms-plugin: %v\n%s", err, out)
+		return "", fmt.Errorf("go build ./cmd/kms-plugin ./cmd/kmsctl: %v\n%s", err, out)
 	}
-	return bin, os.Rename(bin+".tmp", bin)
+	return dir, os.Rename(tmp, dir)
 }
 
 // moduleRoot finds the directory of our go.mod above the working directory.

@@ -1,6 +1,7 @@
 // Package boundaries holds tests that fail when a package reaches across a boundary of the
-// design: the data path is cmd/kms-plugin -> plugin -> dek -> backends, and only the command
-// layer reads the environment.
+// design: the data path is cmd/kms-plugin -> plugin -> dek -> backends; the serving side never
+// depends on the toolbox (storage/, doctor/, cmd/kmsctl), so the serving binary stays small;
+// and only the command layer reads the environment.
 package boundaries
 
 import (
@@ -9,6 +10,7 @@ import (
 	"go/token"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -17,15 +19,22 @@ import (
 
 const module = "github.com/kmsplugin/kms-plugin/"
 
+// toolbox is what kmsctl carries and the serving side must not: the apiserver's storage
+// formats, the preflight, and the commands.
+var toolbox = []string{module + "storage", module + "doctor", module + "cmd"}
+
 // forbidden lists, per package directory prefix, the import prefixes it must not use.
 var forbidden = map[string][]string{
-	"dek/":      {module + "plugin", module + "backends", module + "cmd"},
-	"plugin/":   {module + "backends", module + "cmd", module + "integration"},
-	"backends/": {module + "plugin", module + "cmd", module + "integration"},
-	// Operations: instrumentation and limits wrap the KEK interface, endpoints know neither.
-	"metrics/":      {module + "plugin", module + "backends", module + "cmd"},
-	"backendlimit/": {module + "plugin", module + "backends", module + "cmd"},
-	"ops/":          {module + "plugin", module + "backends", module + "dek", module + "cmd"},
+	"dek/":      append([]string{module + "plugin", module + "backends", module + "integration"}, toolbox...),
+	"plugin/":   append([]string{module + "backends", module + "integration"}, toolbox...),
+	"backends/": append([]string{module + "plugin", module + "integration"}, toolbox...),
+	// The serving side's parts: instrumentation and limits wrap the KEK interface, endpoints
+	// know neither; none of them knows the gRPC service.
+	"plugin/metrics/":   {module + "plugin", module + "backends"},
+	"plugin/limit/":     {module + "plugin", module + "backends"},
+	"plugin/endpoints/": {module + "plugin", module + "backends", module + "dek"},
+	// The toolbox reads what the plugin writes; it never needs the serving side's code.
+	"storage/": {module + "plugin", module + "backends", module + "cmd", module + "doctor", module + "integration"},
 }
 
 // envReaders are the calls that read the process environment.
@@ -54,6 +63,27 @@ func TestImportBoundaries(t *testing.T) {
 				if strings.HasPrefix(p, module+"backends/") && !strings.HasPrefix(p, own) {
 					t.Errorf("%s imports another backend, %s", path, p)
 				}
+			}
+		}
+	}
+}
+
+// The serving binary carries what serving needs: no Kubernetes API types, no client-go, no
+// etcd client (they are kmsctl's), and none of the toolbox.
+func TestServingBinaryDependencies(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "-tags", "grpcnotrace", module+"cmd/kms-plugin").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list -deps: %v\n%s", err, out)
+	}
+	deps := strings.Fields(string(out))
+	if len(deps) < 50 {
+		t.Fatalf("go list -deps listed %d packages: the listing is broken", len(deps))
+	}
+	banned := append([]string{"k8s.io/api/", "k8s.io/apimachinery/", "k8s.io/client-go/", "k8s.io/apiserver/", "go.etcd.io/"}, toolbox[:2]...)
+	for _, dep := range deps {
+		for _, b := range banned {
+			if strings.HasPrefix(dep, b) {
+				t.Errorf("cmd/kms-plugin depends on %s", dep)
 			}
 		}
 	}

@@ -23,8 +23,13 @@ type Plugin struct {
 	Monitor *plugin.Monitor
 	// KeyFile and LocalAES are set by ServeLocalAES.
 	KeyFile  string
-	LocalAES *localaes.Backend
+	LocalAES *localaes.KEK
+
+	srv *plugin.Server
 }
+
+// Stop stops serving before the test ends; the socket is removed.
+func (p *Plugin) Stop() { p.srv.Stop() }
 
 // Options tune Serve; the zero value is fine.
 type Options struct {
@@ -56,7 +61,7 @@ func Serve(t testing.TB, kek dek.KEK, opts Options) *Plugin {
 	srv := plugin.NewGRPCServer(plugin.NewService(kek, monitor, opts.Timeout, log))
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
-	return &Plugin{Socket: opts.Socket, Monitor: monitor}
+	return &Plugin{Socket: opts.Socket, Monitor: monitor, srv: srv}
 }
 
 // ServeLocalAES makes a key file with one new key, beside the socket, and serves it.
@@ -79,7 +84,7 @@ func ServeLocalAES(t testing.TB, opts Options) *Plugin {
 	return p
 }
 
-// Rotate adds a new write key to a ServeLocalAES plugin, as `kms-plugin keygen --write` and
+// Rotate adds a new write key to a ServeLocalAES plugin, as `kmsctl keygen --write` and
 // SIGHUP do, and returns the new key id once Status reports it.
 func (p *Plugin) Rotate(t testing.TB, name string) string {
 	t.Helper()

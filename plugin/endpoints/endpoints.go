@@ -14,6 +14,8 @@ import (
 	"net/http"
 	"runtime"
 	"time"
+
+	"github.com/kmsplugin/kms-plugin/internal/textutil"
 )
 
 // DefaultAddr keeps the endpoints on loopback unless an operator asks otherwise.
@@ -40,11 +42,7 @@ func Handler(cfg Config) http.Handler {
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if err := cfg.Ready(); err != nil {
-			reason := err.Error()
-			if len(reason) > maxReasonSize {
-				reason = reason[:maxReasonSize-3] + "..."
-			}
-			text(w, http.StatusServiceUnavailable, "backend not ready: "+reason)
+			text(w, http.StatusServiceUnavailable, "backend not ready: "+textutil.Truncate(err.Error(), maxReasonSize))
 			return
 		}
 		text(w, http.StatusOK, "ok")

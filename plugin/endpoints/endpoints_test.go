@@ -5,9 +5,11 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/kmsplugin/kms-plugin/plugin/endpoints"
 )
@@ -95,5 +97,20 @@ func TestIsLoopback(t *testing.T) {
 	}
 	if _, err := endpoints.IsLoopback("8095"); err == nil {
 		t.Error("a bare port was accepted")
+	}
+}
+
+// /readyz cuts a long reason on a character boundary, as Status's healthz does: a cut inside
+// a multi-byte character would answer invalid UTF-8.
+func TestReadyReasonStaysValidUTF8(t *testing.T) {
+	h := endpoints.Handler(endpoints.Config{
+		Ready:   func() error { return errors.New(strings.Repeat("é", 300)) },
+		Metrics: http.NotFoundHandler(),
+	})
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/readyz", nil))
+	body := rec.Body.String()
+	if rec.Code != http.StatusServiceUnavailable || !utf8.ValidString(body) || len(body) > 300 {
+		t.Fatalf("/readyz: %d, %d bytes, valid UTF-8 %v", rec.Code, len(body), utf8.ValidString(body))
 	}
 }

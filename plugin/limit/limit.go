@@ -6,6 +6,10 @@
 // seeds, and these are cheap to serve a moment later but costly to fail (the apiserver retries
 // them, and reads fail meanwhile). A waiting call gives up when its context ends: the caller's
 // deadline, or --timeout. Only when the queue itself is full is a call refused at once.
+//
+// In serve, requests go limit.KEK → metrics.KEK → the backend: the limiter is outermost, so
+// the backend's latency metrics do not include the wait for a slot. The plugin's Monitor
+// calls metrics.KEK directly: its health checks are never queued behind traffic.
 package limit
 
 import (

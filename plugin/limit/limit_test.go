@@ -7,8 +7,8 @@ import (
 	"sync"
 	"testing"
 
-	"github.com/kmsplugin/kms-plugin/plugin/limit"
 	"github.com/kmsplugin/kms-plugin/dek"
+	"github.com/kmsplugin/kms-plugin/plugin/limit"
 )
 
 // gateKEK blocks every Wrap until released, and says when one has started.

@@ -108,7 +108,7 @@ func TestBackendCallResults(t *testing.T) {
 		{context.DeadlineExceeded, "timeout"},
 		{errors.New("something new"), "error"},
 	} {
-		k := m.KEK(errKEK{tc.err})
+		k := metrics.NewKEK(errKEK{tc.err}, m)
 		k.Wrap(context.Background(), "k", nil)
 		k.Unwrap(context.Background(), "k", nil)
 		k.Check(context.Background())

@@ -15,11 +15,11 @@ import (
 	"github.com/hashicorp/vault/api"
 
 	"github.com/kmsplugin/kms-plugin/backends/vault"
+	"github.com/kmsplugin/kms-plugin/backends/vault/policy"
 	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/doctor"
 	"github.com/kmsplugin/kms-plugin/integration/harness"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
-	"github.com/kmsplugin/kms-plugin/backends/vault/policy"
 )
 
 func TestHCL(t *testing.T) {

@@ -118,7 +118,7 @@ resources:
 		{[]string{"--fail-on-plaintext=secrets,configmaps"}, "1 configmaps are stored in plaintext"},
 	} {
 		_, err := runCLI(append(conn, tc.args...)...)
-		var failed checkFailed
+		var failed checkFailure
 		switch {
 		case tc.fail == "" && err != nil:
 			t.Errorf("%v: %v", tc.args, err)
@@ -129,7 +129,7 @@ resources:
 
 	// Without the client certificate etcd refuses the scan, and it says so instead of hanging.
 	_, err = runCLI("scan", "--etcd-endpoints="+endpoint, "--etcd-cacert="+files.CAFile, "--timeout=2s")
-	var failed checkFailed
+	var failed checkFailure
 	if err == nil || errors.As(err, &failed) {
 		t.Errorf("scan without a client certificate: %v, want an etcd error", err)
 	}

@@ -98,7 +98,7 @@ The providers are those the config gives the resource, tried in order as the api
 aescbc, aesgcm, secretbox and identity locally, kms v2 (and v1) through the plugin socket the
 config names. The etcd key must be the object's own: aesgcm and kms authenticate it.`,
 		Example: `  ETCDCTL_API=3 etcdctl get --print-value-only /registry/secrets/default/db |
-    kms-plugin decrypt --encryption-config /etc/kubernetes/enc.yaml --etcd-key /registry/secrets/default/db -o yaml`,
+    kmsctl decrypt --encryption-config /etc/kubernetes/enc.yaml --etcd-key /registry/secrets/default/db -o yaml`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if output != "raw" && output != "yaml" && output != "json" {

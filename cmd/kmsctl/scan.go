@@ -61,11 +61,6 @@ stale. See docs/guide.md.`,
 	return cmd
 }
 
-// checkFailed is a finished scan whose result fails a --fail-on-* check.
-type checkFailed struct{ msg string }
-
-func (e checkFailed) Error() string { return e.msg }
-
 func runScan(cmd *cobra.Command, o scanOptions) error {
 	if o.output != "table" && o.output != "json" {
 		return fmt.Errorf("--output %q: want table or json", o.output)
@@ -115,12 +110,12 @@ func runScan(cmd *cobra.Command, o scanOptions) error {
 		return err
 	}
 	if o.failOnStale && rep.Stale > 0 {
-		return checkFailed{fmt.Sprintf("%d objects are not on their write key", rep.Stale)}
+		return checkFailure{fmt.Sprintf("%d objects are not on their write key", rep.Stale)}
 	}
 	for _, want := range o.failOnPlaintext {
 		for _, r := range rep.Resources {
 			if r.Plaintext > 0 && strings.EqualFold(r.Resource, want) {
-				return checkFailed{fmt.Sprintf("%d %s are stored in plaintext", r.Plaintext, r.Resource)}
+				return checkFailure{fmt.Sprintf("%d %s are stored in plaintext", r.Plaintext, r.Resource)}
 			}
 		}
 	}

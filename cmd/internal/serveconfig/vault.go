@@ -1,4 +1,4 @@
-package main
+package serveconfig
 
 import (
 	"context"
@@ -23,7 +23,7 @@ const (
 	envVaultNamespace = "VAULT_NAMESPACE"
 )
 
-type vaultBackend struct {
+type Vault struct {
 	addr, caFile, clientCert, clientKey, serverName string
 	skipVerify                                      bool
 	namespace, mount, key                           string
@@ -34,9 +34,9 @@ type vaultBackend struct {
 	jwtMount, jwtRole, jwtFile                      string
 }
 
-// monitorIntervals are the vault backend's own defaults of --check-interval and
+// MonitorIntervals are the vault backend's own defaults of --check-interval and
 // --proof-interval: few Vault requests at an idle apiserver, rotations within two minutes.
-func (*vaultBackend) monitorIntervals() (check, proof time.Duration) {
+func (*Vault) MonitorIntervals() (check, proof time.Duration) {
 	return vault.DefaultCheckInterval, vault.DefaultProofInterval
 }
 
@@ -64,9 +64,9 @@ func splitAddrs(s string) []string {
 	return out
 }
 
-func (*vaultBackend) name() string { return "vault" }
+func (*Vault) Name() string { return "vault" }
 
-func (b *vaultBackend) addFlags(fs *pflag.FlagSet) {
+func (b *Vault) AddFlags(fs *pflag.FlagSet) {
 	fs.Var(addrList{&b.addr}, "vault-addr", "vault: address, https://host:8200; repeat it or list several, comma-separated, for failover between nodes of one cluster, preferred first (default $"+envVaultAddr+")")
 	fs.StringVar(&b.caFile, "vault-ca-file", "", "vault: PEM CA bundle that verifies Vault's certificate (default: system roots)")
 	fs.StringVar(&b.clientCert, "vault-client-cert", "", "vault: PEM client certificate for TLS client authentication")
@@ -95,8 +95,8 @@ func (b *vaultBackend) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&b.jwtFile, "vault-jwt-token-file", "", "vault: jwt auth: file holding the JWT, re-read when it changes")
 }
 
-func (b *vaultBackend) open(_ context.Context, _ *pflag.FlagSet, log *slog.Logger) (dek.KEK, error) {
-	cfg, err := b.config(os.Getenv, log)
+func (b *Vault) Open(_ context.Context, _ *pflag.FlagSet, log *slog.Logger) (dek.KEK, error) {
+	cfg, err := b.Config(os.Getenv, log)
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +115,7 @@ func (b *vaultBackend) open(_ context.Context, _ *pflag.FlagSet, log *slog.Logge
 }
 
 // config turns flags and the documented environment variables into the backend's Config.
-func (b *vaultBackend) config(getenv func(string) string, log *slog.Logger) (vault.Config, error) {
+func (b *Vault) Config(getenv func(string) string, log *slog.Logger) (vault.Config, error) {
 	cfg := vault.Config{
 		Address: b.addr, CAFile: b.caFile, ClientCert: b.clientCert, ClientKey: b.clientKey,
 		TLSServerName: b.serverName, SkipVerify: b.skipVerify, Namespace: b.namespace,
@@ -169,4 +169,14 @@ func (b *vaultBackend) config(getenv func(string) string, log *slog.Logger) (vau
 		return cfg, fmt.Errorf("--vault-auth %q: want token, approle, kubernetes, cert or jwt", b.auth)
 	}
 	return cfg, nil
+}
+
+// TransitKey is the transit key the flags name: its namespace (--vault-namespace, else
+// $VAULT_NAMESPACE), mount and name. It needs neither an address nor credentials.
+func (b *Vault) TransitKey(getenv func(string) string) (namespace, mount, key string) {
+	namespace = b.namespace
+	if namespace == "" {
+		namespace = getenv(envVaultNamespace)
+	}
+	return namespace, b.mount, b.key
 }

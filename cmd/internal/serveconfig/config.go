@@ -1,4 +1,4 @@
-package main
+package serveconfig
 
 import (
 	"errors"
@@ -11,10 +11,10 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// applyConfigFile sets, from the YAML file that --config names, every flag that the command
+// ApplyConfigFile sets, from the YAML file that --config names, every flag that the command
 // line left unset. The file's keys are the flags' names without "--"; values are what the
 // flag would take. Secrets have no flags, so they have no place in this file either.
-func applyConfigFile(fs *pflag.FlagSet) error {
+func ApplyConfigFile(fs *pflag.FlagSet) error {
 	path, err := fs.GetString("config")
 	if err != nil || path == "" {
 		return err
@@ -72,11 +72,11 @@ func scalar(n yaml.Node) (string, error) {
 // checkCombination refuses flags that configure a backend other than the chosen one (they
 // would be silently ignored, which hides a typo in --backend) and bad operations flags, all in
 // one message.
-func checkCombination(fs *pflag.FlagSet, chosen string, all []backend, o opsOptions) error {
+func checkCombination(fs *pflag.FlagSet, chosen string, all []Backend, o OpsOptions) error {
 	var foreign []string
 	fs.Visit(func(f *pflag.Flag) {
 		for _, b := range all {
-			if b.name() != chosen && strings.HasPrefix(f.Name, b.name()+"-") {
+			if b.Name() != chosen && strings.HasPrefix(f.Name, b.Name()+"-") {
 				foreign = append(foreign, "--"+f.Name)
 			}
 		}

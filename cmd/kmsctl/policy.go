@@ -8,34 +8,31 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/kmsplugin/kms-plugin/backends/vault/policy"
+	"github.com/kmsplugin/kms-plugin/cmd/internal/serveconfig"
 )
 
 func newPolicyCommand() *cobra.Command {
-	var o serveOptions
+	var o serveconfig.Options
 	var name string
-	all := backends()
+	all := serveconfig.Backends()
 	cmd := &cobra.Command{
 		Use:   "policy",
 		Short: "Print the least-privilege Vault policy (HCL) for --vault-transit-mount and --vault-transit-key",
 		Long: `Prints the Vault policy that the vault backend needs and nothing more: update on
 <mount>/encrypt/<key> and <mount>/decrypt/<key>, read on <mount>/keys/<key>, renewal and
-lookup of its own token, and sys/capabilities-self for 'kms-plugin doctor'. It takes the same
+lookup of its own token, and sys/capabilities-self for 'kmsctl doctor'. It takes the same
 flags (and --config file) as serve and uses only --vault-transit-mount, --vault-transit-key and
---vault-namespace. Write it with: kms-plugin policy ... > policy.hcl; vault policy write kms-plugin policy.hcl`,
+--vault-namespace. Write it with: kmsctl policy ... > policy.hcl; vault policy write kmsctl policy.hcl`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := applyConfigFile(cmd.Flags()); err != nil {
+			if err := serveconfig.ApplyConfigFile(cmd.Flags()); err != nil {
 				return err
 			}
-			b := vaultOf(all)
-			if b.key == "" {
+			namespace, mount, key := serveconfig.VaultOf(all).TransitKey(os.Getenv)
+			if key == "" {
 				return errors.New("--vault-transit-key is required")
 			}
-			namespace := b.namespace
-			if namespace == "" {
-				namespace = os.Getenv(envVaultNamespace)
-			}
-			hcl, err := policy.HCL(policy.Options{Mount: b.mount, Key: b.key, Namespace: namespace, Name: name})
+			hcl, err := policy.HCL(policy.Options{Mount: mount, Key: key, Namespace: namespace, Name: name})
 			if err != nil {
 				return err
 			}
@@ -43,17 +40,7 @@ flags (and --config file) as serve and uses only --vault-transit-mount, --vault-
 			return err
 		},
 	}
-	addServeFlags(cmd.Flags(), &o, all)
+	serveconfig.AddFlags(cmd.Flags(), &o, all)
 	cmd.Flags().StringVar(&name, "policy-name", "kms-plugin", "policy name in the printed 'vault policy write' line")
 	return cmd
-}
-
-// vaultOf returns the vault backend among all.
-func vaultOf(all []backend) *vaultBackend {
-	for _, b := range all {
-		if v, ok := b.(*vaultBackend); ok {
-			return v
-		}
-	}
-	panic("no vault backend") // backends() always has one
 }

@@ -13,9 +13,9 @@ import (
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
-	"github.com/kmsplugin/kms-plugin/storage/compare"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
 	"github.com/kmsplugin/kms-plugin/plugin"
+	"github.com/kmsplugin/kms-plugin/storage/compare"
 	"github.com/kmsplugin/kms-plugin/storage/providers"
 )
 

@@ -21,7 +21,7 @@ its prefix, then the ciphertext. A kms v2 provider asks its plugin, over the soc
 names, to encrypt one fresh DEK seed, as the apiserver does.
 
 The value belongs at exactly that etcd key: aesgcm and kms authenticate it.`,
-		Example: `  kms-plugin encrypt --encryption-config enc.yaml --etcd-key /registry/secrets/default/db --input yaml --in secret.yaml |
+		Example: `  kmsctl encrypt --encryption-config enc.yaml --etcd-key /registry/secrets/default/db --input yaml --in secret.yaml |
     ETCDCTL_API=3 etcdctl put /registry/secrets/default/db`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

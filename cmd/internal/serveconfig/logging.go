@@ -1,4 +1,4 @@
-package main
+package serveconfig
 
 import (
 	"fmt"
@@ -6,7 +6,7 @@ import (
 	"log/slog"
 )
 
-func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+func NewLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(level)); err != nil {
 		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)

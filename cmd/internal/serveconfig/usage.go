@@ -1,4 +1,4 @@
-package main
+package serveconfig
 
 import (
 	"fmt"
@@ -8,9 +8,9 @@ import (
 	"github.com/spf13/pflag"
 )
 
-// groupedUsage prints the command's usage with its flags in sections: general, one per
+// GroupedUsage prints the command's usage with its flags in sections: general, one per
 // backend (flags named after it), and operations (annotated in operations.go).
-func groupedUsage(all []backend) func(*cobra.Command) error {
+func GroupedUsage(all []Backend) func(*cobra.Command) error {
 	cobraDefault := (&cobra.Command{}).UsageFunc() // a command without parent has cobra's own
 	return func(cmd *cobra.Command) error {
 		if cmd.HasParent() && cmd.Name() != "serve" {
@@ -28,7 +28,7 @@ func groupedUsage(all []backend) func(*cobra.Command) error {
 		}
 		titles := []string{"general"}
 		for _, be := range all {
-			titles = append(titles, be.name())
+			titles = append(titles, be.Name())
 		}
 		titles = append(titles, "operations")
 		groups := map[string]*pflag.FlagSet{}
@@ -60,13 +60,13 @@ func groupedUsage(all []backend) func(*cobra.Command) error {
 	}
 }
 
-func flagGroup(f *pflag.Flag, all []backend) string {
-	if g := f.Annotations[groupAnnotation]; len(g) == 1 {
+func flagGroup(f *pflag.Flag, all []Backend) string {
+	if g := f.Annotations[GroupAnnotation]; len(g) == 1 {
 		return g[0]
 	}
 	for _, b := range all {
-		if strings.HasPrefix(f.Name, b.name()+"-") {
-			return b.name()
+		if strings.HasPrefix(f.Name, b.Name()+"-") {
+			return b.Name()
 		}
 	}
 	return "general"

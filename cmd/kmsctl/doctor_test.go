@@ -1,17 +1,18 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/hashicorp/vault/api"
 
+	"github.com/kmsplugin/kms-plugin/backends/localaes"
+	"github.com/kmsplugin/kms-plugin/cmd/internal/serveconfig"
 	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 )
 
 // lines returns the doctor output's lines that start with status.
@@ -72,7 +73,7 @@ func TestDoctorCommandVault(t *testing.T) {
 	noDecrypt := tokenWith("no-decrypt", strings.Join(kept, "\n\n"))
 	out, err = runCLI(args(noDecrypt)...)
 	t.Logf("doctor:\n%s", out)
-	var failed checkFailed
+	var failed checkFailure
 	if !errors.As(err, &failed) {
 		t.Fatalf("policy without decrypt: want a failed check (exit status 3), got %v", err)
 	}
@@ -112,8 +113,11 @@ func TestDoctorCommandLocalAES(t *testing.T) {
 	}
 
 	// Beside a running plugin: --running asks its Status; without it the path is taken.
-	stop, log := runInProcess(t, "serve", "--listen", socket, "--localaes-key-file", keys, "--health-addr", "")
-	harness.Eventually(t, 30*time.Second, "plugin serving", func(context.Context) error { _, err := status(t, socket); return err })
+	kek, err := localaes.Open(keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := plugintest.Serve(t, kek, plugintest.Options{Socket: socket})
 	out, err = runCLI("doctor", "--running", "--listen", socket, "--localaes-key-file", keys)
 	if err != nil || !strings.Contains(out, "ok    plugin status        Status over "+socket+": healthz ok, key_id localaes:") {
 		t.Errorf("--running: %v\n%s", err, out)
@@ -122,9 +126,7 @@ func TestDoctorCommandLocalAES(t *testing.T) {
 	if err == nil || !strings.Contains(out, "FAIL  socket") {
 		t.Errorf("socket in use without --running: %v\n%s", err, out)
 	}
-	if err := stop(); err != nil {
-		t.Fatalf("serve: %v\n%s", err, log)
-	}
+	served.Stop()
 
 	if err := os.Chmod(keys, 0o644); err != nil {
 		t.Fatal(err)
@@ -134,14 +136,14 @@ func TestDoctorCommandLocalAES(t *testing.T) {
 		t.Errorf("key file readable by others: %v\n%s", err, out)
 	}
 
-	saved := defaultKeyFile
-	defaultKeyFile = filepath.Join(dir, "absent.yaml")
-	defer func() { defaultKeyFile = saved }()
+	saved := serveconfig.DefaultKeyFile
+	serveconfig.DefaultKeyFile = filepath.Join(dir, "absent.yaml")
+	defer func() { serveconfig.DefaultKeyFile = saved }()
 	out, err = runCLI("doctor", "--listen", socket)
 	if err != nil || !strings.Contains(out, "warn  localaes key file") {
 		t.Errorf("default key file missing: %v\n%s", err, out)
 	}
-	if _, err := os.Stat(defaultKeyFile); !errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(serveconfig.DefaultKeyFile); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("doctor created the default key file: %v", err)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/kmsplugin/kms-plugin/cmd/internal/serveconfig"
 	"github.com/kmsplugin/kms-plugin/doctor"
 	"github.com/kmsplugin/kms-plugin/plugin"
 	"github.com/kmsplugin/kms-plugin/storage/scan"
@@ -28,16 +29,16 @@ type doctorOptions struct {
 }
 
 func newDoctorCommand() *cobra.Command {
-	var o serveOptions
+	var o serveconfig.Options
 	var d doctorOptions
-	all := backends()
+	all := serveconfig.Backends()
 	cmd := &cobra.Command{
 		Use:   "doctor",
 		Short: "Check what serve needs (socket, file permissions, Vault, key, policy); one line per check",
 		Long: `Runs the checks that tell, before the plugin serves (or beside a running one), whether it
 can: the socket path is usable (with --running: a plugin answers Status there), credential files
 are private, and for --backend vault: Vault is reachable and unsealed, the login works, the
-token's capabilities are exactly what 'kms-plugin policy' prints (missing ones fail, extra ones
+token's capabilities are exactly what 'kmsctl policy' prints (missing ones fail, extra ones
 warn), the transit key is safely configured (authenticated cipher, not exportable, not
 deletable, min_decryption_version not above a version still used in etcd, with
 --etcd-endpoints), and an encrypt/decrypt round trip works; for --backend localaes: the key
@@ -47,13 +48,13 @@ Each line starts with ok, warn or FAIL, then what was checked, what was found an
 it. Exit status 3 if any check failed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := applyConfigFile(cmd.Flags()); err != nil {
+			if err := serveconfig.ApplyConfigFile(cmd.Flags()); err != nil {
 				return err
 			}
 			return runDoctor(cmd, o, d, all)
 		},
 	}
-	addServeFlags(cmd.Flags(), &o, all)
+	serveconfig.AddFlags(cmd.Flags(), &o, all)
 	fs := cmd.Flags()
 	fs.BoolVar(&d.running, "running", false, "a plugin should already serve on --listen: check its Status instead of the path being free")
 	fs.StringSliceVar(&d.etcdEndpoints, "etcd-endpoints", nil, "etcd client URLs: check min_decryption_version against the key ids stored there (as scan reads them)")
@@ -66,34 +67,34 @@ it. Exit status 3 if any check failed.`,
 	return cmd
 }
 
-func runDoctor(cmd *cobra.Command, o serveOptions, d doctorOptions, all []backend) error {
-	path, err := plugin.SocketPath(o.listen)
+func runDoctor(cmd *cobra.Command, o serveconfig.Options, d doctorOptions, all []serveconfig.Backend) error {
+	path, err := plugin.SocketPath(o.Listen)
 	if err != nil {
 		return err
 	}
-	chosen, err := chooseBackend(cmd.Flags(), o, all)
+	chosen, err := serveconfig.Choose(cmd.Flags(), o, all)
 	if err != nil {
 		return err
 	}
 	ctx := cmd.Context()
 	rep := doctor.Report(doctor.Socket(ctx, path, d.running))
 	switch b := chosen.(type) {
-	case *localAESBackend:
-		if _, err := os.Stat(b.keyFile); errors.Is(err, os.ErrNotExist) && !cmd.Flags().Changed("localaes-key-file") {
+	case *serveconfig.LocalAES:
+		if _, err := os.Stat(b.KeyFile); errors.Is(err, os.ErrNotExist) && !cmd.Flags().Changed("localaes-key-file") {
 			rep = append(rep, doctor.Result{Status: doctor.Warn, Check: "localaes key file",
-				Detail: b.keyFile + " does not exist: serve will create a new key there",
-				Fix:    "create keys with 'kms-plugin keygen', back them up, and pass --localaes-key-file"})
+				Detail: b.KeyFile + " does not exist: serve will create a new key there",
+				Fix:    "create keys with 'kmsctl keygen', back them up, and pass --localaes-key-file"})
 			break
 		}
-		rep = append(rep, doctor.Files([]doctor.File{{What: "localaes key file", Path: b.keyFile, Secret: true}})...)
-		rep = append(rep, doctor.LocalAES(b.keyFile))
-	case *vaultBackend:
-		cfg, err := b.config(os.Getenv, slog.New(slog.DiscardHandler))
+		rep = append(rep, doctor.Files([]doctor.File{{What: "localaes key file", Path: b.KeyFile, Secret: true}})...)
+		rep = append(rep, doctor.LocalAES(b.KeyFile))
+	case *serveconfig.Vault:
+		cfg, err := b.Config(os.Getenv, slog.New(slog.DiscardHandler))
 		if err != nil {
 			return err
 		}
 		rep = append(rep, doctor.Files(doctor.VaultFiles(cfg))...)
-		vo := doctor.VaultOptions{Config: cfg, Timeout: o.timeout}
+		vo := doctor.VaultOptions{Config: cfg, Timeout: o.Timeout}
 		if len(d.etcdEndpoints) > 0 {
 			vo.KeyIDsInUse = d.keyIDsInUse
 		}
@@ -103,7 +104,7 @@ func runDoctor(cmd *cobra.Command, o serveOptions, d doctorOptions, all []backen
 		return err
 	}
 	if n := rep.Failed(); n > 0 {
-		return checkFailed{fmt.Sprintf("doctor: %d of %d checks failed", n, len(rep))}
+		return checkFailure{fmt.Sprintf("doctor: %d of %d checks failed", n, len(rep))}
 	}
 	return nil
 }

@@ -1,0 +1,39 @@
+package serveconfig
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+
+	"github.com/spf13/pflag"
+
+	"github.com/kmsplugin/kms-plugin/backends/localaes"
+	"github.com/kmsplugin/kms-plugin/dek"
+)
+
+// DefaultKeyFile is where the embedded default keeps its key. Only at this default path does
+// the plugin create a missing key file: an operator who names a file and mounts it wrong must
+// get an error, not a new key that cannot read the cluster's data.
+var DefaultKeyFile = "/var/lib/kms-plugin/keys.yaml"
+
+type LocalAES struct{ KeyFile string }
+
+func (*LocalAES) Name() string { return "localaes" }
+
+func (b *LocalAES) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&b.KeyFile, "localaes-key-file", DefaultKeyFile, "localaes: YAML key file (keys: [{name, secret}]), mode 0600; the first key wraps, all unwrap; SIGHUP reloads it")
+}
+
+func (b *LocalAES) Open(_ context.Context, fs *pflag.FlagSet, log *slog.Logger) (dek.KEK, error) {
+	if _, err := os.Stat(b.KeyFile); errors.Is(err, os.ErrNotExist) && !fs.Changed("localaes-key-file") {
+		id, err := localaes.AddKey(b.KeyFile, "", true)
+		if err != nil {
+			return nil, fmt.Errorf("creating the default key file: %w", err)
+		}
+		log.Warn("##### NO KEY FILE: CREATED A NEW KEY. Back up this file: without it nothing encrypted with it can be read again. For production, create and distribute keys with 'kmsctl keygen' and pass --localaes-key-file. #####",
+			"key_file", b.KeyFile, "key_id", id)
+	}
+	return localaes.Open(b.KeyFile)
+}
