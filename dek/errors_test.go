@@ -1,0 +1,57 @@
+package dek
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+)
+
+// Every error kind has one class, the caller's deadline wins over what the backend said, and
+// docs/errors.md lists the same codes and labels.
+func TestClassify(t *testing.T) {
+	expired, cancel := context.WithDeadline(context.Background(), time.Unix(0, 0))
+	defer cancel()
+	canceled, stop := context.WithCancel(context.Background())
+	stop()
+	bg := context.Background()
+	for _, tc := range []struct {
+		ctx  context.Context
+		err  error
+		want Class
+	}{
+		{bg, nil, Class{codes.OK, "ok"}},
+		{bg, fmt.Errorf("bad: %w", ErrMalformed), Class{codes.InvalidArgument, "invalid"}},
+		{bg, fmt.Errorf("bad: %w", ErrTampered), Class{codes.InvalidArgument, "invalid"}},
+		{bg, ErrTooLarge, Class{codes.InvalidArgument, "invalid"}},
+		{bg, fmt.Errorf("v1: %w", ErrUnknownKey), Class{codes.FailedPrecondition, "unknown_key"}},
+		{bg, fmt.Errorf("403: %w", ErrDenied), Class{codes.PermissionDenied, "denied"}},
+		{bg, ErrOverloaded, Class{codes.ResourceExhausted, "overloaded"}},
+		{bg, fmt.Errorf("sealed: %w", ErrUnavailable), Class{codes.Unavailable, "unavailable"}},
+		{bg, fmt.Errorf("vault: %w", context.DeadlineExceeded), Class{codes.Unavailable, "timeout"}},
+		{bg, context.Canceled, Class{codes.Canceled, "canceled"}},
+		{bg, errors.New("something new"), Class{codes.Internal, "error"}},
+		{expired, fmt.Errorf("sealed: %w", ErrUnavailable), Class{codes.DeadlineExceeded, "timeout"}},
+		{canceled, ErrTampered, Class{codes.Canceled, "canceled"}},
+	} {
+		if got := Classify(tc.ctx, tc.err); got != tc.want {
+			t.Errorf("Classify(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+
+	raw, err := os.ReadFile("../docs/errors.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range classes {
+		row := "| `" + c.class.Code.String() + "` | `" + c.class.Label + "`"
+		if !strings.Contains(string(raw), row) {
+			t.Errorf("docs/errors.md has no row starting %q", row)
+		}
+	}
+}
