@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -41,11 +42,11 @@ func (i instrumented) serverConfig(o serveconfig.OpsOptions) plugin.ServerConfig
 	}
 }
 
-// startOps serves the HTTP endpoints when --health-addr is set; stop shuts them down. When
-// the default address is taken (another plugin on this host), the endpoints are off and the
-// log says so: the KMS socket matters more than the endpoints. An address the operator chose
-// must work.
-func startOps(o serveconfig.OpsOptions, chosen bool, monitor *plugin.Monitor, m *metrics.Metrics, log *slog.Logger) (stop func(), err error) {
+// startOps serves the HTTP endpoints when --health-addr is set; stop shuts them down. An
+// address that cannot be bound stops the plugin from starting, the default one included: the
+// probes of the shipped manifests ask that address, and a stranger answering them could have
+// kubelet restart a healthy plugin in a loop, or keep a dead one looking alive.
+func startOps(o serveconfig.OpsOptions, monitor *plugin.Monitor, m *metrics.Metrics, log *slog.Logger) (stop func(), err error) {
 	if o.HealthAddr == "" {
 		log.Info("health and metrics endpoints off (--health-addr \"\")")
 		return func() {}, nil
@@ -61,12 +62,8 @@ func startOps(o serveconfig.OpsOptions, chosen bool, monitor *plugin.Monitor, m 
 		Metrics: m.Handler(),
 		Version: version,
 	})
-	if err != nil && !chosen {
-		log.Error("health and metrics endpoints OFF: the default --health-addr is taken; set --health-addr to another address", "health_addr", o.HealthAddr, "error", err)
-		return func() {}, nil
-	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: another process may listen there, and the probes would reach it; stop it, or give this plugin another --health-addr (and its probes that port), or --health-addr \"\" to turn the endpoints off", err)
 	}
 	if loopback, _ := endpoints.IsLoopback(o.HealthAddr); !loopback {
 		log.Warn("health and metrics endpoints listen beyond loopback, as --health-addr asks", "health_addr", srv.Addr())

@@ -87,16 +87,17 @@ func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveconfi
 	monitor.OnRefresh(inst.metrics.ObserveBackend)
 	monitor.Refresh(ctx)
 	go monitor.Run(ctx)
-	stopOps, err := startOps(o.Ops, fs.Changed("health-addr"), monitor, inst.metrics, log)
-	if err != nil {
-		return err
-	}
-	defer stopOps()
-
+	// The socket first: a plugin that cannot serve it must not announce its endpoints.
 	lis, err := plugin.Listen(path, sockOpts)
 	if err != nil {
 		return err
 	}
+	defer lis.Close()
+	stopOps, err := startOps(o.Ops, monitor, inst.metrics, log)
+	if err != nil {
+		return err
+	}
+	defer stopOps()
 	srv := plugin.NewServer(plugin.NewService(inst.limited, monitor, o.Timeout, log), inst.serverConfig(o.Ops))
 	keyID, unhealthy := monitor.State()
 	log.Info("serving KMS v2", "socket", path, "backend", o.Backend, "key_id", keyID, "healthy", unhealthy == nil, "version", version)

@@ -3,10 +3,13 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -15,6 +18,7 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
 	"github.com/kmsplugin/kms-plugin/cmd/internal/serveconfig"
+	"github.com/kmsplugin/kms-plugin/plugin/endpoints"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	kmsapi "k8s.io/kms/apis/v2"
@@ -48,6 +52,9 @@ func runInProcess(t *testing.T, args ...string) (stop func() error, log *syncBuf
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	log = &syncBuffer{}
+	if !slices.ContainsFunc(args, func(a string) bool { return strings.Contains(a, "health-addr") || a == "--config" }) {
+		args = append(args, "--health-addr=127.0.0.1:0") // the default port is for one plugin per host
+	}
 	cmd := newRootCommand()
 	cmd.SetArgs(args)
 	cmd.SetErr(log)
@@ -211,7 +218,7 @@ func TestSignals(t *testing.T) {
 	addKey(t, keys, "", false)
 
 	var log syncBuffer
-	p := exec.Command(bin, "--listen", socket, "--localaes-key-file", keys)
+	p := exec.Command(bin, "--listen", socket, "--localaes-key-file", keys, "--health-addr=127.0.0.1:0")
 	p.Stderr = &log
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
@@ -222,8 +229,8 @@ func TestSignals(t *testing.T) {
 	before := waitStatus(t, socket)
 
 	// A second plugin on the same socket refuses to start and leaves the first alone.
-	second, err := exec.Command(bin, "--listen", socket, "--localaes-key-file", keys).CombinedOutput()
-	if err == nil || !strings.Contains(string(second), "another live process") {
+	second, err := exec.Command(bin, "--listen", socket, "--localaes-key-file", keys, "--health-addr=127.0.0.1:0").CombinedOutput()
+	if err == nil || !strings.Contains(string(second), "another live process") || strings.Contains(string(second), "serving /healthz") {
 		t.Fatalf("second plugin: %v\n%s", err, second)
 	}
 	if _, err := status(t, socket); err != nil {
@@ -277,5 +284,31 @@ func TestSignals(t *testing.T) {
 		if _, secret, ok := strings.Cut(line, "secret: "); ok && strings.Contains(log.String(), secret) {
 			t.Fatalf("log contains a key:\n%s", log.String())
 		}
+	}
+}
+
+// With another process on the health address, the default one included, the plugin does not
+// start: the manifests' probes would ask that process. The error names the address, and the
+// socket is not left behind.
+func TestOccupiedHealthAddressStopsTheStart(t *testing.T) {
+	dir := shortDir(t)
+	keys := filepath.Join(dir, "keys.yaml")
+	socket := filepath.Join(dir, "kms.sock")
+	addKey(t, keys, "", false)
+	stranger, err := net.Listen("tcp", endpoints.DefaultAddr)
+	if err == nil { // else something already listens there: the same situation
+		defer stranger.Close()
+	}
+	var out bytes.Buffer
+	cmd := newRootCommand() // no --health-addr: the default
+	cmd.SetArgs([]string{"--listen", socket, "--localaes-key-file", keys})
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	err = cmd.ExecuteContext(context.Background())
+	if err == nil || !strings.Contains(err.Error(), endpoints.DefaultAddr) || !strings.Contains(err.Error(), "--health-addr") {
+		t.Fatalf("serve with %s taken: %v\n%s", endpoints.DefaultAddr, err, out.String())
+	}
+	if _, err := os.Stat(socket); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("socket left behind: %v", err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -50,6 +51,9 @@ func StartPlugin(t testing.TB, args ...string) *Plugin {
 	p := &Plugin{Socket: filepath.Join(dir, "kms.sock"), bin: bin}
 	p.Endpoint = "unix://" + p.Socket
 	p.args = append([]string{"serve", "--listen", p.Socket}, args...)
+	if !slices.ContainsFunc(args, func(a string) bool { return strings.Contains(a, "health-addr") }) {
+		p.args = append(p.args, "--health-addr=127.0.0.1:0") // many plugins share this host
+	}
 	p.conn, err = grpc.NewClient(p.Endpoint,
 		grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority("localhost"))
 	must(t, err, "plugin client")

@@ -72,7 +72,7 @@ type Server struct {
 func Listen(addr string, cfg Config) (*Server, error) {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("--health-addr: %w", err)
+		return nil, fmt.Errorf("--health-addr %s cannot be bound: %w", addr, err)
 	}
 	return &Server{lis: lis, http: &http.Server{
 		Handler:           Handler(cfg),
