@@ -1,6 +1,8 @@
 package plugin
 
 import (
+	"net"
+
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -21,6 +23,9 @@ type ServerConfig struct {
 	Version string
 	// MaxRequestSize overrides MaxRequestSize when positive.
 	MaxRequestSize int
+	// Peers bound what socket peers can hold (connections, streams, time); zero fields take
+	// DefaultPeerLimits.
+	Peers PeerLimits
 	// Options are added last, so they win (interceptors, for example).
 	Options []grpc.ServerOption
 }
@@ -31,6 +36,7 @@ type ServerConfig struct {
 type Server struct {
 	*grpc.Server
 	health *health.Server
+	peers  PeerLimits
 }
 
 // NewGRPCServer returns a Server with the defaults of ServerConfig.
@@ -42,9 +48,12 @@ func NewServer(svc *Service, cfg ServerConfig) *Server {
 	if cfg.MaxRequestSize > 0 {
 		size = cfg.MaxRequestSize
 	}
+	peers := cfg.Peers.withDefaults()
+	opts := append([]grpc.ServerOption{grpc.MaxRecvMsgSize(size)}, peers.serverOptions()...)
 	s := &Server{
-		Server: grpc.NewServer(append([]grpc.ServerOption{grpc.MaxRecvMsgSize(size)}, cfg.Options...)...),
+		Server: grpc.NewServer(append(opts, cfg.Options...)...),
 		health: health.NewServer(),
+		peers:  peers,
 	}
 	kmsapi.RegisterKeyManagementServiceServer(s.Server, svc)
 	kmsv1.RegisterKeyManagementServiceServer(s.Server, NewServiceV1beta1(svc, cfg.Version))
@@ -64,6 +73,11 @@ func (s *Server) follow(keyID string, unhealthy error) {
 	for _, name := range healthServices {
 		s.health.SetServingStatus(name, st)
 	}
+}
+
+// Serve serves on lis, holding at most Peers.MaxConnections connections.
+func (s *Server) Serve(lis net.Listener) error {
+	return s.Server.Serve(newConnLimiter(lis, s.peers.MaxConnections))
 }
 
 // GracefulStop reports NOT_SERVING from now on, then lets in-flight requests finish.

@@ -15,6 +15,9 @@ import (
 	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
 	"github.com/kmsplugin/kms-plugin/plugin"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	kmsapi "k8s.io/kms/apis/v2"
 )
 
 // Plugin is a plugin served until the test ends.
@@ -37,6 +40,7 @@ type Options struct {
 	Clock   clock.Clock   // for the Monitor; the real clock when nil
 	Timeout time.Duration // per backend operation; 2 s when zero
 	KEKName string        // ServeLocalAES: the first key's name; "one" when empty
+	Peers   plugin.PeerLimits
 }
 
 // Serve serves kek on a unix socket until the test ends. The Monitor has had one refresh.
@@ -58,7 +62,7 @@ func Serve(t testing.TB, kek dek.KEK, opts Options) *Plugin {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := plugin.NewGRPCServer(plugin.NewService(kek, monitor, opts.Timeout, log))
+	srv := plugin.NewServer(plugin.NewService(kek, monitor, opts.Timeout, log), plugin.ServerConfig{Peers: opts.Peers})
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
 	return &Plugin{Socket: opts.Socket, Monitor: monitor, srv: srv}
@@ -111,4 +115,15 @@ func ShortTempDir(t testing.TB) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
+}
+
+// Client is a KMS v2 client of the plugin at socket, closed when the test ends.
+func Client(t testing.TB, socket string) kmsapi.KeyManagementServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority("localhost"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return kmsapi.NewKeyManagementServiceClient(conn)
 }
