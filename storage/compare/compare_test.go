@@ -9,16 +9,16 @@ import (
 
 	kmsapi "k8s.io/kms/apis/v2"
 
-	"github.com/kmsplugin/kms-plugin/storage/compare"
+	"github.com/kmsplugin/kms-plugin/internal/kmsclient"
 	"github.com/kmsplugin/kms-plugin/internal/plugintest"
-	"github.com/kmsplugin/kms-plugin/storage/providers"
+	"github.com/kmsplugin/kms-plugin/storage/compare"
 )
 
 // Every provider and the plugin's RPCs get a row for each size, over a real plugin socket;
 // sizes above the plugin's limit are reported as skipped, not as failures.
 func TestRunMeasuresEveryProvider(t *testing.T) {
 	socket := plugintest.ServeLocalAES(t, plugintest.Options{}).Socket
-	conn, err := providers.DialPlugin("unix://" + socket)
+	conn, err := kmsclient.Dial("unix://" + socket)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	kmsv2 "k8s.io/kms/apis/v2"
 	"sigs.k8s.io/yaml"
 
+	"github.com/kmsplugin/kms-plugin/internal/kmsclient"
 	"github.com/kmsplugin/kms-plugin/storage/providers"
 )
 
@@ -117,7 +118,7 @@ func (c *Config) build(f *fileConfig) error {
 		if cc, ok := dialled[endpoint]; ok {
 			return cc, nil
 		}
-		cc, err := providers.DialPlugin(endpoint)
+		cc, err := kmsclient.Dial(endpoint)
 		if err != nil {
 			return nil, err
 		}
