@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strings"
 
+	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
 	"github.com/kmsplugin/kms-plugin/storage/providers"
 )
 
@@ -73,6 +74,35 @@ func Classify(value []byte, names []string) Storage {
 		return Storage{Class: c.class, Key: name}
 	}
 	return Storage{Class: Unrecognized}
+}
+
+// writeKey is the storage that new writes of p get: for local providers their first key, for
+// KMS the provider (Scan fills in the KMS v2 key id its Status reports).
+func writeKey(p encryptionconfig.Provider) Storage {
+	for _, c := range classes {
+		if p.Prefix != c.prefix {
+			continue
+		}
+		if c.class == KMSv1 || c.class == KMSv2 {
+			return Storage{Class: c.class, Provider: p.Name}
+		}
+		return Storage{Class: c.class, Key: p.Keys[0]}
+	}
+	return Storage{Class: Plaintext}
+}
+
+// names returns every local key name and KMS provider name of cfg, for Classify.
+func names(cfg *encryptionconfig.Config) []string {
+	var out []string
+	for _, r := range cfg.Rules() {
+		for _, p := range r.Providers {
+			out = append(out, p.Keys...)
+			if p.Name != "" {
+				out = append(out, p.Name)
+			}
+		}
+	}
+	return out
 }
 
 // splitName cuts "<name>:<body>", preferring a known name.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/kmsplugin/kms-plugin/internal/kmsclient"
+	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
 )
 
 // KMSStatus is what a KMS v2 plugin answered to Status: its key id is the one the apiserver
@@ -18,7 +19,7 @@ type KMSStatus struct {
 
 // QueryStatus asks the KMS v2 plugin of p for its Status over its unix socket, as the
 // apiserver does, and checks the answer the way the apiserver does.
-func QueryStatus(ctx context.Context, p Provider) (KMSStatus, error) {
+func QueryStatus(ctx context.Context, p encryptionconfig.Provider) (KMSStatus, error) {
 	conn, err := kmsclient.Dial(p.Endpoint)
 	if err != nil {
 		return KMSStatus{}, fmt.Errorf("kms provider %q: %w", p.Name, err)
