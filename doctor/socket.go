@@ -10,9 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	kmsapi "k8s.io/kms/apis/v2"
+	"github.com/kmsplugin/kms-plugin/internal/kmsclient"
 )
 
 // maxSocketPath is the longest path a unix socket address holds on Linux (sun_path is 108
@@ -99,25 +97,20 @@ func socketDir(dir string) (Result, bool) {
 // pluginStatus asks a running plugin's Status, as the apiserver does.
 func pluginStatus(ctx context.Context, path string) Result {
 	const check = "plugin status"
-	conn, err := grpc.NewClient("unix://"+path,
-		grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority("localhost"))
+	conn, err := kmsclient.Dial(path)
 	if err != nil {
 		return fail(check, "", "%s: %v", path, err)
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second) // the apiserver's default timeout
-	defer cancel()
-	st, err := kmsapi.NewKeyManagementServiceClient(conn).Status(ctx, &kmsapi.StatusRequest{})
+	st, err := kmsclient.CheckStatus(ctx, conn, 3*time.Second) // the apiserver's default timeout
 	switch {
+	case err != nil && st.Version != "" && st.Version != "v2":
+		return fail(check, "run a KMS v2 plugin on this socket", "Status over %s: %v", path, err)
 	case err != nil:
-		return fail(check, "see the plugin's log", "Status over %s failed: %v", path, err)
-	case st.Version != "v2":
-		return fail(check, "run a KMS v2 plugin on this socket", "Status over %s says version %q, not v2", path, st.Version)
-	case st.KeyId == "":
-		return fail(check, "see the plugin's log", "Status over %s returns no key id", path)
+		return fail(check, "see the plugin's log", "Status over %s: %v", path, err)
 	case st.Healthz != "ok":
 		return fail(check, "see the other checks and the plugin's log",
-			"Status over %s: key_id %s, unhealthy: %s", path, st.KeyId, st.Healthz)
+			"Status over %s: key_id %s, unhealthy: %s", path, st.KeyID, st.Healthz)
 	}
-	return ok(check, "Status over %s: healthz ok, key_id %s", path, st.KeyId)
+	return ok(check, "Status over %s: healthz ok, key_id %s", path, st.KeyID)
 }

@@ -6,19 +6,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 )
-
-// SocketPath accepts a path or a unix:// URL, the form EncryptionConfiguration uses.
-func SocketPath(endpoint string) (string, error) {
-	path := strings.TrimPrefix(endpoint, "unix://")
-	if path == "" || !filepath.IsAbs(path) {
-		return "", fmt.Errorf("socket %q: want an absolute path or unix:///absolute/path", endpoint)
-	}
-	return filepath.Clean(path), nil
-}
 
 // SocketOptions set who may connect.
 type SocketOptions struct {

@@ -10,22 +10,6 @@ import (
 	"github.com/kmsplugin/kms-plugin/plugin"
 )
 
-func TestSocketPath(t *testing.T) {
-	for in, want := range map[string]string{
-		"/var/run/kmsplugin/kms.sock":        "/var/run/kmsplugin/kms.sock",
-		"unix:///var/run/kmsplugin/kms.sock": "/var/run/kmsplugin/kms.sock",
-	} {
-		if got, err := plugin.SocketPath(in); err != nil || got != want {
-			t.Errorf("SocketPath(%q) = %q, %v", in, got, err)
-		}
-	}
-	for _, bad := range []string{"", "kms.sock", "unix://kms.sock", "unix://"} {
-		if _, err := plugin.SocketPath(bad); err == nil {
-			t.Errorf("SocketPath(%q) accepted", bad)
-		}
-	}
-}
-
 func TestListenCreatesPrivateSocketAndDirectory(t *testing.T) {
 	path := filepath.Join(shortTempDir(t), "new", "kms.sock")
 	lis, err := plugin.Listen(path, plugin.SocketOptions{GID: -1})

@@ -15,6 +15,7 @@ import (
 	"github.com/kmsplugin/kms-plugin/cmd/internal/serveconfig"
 	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
+	"github.com/kmsplugin/kms-plugin/internal/kmsclient"
 	"github.com/kmsplugin/kms-plugin/plugin"
 )
 
@@ -45,7 +46,7 @@ func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveconfi
 	if err != nil {
 		return err
 	}
-	path, err := plugin.SocketPath(o.Listen)
+	path, err := kmsclient.SocketPath(o.Listen)
 	if err != nil {
 		return err
 	}

@@ -14,9 +14,9 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
+	"github.com/kmsplugin/kms-plugin/internal/kmsclient"
 	"github.com/kmsplugin/kms-plugin/plugin"
 	"github.com/kmsplugin/kms-plugin/storage/compare"
-	"github.com/kmsplugin/kms-plugin/storage/providers"
 )
 
 func newCompareCommand() *cobra.Command {
@@ -44,7 +44,7 @@ temporary socket. See docs/providers.md for figures and each provider's security
 				defer stop()
 				socket = s
 			}
-			conn, err := providers.DialPlugin(socket)
+			conn, err := kmsclient.Dial(socket)
 			if err != nil {
 				return err
 			}

@@ -13,7 +13,6 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
 	"github.com/kmsplugin/kms-plugin/storage/providers"
-	"github.com/kmsplugin/kms-plugin/storage/scan"
 	"github.com/kmsplugin/kms-plugin/storage/storedobject"
 )
 
@@ -56,11 +55,11 @@ func (o *valueOptions) groupResource() (encryptionconfig.GroupResource, error) {
 	if !strings.HasPrefix(o.etcdKey, root) {
 		return encryptionconfig.GroupResource{}, fmt.Errorf("--etcd-key %q is not under %s: pass --resource", o.etcdKey, root)
 	}
-	r := scan.ResourceOf(root, o.etcdKey)
+	r := encryptionconfig.ResourceOf(root, o.etcdKey)
 	if !r.Known {
 		return encryptionconfig.GroupResource{}, fmt.Errorf("cannot tell the resource of %q: pass --resource", o.etcdKey)
 	}
-	return encryptionconfig.GroupResource{Group: r.Group, Resource: r.Resource}, nil
+	return r.GroupResource, nil
 }
 
 func (o *valueOptions) read(stdin io.Reader) ([]byte, error) {

@@ -15,7 +15,7 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/cmd/internal/serveconfig"
 	"github.com/kmsplugin/kms-plugin/doctor"
-	"github.com/kmsplugin/kms-plugin/plugin"
+	"github.com/kmsplugin/kms-plugin/internal/kmsclient"
 	"github.com/kmsplugin/kms-plugin/storage/scan"
 )
 
@@ -68,7 +68,7 @@ it. Exit status 3 if any check failed.`,
 }
 
 func runDoctor(cmd *cobra.Command, o serveconfig.Options, d doctorOptions, all []serveconfig.Backend) error {
-	path, err := plugin.SocketPath(o.Listen)
+	path, err := kmsclient.SocketPath(o.Listen)
 	if err != nil {
 		return err
 	}

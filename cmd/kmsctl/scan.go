@@ -14,6 +14,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
 	"github.com/kmsplugin/kms-plugin/storage/scan"
 )
 
@@ -71,12 +72,13 @@ func runScan(cmd *cobra.Command, o scanOptions) error {
 	if !strings.HasSuffix(o.root, "/") {
 		o.root += "/"
 	}
-	var cfg *scan.Config
+	var cfg *encryptionconfig.Config
 	if o.configFile != "" {
 		var err error
-		if cfg, err = scan.LoadConfig(o.configFile); err != nil {
+		if cfg, err = encryptionconfig.Load(o.configFile); err != nil {
 			return err
 		}
+		defer cfg.Close()
 	}
 	tlsConfig, err := etcdTLS(o.caFile, o.certFile, o.keyFile)
 	if err != nil {

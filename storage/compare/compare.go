@@ -17,12 +17,9 @@ import (
 
 	kmsapi "k8s.io/kms/apis/v2"
 
+	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/storage/providers"
 )
-
-// MaxPluginPlaintext is the largest plaintext our plugin's Encrypt accepts (dek.MaxPlaintextSize);
-// kube-apiserver only ever sends 32-byte seeds.
-const MaxPluginPlaintext = 4096
 
 // Options says what to measure.
 type Options struct {
@@ -94,8 +91,8 @@ func Run(ctx context.Context, o Options) ([]Row, error) {
 // measurePlugin times the plugin's own RPCs; it refuses plaintexts above its limit.
 func measurePlugin(ctx context.Context, o Options, size int) ([]Row, error) {
 	const name = "plugin RPC"
-	if size > MaxPluginPlaintext {
-		why := fmt.Sprintf("the plugin accepts at most %d bytes (the apiserver sends 32)", MaxPluginPlaintext)
+	if size > dek.MaxPlaintextSize {
+		why := fmt.Sprintf("the plugin accepts at most %d bytes (the apiserver sends 32)", dek.MaxPlaintextSize)
 		return []Row{{Provider: name, Op: "Encrypt", Size: size, Skipped: why}, {Provider: name, Op: "Decrypt", Size: size, Skipped: why}}, nil
 	}
 	plain := make([]byte, size)

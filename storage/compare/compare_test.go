@@ -9,16 +9,17 @@ import (
 
 	kmsapi "k8s.io/kms/apis/v2"
 
-	"github.com/kmsplugin/kms-plugin/storage/compare"
+	"github.com/kmsplugin/kms-plugin/dek"
+	"github.com/kmsplugin/kms-plugin/internal/kmsclient"
 	"github.com/kmsplugin/kms-plugin/internal/plugintest"
-	"github.com/kmsplugin/kms-plugin/storage/providers"
+	"github.com/kmsplugin/kms-plugin/storage/compare"
 )
 
 // Every provider and the plugin's RPCs get a row for each size, over a real plugin socket;
 // sizes above the plugin's limit are reported as skipped, not as failures.
 func TestRunMeasuresEveryProvider(t *testing.T) {
 	socket := plugintest.ServeLocalAES(t, plugintest.Options{}).Socket
-	conn, err := providers.DialPlugin("unix://" + socket)
+	conn, err := kmsclient.Dial("unix://" + socket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +35,7 @@ func TestRunMeasuresEveryProvider(t *testing.T) {
 		t.Fatalf("%d rows", len(rows))
 	}
 	for _, r := range rows {
-		skipped := r.Provider == "plugin RPC" && r.Size > compare.MaxPluginPlaintext
+		skipped := r.Provider == "plugin RPC" && r.Size > dek.MaxPlaintextSize
 		if skipped != (r.Skipped != "") || !skipped && (r.Ops == 0 || r.P50 <= 0 || r.P99 < r.P50) {
 			t.Errorf("row %+v", r)
 		}

@@ -19,6 +19,7 @@ import (
 	kmsv2 "k8s.io/kms/apis/v2"
 	"sigs.k8s.io/yaml"
 
+	"github.com/kmsplugin/kms-plugin/internal/kmsclient"
 	"github.com/kmsplugin/kms-plugin/storage/providers"
 )
 
@@ -49,7 +50,27 @@ func (gr GroupResource) String() string {
 // Config is a loaded EncryptionConfiguration.
 type Config struct {
 	chains map[GroupResource]*providers.Chain
+	infos  map[GroupResource][]Provider // the same chains, described
+	rules  []Rule
 	conns  []io.Closer
+}
+
+// Provider describes one provider as the file gives it, without its secrets: for tools that
+// report how values are stored (scan) rather than transform them.
+type Provider struct {
+	// Prefix starts the values it writes, up to the key or provider name
+	// (providers.AESCBCPrefix ... providers.KMSv2Prefix); "" for identity.
+	Prefix   string
+	Name     string        // kms provider name
+	Keys     []string      // key names of a local provider, in order
+	Endpoint string        // kms plugin socket
+	Timeout  time.Duration // kms call timeout
+}
+
+// Rule is one `resources:` entry of the file.
+type Rule struct {
+	Resources []GroupResource
+	Providers []Provider
 }
 
 // Load reads and validates the file at path. KMS plugin sockets are dialled lazily: a file
@@ -81,7 +102,7 @@ func Parse(data []byte) (*Config, error) {
 	if err := validate(&f); err != nil {
 		return nil, err
 	}
-	c := &Config{chains: map[GroupResource]*providers.Chain{}}
+	c := &Config{chains: map[GroupResource]*providers.Chain{}, infos: map[GroupResource][]Provider{}}
 	if err := c.build(&f); err != nil {
 		c.Close()
 		return nil, err
@@ -92,12 +113,30 @@ func Parse(data []byte) (*Config, error) {
 // TransformerFor returns the chain for a resource: its own entry, else its group's "*.group",
 // else "*.*", else identity (which refuses encrypted values), as the apiserver resolves it.
 func (c *Config) TransformerFor(gr GroupResource) *providers.Chain {
-	for _, k := range []GroupResource{gr, {Group: gr.Group, Resource: "*"}, {Group: "*", Resource: "*"}} {
-		if ch, ok := c.chains[k]; ok {
-			return ch
-		}
+	if k, ok := c.resolve(gr); ok {
+		return c.chains[k]
 	}
 	return providers.NewChain("provider", providers.Link{Transformer: providers.Identity{}})
+}
+
+// ProvidersFor describes the chain TransformerFor returns: the first provider writes.
+func (c *Config) ProvidersFor(gr GroupResource) []Provider {
+	if k, ok := c.resolve(gr); ok {
+		return c.infos[k]
+	}
+	return []Provider{{}} // identity
+}
+
+// Rules describes the file's entries, in order. The result must not be modified.
+func (c *Config) Rules() []Rule { return c.rules }
+
+func (c *Config) resolve(gr GroupResource) (GroupResource, bool) {
+	for _, k := range []GroupResource{gr, {Group: gr.Group, Resource: "*"}, {Group: "*", Resource: "*"}} {
+		if _, ok := c.chains[k]; ok {
+			return k, true
+		}
+	}
+	return GroupResource{}, false
 }
 
 // Close closes the connections to KMS plugins.
@@ -112,12 +151,13 @@ func (c *Config) Close() error {
 
 func (c *Config) build(f *fileConfig) error {
 	links := map[GroupResource][]providers.Link{}
+	infos := map[GroupResource][]Provider{}
 	dialled := map[string]*grpc.ClientConn{}
 	dial := func(endpoint string) (*grpc.ClientConn, error) {
 		if cc, ok := dialled[endpoint]; ok {
 			return cc, nil
 		}
-		cc, err := providers.DialPlugin(endpoint)
+		cc, err := kmsclient.Dial(endpoint)
 		if err != nil {
 			return nil, err
 		}
@@ -127,13 +167,19 @@ func (c *Config) build(f *fileConfig) error {
 	}
 	for i, rc := range f.Resources {
 		var chain []providers.Link
+		rule := Rule{}
 		for j, p := range rc.Providers {
 			l, err := providerLink(p, dial)
 			if err != nil {
 				return fmt.Errorf("resources[%d].providers[%d]: %w", i, j, err)
 			}
 			chain = append(chain, l)
+			rule.Providers = append(rule.Providers, describe(p))
 		}
+		for _, r := range rc.Resources {
+			rule.Resources = append(rule.Resources, ParseGroupResource(r))
+		}
+		c.rules = append(c.rules, rule)
 		for _, r := range rc.Resources {
 			gr := ParseGroupResource(r)
 			// The apiserver refuses a rule that an earlier *.group or *.* rule masks.
@@ -143,12 +189,48 @@ func (c *Config) build(f *fileConfig) error {
 				}
 			}
 			links[gr] = append(links[gr], chain...)
+			infos[gr] = append(infos[gr], rule.Providers...)
 		}
 	}
 	for gr, l := range links {
 		c.chains[gr] = providers.NewChain("provider", l...)
+		c.infos[gr] = infos[gr]
 	}
 	return nil
+}
+
+// describe is providerLink's result in words: the same cases, in the same order.
+func describe(p providerConfig) Provider {
+	keyNames := func(k *keysConfig) []string {
+		var names []string
+		for _, key := range k.Keys {
+			names = append(names, key.Name)
+		}
+		return names
+	}
+	switch {
+	case p.AESGCM != nil:
+		return Provider{Prefix: providers.AESGCMPrefix, Keys: keyNames(p.AESGCM)}
+	case p.AESCBC != nil:
+		return Provider{Prefix: providers.AESCBCPrefix, Keys: keyNames(p.AESCBC)}
+	case p.Secretbox != nil:
+		return Provider{Prefix: providers.SecretboxPrefix, Keys: keyNames(p.Secretbox)}
+	case p.KMS != nil:
+		d := Provider{Prefix: providers.KMSv1Prefix, Name: p.KMS.Name, Endpoint: p.KMS.Endpoint, Timeout: kmsTimeout(p.KMS)}
+		if p.KMS.APIVersion == "v2" {
+			d.Prefix = providers.KMSv2Prefix
+		}
+		return d
+	}
+	return Provider{} // identity
+}
+
+// kmsTimeout is a kms provider's call timeout: its own, or the apiserver's default of 3 s.
+func kmsTimeout(k *kmsConfig) time.Duration {
+	if k.Timeout != nil {
+		return k.Timeout.Duration
+	}
+	return 3 * time.Second
 }
 
 func providerLink(p providerConfig, dial func(string) (*grpc.ClientConn, error)) (providers.Link, error) {
@@ -166,10 +248,7 @@ func providerLink(p providerConfig, dial func(string) (*grpc.ClientConn, error))
 		if err != nil {
 			return providers.Link{}, err
 		}
-		timeout := 3 * time.Second
-		if p.KMS.Timeout != nil {
-			timeout = p.KMS.Timeout.Duration
-		}
+		timeout := kmsTimeout(p.KMS)
 		if p.KMS.APIVersion == "v2" {
 			return providers.NewKMSv2Provider(p.KMS.Name, kmsv2.NewKeyManagementServiceClient(cc), timeout), nil
 		}

@@ -67,6 +67,15 @@ func TestSameChainsAsTheAPIServer(t *testing.T) {
 				if p, q := prefixOf(fromRef), prefixOf(fromOurs); p != q {
 					t.Errorf("%s: apiserver writes with %q, ours with %q", r, p, q)
 				}
+				// ProvidersFor describes the same chain: its first provider is the writer.
+				w := ours.ProvidersFor(gr)[0]
+				described := "identity"
+				if w.Prefix != "" {
+					described = w.Prefix + w.Name + strings.Join(w.Keys[:min(1, len(w.Keys))], "") + ":"
+				}
+				if q := prefixOf(fromOurs); described != q {
+					t.Errorf("%s: ProvidersFor names the writer %q, the chain writes %q", r, described, q)
+				}
 				got, err := ourTr.Decrypt(ctx, fromRef, []byte(etcdKey))
 				if err != nil || !bytes.Equal(got, plain) {
 					t.Errorf("%s: apiserver wrote, ours read: %v", r, err)

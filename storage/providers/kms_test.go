@@ -15,16 +15,18 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apiserver/pkg/server/options/encryptionconfig"
 	"k8s.io/apiserver/pkg/storage/value"
 	aestransformer "k8s.io/apiserver/pkg/storage/value/encrypt/aes"
 	"k8s.io/apiserver/pkg/storage/value/encrypt/envelope"
+	kmstypes "k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2/v2"
 	kmsv1 "k8s.io/kms/apis/v1beta1"
 
-	ourconfig "github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
 	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 	"github.com/kmsplugin/kms-plugin/plugin"
+	ourconfig "github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
 	"github.com/kmsplugin/kms-plugin/storage/providers"
 )
 
@@ -109,11 +111,8 @@ func TestKMSv2Differential(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if !bytes.Equal(o.Marshal(), stored[len(providers.KMSv2Prefix+tc.name+":"):]) {
-					t.Fatal("our encoding of the apiserver's EncryptedObject differs from proto.Marshal's")
-				}
-				if wantType := map[bool]int32{true: 1, false: 0}[tc.useSeed]; o.DEKSourceType != wantType {
-					t.Fatalf("apiserver wrote DEK source type %d", o.DEKSourceType)
+				if wantType := map[bool]kmstypes.EncryptedDEKSourceType{true: 1, false: 0}[tc.useSeed]; o.EncryptedDEKSourceType != wantType {
+					t.Fatalf("apiserver wrote DEK source type %d", o.EncryptedDEKSourceType)
 				}
 				got, err := ours.Decrypt(bg, stored, []byte(etcdKey))
 				if err != nil || !bytes.Equal(got, plain) {
@@ -126,7 +125,7 @@ func TestKMSv2Differential(t *testing.T) {
 				// by the apiserver either: the plugin finds its key from the encrypted DEK source.)
 				prefix := stored[:len(providers.KMSv2Prefix+tc.name+":")]
 				o.EncryptedData[r.IntN(len(o.EncryptedData))] ^= byte(1 + r.IntN(255))
-				tampered := append(bytes.Clone(prefix), o.Marshal()...)
+				tampered := append(bytes.Clone(prefix), marshal(t, o)...)
 				if _, err := ours.Decrypt(bg, tampered, []byte(etcdKey)); !errors.Is(err, providers.ErrAuthentication) && !errors.Is(err, providers.ErrMalformed) {
 					t.Fatalf("tampered value: %v", err)
 				}
@@ -144,6 +143,11 @@ func TestKMSv2Differential(t *testing.T) {
 				got, err = refDecrypt(ref, stored, etcdKey)
 				if err != nil || !bytes.Equal(got, plain) {
 					t.Fatalf("%d bytes: ours wrote, apiserver read: %v", n, err)
+				}
+				// Encrypt writes field 1 itself: the bytes are what proto.Marshal would give.
+				body := stored[len(providers.KMSv2Prefix+tc.name+":"):]
+				if o, err := providers.ParseEncryptedObject(body); err != nil || !bytes.Equal(marshal(t, o), body) {
+					t.Fatalf("our EncryptedObject differs from proto.Marshal's encoding of it (%v)", err)
 				}
 				if _, err := refDecrypt(ref, stored, etcdKey+"x"); err == nil {
 					t.Fatal("apiserver read our value under another etcd key")
@@ -250,4 +254,14 @@ func TestKMSv1ReadsOldValues(t *testing.T) {
 	if _, err := ours.Encrypt(bg, nil, []byte("x"), nil); err == nil {
 		t.Fatal("kms v1 wrote a value")
 	}
+}
+
+// marshal encodes o as the apiserver does (proto.Marshal), annotations in name order.
+func marshal(t *testing.T, o *kmstypes.EncryptedObject) []byte {
+	t.Helper()
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -15,12 +15,18 @@ import (
 	"time"
 
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	kmstypes "k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2/v2"
 	kmsapi "k8s.io/kms/apis/v2"
 )
 
 const (
 	seedSize = 32 // the apiserver's DEK seed, and the minimum it accepts on read
 	infoSize = 32 // random HKDF info stored at the start of each value's encrypted data
+
+	// fieldEncryptedData is EncryptedObject's field 1 (api.proto), which Encrypt writes itself
+	// so that the data is sealed in place.
+	fieldEncryptedData = 1
 )
 
 // KMSv2 reads and writes "k8s:enc:kms:v2:<name>:" values the way kube-apiserver does: the
@@ -68,7 +74,7 @@ func (t *KMSv2) Decrypt(ctx context.Context, data, etcdKey []byte) ([]byte, erro
 		return nil, err
 	}
 	enc := o.EncryptedData
-	if o.DEKSourceType == DEKSourceHKDFSeed {
+	if o.EncryptedDEKSourceType == kmstypes.EncryptedDEKSourceType_HKDF_SHA256_XNONCE_AES_GCM_SEED {
 		if len(enc) < infoSize {
 			return nil, fmt.Errorf("%w: kms v2 encrypted data of %d bytes is shorter than its HKDF info", ErrMalformed, len(enc))
 		}
@@ -86,7 +92,7 @@ func (t *KMSv2) Decrypt(ctx context.Context, data, etcdKey []byte) ([]byte, erro
 }
 
 // dataKey returns the seed (type 1) or AES key (type 0) that the plugin decrypts from o.
-func (t *KMSv2) dataKey(ctx context.Context, o *EncryptedObject) ([]byte, error) {
+func (t *KMSv2) dataKey(ctx context.Context, o *kmstypes.EncryptedObject) ([]byte, error) {
 	ck := cacheKey(o)
 	t.mu.Lock()
 	key, ok := t.seeds[ck]
@@ -103,8 +109,8 @@ func (t *KMSv2) dataKey(ctx context.Context, o *EncryptedObject) ([]byte, error)
 		return nil, fmt.Errorf("%w: kms provider %q, Decrypt of the DEK seed (key id %q): %v", ErrKMS, t.name, o.KeyID, err)
 	}
 	key = resp.Plaintext
-	switch o.DEKSourceType {
-	case DEKSourceHKDFSeed:
+	switch o.EncryptedDEKSourceType {
+	case kmstypes.EncryptedDEKSourceType_HKDF_SHA256_XNONCE_AES_GCM_SEED:
 		if len(key) < seedSize {
 			return nil, fmt.Errorf("%w: kms provider %q returned a DEK seed of %d bytes, want at least %d", ErrKMS, t.name, len(key), seedSize)
 		}
@@ -126,7 +132,7 @@ func (t *KMSv2) Encrypt(ctx context.Context, dst, plaintext, etcdKey []byte) ([]
 		return nil, err
 	}
 	// Field 1 comes first in proto.Marshal's order, so the data is sealed in place after its
-	// tag and length; the other fields follow.
+	// tag and length; the other fields follow, encoded once by proto.Marshal.
 	encLen := infoSize + gcmNonceSize + len(plaintext) + gcmTagSize
 	dst = protowire.AppendTag(dst, fieldEncryptedData, protowire.BytesType)
 	dst = protowire.AppendVarint(dst, uint64(encLen))
@@ -167,18 +173,23 @@ func (t *KMSv2) writeState(ctx context.Context) (*kmsWriteState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: kms provider %q, Encrypt of a new DEK seed: %v", ErrKMS, t.name, err)
 	}
-	obj := EncryptedObject{
-		EncryptedData:      []byte{0}, // for Validate; never written
-		KeyID:              resp.KeyId,
-		EncryptedDEKSource: resp.Ciphertext,
-		Annotations:        resp.Annotations,
-		DEKSourceType:      DEKSourceHKDFSeed,
+	obj := &kmstypes.EncryptedObject{
+		EncryptedData:          []byte{0}, // for the validation; never written
+		KeyID:                  resp.KeyId,
+		EncryptedDEKSource:     resp.Ciphertext,
+		Annotations:            resp.Annotations,
+		EncryptedDEKSourceType: kmstypes.EncryptedDEKSourceType_HKDF_SHA256_XNONCE_AES_GCM_SEED,
 	}
-	if err := obj.Validate(); err != nil {
+	if err := validateEncryptedObject(obj); err != nil {
 		return nil, fmt.Errorf("%w: kms provider %q answered Encrypt with %v", ErrKMS, t.name, err)
 	}
 	obj.EncryptedData = nil
-	t.write = &kmsWriteState{seed: seed, tail: obj.Marshal()}
+	// Deterministic: annotations in name order, so that equal answers give equal bytes.
+	tail, err := proto.MarshalOptions{Deterministic: true}.Marshal(obj)
+	if err != nil {
+		return nil, fmt.Errorf("kms v2: encoding the EncryptedObject: %w", err)
+	}
+	t.write = &kmsWriteState{seed: seed, tail: tail}
 	return t.write, nil
 }
 
@@ -193,8 +204,8 @@ func deriveKey(seed, info []byte) ([]byte, error) {
 
 // cacheKey identifies what the plugin would decrypt: type, encrypted source, key id and
 // annotations, each length-prefixed so that no two objects share a key.
-func cacheKey(o *EncryptedObject) string {
-	b := binary.BigEndian.AppendUint32(nil, uint32(o.DEKSourceType))
+func cacheKey(o *kmstypes.EncryptedObject) string {
+	b := binary.BigEndian.AppendUint32(nil, uint32(o.EncryptedDEKSourceType))
 	add := func(p []byte) {
 		b = binary.BigEndian.AppendUint32(b, uint32(len(p)))
 		b = append(b, p...)

@@ -1,7 +1,8 @@
 // Package providers reads and writes values the way kube-apiserver's encryption providers store
 // them in etcd (k8s.io/apiserver pkg/storage/value/encrypt), byte for byte: identity, aescbc,
-// aesgcm, secretbox, and the kms v2 (and v1, read-only) envelopes. It has no dependency on
-// k8s.io/apiserver; the tests use the apiserver's own transformers as the reference.
+// aesgcm, secretbox, and the kms v2 (and v1, read-only) envelopes. Of k8s.io/apiserver it uses
+// only the generated EncryptedObject type, which needs nothing but google.golang.org/protobuf;
+// the tests use the apiserver's own transformers as the reference.
 package providers
 
 import (

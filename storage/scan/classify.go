@@ -2,12 +2,10 @@ package scan
 
 import (
 	"bytes"
-	"errors"
-	"fmt"
 	"strings"
-	"unicode/utf8"
 
-	"google.golang.org/protobuf/encoding/protowire"
+	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
+	"github.com/kmsplugin/kms-plugin/storage/providers"
 )
 
 // Storage classes: how a value sits in etcd.
@@ -40,41 +38,71 @@ func (s Storage) String() string {
 	return out
 }
 
-const encPrefix = "k8s:enc:"
+// classes gives the storage class of each provider prefix.
+var classes = []struct{ prefix, class string }{
+	{providers.AESCBCPrefix, AESCBC}, {providers.AESGCMPrefix, AESGCM}, {providers.SecretboxPrefix, Secretbox},
+	{providers.KMSv1Prefix, KMSv1}, {providers.KMSv2Prefix, KMSv2},
+}
 
 // Classify reads a value's storage from its prefix, and for KMS v2 the key id inside its
 // EncryptedObject. names holds the local key names and KMS provider names of the
 // EncryptionConfiguration, if one is known: they are matched first, so a name that contains
 // ':' is still read whole. Classify never decrypts anything.
 func Classify(value []byte, names []string) Storage {
-	if !bytes.HasPrefix(value, []byte(encPrefix)) {
+	if !bytes.HasPrefix(value, []byte(providers.EncryptedPrefix)) {
 		return Storage{Class: Plaintext}
 	}
-	rest := value[len(encPrefix):]
-	for _, p := range []struct{ prefix, class string }{
-		{"aescbc:v1:", AESCBC}, {"aesgcm:v1:", AESGCM}, {"secretbox:v1:", Secretbox},
-		{"kms:v1:", KMSv1}, {"kms:v2:", KMSv2},
-	} {
-		if !bytes.HasPrefix(rest, []byte(p.prefix)) {
+	for _, c := range classes {
+		if !bytes.HasPrefix(value, []byte(c.prefix)) {
 			continue
 		}
-		name, body, ok := splitName(rest[len(p.prefix):], names)
+		name, body, ok := splitName(value[len(c.prefix):], names)
 		if !ok {
 			return Storage{Class: Unrecognized}
 		}
-		switch p.class {
+		switch c.class {
 		case KMSv1:
 			return Storage{Class: KMSv1, Provider: name}
 		case KMSv2:
-			keyID, err := EncryptedObjectKeyID(body)
-			if err != nil {
+			keyID, err := providers.EncryptedObjectKeyID(body)
+			// A key id that would break a line of the report is not printed.
+			if err != nil || strings.ContainsAny(keyID, "\x00\n") {
 				return Storage{Class: Unrecognized, Provider: name}
 			}
 			return Storage{Class: KMSv2, Provider: name, Key: keyID}
 		}
-		return Storage{Class: p.class, Key: name}
+		return Storage{Class: c.class, Key: name}
 	}
 	return Storage{Class: Unrecognized}
+}
+
+// writeKey is the storage that new writes of p get: for local providers their first key, for
+// KMS the provider (Scan fills in the KMS v2 key id its Status reports).
+func writeKey(p encryptionconfig.Provider) Storage {
+	for _, c := range classes {
+		if p.Prefix != c.prefix {
+			continue
+		}
+		if c.class == KMSv1 || c.class == KMSv2 {
+			return Storage{Class: c.class, Provider: p.Name}
+		}
+		return Storage{Class: c.class, Key: p.Keys[0]}
+	}
+	return Storage{Class: Plaintext}
+}
+
+// names returns every local key name and KMS provider name of cfg, for Classify.
+func names(cfg *encryptionconfig.Config) []string {
+	var out []string
+	for _, r := range cfg.Rules() {
+		for _, p := range r.Providers {
+			out = append(out, p.Keys...)
+			if p.Name != "" {
+				out = append(out, p.Name)
+			}
+		}
+	}
+	return out
 }
 
 // splitName cuts "<name>:<body>", preferring a known name.
@@ -93,46 +121,4 @@ func splitName(b []byte, names []string) (name string, body []byte, ok bool) {
 		return "", nil, false
 	}
 	return string(b[:i]), b[i+1:], true
-}
-
-// maxKeyIDSize is the apiserver's own limit on a KMS v2 key id.
-const maxKeyIDSize = 1024
-
-// EncryptedObjectKeyID returns field 2 (keyID) of a KMS v2 EncryptedObject protobuf
-// (k8s.io/apiserver pkg/storage/value/encrypt/envelope/kmsv2/v2), checking that the whole
-// message is well-formed protobuf.
-func EncryptedObjectKeyID(b []byte) (string, error) {
-	var keyID string
-	var found bool
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
-			return "", fmt.Errorf("EncryptedObject: bad tag: %w", protowire.ParseError(n))
-		}
-		b = b[n:]
-		if num == 2 {
-			if typ != protowire.BytesType {
-				return "", errors.New("EncryptedObject: keyID is not a string")
-			}
-			v, n := protowire.ConsumeBytes(b)
-			if n < 0 {
-				return "", fmt.Errorf("EncryptedObject: bad keyID: %w", protowire.ParseError(n))
-			}
-			keyID, found = string(v), true
-			b = b[n:]
-			continue
-		}
-		n = protowire.ConsumeFieldValue(num, typ, b)
-		if n < 0 {
-			return "", fmt.Errorf("EncryptedObject: bad field %d: %w", num, protowire.ParseError(n))
-		}
-		b = b[n:]
-	}
-	switch {
-	case !found || keyID == "":
-		return "", errors.New("EncryptedObject: no keyID")
-	case len(keyID) > maxKeyIDSize || !utf8.ValidString(keyID) || strings.ContainsAny(keyID, "\x00\n"):
-		return "", errors.New("EncryptedObject: keyID is not a valid key id")
-	}
-	return keyID, nil
 }

@@ -1,11 +1,15 @@
 package scan
 
 import (
+	"encoding/base64"
+	"fmt"
 	"testing"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 	kmsv2api "k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2/v2"
+
+	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
 )
 
 // encryptedObject marshals an EncryptedObject with the apiserver's own generated type.
@@ -47,6 +51,9 @@ func TestClassify(t *testing.T) {
 		{"kms v2 no key id", kms("vault", ""), nil, Storage{Class: Unrecognized, Provider: "vault"}},
 		{"kms v2 garbage", []byte("k8s:enc:kms:v2:vault:\xff\xff\xff"), nil, Storage{Class: Unrecognized, Provider: "vault"}},
 		{"kms v2 truncated", kms("vault", "key")[:30], nil, Storage{Class: Unrecognized, Provider: "vault"}},
+		// proto.Unmarshal, and so the apiserver, refuses a field number above 2^29-1.
+		{"kms v2 field number 1<<29", append(kms("vault", "key"), protowire.AppendVarint(protowire.AppendTag(nil, 1<<29, protowire.VarintType), 0)...), nil, Storage{Class: Unrecognized, Provider: "vault"}},
+		{"kms v2 key id with a newline", kms("vault", "a\nb"), nil, Storage{Class: Unrecognized, Provider: "vault"}},
 		{"no key name", []byte("k8s:enc:aescbc:v1:"), nil, Storage{Class: Unrecognized}},
 		{"unknown provider", []byte("k8s:enc:rot13:v1:k:..."), nil, Storage{Class: Unrecognized}},
 	} {
@@ -55,19 +62,6 @@ func TestClassify(t *testing.T) {
 				t.Errorf("Classify(%q) = %+v, want %+v", tc.value, got, tc.want)
 			}
 		})
-	}
-}
-
-func TestEncryptedObjectKeyIDRejects(t *testing.T) {
-	wrongType := protowire.AppendVarint(protowire.AppendTag(nil, 2, protowire.VarintType), 7)
-	tooLong := protowire.AppendString(protowire.AppendTag(nil, 2, protowire.BytesType), string(make([]byte, 2000)))
-	for name, b := range map[string][]byte{
-		"empty": nil, "key id as varint": wrongType, "key id too long": tooLong,
-		"bad tag": {0xff}, "short length": {0x12, 0x05, 'a'},
-	} {
-		if id, err := EncryptedObjectKeyID(b); err == nil {
-			t.Errorf("%s: got key id %q, want an error", name, id)
-		}
 	}
 }
 
@@ -82,60 +76,59 @@ func FuzzClassify(f *testing.F) {
 	})
 }
 
-func TestResourceOf(t *testing.T) {
-	for key, want := range map[string]string{
-		"/registry/secrets/kube-system/token":                                          "secrets",
-		"/registry/configmaps/default/cm":                                              "configmaps",
-		"/registry/namespaces/default":                                                 "namespaces",
-		"/registry/deployments/default/web":                                            "deployments.apps",
-		"/registry/clusterroles/admin":                                                 "clusterroles.rbac.authorization.k8s.io",
-		"/registry/services/specs/default/kubernetes":                                  "services",
-		"/registry/services/endpoints/default/kubernetes":                              "endpoints",
-		"/registry/minions/node-1":                                                     "nodes",
-		"/registry/controllers/default/rc":                                             "replicationcontrollers",
-		"/registry/ingress/default/web":                                                "ingresses.networking.k8s.io",
-		"/registry/apiextensions.k8s.io/customresourcedefinitions/widgets.example.com": "customresourcedefinitions.apiextensions.k8s.io",
-		"/registry/apiregistration.k8s.io/apiservices/v1.apps":                         "apiservices.apiregistration.k8s.io",
-		"/registry/example.com/widgets/default/w1":                                     "widgets.example.com",
-		"/registry/masterleases/127.0.0.1":                                             "masterleases",
-	} {
-		if got := ResourceOf(DefaultRoot, key).Name(); got != want {
-			t.Errorf("ResourceOf(%s) = %s, want %s", key, got, want)
-		}
+// Each rule's first provider gives the write key of the resources it covers, resolved as the
+// apiserver does: the resource's own entry (the first in the file), then "*.<group>" ("*." for
+// the core group), then "*.*"; a resource no rule covers is written by identity.
+func TestWriteKeys(t *testing.T) {
+	secret := base64.StdEncoding.EncodeToString(make([]byte, 32))
+	cfg, err := encryptionconfig.Parse([]byte(fmt.Sprintf(`apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+- resources: [secrets]
+  providers: [{kms: {apiVersion: v2, name: a, endpoint: "unix:///nonexistent/a.sock"}}, {identity: {}}]
+- resources: [secrets]
+  providers: [{aescbc: {keys: [{name: second, secret: %[1]s}]}}]
+- resources: [deployments.apps]
+  providers: [{aesgcm: {keys: [{name: k, secret: %[1]s}, {name: old, secret: %[1]s}]}}]
+- resources: ["*.apps"]
+  providers: [{secretbox: {keys: [{name: b, secret: %[1]s}]}}]
+- resources: ["*."]
+  providers: [{aescbc: {keys: [{name: c, secret: %[1]s}]}}]
+- resources: [leases.coordination.k8s.io]
+  providers: [{kms: {name: v1, endpoint: "unix:///nonexistent/v1.sock"}}]
+- resources: ["*.*"]
+  providers: [{identity: {}}]
+`, secret)))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if r := ResourceOf(DefaultRoot, "/registry/masterleases/x"); r.Known || r.Prefix != "/registry/masterleases/" {
-		t.Errorf("masterleases: %+v, want an unknown resource at /registry/masterleases/", r)
-	}
-	if r := ResourceOf(DefaultRoot, "/registry/example.com/widgets/ns/w"); r.Prefix != "/registry/example.com/widgets/" {
-		t.Errorf("custom resource prefix %s", r.Prefix)
-	}
-}
-
-func TestRuleFor(t *testing.T) {
-	cfg := &Config{Rules: []Rule{
-		{Resources: []string{"secrets"}, Providers: []Provider{{Class: KMSv2, Name: "a"}}},
-		{Resources: []string{"deployments.apps"}, Providers: []Provider{{Class: AESGCM, Keys: []string{"k"}}}},
-		{Resources: []string{"*.apps"}, Providers: []Provider{{Class: Secretbox, Keys: []string{"b"}}}},
-		{Resources: []string{"secrets", "*."}, Providers: []Provider{{Class: AESCBC, Keys: []string{"c"}}}},
-		{Resources: []string{"*.*"}, Providers: []Provider{{Class: Plaintext}}},
-	}}
+	defer cfg.Close()
 	for key, want := range map[string]Storage{
 		"/registry/secrets/a/b":             {Class: KMSv2, Provider: "a"},
 		"/registry/deployments/a/b":         {Class: AESGCM, Key: "k"},
 		"/registry/statefulsets/a/b":        {Class: Secretbox, Key: "b"},
 		"/registry/configmaps/a/b":          {Class: AESCBC, Key: "c"},
+		"/registry/leases/a/b":              {Class: KMSv1, Provider: "v1"},
 		"/registry/example.com/widgets/a/b": {Class: Plaintext},
 	} {
-		rule := cfg.RuleFor(ResourceOf(DefaultRoot, key))
-		if rule == nil {
-			t.Errorf("%s: no rule", key)
-			continue
-		}
-		if got := rule.Providers[0].WriteKey(); got != want {
+		gr := encryptionconfig.ResourceOf(DefaultRoot, key).GroupResource
+		if got := writeKey(cfg.ProvidersFor(gr)[0]); got != want {
 			t.Errorf("%s: write key %+v, want %+v", key, got, want)
 		}
 	}
-	if rule := (&Config{}).RuleFor(ResourceOf(DefaultRoot, "/registry/secrets/a/b")); rule != nil {
-		t.Errorf("empty config covers secrets: %+v", rule)
+	if got, want := names(cfg), []string{"a", "second", "k", "old", "b", "c", "v1"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("names %v, want %v", got, want)
+	}
+
+	only, err := encryptionconfig.Parse([]byte(fmt.Sprintf(`apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources: [{resources: [deployments.apps], providers: [{aesgcm: {keys: [{name: k, secret: %s}]}}]}]
+`, secret)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer only.Close()
+	if got := writeKey(only.ProvidersFor(encryptionconfig.ResourceOf(DefaultRoot, "/registry/secrets/a/b").GroupResource)[0]); got != (Storage{Class: Plaintext}) {
+		t.Errorf("a config without a rule for secrets writes them as %+v", got)
 	}
 }

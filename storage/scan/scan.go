@@ -11,6 +11,9 @@ import (
 	"sort"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
+	"github.com/kmsplugin/kms-plugin/storage/providers"
 )
 
 // DefaultRoot is where kube-apiserver keeps its objects (--etcd-prefix=/registry).
@@ -26,7 +29,7 @@ type Options struct {
 	PageSize int64  // keys per etcd request; DefaultPageSize if 0
 	// Config, if set, tells which storage each resource's new writes get; without it nothing
 	// is flagged stale.
-	Config *Config
+	Config *encryptionconfig.Config
 }
 
 // Report is the result of one scan, taken at one etcd revision.
@@ -80,9 +83,9 @@ func Scan(ctx context.Context, kv clientv3.KV, opts Options) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	var names []string
+	var known []string
 	if opts.Config != nil {
-		names = opts.Config.Names()
+		known = names(opts.Config)
 	}
 
 	byPrefix := map[string]*tally{}
@@ -105,7 +108,7 @@ func Scan(ctx context.Context, kv clientv3.KV, opts Options) (*Report, error) {
 		}
 		for _, item := range resp.Kvs {
 			key := string(item.Key)
-			res := ResourceOf(opts.Root, key)
+			res := encryptionconfig.ResourceOf(opts.Root, key)
 			t := byPrefix[res.Prefix]
 			if t == nil {
 				t = &tally{res: res, counts: map[Storage]int{}}
@@ -115,7 +118,7 @@ func Scan(ctx context.Context, kv clientv3.KV, opts Options) (*Report, error) {
 				}
 				byPrefix[res.Prefix] = t
 			}
-			t.counts[Classify(item.Value, names)]++
+			t.counts[Classify(item.Value, known)]++
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
 			break
@@ -137,14 +140,14 @@ func Scan(ctx context.Context, kv clientv3.KV, opts Options) (*Report, error) {
 
 // writeKeys resolves the write key of every rule's first provider, querying KMS v2 plugins
 // once each, and returns the lookup from resource to write key.
-func writeKeys(ctx context.Context, cfg *Config, rep *Report) (func(Resource) Storage, error) {
+func writeKeys(ctx context.Context, cfg *encryptionconfig.Config, rep *Report) (func(encryptionconfig.Resource) Storage, error) {
 	if cfg == nil {
 		return nil, nil
 	}
 	keyIDs := map[string]string{} // KMS v2 provider name -> current key id
-	for _, rule := range cfg.Rules {
+	for _, rule := range cfg.Rules() {
 		p := rule.Providers[0]
-		if p.Class != KMSv2 {
+		if p.Prefix != providers.KMSv2Prefix {
 			continue
 		}
 		if _, done := keyIDs[p.Name]; done {
@@ -157,12 +160,8 @@ func writeKeys(ctx context.Context, cfg *Config, rep *Report) (func(Resource) St
 		keyIDs[p.Name] = st.KeyID
 		rep.KMS = append(rep.KMS, st)
 	}
-	return func(r Resource) Storage {
-		rule := cfg.RuleFor(r)
-		if rule == nil {
-			return Storage{Class: Plaintext}
-		}
-		w := rule.Providers[0].WriteKey()
+	return func(r encryptionconfig.Resource) Storage {
+		w := writeKey(cfg.ProvidersFor(r.GroupResource)[0])
 		if w.Class == KMSv2 {
 			w.Key = keyIDs[w.Provider]
 		}
@@ -171,13 +170,13 @@ func writeKeys(ctx context.Context, cfg *Config, rep *Report) (func(Resource) St
 }
 
 type tally struct {
-	res    Resource
+	res    encryptionconfig.Resource
 	write  *Storage
 	counts map[Storage]int
 }
 
 func (t *tally) report() ResourceReport {
-	r := ResourceReport{Resource: t.res.Name(), Prefix: t.res.Prefix, Known: t.res.Known, Write: t.write}
+	r := ResourceReport{Resource: t.res.String(), Prefix: t.res.Prefix, Known: t.res.Known, Write: t.write}
 	for s, n := range t.counts {
 		c := StorageCount{Storage: s, Objects: n}
 		r.Objects += n

@@ -22,6 +22,7 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/integration/harness"
 	"github.com/kmsplugin/kms-plugin/internal/plugintest"
+	ourconfig "github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
 	"github.com/kmsplugin/kms-plugin/storage/scan"
 )
 
@@ -148,10 +149,11 @@ resources:
   providers:
   - aesgcm: {keys: [{name: gcm2, secret: %s}, {name: gcm1, secret: %s}]}
 `, kmsProvider, secret(1), secret(2), secret(4), secret(3))), 0o600)
-	cfg, err := scan.LoadConfig(cfgPath)
+	cfg, err := ourconfig.Load(cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer cfg.Close()
 
 	for _, pageSize := range []int64{2, 0} { // a page smaller than one resource, and the default
 		t.Run(fmt.Sprintf("page size %d", pageSize), func(t *testing.T) {
@@ -270,10 +272,15 @@ resources:
 	})
 
 	t.Run("plugin down is an error", func(t *testing.T) {
-		down := &scan.Config{Rules: []scan.Rule{{Resources: []string{"secrets"}, Providers: []scan.Provider{
-			{Class: scan.KMSv2, Name: "kp", Endpoint: "unix://" + filepath.Join(t.TempDir(), "none.sock"), Timeout: time.Second},
-		}}}}
-		_, err := scan.Scan(context.Background(), etcd, scan.Options{Config: down})
+		down, err := ourconfig.Parse([]byte(fmt.Sprintf(`apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources: [{resources: [secrets], providers: [{kms: {apiVersion: v2, name: kp, endpoint: "unix://%s", timeout: 1s}}]}]
+`, filepath.Join(t.TempDir(), "none.sock"))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer down.Close()
+		_, err = scan.Scan(context.Background(), etcd, scan.Options{Config: down})
 		if err == nil || !strings.Contains(err.Error(), `kms provider "kp"`) {
 			t.Errorf("scan with no plugin: %v, want an error naming the provider", err)
 		}

@@ -1,30 +1,22 @@
-package scan
+package encryptionconfig
 
 import "strings"
 
-// Resource names the kind of object an etcd key holds, in the form an EncryptionConfiguration's
-// `resources:` list uses ("secrets", "deployments.apps", "widgets.example.com").
+// Resource is the kind of object an etcd key holds: the group and resource whose rule applies
+// to it (String gives the form a `resources:` list uses: "secrets", "deployments.apps",
+// "widgets.example.com"), and where in etcd its objects live.
 type Resource struct {
-	Group    string // API group; "" for the core group
-	Resource string // plural resource name
+	GroupResource
 	// Prefix is the etcd key prefix the objects share, e.g. "/registry/deployments/".
 	Prefix string
 	// Known is false for prefixes that are not an API resource Kubernetes 1.37 stores
-	// ("masterleases", "ranges") or that scan cannot place in a group.
+	// ("masterleases", "ranges") or that cannot be placed in a group.
 	Known bool
-}
-
-// Name is the resource as EncryptionConfiguration spells it: resource[.group].
-func (r Resource) Name() string {
-	if r.Group == "" {
-		return r.Resource
-	}
-	return r.Resource + "." + r.Group
 }
 
 // specialPrefixes are the etcd prefixes that differ from the resource name
 // (k8s.io/kubernetes pkg/kubeapiserver SpecialDefaultResourcePrefixes).
-var specialPrefixes = map[string]Resource{
+var specialPrefixes = map[string]GroupResource{
 	"controllers":        {Resource: "replicationcontrollers"},
 	"services/endpoints": {Resource: "endpoints"},
 	"minions":            {Resource: "nodes"},
@@ -85,18 +77,16 @@ func ResourceOf(root, key string) Resource {
 	first := segs[0]
 	if len(segs) >= 2 {
 		two := first + "/" + segs[1]
-		if r, ok := specialPrefixes[two]; ok {
-			r.Prefix, r.Known = root+two+"/", true
-			return r
+		if gr, ok := specialPrefixes[two]; ok {
+			return Resource{GroupResource: gr, Prefix: root + two + "/", Known: true}
 		}
 		if strings.Contains(first, ".") {
-			return Resource{Group: first, Resource: segs[1], Prefix: root + two + "/", Known: true}
+			return Resource{GroupResource: GroupResource{Group: first, Resource: segs[1]}, Prefix: root + two + "/", Known: true}
 		}
 	}
-	if r, ok := specialPrefixes[first]; ok {
-		r.Prefix, r.Known = root+first+"/", true
-		return r
+	if gr, ok := specialPrefixes[first]; ok {
+		return Resource{GroupResource: gr, Prefix: root + first + "/", Known: true}
 	}
 	group, known := builtinGroups[first]
-	return Resource{Group: group, Resource: first, Prefix: root + first + "/", Known: known}
+	return Resource{GroupResource: GroupResource{Group: group, Resource: first}, Prefix: root + first + "/", Known: known}
 }
