@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/runtime/serializer/json"
@@ -296,4 +297,28 @@ func prefixes(t *testing.T, raw []byte) []string {
 	}
 	t.Fatal("no rule for secrets")
 	return nil
+}
+
+// Every plugin manifest sets a Go memory limit under its container's memory limit, so the
+// runtime collects harder before the kernel kills the plugin.
+func TestManifestsSetAGoMemoryLimit(t *testing.T) {
+	for name, raw := range files(t, "Pod") {
+		if !strings.HasPrefix(name, "kms-plugin") {
+			continue
+		}
+		pod := decodePod(t, name, raw)
+		for _, c := range pod.Spec.Containers {
+			limit := c.Resources.Limits.Memory()
+			var gomem string
+			for _, e := range c.Env {
+				if e.Name == "GOMEMLIMIT" {
+					gomem = e.Value
+				}
+			}
+			q, err := resource.ParseQuantity(strings.TrimSuffix(gomem, "B"))
+			if gomem == "" || err != nil || limit.IsZero() || q.Cmp(*limit) >= 0 {
+				t.Errorf("%s: container %s: GOMEMLIMIT %q, memory limit %v: want a GOMEMLIMIT below the limit", name, c.Name, gomem, limit)
+			}
+		}
+	}
 }
