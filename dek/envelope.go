@@ -68,37 +68,37 @@ func checkKeyID(keyID string) error {
 // parseEnvelope splits a v1 ciphertext into its parts without decrypting anything.
 func parseEnvelope(b []byte) (*envelope, error) {
 	if len(b) == 0 {
-		return nil, fmt.Errorf("%w: empty", ErrMalformed)
+		return nil, Public(fmt.Errorf("%w: empty", ErrMalformed))
 	}
 	if len(b) > MaxCiphertextSize {
-		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrMalformed, len(b), MaxCiphertextSize)
+		return nil, Public(fmt.Errorf("%w: %d bytes, the limit is %d", ErrMalformed, len(b), MaxCiphertextSize))
 	}
 	if b[0] != formatV1 {
-		return nil, fmt.Errorf("%w: unknown format version %d", ErrMalformed, b[0])
+		return nil, Public(fmt.Errorf("%w: unknown format version %d", ErrMalformed, b[0]))
 	}
 	rest := b[1:]
 	if len(rest) < 1 {
-		return nil, fmt.Errorf("%w: truncated key id", ErrMalformed)
+		return nil, Public(fmt.Errorf("%w: truncated key id", ErrMalformed))
 	}
 	idLen := int(rest[0])
 	rest = rest[1:]
 	if idLen == 0 || len(rest) < idLen {
-		return nil, fmt.Errorf("%w: truncated key id", ErrMalformed)
+		return nil, Public(fmt.Errorf("%w: truncated key id", ErrMalformed))
 	}
 	keyID := string(rest[:idLen])
 	rest = rest[idLen:]
 	if len(rest) < 2 {
-		return nil, fmt.Errorf("%w: truncated wrapped DEK", ErrMalformed)
+		return nil, Public(fmt.Errorf("%w: truncated wrapped DEK", ErrMalformed))
 	}
 	wrappedLen := int(binary.BigEndian.Uint16(rest))
 	rest = rest[2:]
 	if wrappedLen == 0 || wrappedLen > MaxWrappedDEKSize || len(rest) < wrappedLen {
-		return nil, fmt.Errorf("%w: truncated wrapped DEK", ErrMalformed)
+		return nil, Public(fmt.Errorf("%w: truncated wrapped DEK", ErrMalformed))
 	}
 	wrapped := rest[:wrappedLen]
 	rest = rest[wrappedLen:]
 	if len(rest) < nonceSize+tagSize {
-		return nil, fmt.Errorf("%w: truncated sealed data", ErrMalformed)
+		return nil, Public(fmt.Errorf("%w: truncated sealed data", ErrMalformed))
 	}
 	return &envelope{
 		header:     b[:len(b)-len(rest)],

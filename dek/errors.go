@@ -73,3 +73,29 @@ func Classify(ctx context.Context, err error) Class {
 	}
 	return Class{codes.Internal, "error"}
 }
+
+// publicError is an error whose text may reach the gRPC client as it is.
+type publicError struct{ error }
+
+func (e publicError) Unwrap() error { return e.error }
+
+// Public marks err's text as fit for the gRPC client: it names only what the request itself
+// carried (sizes, format versions, key ids) or a fix the apiserver's operator needs, never a
+// local path, address or other configuration.
+func Public(err error) error { return publicError{err} }
+
+// ClientMessage is what the gRPC client is told of err: the text of the public error in its
+// chain, or else its kind alone. The whole text goes to the plugin's log, which is where local
+// paths and configuration belong.
+func ClientMessage(err error) string {
+	var pub publicError
+	if errors.As(err, &pub) {
+		return pub.Error()
+	}
+	for _, c := range classes {
+		if errors.Is(err, c.kind) {
+			return c.kind.Error() + " (details in the plugin's log)"
+		}
+	}
+	return "request failed (details in the plugin's log)"
+}

@@ -23,7 +23,7 @@ func NewSealer(kek KEK) *Sealer { return &Sealer{kek: kek} }
 // Encrypt seals plaintext under a fresh DEK wrapped by the KEK named keyID.
 func (s *Sealer) Encrypt(ctx context.Context, keyID string, plaintext []byte) ([]byte, error) {
 	if len(plaintext) > MaxPlaintextSize {
-		return nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(plaintext), MaxPlaintextSize)
+		return nil, Public(fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(plaintext), MaxPlaintextSize))
 	}
 	if err := checkKeyID(keyID); err != nil {
 		return nil, err // before Wrap: an id the envelope cannot carry must not cost a backend call
@@ -68,7 +68,7 @@ func (s *Sealer) Decrypt(ctx context.Context, ciphertext []byte) ([]byte, string
 	}
 	defer clear(dek)
 	if len(dek) != DEKSize {
-		return nil, env.keyID, fmt.Errorf("%w: unwrapped DEK has %d bytes", ErrTampered, len(dek))
+		return nil, env.keyID, Public(fmt.Errorf("%w: unwrapped DEK has %d bytes", ErrTampered, len(dek)))
 	}
 	aead, err := newGCM(dek)
 	if err != nil {
@@ -76,7 +76,7 @@ func (s *Sealer) Decrypt(ctx context.Context, ciphertext []byte) ([]byte, string
 	}
 	plaintext, err := aead.Open(nil, env.nonce, env.sealed, env.header)
 	if err != nil {
-		return nil, env.keyID, fmt.Errorf("%w: sealed data", ErrTampered)
+		return nil, env.keyID, Public(fmt.Errorf("%w: sealed data", ErrTampered))
 	}
 	return plaintext, env.keyID, nil
 }

@@ -334,3 +334,21 @@ func TestLongUnhealthyReasonStaysValidUTF8(t *testing.T) {
 		t.Fatalf("Status = %+v", st)
 	}
 }
+
+// A Decrypt under a key the plugin does not hold tells the client the key id, and the log the
+// key file's path: local paths and configuration never reach the client.
+func TestClientIsNotToldLocalPaths(t *testing.T) {
+	p := plugintest.ServeLocalAES(t, plugintest.Options{})
+	client := plugintest.Client(t, p.Socket)
+	ctx := context.Background()
+	enc, err := client.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: []byte("seed")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := plugintest.ServeLocalAES(t, plugintest.Options{KEKName: "other"})
+	_, err = plugintest.Client(t, other.Socket).Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: enc.KeyId})
+	if status.Code(err) != codes.FailedPrecondition || strings.Contains(err.Error(), other.KeyFile) ||
+		strings.Contains(err.Error(), filepath.Dir(other.KeyFile)) || !strings.Contains(err.Error(), enc.KeyId) {
+		t.Fatalf("Decrypt under an unknown key: %v; want FailedPrecondition naming the key id and no path", err)
+	}
+}

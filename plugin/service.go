@@ -20,16 +20,17 @@ const maxHealthzSize = 256
 type Service struct {
 	kmsapi.UnimplementedKeyManagementServiceServer
 
-	sealer  *dek.Sealer
-	monitor *Monitor
-	timeout time.Duration
-	log     *slog.Logger
+	sealer   *dek.Sealer
+	monitor  *Monitor
+	timeout  time.Duration
+	log      *slog.Logger
+	failures *failureLog
 }
 
 // NewService returns the gRPC service. timeout bounds each backend operation, within the
 // caller's own deadline.
 func NewService(kek dek.KEK, monitor *Monitor, timeout time.Duration, log *slog.Logger) *Service {
-	return &Service{sealer: dek.NewSealer(kek), monitor: monitor, timeout: timeout, log: log}
+	return &Service{sealer: dek.NewSealer(kek), monitor: monitor, timeout: timeout, log: log, failures: newFailureLog(log, time.Now)}
 }
 
 // Status answers from the Monitor's state; it never calls the backend.
@@ -81,17 +82,18 @@ func (s *Service) Decrypt(ctx context.Context, req *kmsapi.DecryptRequest) (*kms
 	return &kmsapi.DecryptResponse{Plaintext: plaintext}, nil
 }
 
-// fail logs a failed request once and returns it as a gRPC status.
+// fail logs a failed request (bounded, repeats counted) and returns it as a gRPC status.
 func (s *Service) fail(ctx context.Context, method, uid, keyID string, err error) error {
 	st := toStatus(ctx, err)
-	s.log.Warn("request failed", "method", method, "uid", uid, "key_id", keyID, "code", st.Code().String(), "error", st.Message())
+	s.failures.failed(method, uid, keyID, st.Code().String(), err.Error())
 	return st.Err()
 }
 
-// toStatus maps an error to its gRPC status with dek.Classify's table.
+// toStatus maps an error to its gRPC status with dek.Classify's table. The client is told
+// dek.ClientMessage: no local path or configuration, which the log has.
 func toStatus(ctx context.Context, err error) *status.Status {
 	if st, ok := status.FromError(err); ok {
 		return st
 	}
-	return status.New(dek.Classify(ctx, err).Code, err.Error())
+	return status.New(dek.Classify(ctx, err).Code, dek.ClientMessage(err))
 }

@@ -83,11 +83,11 @@ func (b *KEK) Unwrap(_ context.Context, keyID string, wrapped []byte) ([]byte, e
 		return nil, err
 	}
 	if len(wrapped) < nonceSize+tagSize {
-		return nil, fmt.Errorf("%w: wrapped DEK of %d bytes", dek.ErrMalformed, len(wrapped))
+		return nil, dek.Public(fmt.Errorf("%w: wrapped DEK of %d bytes", dek.ErrMalformed, len(wrapped)))
 	}
 	plain, err := aead.Open(nil, wrapped[:nonceSize], wrapped[nonceSize:], []byte(keyID))
 	if err != nil {
-		return nil, fmt.Errorf("%w: wrapped DEK", dek.ErrTampered)
+		return nil, dek.Public(fmt.Errorf("%w: wrapped DEK", dek.ErrTampered))
 	}
 	return plain, nil
 }
@@ -95,7 +95,8 @@ func (b *KEK) Unwrap(_ context.Context, keyID string, wrapped []byte) ([]byte, e
 func (b *KEK) aead(keyID string) (cipher.AEAD, error) {
 	k, ok := b.keys.Load().byID[keyID]
 	if !ok {
-		return nil, fmt.Errorf("%w: %s is not in the key file %s", dek.ErrUnknownKey, keyID, b.path)
+		// The client learns the key id it sent; the key file's path is for the log only.
+		return nil, fmt.Errorf("%w (key file %s)", dek.Public(fmt.Errorf("%w: %s is not held by this plugin", dek.ErrUnknownKey, keyID)), b.path)
 	}
 	return k.aead, nil
 }

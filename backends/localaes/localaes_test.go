@@ -3,6 +3,7 @@ package localaes_test
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -238,10 +239,15 @@ func TestAddKeyRefusesABrokenFile(t *testing.T) {
 }
 
 func TestUnknownKeyIsFailedPrecondition(t *testing.T) {
-	b, _ := localaes.Open(newKeyFile(t))
+	path := newKeyFile(t)
+	b, _ := localaes.Open(path)
 	_, err := b.Unwrap(context.Background(), "localaes:gone:0123456789abcdef", bytesOf(1, 60))
-	if err == nil || !strings.Contains(err.Error(), "not in the key file") {
-		t.Fatalf("err = %v", err)
+	if !errors.Is(err, dek.ErrUnknownKey) || !strings.Contains(err.Error(), path) {
+		t.Fatalf("err = %v; want ErrUnknownKey naming the key file for the log", err)
+	}
+	// The gRPC client is told the key id it sent, never the key file's path.
+	if msg := dek.ClientMessage(err); strings.Contains(msg, path) || !strings.Contains(msg, "localaes:gone:0123456789abcdef is not held") {
+		t.Fatalf("client message %q", msg)
 	}
 	var _ dek.KEK = b
 }
