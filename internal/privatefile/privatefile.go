@@ -52,7 +52,7 @@ func Read(path string) ([]byte, error) { return ReadAs(path, Secret) }
 // ReadAs reads path and judges it by rule. A file that breaks the rule returns an *Error and
 // no content.
 func ReadAs(path string, rule Rule) ([]byte, error) {
-	b, err := Judge(path, rule)
+	b, _, err := Judge(path, rule)
 	if err != nil {
 		clear(b)
 		return nil, err
@@ -60,39 +60,37 @@ func ReadAs(path string, rule Rule) ([]byte, error) {
 	return b, nil
 }
 
-// Judge reads path and judges it by rule. A file that can be read but whose mode or owner
-// breaks the rule returns its content with the *Error (Permissions set), so that a caller may
-// warn instead of refusing; any other error returns no content.
-func Judge(path string, rule Rule) ([]byte, error) {
+// Judge reads path and judges it by rule, returning its content and the open file's status.
+// A file that can be read but whose mode or owner breaks the rule returns both with the
+// *Error (Permissions set), so that a caller may warn instead of refusing (doctor, for a
+// projected service-account token); any other error returns neither.
+func Judge(path string, rule Rule) ([]byte, fs.FileInfo, error) {
 	// O_NONBLOCK: opening a FIFO must not hang; a regular file ignores it.
 	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer f.Close()
 	info, err := f.Stat() // fstat of the descriptor: the file we read is the file we judge
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if !info.Mode().IsRegular() {
-		return nil, &Error{Path: path, Problem: "is not a regular file", Fix: "name a regular file"}
+		return nil, nil, &Error{Path: path, Problem: "is not a regular file", Fix: "name a regular file"}
 	}
 	b, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
 	if err != nil {
 		clear(b)
-		return nil, err
+		return nil, nil, err
 	}
 	if len(b) > MaxSize {
 		clear(b)
-		return nil, &Error{Path: path, Problem: fmt.Sprintf("is larger than %d bytes: not a credential or key file", MaxSize), Fix: "name the right file"}
+		return nil, nil, &Error{Path: path, Problem: fmt.Sprintf("is larger than %d bytes: not a credential or key file", MaxSize), Fix: "name the right file"}
 	}
 	if rule == Public && HoldsPrivateKey(b) {
 		rule = Secret
 	}
-	if err := check(path, info, rule); err != nil {
-		return b, err
-	}
-	return b, nil
+	return b, info, check(path, info, rule)
 }
 
 // HoldsPrivateKey reports whether b holds a PEM private key.

@@ -63,8 +63,8 @@ func TestModes(t *testing.T) {
 		}
 		wantRefused(t, err, path, c.says, c.fix)
 		// Judge returns the content with the same verdict, for doctor's warnings.
-		if b, err := Judge(path, c.rule); string(b) != "s3cr3t\n" || err == nil || !err.(*Error).Permissions {
-			t.Errorf("mode %04o, rule %d: Judge = %q, %v", c.mode, c.rule, b, err)
+		if b, info, err := Judge(path, c.rule); string(b) != "s3cr3t\n" || info.Mode().Perm() != c.mode || err == nil || !err.(*Error).Permissions {
+			t.Errorf("mode %04o, rule %d: Judge = %q, %v, %v", c.mode, c.rule, b, info, err)
 		}
 	}
 }
