@@ -1,9 +1,10 @@
 package doctor
 
 import (
-	"bytes"
-	"fmt"
-	"os"
+	"errors"
+	"io/fs"
+
+	"github.com/kmsplugin/kms-plugin/internal/privatefile"
 )
 
 // File is a file the plugin reads.
@@ -28,33 +29,27 @@ func Files(files []File) []Result {
 	return out
 }
 
+// checkFile gives the verdict serve acts on: the rule of internal/privatefile, which serve
+// applies when it reads the same file (a refusal here is a refusal there). Only a Lenient
+// file's mode or owner is a warning, since serve accepts whatever mode kubelet gives it.
 func checkFile(f File) Result {
 	const check = "file permissions"
-	info, err := os.Stat(f.Path)
-	if err != nil {
+	rule := privatefile.Public // a file holding a private key is held to Secret
+	if f.Secret {
+		rule = privatefile.Secret
+	}
+	b, info, err := privatefile.Judge(f.Path, rule)
+	clear(b)
+	var bad *privatefile.Error
+	switch {
+	case errors.As(err, &bad) && bad.Permissions && f.Lenient:
+		return warn(check, bad.Fix+" (for a projected token: defaultMode 0400)", "%s %s", f.What, bad.Problem)
+	case errors.As(err, &bad):
+		return fail(check, bad.Fix, "%s %s %s", f.What, f.Path, bad.Problem)
+	case errors.Is(err, fs.ErrNotExist):
 		return fail(check, "create it, or fix the flag that names it", "%s %s: %v", f.What, f.Path, err)
-	}
-	if !info.Mode().IsRegular() {
-		return fail(check, "name a regular file", "%s %s is not a regular file", f.What, f.Path)
-	}
-	b, err := os.ReadFile(f.Path)
-	if err != nil {
+	case err != nil:
 		return fail(check, "run as a user who may read it", "%s %s: %v", f.What, f.Path, err)
 	}
-	secret := f.Secret || bytes.Contains(b, []byte("PRIVATE KEY-----"))
-	clear(b)
-	perm := info.Mode().Perm()
-	switch {
-	case secret && perm&0o077 != 0:
-		msg := fmt.Sprintf("%s %s has mode %04o: group or others can read or change a secret", f.What, f.Path, perm)
-		fix := fmt.Sprintf("chmod 600 %s", f.Path)
-		if f.Lenient {
-			return warn(check, fix+" (for a projected token: defaultMode 0400)", "%s", msg)
-		}
-		return fail(check, fix, "%s", msg)
-	case perm&0o022 != 0:
-		return fail(check, fmt.Sprintf("chmod go-w %s", f.Path),
-			"%s %s has mode %04o: group or others can replace it", f.What, f.Path, perm)
-	}
-	return ok(check, "%s %s: mode %04o", f.What, f.Path, perm)
+	return ok(check, "%s %s: mode %04o", f.What, f.Path, info.Mode().Perm())
 }

@@ -10,11 +10,15 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
+	"syscall"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/kmsplugin/kms-plugin/internal/privatefile"
 )
 
 // KeySize is the size of every local KEK: AES-256.
@@ -47,29 +51,29 @@ type keySet struct {
 	byID map[string]*key
 }
 
-// readKeyFile loads and checks a key file, naming the first problem it finds.
+// readKeyFile loads and checks a key file, naming the first problem it finds. The file is
+// opened once and the open file checked (internal/privatefile): mode 0600 or stricter, owned
+// by root or the plugin's own user; a symlink is followed.
 func readKeyFile(path string) (*keySet, error) {
-	info, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("key file: %w", err)
-	}
-	if perm := info.Mode().Perm(); perm&0o077 != 0 {
-		return nil, fmt.Errorf("key file %s has mode %04o: it must not be readable or writable by group or others (chmod 600)", path, perm)
-	}
-	raw, err := os.ReadFile(path)
+	raw, err := privatefile.Read(path)
 	if err != nil {
 		return nil, fmt.Errorf("key file: %w", err)
 	}
 	defer clear(raw) // one copy fewer of the secrets in memory
+	_, set, err := parseKeyFile(path, raw)
+	return set, err
+}
+
+func parseKeyFile(path string, raw []byte) (File, *keySet, error) {
 	var f File
 	if err := yaml.UnmarshalStrict(raw, &f); err != nil {
-		return nil, fmt.Errorf("key file %s: %w", path, err)
+		return File{}, nil, fmt.Errorf("key file %s: %w", path, err)
 	}
 	set, err := newKeySet(f)
 	if err != nil {
-		return nil, fmt.Errorf("key file %s: %w", path, err)
+		return File{}, nil, fmt.Errorf("key file %s: %w", path, err)
 	}
-	return set, nil
+	return f, set, nil
 }
 
 func newKeySet(f File) (*keySet, error) {
@@ -141,27 +145,43 @@ func isZero(b []byte) bool {
 // AddKey adds a freshly generated key to the key file at path, creating the file (mode 0600)
 // if it does not exist. The new key is the write key when asWriteKey is true (or the file is
 // new), otherwise a decrypt-only key at the end of the list. It returns the new key's id.
+// Concurrent calls, in one process or several, each add their key: see update.
 func AddKey(path, name string, asWriteKey bool) (string, error) {
-	var f File
-	switch raw, err := os.ReadFile(path); {
-	case errors.Is(err, os.ErrNotExist):
-	case err != nil:
-		return "", fmt.Errorf("key file: %w", err)
-	default:
-		if _, err := readKeyFile(path); err != nil {
-			return "", err
+	var id string
+	err := update(path, func(f *File, _ bool) (bool, error) {
+		var err error
+		id, err = addKey(f, name, asWriteKey)
+		return true, err
+	})
+	return id, err
+}
+
+// CreateKeyFile creates the key file at path with one new key, unless the file exists. It
+// reports whether it created the file and, if so, the new key's id. Plugins starting at once
+// on one path end with one file: one of them creates it, the others find it; each then loads
+// what the file holds.
+func CreateKeyFile(path string) (id string, created bool, err error) {
+	err = update(path, func(f *File, exists bool) (bool, error) {
+		if exists {
+			return false, nil
 		}
-		if err := yaml.Unmarshal(raw, &f); err != nil {
-			return "", fmt.Errorf("key file %s: %w", path, err)
-		}
-	}
+		var err error
+		id, err = addKey(f, "", true)
+		created = err == nil
+		return true, err
+	})
+	return id, created, err
+}
+
+func addKey(f *File, name string, asWriteKey bool) (string, error) {
 	secret := make([]byte, KeySize)
+	defer clear(secret)
 	if _, err := rand.Read(secret); err != nil {
 		return "", err
 	}
 	if name == "" {
 		name = fmt.Sprintf("key%d", len(f.Keys)+1)
-		for taken(f, name) {
+		for taken(*f, name) {
 			name += "x"
 		}
 	}
@@ -171,17 +191,86 @@ func AddKey(path, name string, asWriteKey bool) (string, error) {
 	} else {
 		f.Keys = append(f.Keys, nk)
 	}
-	if _, err := newKeySet(f); err != nil {
-		return "", err
-	}
-	out, err := yaml.Marshal(f)
-	if err != nil {
-		return "", err
-	}
-	if err := writeFileAtomic(path, out); err != nil {
-		return "", err
-	}
 	return "localaes:" + name + ":" + fingerprint(secret), nil
+}
+
+// update is the one read-modify-write of a key file. It holds an exclusive lock (flock of
+// "<path>.lock", beside the file) across the read, the edit and the replace, so concurrent
+// writers — kmsctl keygen runs, plugins creating the default file — never lose each other's
+// keys. A missing file is created exclusively (it appears whole, and never over a file that
+// appeared meanwhile: then it is read again and edited). The new content reaches the disk
+// before the rename, and the rename before update returns. edit gets the file's keys and
+// whether the file exists, and reports whether to write.
+func update(path string, edit func(f *File, exists bool) (bool, error)) error {
+	// A symlinked key file is edited where the link points; the link stays.
+	if target, err := filepath.EvalSymlinks(path); err == nil {
+		path = target
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("key file: %w", err)
+	}
+	unlock, err := lock(path + ".lock")
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	for attempt := 0; ; attempt++ {
+		var f File
+		raw, err := privatefile.Read(path)
+		exists := err == nil
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			return fmt.Errorf("key file: %w", err)
+		default:
+			f, _, err = parseKeyFile(path, raw)
+			clear(raw)
+			if err != nil {
+				return err
+			}
+		}
+		write, err := edit(&f, exists)
+		if err != nil || !write {
+			return err
+		}
+		if _, err := newKeySet(f); err != nil {
+			return err
+		}
+		out, err := yaml.Marshal(f)
+		if err != nil {
+			return err
+		}
+		err = writeFile(path, out, exists)
+		clear(out)
+		if errors.Is(err, fs.ErrExist) && attempt < 3 {
+			continue // created meanwhile by a writer that does not lock: edit what it wrote
+		}
+		if err != nil {
+			return fmt.Errorf("key file %s: %w", path, err)
+		}
+		return nil
+	}
+}
+
+// lock takes an exclusive flock of the lock file at path, creating it (mode 0600). The lock
+// file is never removed: a writer that removed it could let a later writer lock a new file
+// while another still holds the old one.
+func lock(path string) (unlock func(), err error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("key file lock: %w", err)
+	}
+	for {
+		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
+		if err != syscall.EINTR {
+			break
+		}
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("key file lock %s: %w", path, err)
+	}
+	return func() { f.Close() }, nil // closing the last descriptor releases the lock
 }
 
 func taken(f File, name string) bool {
@@ -193,13 +282,12 @@ func taken(f File, name string) bool {
 	return false
 }
 
-// writeFileAtomic replaces path with data (mode 0600) so a reader sees the old or the new
-// file, never half of one.
-func writeFileAtomic(path string, data []byte) error {
+// writeFile writes data (mode 0600) to path so that a reader sees the old file or the new
+// one, never half of one: to a temporary file in the same directory, synced, then renamed over
+// path (replace) or linked to it, which fails with fs.ErrExist if path exists (create); then
+// the directory is synced so the new name survives a crash.
+func writeFile(path string, data []byte, replace bool) error {
 	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
 	tmp, err := os.CreateTemp(dir, ".keys-*.tmp")
 	if err != nil {
 		return err
@@ -220,5 +308,22 @@ func writeFileAtomic(path string, data []byte) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	return os.Rename(tmp.Name(), path)
+	if replace {
+		err = os.Rename(tmp.Name(), path)
+	} else {
+		err = os.Link(tmp.Name(), path) // exclusive like O_EXCL, and the file appears whole
+	}
+	if err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }

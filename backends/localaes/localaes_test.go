@@ -151,6 +151,7 @@ func TestBadKeyFilesAreRefused(t *testing.T) {
 		{name: "not yaml", want: "key file", raw: "keys: [\n"},
 		{name: "group readable", want: "mode 0640", keys: []localaes.FileKey{{Name: "a", Secret: good}}, mode: 0o640},
 		{name: "world readable", want: "mode 0604", keys: []localaes.FileKey{{Name: "a", Secret: good}}, mode: 0o604},
+		{name: "mode 0644", want: "mode 0644", keys: []localaes.FileKey{{Name: "a", Secret: good}}, mode: 0o644},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -7,11 +7,12 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net/http"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/kmsplugin/kms-plugin/internal/privatefile"
 )
 
 // Auth is one way to get a Vault token. Login is called at start, when the token stops
@@ -119,7 +120,7 @@ func (k Kubernetes) Login(ctx context.Context, c *api.Client) (string, *api.Secr
 	if path == "" {
 		path = DefaultServiceAccountTokenFile
 	}
-	jwt, err := readSecretFile(path, "service-account token file")
+	jwt, err := readCredential(path, "service-account token file", privatefile.Any) // kubelet's mode; doctor warns
 	if err != nil {
 		return "", nil, err
 	}
@@ -164,7 +165,7 @@ func (c *Cert) read() (certPEM, keyPEM []byte, err error) {
 	if certFile == "" || keyFile == "" {
 		return nil, nil, &localError{"cert auth: no certificate and key file configured"}
 	}
-	if certPEM, err = readSecretFile(certFile, "client certificate file"); err != nil {
+	if certPEM, err = readCredential(certFile, "client certificate file", privatefile.Public); err != nil { // with a key in it: Secret
 		return nil, nil, err
 	}
 	if keyFile == certFile {
@@ -312,21 +313,23 @@ func login(ctx context.Context, c *api.Client, path string, body map[string]any)
 }
 
 // readSecretFile reads a small credential file; trailing whitespace (a newline from echo) is
-// not part of the secret. Errors name the file, never its content.
+// not part of the secret. Errors name the file, never its content. The file is held to the
+// rule of internal/privatefile, as doctor holds it: private (chmod 600), owned by root or us.
 func readSecretFile(path, what string) ([]byte, error) {
+	return readCredential(path, what, privatefile.Secret)
+}
+
+func readCredential(path, what string, rule privatefile.Rule) ([]byte, error) {
 	if path == "" {
 		return nil, &localError{"no " + what + " configured"}
 	}
-	info, err := os.Stat(path)
+	b, err := privatefile.ReadAs(path, rule)
 	if err != nil {
 		return nil, &localError{what + ": " + err.Error()}
 	}
-	if info.Size() > 64<<10 {
-		return nil, &localError{fmt.Sprintf("%s %s: %d bytes is too large for a credential", what, path, info.Size())}
-	}
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, &localError{what + ": " + err.Error()}
+	if len(b) > 64<<10 {
+		clear(b)
+		return nil, &localError{fmt.Sprintf("%s %s: %d bytes is too large for a credential", what, path, len(b))}
 	}
 	b = bytes.TrimSpace(b)
 	if len(b) == 0 {

@@ -28,12 +28,17 @@ func (b *LocalAES) AddFlags(fs *pflag.FlagSet) {
 
 func (b *LocalAES) Open(_ context.Context, fs *pflag.FlagSet, log *slog.Logger) (dek.KEK, error) {
 	if _, err := os.Stat(b.KeyFile); errors.Is(err, os.ErrNotExist) && !fs.Changed("localaes-key-file") {
-		id, err := localaes.AddKey(b.KeyFile, "", true)
+		// CreateKeyFile looks again under the key file's lock and creates it only if it is
+		// still missing: of plugins starting at once, one creates the file and the others find
+		// it. Each then loads what the file holds, so every plugin wraps with a key in it.
+		id, created, err := localaes.CreateKeyFile(b.KeyFile)
 		if err != nil {
 			return nil, fmt.Errorf("creating the default key file: %w", err)
 		}
-		log.Warn("##### NO KEY FILE: CREATED A NEW KEY. Back up this file: without it nothing encrypted with it can be read again. For production, create and distribute keys with 'kmsctl keygen' and pass --localaes-key-file. #####",
-			"key_file", b.KeyFile, "key_id", id)
+		if created {
+			log.Warn("##### NO KEY FILE: CREATED A NEW KEY. Back up this file: without it nothing encrypted with it can be read again. For production, create and distribute keys with 'kmsctl keygen' and pass --localaes-key-file. #####",
+				"key_file", b.KeyFile, "key_id", id)
+		}
 	}
 	return localaes.Open(b.KeyFile)
 }
