@@ -19,34 +19,58 @@ type SocketOptions struct {
 // Listen creates the unix socket at path. A stale socket file left by a dead process is
 // removed; a socket that a live process still serves is an error, so that two plugins never
 // fight over one path. A missing directory is created 0700.
+//
+// The directory must be writable by its owner alone, root or this process's user: in a
+// directory others may write, the path could be swapped for a link between any check and
+// use, turning our cleanup or permission change onto another file. The socket is created
+// with its mode already set (no chmod after the fact) and its group is set without following
+// links.
 func Listen(path string, opts SocketOptions) (net.Listener, error) {
 	if opts.Mode == 0 {
 		opts.Mode = 0o600
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("socket directory: %w", err)
+	}
+	if err := checkSocketDir(dir); err != nil {
+		return nil, err
 	}
 	if err := removeStaleSocket(path); err != nil {
 		return nil, err
 	}
-	// The umask keeps the socket private from its creation until the chmod below.
-	old := syscall.Umask(0o177)
+	// The umask gives the socket its mode from its creation on.
+	old := syscall.Umask(int(0o777 &^ opts.Mode.Perm()))
 	lis, err := net.Listen("unix", path)
 	syscall.Umask(old)
 	if err != nil {
 		return nil, fmt.Errorf("listening on %s: %w", path, err)
 	}
-	if err := os.Chmod(path, opts.Mode); err != nil {
-		lis.Close()
-		return nil, fmt.Errorf("socket permissions: %w", err)
-	}
 	if opts.GID >= 0 {
-		if err := os.Chown(path, -1, opts.GID); err != nil {
+		if err := os.Lchown(path, -1, opts.GID); err != nil {
 			lis.Close()
 			return nil, fmt.Errorf("socket group: %w", err)
 		}
 	}
 	return lis, nil
+}
+
+// checkSocketDir refuses a socket directory that someone else could write in.
+func checkSocketDir(dir string) error {
+	info, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("socket directory: %w", err)
+	}
+	if !info.IsDir() {
+		return fmt.Errorf("socket directory %s is not a directory", dir)
+	}
+	if perm := info.Mode().Perm(); perm&0o022 != 0 {
+		return fmt.Errorf("socket directory %s has mode %04o: group or others may write in it, and could swap the socket for a link; use a directory only its owner can write (chmod go-w %s)", dir, perm, dir)
+	}
+	if st, ok := info.Sys().(*syscall.Stat_t); ok && st.Uid != 0 && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("socket directory %s is owned by uid %d, neither root nor this process's user (%d)", dir, st.Uid, os.Geteuid())
+	}
+	return nil
 }
 
 func removeStaleSocket(path string) error {

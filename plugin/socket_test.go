@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 	"github.com/kmsplugin/kms-plugin/plugin"
 )
 
@@ -91,5 +92,42 @@ func TestListenRefusesToRemoveARegularFile(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(path); string(b) != "precious" {
 		t.Fatal("regular file changed")
+	}
+}
+
+// A socket directory that group or others may write is refused: they could swap the socket's
+// path for a link to another file between our checks and our use of it.
+func TestListenRefusesAWritableDirectory(t *testing.T) {
+	for _, mode := range []os.FileMode{0o777, 0o770, 0o1777, 0o702} {
+		dir := filepath.Join(plugintest.ShortTempDir(t), "sock")
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(dir, mode); err != nil {
+			t.Fatal(err)
+		}
+		lis, err := plugin.Listen(filepath.Join(dir, "kms.sock"), plugin.SocketOptions{GID: -1})
+		if err == nil {
+			lis.Close()
+			t.Errorf("directory mode %04o: Listen succeeded", mode)
+		} else if !strings.Contains(err.Error(), "may write") {
+			t.Errorf("directory mode %04o: %v", mode, err)
+		}
+	}
+}
+
+// The socket has its mode from the start, with no chmod that a link could redirect: a
+// symlink planted where a later chmod would land keeps its target's mode.
+func TestListenSetsTheModeAtCreation(t *testing.T) {
+	dir := plugintest.ShortTempDir(t)
+	path := filepath.Join(dir, "kms.sock")
+	lis, err := plugin.Listen(path, plugin.SocketOptions{Mode: 0o660, GID: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	info, err := os.Lstat(path)
+	if err != nil || info.Mode().Perm() != 0o660 || info.Mode().Type() != os.ModeSocket {
+		t.Fatalf("socket: %v, %v", info.Mode(), err)
 	}
 }
