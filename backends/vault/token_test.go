@@ -1,0 +1,142 @@
+package vault
+
+import (
+	"context"
+	"errors"
+	"net/http/httptest"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/kmsplugin/kms-plugin/internal/clock"
+)
+
+// TestTokenLifecycle drives renewal, re-login and login backoff with a fake clock against a
+// fake Vault; vault_test.go does the same against a real one.
+func TestTokenLifecycle(t *testing.T) {
+	var (
+		mu         sync.Mutex
+		loginFails bool
+		renewTTL   = 60
+		valid      = map[string]bool{}
+		logins     int
+	)
+	fv := &fakeVault{handler: func(path string, _ map[string]any, token string) (int, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch path {
+		case "/v1/auth/approle/login":
+			if loginFails {
+				return 400, `{"errors":["invalid secret id"]}`
+			}
+			logins++
+			tok := "hvs.t" + string(rune('0'+logins))
+			valid[tok] = true
+			return 200, `{"auth":{"client_token":"` + tok + `","lease_duration":60,"renewable":true}}`
+		case "/v1/auth/token/renew-self":
+			if !valid[token] {
+				return 403, `{"errors":["permission denied"]}`
+			}
+			return 200, `{"auth":{"client_token":"` + token + `","lease_duration":` + strconv.Itoa(renewTTL) + `,"renewable":true}}`
+		case "/v1/auth/token/lookup-self":
+			if !valid[token] {
+				return 403, `{"errors":["permission denied"]}`
+			}
+			return 200, `{"data":{"ttl":30,"renewable":true}}`
+		}
+		return 404, `{"errors":[]}`
+	}}
+	srv := httptest.NewServer(fv)
+	defer srv.Close()
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "secret"), "s")
+	clk := clock.NewFake(time.Unix(1_800_000_000, 0))
+	k, err := Open(Config{Address: srv.URL, Key: "k", Clock: clk, Retry: RetryPolicy{Attempts: 1},
+		Auth: AppRole{RoleID: "r", SecretIDFile: filepath.Join(dir, "secret")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk := k.tokens
+	ctx := context.Background()
+	count := func(path string) int {
+		n := 0
+		for _, p := range fv.paths() {
+			if p == path {
+				n++
+			}
+		}
+		return n
+	}
+
+	if _, ok := k.TokenTTL(); ok {
+		t.Fatal("TokenTTL before any login")
+	}
+	if err := tk.ensure(ctx); err != nil || tk.token != "hvs.t1" {
+		t.Fatalf("first ensure: token %q, %v", tk.token, err)
+	}
+	clk.Advance(39 * time.Second)
+	if ttl, ok := k.TokenTTL(); !ok || ttl != 21*time.Second {
+		t.Fatalf("TokenTTL 39 s into a 60 s token = %s, %v", ttl, ok)
+	}
+	tk.ensure(ctx)
+	if n := count("/v1/auth/token/renew-self"); n != 0 {
+		t.Fatalf("renewed %d times before two thirds of the TTL", n)
+	}
+	clk.Advance(2 * time.Second)
+	if err := tk.ensure(ctx); err != nil || count("/v1/auth/token/renew-self") != 1 || tk.token != "hvs.t1" {
+		t.Fatalf("at 41s of 60: %v, %d renewals, token %q; want one renewal of the same token", err, count("/v1/auth/token/renew-self"), tk.token)
+	}
+
+	// Renewal capped by the max TTL: log in afresh instead of running the token out.
+	mu.Lock()
+	renewTTL = 10
+	mu.Unlock()
+	clk.Advance(41 * time.Second)
+	if err := tk.ensure(ctx); err != nil || tk.token != "hvs.t2" {
+		t.Fatalf("near max TTL: token %q, %v; want a new login", tk.token, err)
+	}
+
+	// Revoked: a denial flags the token; the next ensure finds it invalid and logs in again.
+	mu.Lock()
+	delete(valid, "hvs.t2")
+	mu.Unlock()
+	tk.denied.Store(true)
+	if err := tk.ensure(ctx); err != nil || tk.token != "hvs.t3" {
+		t.Fatalf("after revocation: token %q, %v; want a new login", tk.token, err)
+	}
+
+	// A denial with a valid token is the policy's: no login.
+	tk.denied.Store(true)
+	if err := tk.ensure(ctx); err != nil || tk.token != "hvs.t3" {
+		t.Fatalf("denial with a valid token: token %q, %v; want no login", tk.token, err)
+	}
+
+	// Failing logins back off.
+	mu.Lock()
+	delete(valid, "hvs.t3")
+	loginFails = true
+	mu.Unlock()
+	before := count("/v1/auth/approle/login")
+	tk.denied.Store(true)
+	if err := tk.ensure(ctx); !errors.Is(err, errBadRequest) {
+		t.Fatalf("failed login: %v", err)
+	}
+	tk.denied.Store(true)
+	if err := tk.ensure(ctx); err == nil || !strings.Contains(err.Error(), "next approle login attempt") {
+		t.Fatalf("login retried at once: %v", err)
+	}
+	if got := count("/v1/auth/approle/login") - before; got != 1 {
+		t.Fatalf("%d login attempts inside the backoff, want 1", got)
+	}
+	mu.Lock()
+	loginFails = false
+	mu.Unlock()
+	clk.Advance(loginBackoffBase)
+	tk.denied.Store(true)
+	if err := tk.ensure(ctx); err != nil || tk.token != "hvs.t4" {
+		t.Fatalf("after the backoff: token %q, %v", tk.token, err)
+	}
+}
