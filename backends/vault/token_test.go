@@ -71,72 +71,99 @@ func TestTokenLifecycle(t *testing.T) {
 		return n
 	}
 
-	if _, ok := k.TokenTTL(); ok {
-		t.Fatal("TokenTTL before any login")
+	// The phases run in order on one backend, each from the state the one before left: a
+	// failed phase stops the test.
+	step := func(name string, f func(t *testing.T)) {
+		t.Helper()
+		if !t.Run(name, f) {
+			t.FailNow()
+		}
 	}
-	if err := tk.ensure(ctx); err != nil || tk.token != "hvs.t1" {
-		t.Fatalf("first ensure: token %q, %v", tk.token, err)
-	}
-	clk.Advance(39 * time.Second)
-	if ttl, ok := k.TokenTTL(); !ok || ttl != 21*time.Second {
-		t.Fatalf("TokenTTL 39 s into a 60 s token = %s, %v", ttl, ok)
-	}
-	tk.ensure(ctx)
-	if n := count("/v1/auth/token/renew-self"); n != 0 {
-		t.Fatalf("renewed %d times before two thirds of the TTL", n)
-	}
-	clk.Advance(2 * time.Second)
-	if err := tk.ensure(ctx); err != nil || count("/v1/auth/token/renew-self") != 1 || tk.token != "hvs.t1" {
-		t.Fatalf("at 41s of 60: %v, %d renewals, token %q; want one renewal of the same token", err, count("/v1/auth/token/renew-self"), tk.token)
-	}
+
+	step("first login", func(t *testing.T) {
+		if _, ok := k.TokenTTL(); ok {
+			t.Fatal("TokenTTL before any login")
+		}
+		if err := tk.ensure(ctx); err != nil || tk.token != "hvs.t1" {
+			t.Fatalf("first ensure: token %q, %v", tk.token, err)
+		}
+	})
+
+	step("no renewal before two thirds of the TTL", func(t *testing.T) {
+		clk.Advance(39 * time.Second)
+		if ttl, ok := k.TokenTTL(); !ok || ttl != 21*time.Second {
+			t.Fatalf("TokenTTL 39 s into a 60 s token = %s, %v", ttl, ok)
+		}
+		tk.ensure(ctx)
+		if n := count("/v1/auth/token/renew-self"); n != 0 {
+			t.Fatalf("renewed %d times before two thirds of the TTL", n)
+		}
+	})
+
+	step("renewal at two thirds of the TTL", func(t *testing.T) {
+		clk.Advance(2 * time.Second)
+		if err := tk.ensure(ctx); err != nil || count("/v1/auth/token/renew-self") != 1 || tk.token != "hvs.t1" {
+			t.Fatalf("at 41s of 60: %v, %d renewals, token %q; want one renewal of the same token", err, count("/v1/auth/token/renew-self"), tk.token)
+		}
+	})
 
 	// Renewal capped by the max TTL: log in afresh instead of running the token out.
-	mu.Lock()
-	renewTTL = 10
-	mu.Unlock()
-	clk.Advance(41 * time.Second)
-	if err := tk.ensure(ctx); err != nil || tk.token != "hvs.t2" {
-		t.Fatalf("near max TTL: token %q, %v; want a new login", tk.token, err)
-	}
+	step("renewal capped by the max TTL logs in afresh", func(t *testing.T) {
+		mu.Lock()
+		renewTTL = 10
+		mu.Unlock()
+		clk.Advance(41 * time.Second)
+		if err := tk.ensure(ctx); err != nil || tk.token != "hvs.t2" {
+			t.Fatalf("near max TTL: token %q, %v; want a new login", tk.token, err)
+		}
+	})
 
 	// Revoked: a denial flags the token; the next ensure finds it invalid and logs in again.
-	mu.Lock()
-	delete(valid, "hvs.t2")
-	mu.Unlock()
-	tk.denied.Store(true)
-	if err := tk.ensure(ctx); err != nil || tk.token != "hvs.t3" {
-		t.Fatalf("after revocation: token %q, %v; want a new login", tk.token, err)
-	}
+	step("revoked token logs in again", func(t *testing.T) {
+		mu.Lock()
+		delete(valid, "hvs.t2")
+		mu.Unlock()
+		tk.denied.Store(true)
+		if err := tk.ensure(ctx); err != nil || tk.token != "hvs.t3" {
+			t.Fatalf("after revocation: token %q, %v; want a new login", tk.token, err)
+		}
+	})
 
 	// A denial with a valid token is the policy's: no login.
-	tk.denied.Store(true)
-	if err := tk.ensure(ctx); err != nil || tk.token != "hvs.t3" {
-		t.Fatalf("denial with a valid token: token %q, %v; want no login", tk.token, err)
-	}
+	step("denial with a valid token keeps it", func(t *testing.T) {
+		tk.denied.Store(true)
+		if err := tk.ensure(ctx); err != nil || tk.token != "hvs.t3" {
+			t.Fatalf("denial with a valid token: token %q, %v; want no login", tk.token, err)
+		}
+	})
 
-	// Failing logins back off.
-	mu.Lock()
-	delete(valid, "hvs.t3")
-	loginFails = true
-	mu.Unlock()
-	before := count("/v1/auth/approle/login")
-	tk.denied.Store(true)
-	if err := tk.ensure(ctx); !errors.Is(err, errBadRequest) {
-		t.Fatalf("failed login: %v", err)
-	}
-	tk.denied.Store(true)
-	if err := tk.ensure(ctx); err == nil || !strings.Contains(err.Error(), "next approle login attempt") {
-		t.Fatalf("login retried at once: %v", err)
-	}
-	if got := count("/v1/auth/approle/login") - before; got != 1 {
-		t.Fatalf("%d login attempts inside the backoff, want 1", got)
-	}
-	mu.Lock()
-	loginFails = false
-	mu.Unlock()
-	clk.Advance(loginBackoffBase)
-	tk.denied.Store(true)
-	if err := tk.ensure(ctx); err != nil || tk.token != "hvs.t4" {
-		t.Fatalf("after the backoff: token %q, %v", tk.token, err)
-	}
+	step("failing logins back off", func(t *testing.T) {
+		mu.Lock()
+		delete(valid, "hvs.t3")
+		loginFails = true
+		mu.Unlock()
+		before := count("/v1/auth/approle/login")
+		tk.denied.Store(true)
+		if err := tk.ensure(ctx); !errors.Is(err, errBadRequest) {
+			t.Fatalf("failed login: %v", err)
+		}
+		tk.denied.Store(true)
+		if err := tk.ensure(ctx); err == nil || !strings.Contains(err.Error(), "next approle login attempt") {
+			t.Fatalf("login retried at once: %v", err)
+		}
+		if got := count("/v1/auth/approle/login") - before; got != 1 {
+			t.Fatalf("%d login attempts inside the backoff, want 1", got)
+		}
+	})
+
+	step("login after the backoff", func(t *testing.T) {
+		mu.Lock()
+		loginFails = false
+		mu.Unlock()
+		clk.Advance(loginBackoffBase)
+		tk.denied.Store(true)
+		if err := tk.ensure(ctx); err != nil || tk.token != "hvs.t4" {
+			t.Fatalf("after the backoff: token %q, %v", tk.token, err)
+		}
+	})
 }
