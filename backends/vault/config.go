@@ -168,6 +168,39 @@ func (c *Config) newTransport() (*http.Transport, error) {
 	return transport, nil
 }
 
+// NewClient builds a vault/api client from cfg as Open builds the backend's own: cfg's TLS
+// settings, requests failing over from Address to FailoverAddresses, no proxy, no redirect or
+// retry of the library's own, nothing from VAULT_* variables. It works in namespace ("" is
+// the root namespace, where sys/health lives; the backend's other requests go to
+// cfg.Namespace) and carries token ("" for none). cfg is checked only as far as building the
+// client needs; Open checks all of it.
+func NewClient(cfg Config, namespace, token string) (*api.Client, error) {
+	cfg.setDefaults()
+	hc, _, _, err := cfg.httpClient()
+	if err != nil {
+		return nil, err
+	}
+	return cfg.newAPIClient(hc, namespace, token)
+}
+
+// httpClient builds the HTTP client that every Vault client of one backend shares, with its
+// transport and failover state.
+func (c *Config) httpClient() (*http.Client, *http.Transport, *addresses, error) {
+	transport, err := c.newTransport()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	addrs, err := newAddresses(c.addresses(), c.Clock, c.Log)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var rt http.RoundTripper = transport
+	if c.wrapTransport != nil {
+		rt = c.wrapTransport(rt)
+	}
+	return newHTTPClient(rt, addrs), transport, addrs, nil
+}
+
 // newHTTPClient is the client of every Vault call: the transport behind failover across the
 // addresses, and no redirects followed by net/http (vault/api follows one itself, refusing a
 // downgrade from https).

@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -122,5 +123,46 @@ func TestAddressWithCredentialsIsRefused(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "carries credentials") || strings.Contains(err.Error(), "hunter2") {
 			t.Errorf("%s: err = %v", cfg.Address, err)
 		}
+	}
+}
+
+// TestNewClient: a client built from a Config alone fails over as the backend's does, and
+// carries the namespace and token it is given and nothing from the environment.
+func TestNewClient(t *testing.T) {
+	t.Setenv("VAULT_TOKEN", "env-token")
+	t.Setenv("VAULT_NAMESPACE", "env-ns")
+	fv := &fakeVault{handler: func(string, map[string]any, string) (int, string) { return 200, `{"data":{"ok":true}}` }}
+	srv := httptest.NewServer(fv)
+	defer srv.Close()
+	down := httptest.NewServer(http.NotFoundHandler())
+	down.Close() // refuses connections from now on
+	cfg := Config{Address: down.URL, FailoverAddresses: []string{srv.URL}}
+
+	c, err := NewClient(cfg, "team-a", "hvs.given")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Logical().ReadWithContext(context.Background(), "transit/keys/k"); err != nil {
+		t.Fatalf("read with the first address down: %v; want the failover address to answer", err)
+	}
+	r := fv.last("/v1/transit/keys/k")
+	if r.header.Get("X-Vault-Namespace") != "team-a" || r.header.Get("X-Vault-Token") != "hvs.given" {
+		t.Errorf("request carried namespace %q and token %q; want team-a and hvs.given",
+			r.header.Get("X-Vault-Namespace"), r.header.Get("X-Vault-Token"))
+	}
+
+	root, err := NewClient(cfg, "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := root.Sys().HealthWithContext(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if h := fv.last("/v1/sys/health").header; h.Get("X-Vault-Namespace") != "" || h.Get("X-Vault-Token") != "" {
+		t.Errorf("root-namespace client without a token sent namespace %q, token %q", h.Get("X-Vault-Namespace"), h.Get("X-Vault-Token"))
+	}
+
+	if _, err := NewClient(Config{Address: srv.URL, CAFile: filepath.Join(t.TempDir(), "missing.pem")}, "", ""); err == nil {
+		t.Error("NewClient with a missing CA file succeeded")
 	}
 }

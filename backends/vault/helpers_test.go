@@ -18,17 +18,7 @@ import (
 // testAPIClient is a vault/api client built as the backend builds its own.
 func testAPIClient(t *testing.T, addr string) *api.Client {
 	t.Helper()
-	cfg := Config{Address: addr}
-	cfg.setDefaults()
-	transport, err := cfg.newTransport()
-	if err != nil {
-		t.Fatal(err)
-	}
-	addrs, err := newAddresses(cfg.addresses(), cfg.Clock, cfg.Log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := cfg.newAPIClient(newHTTPClient(transport, addrs), "", "")
+	c, err := NewClient(Config{Address: addr}, "", "")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -60,19 +60,10 @@ func Open(cfg Config) (*KEK, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	transport, err := cfg.newTransport()
+	hc, transport, addrs, err := cfg.httpClient()
 	if err != nil {
 		return nil, err
 	}
-	addrs, err := newAddresses(cfg.addresses(), cfg.Clock, cfg.Log)
-	if err != nil {
-		return nil, err
-	}
-	var rt http.RoundTripper = transport
-	if cfg.wrapTransport != nil {
-		rt = cfg.wrapTransport(rt)
-	}
-	hc := newHTTPClient(rt, addrs)
 	client, err := cfg.newAPIClient(hc, cfg.Namespace, "")
 	if err != nil {
 		return nil, err

@@ -13,26 +13,96 @@ import (
 	"github.com/kmsplugin/kms-plugin/dek"
 )
 
-func (k *KEK) keyPath() string { return k.cfg.Mount + "/keys/" + k.cfg.Key }
+// KeyPath is the path of transit key name on mount: "<mount>/keys/<name>".
+func KeyPath(mount, name string) string { return mount + "/keys/" + name }
+
+func (k *KEK) keyPath() string { return KeyPath(k.cfg.Mount, k.cfg.Key) }
+
+// ReadKey reads transit key name on mount with client, once. A failed request is vault/api's
+// error as it is (the backend retries and classifies it); a key that does not exist, or a
+// mount that is not there, is (nil, nil).
+func ReadKey(ctx context.Context, client *api.Client, mount, name string) (*api.Secret, error) {
+	secret, err := client.Logical().ReadWithContext(ctx, KeyPath(mount, name))
+	if err != nil || secret == nil || secret.Data == nil {
+		return nil, err
+	}
+	return secret, nil
+}
 
 func (k *KEK) readKey(ctx context.Context) (*api.Secret, error) {
 	var secret *api.Secret
 	err := k.cfg.Retry.do(ctx, k.cfg.Clock, func(ctx context.Context) (err error) {
-		secret, err = k.client.Logical().ReadWithContext(ctx, k.keyPath())
+		secret, err = ReadKey(ctx, k.client, k.cfg.Mount, k.cfg.Key)
 		return err
 	})
 	if err != nil {
 		return nil, classify("reading "+k.keyPath(), err)
 	}
-	if secret == nil || secret.Data == nil {
+	if secret == nil {
 		return nil, fmt.Errorf("%w: transit key %q not found on mount %q", dek.ErrUnknownKey, k.cfg.Key, k.cfg.Mount)
 	}
 	return secret, nil
 }
 
+// Key is a transit key as a read of it (ReadKey) describes it: what the backend needs, and
+// the settings doctor judges.
+type Key struct {
+	Type                 string // aes256-gcm96, ...
+	SupportsEncryption   bool
+	Derived              bool // every request would need a context
+	ConvergentEncryption bool
+	Exportable           bool // its material can be exported
+	AllowPlaintextBackup bool
+	DeletionAllowed      bool
+	LatestVersion        int
+	MinDecryptionVersion int
+	// Created is the creation time (Unix seconds) of every version listed: those that can
+	// still decrypt.
+	Created map[int]int64
+}
+
+// ParseKey reads a transit key from what ReadKey returned. It fails only on an answer it
+// cannot read (a version or creation time that is not one); whether the key can serve is the
+// caller's to judge. On error the Key still holds the fields read before the failing one (the
+// settings, then latest_version, min_decryption_version and the versions, in that order).
+func ParseKey(secret *api.Secret) (Key, error) {
+	if secret == nil || secret.Data == nil {
+		return Key{}, errors.New("no transit key in the answer")
+	}
+	d := secret.Data
+	key := Key{}
+	key.Type, _ = d["type"].(string)
+	key.SupportsEncryption, _ = d["supports_encryption"].(bool)
+	key.Derived, _ = d["derived"].(bool)
+	key.ConvergentEncryption, _ = d["convergent_encryption"].(bool)
+	key.Exportable, _ = d["exportable"].(bool)
+	key.AllowPlaintextBackup, _ = d["allow_plaintext_backup"].(bool)
+	key.DeletionAllowed, _ = d["deletion_allowed"].(bool)
+	var err error
+	key.LatestVersion, err = intField(d["latest_version"])
+	if err != nil || key.LatestVersion < 1 {
+		return key, fmt.Errorf("latest_version %v: %v", d["latest_version"], err)
+	}
+	if key.MinDecryptionVersion, err = intField(d["min_decryption_version"]); err != nil {
+		return key, fmt.Errorf("min_decryption_version %v: %v", d["min_decryption_version"], err)
+	}
+	keys, _ := d["keys"].(map[string]any)
+	key.Created = make(map[int]int64, len(keys))
+	for v, raw := range keys {
+		n, err := strconv.Atoi(v)
+		if err != nil {
+			return key, fmt.Errorf("version %q: %v", v, err)
+		}
+		if key.Created[n], err = creationTime(raw); err != nil {
+			return key, fmt.Errorf("version %d: creation time: %v", n, err)
+		}
+	}
+	return key, nil
+}
+
 // keyState is what a check learned of the key.
 type keyState struct {
-	latest     keyVersion
+	latest     KeyVersion
 	minDecrypt int
 	created    map[int]int64 // creation time of every version still able to decrypt
 	lineageOf  func(created int64) string
@@ -40,43 +110,27 @@ type keyState struct {
 
 // parseKey reads a key's versions, refusing keys this backend cannot use.
 func (k *KEK) parseKey(clusterID string, secret *api.Secret) (*keyState, error) {
-	d := secret.Data
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("transit key %s: "+format, append([]any{k.keyPath()}, args...)...)
 	}
-	if enc, _ := d["supports_encryption"].(bool); !enc {
-		return nil, bad("type %v cannot encrypt", d["type"])
-	}
-	if derived, _ := d["derived"].(bool); derived {
+	key, err := ParseKey(secret)
+	switch {
+	case !key.SupportsEncryption:
+		return nil, bad("type %v cannot encrypt", secret.Data["type"])
+	case key.Derived:
 		return nil, bad("derived keys (which need a context per request) are not supported")
+	case err != nil:
+		return nil, bad("%w", err)
 	}
-	latest, err := intField(d["latest_version"])
-	if err != nil || latest < 1 {
-		return nil, bad("latest_version %v: %v", d["latest_version"], err)
-	}
-	minDecrypt, err := intField(d["min_decryption_version"])
-	if err != nil {
-		return nil, bad("min_decryption_version %v: %v", d["min_decryption_version"], err)
-	}
-	keys, _ := d["keys"].(map[string]any)
-	st := &keyState{minDecrypt: minDecrypt, created: make(map[int]int64, len(keys)),
+	st := &keyState{minDecrypt: key.MinDecryptionVersion, created: key.Created,
 		lineageOf: func(created int64) string {
 			return lineage(clusterID, k.cfg.Namespace, k.cfg.Mount, k.cfg.Key, created)
 		}}
-	for v, raw := range keys {
-		n, err := strconv.Atoi(v)
-		if err != nil {
-			return nil, bad("version %q: %v", v, err)
-		}
-		if st.created[n], err = creationTime(raw); err != nil {
-			return nil, bad("version %d: creation time: %v", n, err)
-		}
-	}
-	created, ok := st.created[latest]
+	created, ok := st.created[key.LatestVersion]
 	if !ok {
-		return nil, bad("latest version %d is not listed", latest)
+		return nil, bad("latest version %d is not listed", key.LatestVersion)
 	}
-	st.latest = keyVersion{lineage: st.lineageOf(created), version: latest}
+	st.latest = KeyVersion{lineage: st.lineageOf(created), version: key.LatestVersion}
 	return st, nil
 }
 
@@ -110,29 +164,29 @@ func intField(v any) (int, error) {
 
 // usable parses keyID and checks that it names a version of this transit key that can still
 // decrypt, as last seen: its lineage must be the one that version's creation time gives.
-func (k *KEK) usable(keyID string) (keyVersion, error) {
-	kv, err := parseKeyID(keyID)
+func (k *KEK) usable(keyID string) (KeyVersion, error) {
+	keyVer, err := ParseKeyID(keyID)
 	if err != nil {
-		return kv, err
+		return keyVer, err
 	}
 	k.mu.RLock()
 	st := k.observed
 	k.mu.RUnlock()
 	if st == nil {
-		return kv, fmt.Errorf("%w: vault transit key %s not read yet", dek.ErrUnavailable, k.keyPath())
+		return keyVer, fmt.Errorf("%w: vault transit key %s not read yet", dek.ErrUnavailable, k.keyPath())
 	}
-	created, listed := st.created[kv.version]
+	created, listed := st.created[keyVer.version]
 	switch {
-	case kv.version < st.minDecrypt:
-		return kv, fmt.Errorf("%w: key id %s: version %d is below the transit key's min_decryption_version %d (retired by the operator)",
-			dek.ErrUnknownKey, keyID, kv.version, st.minDecrypt)
-	case !listed && kv.version > st.latest.version:
+	case keyVer.version < st.minDecrypt:
+		return keyVer, fmt.Errorf("%w: key id %s: version %d is below the transit key's min_decryption_version %d (retired by the operator)",
+			dek.ErrUnknownKey, keyID, keyVer.version, st.minDecrypt)
+	case !listed && keyVer.version > st.latest.version:
 		// Another plugin instance may have adopted a rotation this one has not seen yet.
-		return kv, fmt.Errorf("%w: key id %s: version %d is newer than the latest this plugin has seen (%d); retry after its next check",
-			dek.ErrUnavailable, keyID, kv.version, st.latest.version)
-	case !listed || st.lineageOf(created) != kv.lineage:
-		return kv, fmt.Errorf("%w: key id %s names another transit key than %s (deleted and recreated, or in another Vault cluster)",
+		return keyVer, fmt.Errorf("%w: key id %s: version %d is newer than the latest this plugin has seen (%d); retry after its next check",
+			dek.ErrUnavailable, keyID, keyVer.version, st.latest.version)
+	case !listed || st.lineageOf(created) != keyVer.lineage:
+		return keyVer, fmt.Errorf("%w: key id %s names another transit key than %s (deleted and recreated, or in another Vault cluster)",
 			dek.ErrUnknownKey, keyID, k.keyPath())
 	}
-	return kv, nil
+	return keyVer, nil
 }

@@ -21,13 +21,20 @@ import (
 // still decrypt keeps its own.
 const keyIDPrefix = "vault:"
 
-// keyVersion is one version of one lineage.
-type keyVersion struct {
+// KeyVersion is what a key id names: one version of one lineage. The zero value names none.
+type KeyVersion struct {
 	lineage string // 16 hex digits
 	version int    // 1 and up
 }
 
-func (k keyVersion) String() string {
+// Lineage is the 16 hex digits that tie the key id to one key version of one transit key.
+func (k KeyVersion) Lineage() string { return k.lineage }
+
+// Version is the transit key version the key id names, 1 and up.
+func (k KeyVersion) Version() int { return k.version }
+
+// String is the key id, "vault:<lineage>:v<version>"; "" for the zero value.
+func (k KeyVersion) String() string {
 	if k.lineage == "" {
 		return ""
 	}
@@ -48,25 +55,26 @@ func lineage(clusterID, namespace, mount, key string, created int64) string {
 	return hex.EncodeToString(h.Sum(nil))[:16]
 }
 
-// parseKeyID reads a key id strictly; anything else is not one of ours (dek.ErrUnknownKey).
-func parseKeyID(id string) (keyVersion, error) {
+// ParseKeyID reads a key id strictly, as Wrap and Unwrap do; anything else is not one of ours
+// (dek.ErrUnknownKey).
+func ParseKeyID(id string) (KeyVersion, error) {
 	bad := fmt.Errorf("%w: %q is not a vault key id (vault:<16 hex>:v<version>)", dek.ErrUnknownKey, id)
 	rest, ok := strings.CutPrefix(id, keyIDPrefix)
 	if !ok {
-		return keyVersion{}, bad
+		return KeyVersion{}, bad
 	}
 	lin, ver, ok := strings.Cut(rest, ":v")
 	if !ok || len(lin) != 16 || strings.Trim(lin, "0123456789abcdef") != "" {
-		return keyVersion{}, bad
+		return KeyVersion{}, bad
 	}
 	if ver == "" || ver[0] == '0' || len(ver) > 9 || strings.Trim(ver, "0123456789") != "" {
-		return keyVersion{}, bad
+		return KeyVersion{}, bad
 	}
 	n, err := strconv.Atoi(ver)
 	if err != nil {
-		return keyVersion{}, bad
+		return KeyVersion{}, bad
 	}
-	return keyVersion{lineage: lin, version: n}, nil
+	return KeyVersion{lineage: lin, version: n}, nil
 }
 
 // debounce adopts a key id only once two consecutive observations agree, so that control-plane
@@ -74,19 +82,19 @@ func parseKeyID(id string) (keyVersion, error) {
 // key id flip back and forth. The first observation is adopted at once: there is nothing yet
 // to flip from.
 type debounce struct {
-	adopted   keyVersion
-	candidate keyVersion
+	adopted   KeyVersion
+	candidate KeyVersion
 }
 
 // observe records one successful check's view and reports whether it changed the adopted id.
-func (d *debounce) observe(seen keyVersion) bool {
+func (d *debounce) observe(seen KeyVersion) bool {
 	switch {
 	case d.adopted.lineage == "" || seen == d.adopted:
 		changed := seen != d.adopted
-		d.adopted, d.candidate = seen, keyVersion{}
+		d.adopted, d.candidate = seen, KeyVersion{}
 		return changed
 	case seen == d.candidate:
-		d.adopted, d.candidate = seen, keyVersion{}
+		d.adopted, d.candidate = seen, KeyVersion{}
 		return true
 	default:
 		d.candidate = seen
@@ -95,7 +103,7 @@ func (d *debounce) observe(seen keyVersion) bool {
 }
 
 // adopt takes seen at once, bypassing the wait.
-func (d *debounce) adopt(seen keyVersion) { d.adopted, d.candidate = seen, keyVersion{} }
+func (d *debounce) adopt(seen KeyVersion) { d.adopted, d.candidate = seen, KeyVersion{} }
 
 // miss records a failed check: observations on either side of it are not consecutive.
-func (d *debounce) miss() { d.candidate = keyVersion{} }
+func (d *debounce) miss() { d.candidate = KeyVersion{} }

@@ -9,13 +9,13 @@ import (
 )
 
 func TestKeyIDFormatAndParse(t *testing.T) {
-	kv := keyVersion{lineage: "0123456789abcdef", version: 12}
-	if got := kv.String(); got != "vault:0123456789abcdef:v12" {
+	keyVer := KeyVersion{lineage: "0123456789abcdef", version: 12}
+	if got := keyVer.String(); got != "vault:0123456789abcdef:v12" {
 		t.Fatalf("String = %q", got)
 	}
-	back, err := parseKeyID(kv.String())
-	if err != nil || back != kv {
-		t.Fatalf("parseKeyID = %+v, %v", back, err)
+	back, err := ParseKeyID(keyVer.String())
+	if err != nil || back != keyVer {
+		t.Fatalf("ParseKeyID = %+v, %v", back, err)
 	}
 	for _, bad := range []string{
 		"", "vault:", "vault:0123456789abcdef", "vault:0123456789abcdef:v", "vault:0123456789abcdef:v0",
@@ -23,8 +23,8 @@ func TestKeyIDFormatAndParse(t *testing.T) {
 		"vault:0123456789ABCDEF:v1", "vault:0123456789abcde:v1", "vault:0123456789abcdef0:v1",
 		"vault:0123456789abcdef:v1234567890", "localaes:0123456789abcdef:v1", "vault:0123456789abcdef:1",
 	} {
-		if _, err := parseKeyID(bad); !errors.Is(err, dek.ErrUnknownKey) {
-			t.Errorf("parseKeyID(%q): err = %v, want dek.ErrUnknownKey", bad, err)
+		if _, err := ParseKeyID(bad); !errors.Is(err, dek.ErrUnknownKey) {
+			t.Errorf("ParseKeyID(%q): err = %v, want dek.ErrUnknownKey", bad, err)
 		}
 	}
 }
@@ -52,13 +52,13 @@ func TestLineage(t *testing.T) {
 }
 
 func TestDebounce(t *testing.T) {
-	v := func(n int) keyVersion { return keyVersion{lineage: "0123456789abcdef", version: n} }
-	other := keyVersion{lineage: "fedcba9876543210", version: 1}
+	v := func(n int) KeyVersion { return KeyVersion{lineage: "0123456789abcdef", version: n} }
+	other := KeyVersion{lineage: "fedcba9876543210", version: 1}
 	var d debounce
 	steps := []struct {
-		seen    keyVersion
+		seen    KeyVersion
 		miss    bool
-		adopted keyVersion
+		adopted KeyVersion
 	}{
 		{seen: v(1), adopted: v(1)}, // first sight: adopted at once
 		{seen: v(2), adopted: v(1)}, // new version seen once
@@ -83,4 +83,45 @@ func TestDebounce(t *testing.T) {
 			t.Fatalf("step %d: adopted %v, want %v", i, d.adopted, s.adopted)
 		}
 	}
+}
+
+// TestParseKeyIDVersion: the version ParseKeyID reads, as doctor counts the objects in etcd
+// under each version (these cases were doctor's own parser's).
+func TestParseKeyIDVersion(t *testing.T) {
+	for id, want := range map[string]int{
+		"vault:0123456789abcdef:v3": 3, "vault:0123456789abcdef:v12": 12,
+		"vault:0123456789ABCDEF:v3": 0, "vault:0123:v3": 0, "localaes:abc": 0,
+		"vault:0123456789abcdef:v0": 0, "vault:0123456789abcdef:vx": 0,
+	} {
+		got, err := ParseKeyID(id)
+		if want == 0 {
+			if err == nil {
+				t.Errorf("ParseKeyID(%q) = %v; want an error", id, got)
+			}
+			continue
+		}
+		if err != nil || got.Version() != want || got.Lineage() != "0123456789abcdef" || got.String() != id {
+			t.Errorf("ParseKeyID(%q) = version %d, lineage %q, %v; want version %d", id, got.Version(), got.Lineage(), err, want)
+		}
+	}
+}
+
+// FuzzParseKeyID: whatever ParseKeyID accepts, String gives back unchanged, so one key id
+// never has two spellings.
+func FuzzParseKeyID(f *testing.F) {
+	for _, s := range []string{"vault:0123456789abcdef:v1", "vault:0123456789abcdef:v123456789", "vault:0123456789abcdef:v01", "vault::v1", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, id string) {
+		keyVer, err := ParseKeyID(id)
+		if err != nil {
+			if !errors.Is(err, dek.ErrUnknownKey) {
+				t.Fatalf("ParseKeyID(%q): %v, want dek.ErrUnknownKey", id, err)
+			}
+			return
+		}
+		if keyVer.String() != id || keyVer.Version() < 1 {
+			t.Fatalf("ParseKeyID(%q) = %+v, which prints as %q", id, keyVer, keyVer.String())
+		}
+	})
 }

@@ -8,7 +8,7 @@ import (
 func TestLaggingView(t *testing.T) {
 	view := func(latest int, created map[int]int64) *keyState {
 		st := &keyState{created: created, lineageOf: func(c int64) string { return lineage("cluster", "", "transit", "k", c) }}
-		st.latest = keyVersion{lineage: st.lineageOf(created[latest]), version: latest}
+		st.latest = KeyVersion{lineage: st.lineageOf(created[latest]), version: latest}
 		return st
 	}
 	k := &KEK{cfg: Config{Log: slog.New(slog.DiscardHandler)}}
@@ -42,14 +42,14 @@ func TestLaggingViewAfterRetirement(t *testing.T) {
 	lin := func(c int64) string { return lineage("cluster", "", "transit", "k", c) }
 	view := func(latest, minDecrypt int, created map[int]int64) *keyState {
 		st := &keyState{minDecrypt: minDecrypt, created: created, lineageOf: lin}
-		st.latest = keyVersion{lineage: lin(created[latest]), version: latest}
+		st.latest = KeyVersion{lineage: lin(created[latest]), version: latest}
 		return st
 	}
 	k := &KEK{cfg: Config{Log: slog.New(slog.DiscardHandler)}}
 	k.apply(view(1, 1, map[int]int64{1: 100}), nil)
 	k.apply(view(2, 1, map[int]int64{1: 100, 2: 200}), nil)
 	k.apply(view(2, 2, map[int]int64{2: 200}), nil) // rotated, then v1 retired
-	v2 := keyVersion{lin(200), 2}.String()
+	v2 := KeyVersion{lin(200), 2}.String()
 	if got := k.CurrentID(); got != v2 {
 		t.Fatalf("after the rotation: key id %s, want %s", got, v2)
 	}
@@ -65,7 +65,7 @@ func TestLaggingViewAfterRetirement(t *testing.T) {
 	// A deleted and recreated key (created after the adopted version) still moves, after two checks.
 	k.apply(view(1, 1, map[int]int64{1: 300}), nil)
 	k.apply(view(1, 1, map[int]int64{1: 300}), nil)
-	if got, want := k.CurrentID(), (keyVersion{lin(300), 1}).String(); got != want {
+	if got, want := k.CurrentID(), (KeyVersion{lin(300), 1}).String(); got != want {
 		t.Fatalf("recreated key: key id %s, want %s", got, want)
 	}
 }

@@ -17,7 +17,7 @@ import (
 // version that really wrapped it even if the key rotates meanwhile. The wrapped DEK is the raw
 // transit ciphertext without its "vault:vN:" prefix and base64, which the key id restores.
 func (k *KEK) Wrap(ctx context.Context, keyID string, plain []byte) ([]byte, error) {
-	kv, err := k.usable(keyID)
+	keyVer, err := k.usable(keyID)
 	if err != nil {
 		return nil, err
 	}
@@ -26,7 +26,7 @@ func (k *KEK) Wrap(ctx context.Context, keyID string, plain []byte) ([]byte, err
 	err = k.cfg.Retry.do(ctx, k.cfg.Clock, func(ctx context.Context) (err error) {
 		secret, err = k.client.Logical().WriteWithContext(ctx, path, map[string]any{
 			"plaintext":   base64.StdEncoding.EncodeToString(plain),
-			"key_version": kv.version,
+			"key_version": keyVer.version,
 		})
 		return err
 	})
@@ -37,10 +37,10 @@ func (k *KEK) Wrap(ctx context.Context, keyID string, plain []byte) ([]byte, err
 		return nil, k.notFound("encrypt with " + path)
 	}
 	ct, _ := secretString(secret, "ciphertext")
-	prefix := transitPrefix(kv.version)
+	prefix := transitPrefix(keyVer.version)
 	b64, ok := strings.CutPrefix(ct, prefix)
 	if !ok {
-		return nil, fmt.Errorf("encrypt with %s: vault returned no ciphertext of version %d", path, kv.version)
+		return nil, fmt.Errorf("encrypt with %s: vault returned no ciphertext of version %d", path, keyVer.version)
 	}
 	raw, err := base64.StdEncoding.DecodeString(b64)
 	if err != nil || len(raw) == 0 {
@@ -51,7 +51,7 @@ func (k *KEK) Wrap(ctx context.Context, keyID string, plain []byte) ([]byte, err
 
 // Unwrap decrypts a DEK that Wrap wrapped under keyID.
 func (k *KEK) Unwrap(ctx context.Context, keyID string, wrapped []byte) ([]byte, error) {
-	kv, err := k.usable(keyID)
+	keyVer, err := k.usable(keyID)
 	if err != nil {
 		return nil, err
 	}
@@ -59,7 +59,7 @@ func (k *KEK) Unwrap(ctx context.Context, keyID string, wrapped []byte) ([]byte,
 		return nil, fmt.Errorf("%w: empty wrapped DEK", dek.ErrMalformed)
 	}
 	path := k.cfg.Mount + "/decrypt/" + k.cfg.Key
-	ct := transitPrefix(kv.version) + base64.StdEncoding.EncodeToString(wrapped)
+	ct := transitPrefix(keyVer.version) + base64.StdEncoding.EncodeToString(wrapped)
 	var secret *api.Secret
 	err = k.cfg.Retry.do(ctx, k.cfg.Clock, func(ctx context.Context) (err error) {
 		secret, err = k.client.Logical().WriteWithContext(ctx, path, map[string]any{"ciphertext": ct})
