@@ -188,13 +188,3 @@ func TestReport(t *testing.T) {
 		t.Errorf("got\n%s(failed %d), want\n%s", b.String(), rep.Failed(), want)
 	}
 }
-
-func TestVaultKeyVersion(t *testing.T) {
-	for id, want := range map[string]int{"vault:0123456789abcdef:v3": 3, "vault:0123456789abcdef:v12": 12,
-		"vault:0123456789ABCDEF:v3": 0, "vault:0123:v3": 0, "localaes:abc": 0, "vault:0123456789abcdef:v0": 0, "vault:0123456789abcdef:vx": 0} {
-		got, ok := vaultKeyVersion(id)
-		if got != want && ok || (want == 0) == ok {
-			t.Errorf("vaultKeyVersion(%q) = %d, %v; want %d", id, got, ok, want)
-		}
-	}
-}

@@ -4,14 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -63,7 +59,7 @@ type vaultDoctor struct {
 }
 
 func (d *vaultDoctor) run(ctx context.Context) []Result {
-	anon, err := d.newClient("", "")
+	anon, err := d.clientAt(d.cfg.Address)
 	if err != nil {
 		return []Result{fail("vault client", "fix the --vault-* TLS flags", "%v", err)}
 	}
@@ -75,10 +71,7 @@ func (d *vaultDoctor) run(ctx context.Context) []Result {
 	}
 	// Failover addresses serve only while the first cannot: one that fails is a warning.
 	for _, addr := range d.cfg.FailoverAddresses {
-		c, err := d.newClient("", "")
-		if err == nil {
-			err = c.SetAddress(addr)
-		}
+		c, err := d.clientAt(addr)
 		if err != nil {
 			out = append(out, warn("vault reachable", "fix the --vault-addr list", "failover address %s: %v", addr, err))
 			continue
@@ -100,29 +93,13 @@ func (d *vaultDoctor) run(ctx context.Context) []Result {
 	return out
 }
 
-// newClient builds a vault/api client from the same settings the backend uses: the address,
-// TLS files, namespace and token; no VAULT_* variable, proxy or retry of the library's own.
-func (d *vaultDoctor) newClient(namespace, token string) (*api.Client, error) {
-	hc := &http.Client{Transport: &http.Transport{Proxy: nil, TLSClientConfig: &tls.Config{MinVersion: tls.VersionTLS12}}}
-	conf := &api.Config{Address: d.cfg.Address, HttpClient: hc, MaxRetries: 0}
-	if err := conf.ConfigureTLS(&api.TLSConfig{
-		CACert: d.cfg.CAFile, ClientCert: d.cfg.ClientCert, ClientKey: d.cfg.ClientKey,
-		TLSServerName: d.cfg.TLSServerName, Insecure: d.cfg.SkipVerify,
-	}); err != nil {
-		return nil, fmt.Errorf("vault TLS settings: %w", err)
-	}
-	c, err := api.NewClient(conf)
-	if err != nil {
-		return nil, fmt.Errorf("vault client (a malformed VAULT_* variable?): %w", err)
-	}
-	c.SetHeaders(http.Header{api.RequestHeaderName: []string{"true"}}) // drops $VAULT_HEADERS
-	c.SetToken(token)
-	c.ClearNamespace()
-	if namespace != "" {
-		c.SetNamespace(namespace)
-	}
-	c.SetWrappingLookupFunc(func(string, string) string { return "" })
-	return c, nil
+// clientAt is a client built as serve builds its own (vault.NewClient), without a token, in
+// the root namespace where sys/health lives, and talking to addr alone: each address is
+// checked on its own rather than failed over from.
+func (d *vaultDoctor) clientAt(addr string) (*api.Client, error) {
+	one := d.cfg
+	one.Address, one.FailoverAddresses = addr, nil
+	return vault.NewClient(one, "", "")
 }
 
 func (d *vaultDoctor) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -158,7 +135,7 @@ func (d *vaultDoctor) login(ctx context.Context) ([]Result, bool) {
 		return []Result{fail(check, "choose --vault-auth and its credentials", "no auth method configured")}, false
 	}
 	method := d.cfg.Auth.Method()
-	anon, err := d.newClient(d.cfg.Namespace, "")
+	anon, err := vault.NewClient(d.cfg, d.cfg.Namespace, "")
 	if err != nil {
 		return []Result{fail(check, "", "%v", err)}, false
 	}
@@ -168,7 +145,7 @@ func (d *vaultDoctor) login(ctx context.Context) ([]Result, bool) {
 	if err != nil {
 		return []Result{fail(check, loginFix(method), "%s login: %s", method, vaultError(err))}, false
 	}
-	if d.client, err = d.newClient(d.cfg.Namespace, token); err != nil {
+	if d.client, err = vault.NewClient(d.cfg, d.cfg.Namespace, token); err != nil {
 		return []Result{fail(check, "", "%v", err)}, false
 	}
 	if lease != nil { // doctor's own login made this token: do not leave it behind
@@ -337,24 +314,25 @@ func beyond(have, need []string) []string {
 // key reads the transit key and checks its configuration.
 func (d *vaultDoctor) key(ctx context.Context) []Result {
 	const check = "vault key"
-	path := d.cfg.Mount + "/keys/" + d.cfg.Key
+	path := vault.KeyPath(d.cfg.Mount, d.cfg.Key)
 	rctx, cancel := d.ctx(ctx)
-	secret, err := d.client.Logical().ReadWithContext(rctx, path)
+	secret, err := vault.ReadKey(rctx, d.client, d.cfg.Mount, d.cfg.Key)
 	cancel()
 	if err != nil {
 		return []Result{fail(check, "see the capabilities check", "reading %s: %s", path, vaultError(err))}
 	}
-	if secret == nil || secret.Data == nil {
+	if secret == nil {
 		return []Result{fail(check, fmt.Sprintf("create it: vault write -f %s (and check --vault-transit-mount, --vault-transit-key)", path),
 			"transit key %s does not exist", path)}
 	}
-	k := secret.Data
-	typ, _ := k["type"].(string)
-	latest, _ := number(k["latest_version"])
-	minDecrypt, _ := number(k["min_decryption_version"])
+	k, err := vault.ParseKey(secret)
+	if err != nil {
+		return []Result{fail(check, "", "reading %s: %v", path, err)}
+	}
+	typ, latest, minDecrypt := k.Type, k.LatestVersion, k.MinDecryptionVersion
 	var out []Result
 	switch {
-	case isTrue(k["derived"]) || isTrue(k["convergent_encryption"]):
+	case k.Derived || k.ConvergentEncryption:
 		out = append(out, fail(check, "create a non-derived key of type aes256-gcm96 and migrate to it",
 			"%s is a derived key (type %s): the plugin cannot use it", path, typ))
 	case !slices.Contains(aeadTypes, typ):
@@ -363,13 +341,13 @@ func (d *vaultDoctor) key(ctx context.Context) []Result {
 	default:
 		out = append(out, ok(check, "%s: type %s, latest version %d, min_decryption_version %d", path, typ, latest, minDecrypt))
 	}
-	if isTrue(k["exportable"]) || isTrue(k["allow_plaintext_backup"]) {
+	if k.Exportable || k.AllowPlaintextBackup {
 		out = append(out, fail("vault key export", "Vault cannot undo this: create a new key (exportable=false, allow_plaintext_backup=false) and migrate to it",
-			"%s can leave Vault (exportable %v, allow_plaintext_backup %v): whoever may export it can read every DEK", path, k["exportable"], k["allow_plaintext_backup"]))
+			"%s can leave Vault (exportable %v, allow_plaintext_backup %v): whoever may export it can read every DEK", path, k.Exportable, k.AllowPlaintextBackup))
 	} else {
 		out = append(out, ok("vault key export", "%s is not exportable and has no plaintext backup", path))
 	}
-	if isTrue(k["deletion_allowed"]) {
+	if k.DeletionAllowed {
 		out = append(out, fail("vault key deletion", fmt.Sprintf("vault write %s/config deletion_allowed=false", path),
 			"%s may be deleted: one request would make every object encrypted with it unreadable", path))
 	} else {
@@ -395,8 +373,8 @@ func (d *vaultDoctor) versionsInUse(ctx context.Context, path string, latest, mi
 	}
 	byVersion := map[int]int{}
 	for id, n := range inUse {
-		if v, ok := vaultKeyVersion(id); ok {
-			byVersion[v] += n
+		if keyVer, err := vault.ParseKeyID(id); err == nil {
+			byVersion[keyVer.Version()] += n
 		}
 	}
 	versions := make([]int, 0, len(byVersion))
@@ -424,20 +402,6 @@ func (d *vaultDoctor) versionsInUse(ctx context.Context, path string, latest, mi
 		return ok(check, "%s: no object in etcd is stored under a Vault key id", path)
 	}
 	return ok(check, "%s: every version in use in etcd (v%d to v%d) is at or above min_decryption_version %d", path, versions[0], versions[len(versions)-1], minDecrypt)
-}
-
-// vaultKeyVersion reads the version of a key id "vault:<16 hex>:v<version>".
-func vaultKeyVersion(id string) (int, bool) {
-	rest, ok := strings.CutPrefix(id, "vault:")
-	if !ok {
-		return 0, false
-	}
-	lin, ver, ok := strings.Cut(rest, ":v")
-	if !ok || len(lin) != 16 || strings.Trim(lin, "0123456789abcdef") != "" {
-		return 0, false
-	}
-	n, err := strconv.Atoi(ver)
-	return n, err == nil && n > 0
 }
 
 // roundTrip wraps and unwraps a random DEK through the plugin's own Vault backend.
@@ -489,15 +453,4 @@ func vaultError(err error) string {
 		return fmt.Sprintf("vault answered %d: %s", re.StatusCode, strings.Join(re.Errors, "; "))
 	}
 	return err.Error()
-}
-
-func isTrue(v any) bool { b, _ := v.(bool); return b }
-
-func number(v any) (int, bool) {
-	n, ok := v.(json.Number)
-	if !ok {
-		return 0, false
-	}
-	i, err := strconv.Atoi(n.String())
-	return i, err == nil
 }
