@@ -13,8 +13,8 @@ import (
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/kmsplugin/kms-plugin/backends/vault"
-	"github.com/kmsplugin/kms-plugin/integration/harness"
 	"github.com/kmsplugin/kms-plugin/backends/vault/policy"
+	"github.com/kmsplugin/kms-plugin/integration/harness"
 )
 
 // vaultSetup is one real Vault with transit, shared by the subtests (each has its own key).
