@@ -164,7 +164,7 @@ func (d *vaultDoctor) login(ctx context.Context) ([]Result, bool) {
 			return []Result{fail(check, loginFix(method), "%s: Vault does not accept the token (revoked, expired or mistyped): %s", method, vaultError(err))}, false
 		}
 		if lease == nil {
-			return []Result{fail(check, "grant read on auth/token/lookup-self (kms-plugin policy prints it), or check the token",
+			return []Result{fail(check, "grant read on auth/token/lookup-self (kmsctl policy prints it), or check the token",
 				"%s: looking the token up failed, and the plugin looks a supplied token up at every login: %s", method, vaultError(err))}, false
 		}
 		return []Result{ok(check, "%s login works (the token cannot look itself up: see the capabilities check)", method)}, true
@@ -179,7 +179,7 @@ func (d *vaultDoctor) login(ctx context.Context) ([]Result, bool) {
 	out := []Result{ok(check, "%s login works: token %s, policies %v", method, life, policies)}
 	switch {
 	case slices.Contains(policies, "root"):
-		out = append(out, warn(check, "give the plugin a token with only the policy `kms-plugin policy` prints",
+		out = append(out, warn(check, "give the plugin a token with only the policy `kmsctl policy` prints",
 			"the token has the root policy: it can do anything in Vault"))
 	case lease == nil && ttl > 0 && !renewable:
 		out = append(out, warn(check, "use a renewable or periodic token (vault token create -period=24h), or AppRole",
@@ -217,7 +217,7 @@ func (d *vaultDoctor) capabilities(ctx context.Context) []Result {
 	defer cancel()
 	caps, err := capabilitiesSelf(ctx, d.client, paths)
 	if err != nil {
-		return []Result{fail(check, `grant "update" on sys/capabilities-self (kms-plugin policy includes it; so does Vault's default policy)`,
+		return []Result{fail(check, `grant "update" on sys/capabilities-self (kmsctl policy includes it; so does Vault's default policy)`,
 			"cannot read the token's capabilities: %s", vaultError(err))}
 	}
 	var missing, broader []string
@@ -242,13 +242,13 @@ func (d *vaultDoctor) capabilities(ctx context.Context) []Result {
 	}
 	var out []Result
 	if len(missing) > 0 {
-		out = append(out, fail(check, "add them to the token's policy; `kms-plugin policy` prints the whole policy",
+		out = append(out, fail(check, "add them to the token's policy; `kmsctl policy` prints the whole policy",
 			"the token lacks %s", strings.Join(missing, "; ")))
 	} else {
 		out = append(out, ok(check, "the token has every capability the plugin needs on %s/{encrypt,decrypt,keys}/%s and its own token", d.cfg.Mount, d.cfg.Key))
 	}
 	if len(broader) > 0 {
-		out = append(out, warn(check, "narrow the policy to what `kms-plugin policy` prints (no wildcards, no extra capabilities)",
+		out = append(out, warn(check, "narrow the policy to what `kmsctl policy` prints (no wildcards, no extra capabilities)",
 			"the token can do more than the plugin needs: %s", strings.Join(broader, "; ")))
 	}
 	return out

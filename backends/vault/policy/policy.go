@@ -1,6 +1,6 @@
 // Package vaultpolicy is the least-privilege Vault policy of the plugin's Vault backend: the
-// paths and capabilities it needs, as rules that `kms-plugin doctor` checks a token against and
-// as the HCL that `kms-plugin policy` prints. Both come from one list, so they cannot drift.
+// paths and capabilities it needs, as rules that `kmsctl doctor` checks a token against and
+// as the HCL that `kmsctl policy` prints. Both come from one list, so they cannot drift.
 package policy
 
 import (
@@ -13,7 +13,7 @@ type Rule struct {
 	Path         string
 	Capabilities []string
 	Why          string
-	// DoctorOnly marks a path the serving plugin never uses but `kms-plugin doctor` does.
+	// DoctorOnly marks a path the serving plugin never uses but `kmsctl doctor` does.
 	DoctorOnly bool
 }
 
@@ -34,7 +34,7 @@ func Required(mount, key string) []Rule {
 		{Path: "auth/token/renew-self", Capabilities: []string{"update"},
 			Why: "renew the token before it expires"},
 		{Path: "sys/capabilities-self", Capabilities: []string{"update"},
-			Why: "let `kms-plugin doctor` check this policy (the server itself never calls it)", DoctorOnly: true},
+			Why: "let `kmsctl doctor` check this policy (the server itself never calls it)", DoctorOnly: true},
 	}
 }
 
@@ -70,7 +70,7 @@ func HCL(o Options) (string, error) {
 		b.WriteString("# Write it with:\n")
 	}
 	fmt.Fprintf(&b, "#   vault policy write%s %s policy.hcl\n", ns, o.Name)
-	b.WriteString("# Attach it to the plugin's token, AppRole or Kubernetes role; `kms-plugin doctor` checks it.\n")
+	b.WriteString("# Attach it to the plugin's token, AppRole or Kubernetes role; `kmsctl doctor` checks it.\n")
 	for _, r := range Required(o.Mount, o.Key) {
 		caps := make([]string, len(r.Capabilities))
 		for i, c := range r.Capabilities {
