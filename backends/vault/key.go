@@ -178,12 +178,13 @@ func (k *KEK) usable(keyID string) (KeyVersion, error) {
 	created, listed := st.created[keyVer.version]
 	switch {
 	case keyVer.version < st.minDecrypt:
-		return keyVer, fmt.Errorf("%w: key id %s: version %d is below the transit key's min_decryption_version %d (retired by the operator)",
-			dek.ErrUnknownKey, keyID, keyVer.version, st.minDecrypt)
+		// Public: it names only the request's key id and the fix, which the operator needs.
+		return keyVer, dek.Public(fmt.Errorf("%w: key id %s: version %d is below the transit key's min_decryption_version %d (retired by the operator)",
+			dek.ErrUnknownKey, keyID, keyVer.version, st.minDecrypt))
 	case !listed && keyVer.version > st.latest.version:
 		// Another plugin instance may have adopted a rotation this one has not seen yet.
-		return keyVer, fmt.Errorf("%w: key id %s: version %d is newer than the latest this plugin has seen (%d); retry after its next check",
-			dek.ErrUnavailable, keyID, keyVer.version, st.latest.version)
+		return keyVer, dek.Public(fmt.Errorf("%w: key id %s: version %d is newer than the latest this plugin has seen (%d); retry after its next check",
+			dek.ErrUnavailable, keyID, keyVer.version, st.latest.version))
 	case !listed || st.lineageOf(created) != keyVer.lineage:
 		return keyVer, fmt.Errorf("%w: key id %s names another transit key than %s (deleted and recreated, or in another Vault cluster)",
 			dek.ErrUnknownKey, keyID, k.keyPath())
