@@ -45,7 +45,7 @@ type KEK struct {
 
 	mu       sync.RWMutex
 	observed *keyState // the key at the last successful check; nil before
-	deb      debounce  // the adopted key id
+	adoption debounce  // the adopted key id, and the candidate awaiting its second check
 	// adoptedView is the last view whose latest version is the adopted one: lagging.go tells
 	// older views from it.
 	adoptedView *keyState
@@ -88,7 +88,7 @@ func (k *KEK) Address() string { return k.addrs.inUse() }
 func (k *KEK) CurrentID() string {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
-	return k.deb.adopted.String()
+	return k.adoption.adopted.String()
 }
 
 // TokenTTL is the time left on the Vault token in use, for metrics; false while there is none
@@ -112,27 +112,27 @@ func (k *KEK) apply(state *keyState, err error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if err != nil {
-		k.deb.miss()
+		k.adoption.miss()
 		return
 	}
 	if k.laggingView(state) {
 		return // see lagging.go
 	}
 	k.observed = state
-	seen, before := state.latest, k.deb.adopted
+	seen, before := state.latest, k.adoption.adopted
 	if before.lineage != "" && before.version < state.minDecrypt {
 		// The operator retired the adopted version: data it wraps could not be read back, so
 		// waiting for a second check would only make Encrypt fail meanwhile.
-		k.deb.adopt(seen)
+		k.adoption.adopt(seen)
 		k.cfg.Log.Info("vault transit key: adopted version is below min_decryption_version; adopting the latest at once", "old_key_id", before.String(), "key_id", seen.String())
-	} else if k.deb.observe(seen) {
+	} else if k.adoption.observe(seen) {
 		if before.lineage != "" {
 			k.cfg.Log.Info("vault transit key: adopted new key id", "old_key_id", before.String(), "key_id", seen.String())
 		}
-	} else if seen != k.deb.adopted {
-		k.cfg.Log.Info("vault transit key: new key id seen; adopting it if the next check agrees", "key_id", k.deb.adopted.String(), "seen", seen.String())
+	} else if seen != k.adoption.adopted {
+		k.cfg.Log.Info("vault transit key: new key id seen; adopting it if the next check agrees", "key_id", k.adoption.adopted.String(), "seen", seen.String())
 	}
-	if seen == k.deb.adopted {
+	if seen == k.adoption.adopted {
 		k.adoptedView = state
 	}
 }

@@ -14,7 +14,7 @@ package vault
 // and after min_decryption_version is raised it no longer lists the versions a lagging replica
 // still reports. Called with k.mu held.
 func (k *KEK) laggingView(state *keyState) bool {
-	adopted, ref := k.deb.adopted, k.adoptedView
+	adopted, ref := k.adoption.adopted, k.adoptedView
 	if ref == nil || adopted.lineage == "" || state.latest.version >= adopted.version {
 		return false
 	}

@@ -17,7 +17,7 @@ func TestLaggingView(t *testing.T) {
 	}
 	k.observed = view(2, map[int]int64{1: 100, 2: 200})
 	k.adoptedView = k.observed
-	k.deb.adopt(k.observed.latest)
+	k.adoption.adopt(k.observed.latest)
 	for _, c := range []struct {
 		name    string
 		state   *keyState
