@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/moby/buildkit/frontend/dockerfile/parser"
 )
@@ -157,8 +158,7 @@ func TestBuildRunsInEmptyRoot(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(root, "kms-plugin"), raw, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	inRoot := func(args ...string) string {
-		t.Helper()
+	command := func(args ...string) *exec.Cmd {
 		cmd := exec.Command("/kms-plugin", args...)
 		cmd.Env = []string{} // the image sets none
 		cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: root}
@@ -167,23 +167,35 @@ func TestBuildRunsInEmptyRoot(t *testing.T) {
 			cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Geteuid(), Size: 1}}
 			cmd.SysProcAttr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getegid(), Size: 1}}
 		}
-		msg, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("/kms-plugin %v in an empty root: %v\n%s", args, err, msg)
-		}
-		return string(msg)
+		return cmd
 	}
-	if got := inRoot("--version"); got != "kms-plugin version v9.8.7-test\n" {
-		t.Errorf("--version printed %q", got)
+	if msg, err := command("--version").CombinedOutput(); err != nil || string(msg) != "kms-plugin version v9.8.7-test\n" {
+		t.Errorf("--version: %v, printed %q", err, msg)
 	}
-	// Key generation needs only the kernel's randomness, not /dev or /etc.
-	if got := inRoot("keygen", "--localaes-key-file=/keys.yaml"); !strings.Contains(got, "added key") {
-		t.Errorf("keygen printed %q", got)
+	// The embedded default creates its key and serves with only the kernel's randomness, not
+	// /dev or /etc.
+	logFile, err := os.Create(filepath.Join(t.TempDir(), "serve.log"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if info, err := os.Stat(filepath.Join(root, "keys.yaml")); err != nil || info.Mode().Perm() != 0o600 {
+	defer logFile.Close()
+	serve := command("--listen=/run/kmsplugin/kms.sock", "--health-addr=")
+	serve.Stdout, serve.Stderr = logFile, logFile
+	if err := serve.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer serve.Process.Kill()
+	log := func() string { b, _ := os.ReadFile(logFile.Name()); return string(b) }
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(log(), "serving KMS v2") && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	serve.Process.Signal(syscall.SIGTERM)
+	serve.Wait()
+	if !strings.Contains(log(), "serving KMS v2") || !strings.Contains(log(), "CREATED A NEW KEY") {
+		t.Fatalf("serve in the empty root:\n%s", log())
+	}
+	if info, err := os.Stat(filepath.Join(root, "var/lib/kms-plugin/keys.yaml")); err != nil || info.Mode().Perm() != 0o600 {
 		t.Errorf("key file in the empty root: %v, %v", info, err)
-	}
-	if entries, _ := os.ReadDir(root); len(entries) != 2 {
-		t.Errorf("the empty root now holds %d entries, want the binary and the key file", len(entries))
 	}
 }
