@@ -30,7 +30,7 @@ func TestKeyIDIsAuthenticated(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	relabelled, _ := appendHeader(nil, "k2", env.wrappedDEK)
+	relabelled, _ := appendHeader(nil, formatV1, "k2", env.wrappedDEK)
 	relabelled = append(append(relabelled, env.nonce...), env.sealed...)
 	if _, _, err := s.Decrypt(context.Background(), relabelled); !errors.Is(err, ErrTampered) {
 		t.Fatalf("envelope relabelled to another key id: err = %v, want ErrTampered", err)
@@ -49,5 +49,25 @@ func TestEnvelopeLayout(t *testing.T) {
 	}
 	if want := 6 + DEKSize + nonceSize + len("value") + tagSize; len(ct) != want {
 		t.Fatalf("len = %d, want %d", len(ct), want)
+	}
+}
+
+func TestEnvelopeLayoutV2(t *testing.T) {
+	s := NewLocalSealer(clearKEK{}, LocalKEKConfig{})
+	ct, err := s.Encrypt(context.Background(), "k1", []byte("value"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// version, id length, id, local KEK length (32), wrapped local KEK, locally wrapped DEK,
+	// nonce, sealed value + tag
+	if ct[0] != formatV2 || ct[1] != 2 || string(ct[2:4]) != "k1" || ct[4] != 0 || ct[5] != DEKSize {
+		t.Fatalf("header = %x", ct[:6])
+	}
+	if want := 6 + DEKSize + localWrappedSize + nonceSize + len("value") + tagSize; len(ct) != want {
+		t.Fatalf("len = %d, want %d", len(ct), want)
+	}
+	env, err := parseEnvelope(ct)
+	if err != nil || env.version != formatV2 || len(env.localKEK) != DEKSize || len(env.wrappedDEK) != localWrappedSize {
+		t.Fatalf("parsed: %+v, %v", env, err)
 	}
 }

@@ -29,13 +29,16 @@ var fuzzPlaintexts = [][]byte{{}, []byte("a 32-byte DEK seed, more or less"), by
 // and the key id the one the envelope names: a changed byte can never yield other plaintext.
 func FuzzDecrypt(f *testing.F) {
 	s := dek.NewSealer(fixedKEK())
+	local := dek.NewLocalSealer(fixedKEK(), dek.LocalKEKConfig{}) // format v2
 	for _, pt := range fuzzPlaintexts {
 		for _, id := range []string{"k1", "k2"} {
-			ct, err := s.Encrypt(context.Background(), id, pt)
-			if err != nil {
-				f.Fatal(err)
+			for _, sealer := range []*dek.Sealer{s, local} {
+				ct, err := sealer.Encrypt(context.Background(), id, pt)
+				if err != nil {
+					f.Fatal(err)
+				}
+				f.Add(ct)
 			}
-			f.Add(ct)
 		}
 	}
 	f.Fuzz(func(t *testing.T, ct []byte) {

@@ -14,7 +14,8 @@ const DEKSize = 32
 
 // Sealer seals plaintexts under fresh DEKs that a KEK wraps, and opens them again.
 type Sealer struct {
-	kek KEK
+	kek   KEK
+	local *localKEKs // local KEK mode (localkek.go) when set
 }
 
 // NewSealer returns a Sealer whose DEKs the given KEK wraps.
@@ -33,20 +34,29 @@ func (s *Sealer) Encrypt(ctx context.Context, keyID string, plaintext []byte) ([
 	if _, err := rand.Read(dek); err != nil {
 		return nil, fmt.Errorf("generating DEK: %w", err)
 	}
+	if s.local != nil {
+		return s.encryptLocal(ctx, keyID, dek, plaintext)
+	}
 	wrapped, err := s.kek.Wrap(ctx, keyID, dek)
 	if err != nil {
 		return nil, fmt.Errorf("wrapping DEK with %s: %w", keyID, err)
 	}
 	out := make([]byte, 0, 1+1+len(keyID)+2+len(wrapped)+nonceSize+len(plaintext)+tagSize)
-	out, err = appendHeader(out, keyID, wrapped)
+	out, err = appendHeader(out, formatV1, keyID, wrapped)
 	if err != nil {
 		return nil, err
 	}
-	header := out
+	return seal(out, dek, plaintext)
+}
+
+// seal appends a fresh nonce and the plaintext sealed under dek to header, which is the
+// additional data.
+func seal(header, dek, plaintext []byte) ([]byte, error) {
 	aead, err := newGCM(dek)
 	if err != nil {
 		return nil, err
 	}
+	out := header
 	nonce := out[len(out) : len(out)+nonceSize]
 	if _, err := rand.Read(nonce); err != nil {
 		return nil, fmt.Errorf("generating nonce: %w", err)
@@ -62,9 +72,14 @@ func (s *Sealer) Decrypt(ctx context.Context, ciphertext []byte) ([]byte, string
 	if err != nil {
 		return nil, "", err
 	}
-	dek, err := s.kek.Unwrap(ctx, env.keyID, env.wrappedDEK)
+	var dek []byte
+	if env.version == formatV2 {
+		dek, err = s.unwrapLocal(ctx, env)
+	} else if dek, err = s.kek.Unwrap(ctx, env.keyID, env.wrappedDEK); err != nil {
+		err = fmt.Errorf("unwrapping DEK with %s: %w", env.keyID, err)
+	}
 	if err != nil {
-		return nil, env.keyID, fmt.Errorf("unwrapping DEK with %s: %w", env.keyID, err)
+		return nil, env.keyID, err
 	}
 	defer clear(dek)
 	if len(dek) != DEKSize {

@@ -1,0 +1,190 @@
+// Package cache keeps unwrapped DEKs in memory, so that kube-apiserver's repeated Decrypts of
+// the few DEK seeds in use cost no backend call, and a restarted apiserver's Decrypts of seeds
+// this plugin made or has seen cost none either, even while the backend is unreachable.
+//
+// Entries are keyed by the key id and the wrapped DEK, held in memory only (never written,
+// never logged), bounded in number and cleared when evicted. There is no short age limit: an
+// apiserver asks for a seed again only after its own cache lets it go, hours later, and those
+// are exactly the entries a restarted apiserver needs. Whether memory may be served at all is
+// the Gate's decision (a grace while the backend is unreachable, none once it refuses).
+//
+// In serve, requests go cache.KEK → limit.KEK → metrics.KEK → the backend: a hit takes no
+// backend slot and is not a backend call.
+package cache
+
+import (
+	"container/list"
+	"context"
+	"sync"
+	"sync/atomic"
+
+	"github.com/kmsplugin/kms-plugin/dek"
+)
+
+// DefaultEntries bounds the cache at about 3 MiB: an entry is a 32-byte DEK, its key id and
+// the backend's wrapped form (Vault: under 100 bytes), plus bookkeeping.
+const DefaultEntries = 10000
+
+// Gate says whether keys held in memory may be served now, and hears of backend answers.
+type Gate interface {
+	// FromMemory returns nil when memory may be served, or why not.
+	FromMemory() error
+	// Answered records that the backend just answered a call successfully.
+	Answered()
+}
+
+// KEK is a dek.KEK that remembers what it wrapped and unwrapped.
+type KEK struct {
+	dek.KEK
+	gate    Gate
+	entries int
+
+	mu    sync.Mutex
+	order *list.List // of *entry, most recently used first
+	index map[entryKey]*list.Element
+
+	flights sync.Mutex
+	pending map[entryKey]*flight
+
+	hits, misses, evictions atomic.Uint64
+}
+
+type entryKey struct{ keyID, wrapped string }
+
+type entry struct {
+	key entryKey
+	dek []byte
+}
+
+// flight is one backend Unwrap that identical concurrent misses wait for.
+type flight struct {
+	done chan struct{}
+	dek  []byte
+	err  error
+}
+
+// New returns kek with a cache of at most entries DEKs (DefaultEntries when not positive).
+func New(kek dek.KEK, gate Gate, entries int) *KEK {
+	if entries <= 0 {
+		entries = DefaultEntries
+	}
+	return &KEK{KEK: kek, gate: gate, entries: entries, order: list.New(),
+		index: map[entryKey]*list.Element{}, pending: map[entryKey]*flight{}}
+}
+
+// Wrap wraps with the backend and remembers the pair, so that Decrypts of what this plugin
+// encrypted need no backend call.
+func (c *KEK) Wrap(ctx context.Context, keyID string, plain []byte) ([]byte, error) {
+	wrapped, err := c.KEK.Wrap(ctx, keyID, plain)
+	if err != nil {
+		return nil, err
+	}
+	c.gate.Answered()
+	c.put(entryKey{keyID, string(wrapped)}, plain)
+	return wrapped, nil
+}
+
+// Unwrap answers from memory when it may, else asks the backend once for all identical
+// concurrent requests. The caller owns (and should clear) the returned slice.
+func (c *KEK) Unwrap(ctx context.Context, keyID string, wrapped []byte) ([]byte, error) {
+	key := entryKey{keyID, string(wrapped)}
+	if c.gate.FromMemory() == nil {
+		if d := c.get(key); d != nil {
+			c.hits.Add(1)
+			return d, nil
+		}
+	}
+	c.misses.Add(1)
+	c.flights.Lock()
+	f, joined := c.pending[key]
+	if !joined {
+		f = &flight{done: make(chan struct{})}
+		c.pending[key] = f
+	}
+	c.flights.Unlock()
+	if !joined {
+		f.dek, f.err = c.KEK.Unwrap(ctx, keyID, wrapped)
+		if f.err == nil {
+			c.gate.Answered()
+			c.put(key, f.dek)
+		}
+		c.flights.Lock()
+		delete(c.pending, key)
+		c.flights.Unlock()
+		close(f.done)
+	} else {
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if f.err != nil {
+		return nil, f.err
+	}
+	return clone(f.dek), nil
+}
+
+// Purge drops every entry whose key id keep refuses (nil keep: every entry), clearing the DEKs.
+func (c *KEK) Purge(keep func(keyID string) error) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for el := c.order.Front(); el != nil; {
+		next := el.Next()
+		e := el.Value.(*entry)
+		if keep == nil || keep(e.key.keyID) != nil {
+			c.removeLocked(el)
+			n++
+		}
+		el = next
+	}
+	return n
+}
+
+// Stats are the cache's counters since start, and its size now.
+type Stats struct {
+	Hits, Misses, Evictions uint64
+	Entries                 int
+}
+
+// Stats returns the counters.
+func (c *KEK) Stats() Stats {
+	c.mu.Lock()
+	n := c.order.Len()
+	c.mu.Unlock()
+	return Stats{Hits: c.hits.Load(), Misses: c.misses.Load(), Evictions: c.evictions.Load(), Entries: n}
+}
+
+func (c *KEK) get(key entryKey) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el, ok := c.index[key]
+	if !ok {
+		return nil
+	}
+	c.order.MoveToFront(el)
+	return clone(el.Value.(*entry).dek)
+}
+
+func (c *KEK) put(key entryKey, d []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.index[key]; ok {
+		c.order.MoveToFront(el)
+		return
+	}
+	c.index[key] = c.order.PushFront(&entry{key: key, dek: clone(d)})
+	for c.order.Len() > c.entries {
+		c.removeLocked(c.order.Back())
+		c.evictions.Add(1)
+	}
+}
+
+func (c *KEK) removeLocked(el *list.Element) {
+	e := c.order.Remove(el).(*entry)
+	delete(c.index, e.key)
+	clear(e.dek)
+}
+
+func clone(b []byte) []byte { return append([]byte(nil), b...) }

@@ -1,0 +1,189 @@
+package dek
+
+import (
+	"context"
+	"crypto/cipher"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/kmsplugin/kms-plugin/internal/clock"
+)
+
+// Local KEK mode: the plugin generates an AES-256 key of its own (the local KEK), has the
+// backend wrap it once, and wraps each Encrypt's DEK with it. Every envelope carries the
+// backend-wrapped local KEK (format v2), so any plugin with access to the backend can read it,
+// and unwraps it once per local KEK, not once per envelope. Encrypt then needs no backend call
+// until the local KEK rotates, which keeps a cluster writing through a backend outage.
+
+// Default rotation bounds of a local KEK (docs/security.md has the reasoning).
+const (
+	// DefaultLocalKEKMaxAge bounds how long one local KEK wraps new DEKs: a rotation costs one
+	// backend call, and limits what one leaked local KEK exposes to a day of writes.
+	DefaultLocalKEKMaxAge = 24 * time.Hour
+	// DefaultLocalKEKMaxUses bounds the DEKs one local KEK wraps. Each wrap draws a random
+	// 96-bit GCM nonce; after 2^30 of them the chance of any repeat is about 2^-37, far
+	// inside NIST SP 800-38D's bound of 2^32 invocations at 2^-32.
+	DefaultLocalKEKMaxUses = 1 << 30
+)
+
+// LocalKEKConfig configures local KEK mode.
+type LocalKEKConfig struct {
+	MaxAge  time.Duration // DefaultLocalKEKMaxAge when zero
+	MaxUses uint64        // DefaultLocalKEKMaxUses when zero
+	// FromMemory says whether a local KEK held in memory may still wrap (nil), or why not:
+	// past the grace of a backend outage, or once the backend refuses. Nil: always.
+	FromMemory func() error
+	// Generated is called after each new local KEK, with the key id that wraps it.
+	Generated func(keyID string)
+	Clock     clock.Clock
+	Log       *slog.Logger
+}
+
+// localKEKs holds the local KEK that wraps new DEKs.
+type localKEKs struct {
+	cfg LocalKEKConfig
+
+	mu      sync.Mutex // one generation at a time
+	current atomic.Pointer[localKEK]
+}
+
+type localKEK struct {
+	keyID   string // the backend's key that wrapped it
+	wrapped []byte // its backend-wrapped form, carried in every envelope
+	aead    cipher.AEAD
+	created time.Time
+	uses    atomic.Uint64
+}
+
+// NewLocalSealer returns a Sealer in local KEK mode over the backend's kek. It reads every
+// envelope a Sealer writes, both formats.
+func NewLocalSealer(kek KEK, cfg LocalKEKConfig) *Sealer {
+	if cfg.MaxAge <= 0 {
+		cfg.MaxAge = DefaultLocalKEKMaxAge
+	}
+	if cfg.MaxUses == 0 {
+		cfg.MaxUses = DefaultLocalKEKMaxUses
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Sealer{kek: kek, local: &localKEKs{cfg: cfg}}
+}
+
+// forEncrypt returns the local KEK to wrap one more DEK under keyID, generating a new one when
+// there is none for keyID, it is too old or too used, or memory may no longer be served.
+func (l *localKEKs) forEncrypt(ctx context.Context, kek KEK, keyID string) (*localKEK, error) {
+	if lk := l.current.Load(); l.usable(lk, keyID) {
+		if lk.uses.Add(1) <= l.cfg.MaxUses {
+			return lk, nil
+		}
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	old := l.current.Load()
+	if l.usable(old, keyID) && old.uses.Add(1) <= l.cfg.MaxUses {
+		return old, nil // another Encrypt generated one meanwhile
+	}
+	lk, err := l.generate(ctx, kek, keyID)
+	if err != nil {
+		// A rotation due by age or use while the backend is unreachable keeps the current
+		// key within the grace: refusing every write would be worse than an older key.
+		if old != nil && old.keyID == keyID && errors.Is(err, ErrUnavailable) && l.fromMemory() == nil {
+			l.cfg.Log.Warn("local KEK rotation postponed: the backend is unreachable", "key_id", keyID, "error", err)
+			old.uses.Add(1)
+			return old, nil
+		}
+		return nil, err
+	}
+	l.current.Store(lk)
+	return lk, nil
+}
+
+// usable reports whether lk may wrap one more DEK under keyID now (use count aside).
+func (l *localKEKs) usable(lk *localKEK, keyID string) bool {
+	return lk != nil && lk.keyID == keyID && l.cfg.Clock.Now().Sub(lk.created) < l.cfg.MaxAge && l.fromMemory() == nil
+}
+
+func (l *localKEKs) fromMemory() error {
+	if l.cfg.FromMemory == nil {
+		return nil
+	}
+	return l.cfg.FromMemory()
+}
+
+// generate makes a new local KEK and has the backend wrap it: the one backend call.
+func (l *localKEKs) generate(ctx context.Context, kek KEK, keyID string) (*localKEK, error) {
+	key := make([]byte, DEKSize)
+	defer clear(key)
+	if _, err := rand.Read(key); err != nil {
+		return nil, fmt.Errorf("generating local KEK: %w", err)
+	}
+	wrapped, err := kek.Wrap(ctx, keyID, key)
+	if err != nil {
+		return nil, fmt.Errorf("wrapping a new local KEK with %s: %w", keyID, err)
+	}
+	if len(wrapped) == 0 || len(wrapped) > MaxWrappedDEKSize {
+		return nil, fmt.Errorf("the backend wrapped the local KEK into %d bytes: must be 1 to %d", len(wrapped), MaxWrappedDEKSize)
+	}
+	aead, err := newGCM(key)
+	if err != nil {
+		return nil, err
+	}
+	lk := &localKEK{keyID: keyID, wrapped: wrapped, aead: aead, created: l.cfg.Clock.Now()}
+	lk.uses.Store(1) // the DEK it is generated for
+	if l.cfg.Generated != nil {
+		l.cfg.Generated(keyID)
+	}
+	l.cfg.Log.Info("new local KEK", "key_id", keyID)
+	return lk, nil
+}
+
+// encryptLocal is Encrypt in local KEK mode: format v2.
+func (s *Sealer) encryptLocal(ctx context.Context, keyID string, dek, plaintext []byte) ([]byte, error) {
+	lk, err := s.local.forEncrypt(ctx, s.kek, keyID)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, 0, 1+1+len(keyID)+2+len(lk.wrapped)+localWrappedSize+nonceSize+len(plaintext)+tagSize)
+	out, err = appendHeader(out, formatV2, keyID, lk.wrapped)
+	if err != nil {
+		return nil, err
+	}
+	localAD := out
+	nonce := out[len(out) : len(out)+nonceSize]
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, fmt.Errorf("generating nonce: %w", err)
+	}
+	out = lk.aead.Seal(out[:len(out)+nonceSize], nonce, dek, localAD)
+	return seal(out, dek, plaintext)
+}
+
+// unwrapLocal recovers a v2 envelope's DEK: the local KEK from the backend (a cache hit in
+// serve, but for the first envelope of each local KEK), then the DEK from the local KEK.
+func (s *Sealer) unwrapLocal(ctx context.Context, env *envelope) ([]byte, error) {
+	key, err := s.kek.Unwrap(ctx, env.keyID, env.localKEK)
+	if err != nil {
+		return nil, fmt.Errorf("unwrapping the local KEK with %s: %w", env.keyID, err)
+	}
+	defer clear(key)
+	if len(key) != DEKSize {
+		return nil, Public(fmt.Errorf("%w: unwrapped local KEK has %d bytes", ErrTampered, len(key)))
+	}
+	aead, err := newGCM(key)
+	if err != nil {
+		return nil, err
+	}
+	dek, err := aead.Open(nil, env.wrappedDEK[:nonceSize], env.wrappedDEK[nonceSize:], env.localAD)
+	if err != nil {
+		return nil, Public(fmt.Errorf("%w: locally wrapped DEK", ErrTampered))
+	}
+	return dek, nil
+}

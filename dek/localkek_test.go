@@ -1,0 +1,133 @@
+package dek_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/kmsplugin/kms-plugin/dek"
+	"github.com/kmsplugin/kms-plugin/internal/clock"
+)
+
+func (k *memKEK) wrapCount() int { k.mu.Lock(); defer k.mu.Unlock(); return k.wraps }
+
+func (k *memKEK) setErr(err error) { k.mu.Lock(); k.err = err; k.mu.Unlock() }
+
+// Local KEK mode: one backend wrap for many Encrypts; every envelope reads back with any
+// Sealer over the same backend (another node's, or one with the mode turned off), and every
+// v1 envelope still reads in local mode.
+func TestLocalKEKRoundTripAndOneBackendCall(t *testing.T) {
+	kek := newMemKEK(t, "k1")
+	ctx := context.Background()
+	local := dek.NewLocalSealer(kek, dek.LocalKEKConfig{})
+	plain := dek.NewSealer(kek)
+	var cts [][]byte
+	for i := 0; i < 10000; i++ {
+		ct, err := local.Encrypt(ctx, "k1", []byte(fmt.Sprint("seed ", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cts = append(cts, ct)
+	}
+	if n := kek.wrapCount(); n != 1 {
+		t.Fatalf("%d backend wraps for 10,000 Encrypts, want 1", n)
+	}
+	otherNode := dek.NewLocalSealer(kek, dek.LocalKEKConfig{})
+	for i, ct := range cts {
+		for name, s := range map[string]*dek.Sealer{"local": local, "another node": otherNode, "mode off": plain} {
+			got, id, err := s.Decrypt(ctx, ct)
+			if err != nil || id != "k1" || string(got) != fmt.Sprint("seed ", i) {
+				t.Fatalf("%s: envelope %d: %q, %q, %v", name, i, got, id, err)
+			}
+		}
+	}
+	v1, err := plain.Encrypt(ctx, "k1", []byte("old"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _, err := local.Decrypt(ctx, v1); err != nil || string(got) != "old" {
+		t.Fatalf("a v1 envelope in local mode: %q, %v", got, err)
+	}
+}
+
+// Every byte of a v2 envelope is authenticated.
+func TestLocalKEKTamperedBytesFail(t *testing.T) {
+	kek := newMemKEK(t, "k1")
+	s := dek.NewLocalSealer(kek, dek.LocalKEKConfig{})
+	ct, err := s.Encrypt(context.Background(), "k1", []byte("seed"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range ct {
+		bad := bytes.Clone(ct)
+		bad[i] ^= 0x01
+		if got, _, err := s.Decrypt(context.Background(), bad); err == nil {
+			t.Fatalf("byte %d changed: decrypted to %q", i, got)
+		} else if !errors.Is(err, dek.ErrTampered) && !errors.Is(err, dek.ErrMalformed) && !errors.Is(err, dek.ErrUnknownKey) {
+			t.Fatalf("byte %d changed: %v", i, err)
+		}
+	}
+}
+
+// A local KEK rotates on a new backend key, by age and by use count; a rotation due while the
+// backend is unreachable is postponed within the grace, and memory past the grace is not used.
+func TestLocalKEKRotation(t *testing.T) {
+	kek := newMemKEK(t, "k1", "k2")
+	clk := clock.NewFake(time.Unix(1_800_000_000, 0))
+	var fromMemory error
+	var generated []string
+	s := dek.NewLocalSealer(kek, dek.LocalKEKConfig{MaxAge: time.Hour, MaxUses: 100, Clock: clk,
+		FromMemory: func() error { return fromMemory }, Generated: func(id string) { generated = append(generated, id) }})
+	ctx := context.Background()
+	encrypt := func(id string) error {
+		_, err := s.Encrypt(ctx, id, []byte("seed"))
+		return err
+	}
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(encrypt("k1"))
+	must(encrypt("k1"))
+	if kek.wrapCount() != 1 {
+		t.Fatalf("wraps %d, want 1", kek.wrapCount())
+	}
+	must(encrypt("k2")) // a new backend key
+	if kek.wrapCount() != 2 {
+		t.Fatalf("new key id: wraps %d, want 2", kek.wrapCount())
+	}
+	clk.Advance(time.Hour) // too old
+	must(encrypt("k2"))
+	if kek.wrapCount() != 3 {
+		t.Fatalf("after MaxAge: wraps %d, want 3", kek.wrapCount())
+	}
+	for i := 0; i < 100; i++ { // 1 use so far, 99 more, then one over
+		must(encrypt("k2"))
+	}
+	if kek.wrapCount() != 4 {
+		t.Fatalf("after MaxUses: wraps %d, want 4", kek.wrapCount())
+	}
+	// Unreachable backend, rotation due: the current local KEK keeps wrapping.
+	clk.Advance(time.Hour)
+	kek.setErr(fmt.Errorf("%w: connection refused", dek.ErrUnavailable))
+	must(encrypt("k2"))
+	// Past the grace: memory is not used, and the backend cannot make a new one.
+	fromMemory = errors.New("past the grace")
+	if err := encrypt("k2"); !errors.Is(err, dek.ErrUnavailable) {
+		t.Fatalf("past the grace: %v, want ErrUnavailable", err)
+	}
+	// A backend that refuses (revoked token) ends the use of memory at once.
+	kek.setErr(fmt.Errorf("%w: permission denied", dek.ErrDenied))
+	fromMemory = errors.New("the backend refuses")
+	if err := encrypt("k2"); !errors.Is(err, dek.ErrDenied) {
+		t.Fatalf("refused: %v, want ErrDenied", err)
+	}
+	if len(generated) != 4 {
+		t.Fatalf("Generated called %d times, want 4", len(generated))
+	}
+}
