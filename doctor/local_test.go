@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
+	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
 	"github.com/kmsplugin/kms-plugin/plugin"
 )
@@ -118,7 +119,7 @@ func servePlugin(t *testing.T, path string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := plugin.NewServer(plugin.NewService(kek, m, time.Second, log), plugin.ServerConfig{})
+	srv := plugin.NewServer(plugin.NewService(dek.NewSealer(kek), m, time.Second, log), plugin.ServerConfig{})
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
 }

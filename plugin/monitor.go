@@ -35,6 +35,7 @@ type Monitor struct {
 	lastWrap   time.Time // last successful wrap (probe or real traffic)
 	lastUnwrap time.Time // last successful unwrap (probe or real traffic)
 	checked    bool      // at least one refresh has finished
+	answered   time.Time // last time the backend answered (a refresh or a call succeeded)
 	observers  []func(keyID string, unhealthy error)
 }
 
@@ -47,6 +48,10 @@ type MonitorConfig struct {
 	ProofInterval time.Duration
 	// Timeout bounds one refresh.
 	Timeout time.Duration
+	// Grace is how long after the backend last answered the plugin serves from memory (its
+	// DEK cache and local KEK) while the backend is unreachable; 0: never. A backend that
+	// answers with a refusal (revoked token, deleted key) ends it at once.
+	Grace time.Duration
 }
 
 // DefaultMonitorConfig suits local keys; remote backends may prove less often.
@@ -131,11 +136,20 @@ func (m *Monitor) record(id string, err error, proofDue bool) {
 	m.checked = true
 	if err != nil {
 		m.err = err
-		if wasHealthy || first {
-			m.log.Warn("backend unhealthy; Status keeps the last good key id", "key_id", m.keyID, "error", err)
+		if memErr := m.fromMemoryLocked(); memErr == nil {
+			left := m.cfg.Grace - m.clock.Now().Sub(m.answered)
+			m.log.Warn("SERVING FROM MEMORY: the backend is unreachable; Encrypt and Decrypt use the DEK cache and local KEK until it answers or the grace ends",
+				"key_id", m.keyID, "unreachable_for", m.clock.Now().Sub(m.answered).Round(time.Second).String(), "grace_left", left.Round(time.Second).String(), "error", err)
+		} else if wasHealthy || first {
+			args := []any{"error", err}
+			if m.keyID != "" {
+				args = append(args, "key_id", m.keyID) // Status keeps it: an outage is no rotation
+			}
+			m.log.Warn("backend unhealthy; Status keeps the last good key id", args...)
 		}
 		return
 	}
+	m.answered = m.clock.Now()
 	if proofDue {
 		m.lastWrap, m.lastUnwrap = m.clock.Now(), m.clock.Now()
 	}
@@ -152,9 +166,82 @@ func (m *Monitor) record(id string, err error, proofDue bool) {
 }
 
 // Wrapped and Unwrapped record that a real request just used the backend successfully; once
-// both have, the next probe round trip can wait.
-func (m *Monitor) Wrapped()   { m.mu.Lock(); m.lastWrap = m.clock.Now(); m.mu.Unlock() }
-func (m *Monitor) Unwrapped() { m.mu.Lock(); m.lastUnwrap = m.clock.Now(); m.mu.Unlock() }
+// both have, the next probe round trip can wait. Call them for backend calls only, not for
+// answers from memory.
+func (m *Monitor) Wrapped() {
+	m.mu.Lock()
+	m.lastWrap, m.answered = m.clock.Now(), m.clock.Now()
+	m.mu.Unlock()
+}
+
+func (m *Monitor) Unwrapped() {
+	m.mu.Lock()
+	m.lastUnwrap, m.answered = m.clock.Now(), m.clock.Now()
+	m.mu.Unlock()
+}
+
+// Answered records that the backend just answered a call (the DEK cache calls it).
+func (m *Monitor) Answered() { m.mu.Lock(); m.answered = m.clock.Now(); m.mu.Unlock() }
+
+// FromMemory returns nil while keys held in memory may be served: the backend is healthy, or
+// merely unreachable (not refusing) for less than the grace since it last answered.
+func (m *Monitor) FromMemory() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.fromMemoryLocked()
+}
+
+func (m *Monitor) fromMemoryLocked() error {
+	switch {
+	case m.err == nil:
+		return nil
+	case m.answered.IsZero():
+		return fmt.Errorf("the backend has not answered since the plugin started: %w", m.err)
+	case !Unreachable(m.err):
+		return fmt.Errorf("the backend refuses, so nothing is served from memory: %w", m.err)
+	case m.cfg.Grace <= 0:
+		return fmt.Errorf("serving from memory is off (grace 0): %w", m.err)
+	}
+	if since := m.clock.Now().Sub(m.answered); since >= m.cfg.Grace {
+		return fmt.Errorf("the backend has been unreachable for %s, past the grace of %s: %w", since.Round(time.Second), m.cfg.Grace, m.err)
+	}
+	return nil
+}
+
+// Unreachable tells an outage (no answer) from a refusal (an answer).
+func Unreachable(err error) bool {
+	return errors.Is(err, dek.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// Memory describes serving from memory now: whether the plugin does, since when the backend
+// has not answered, and how much of the grace is left.
+type Memory struct {
+	Serving   bool
+	Since     time.Time
+	GraceLeft time.Duration
+}
+
+// Memory returns the state of serving from memory.
+func (m *Monitor) Memory() Memory {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.err == nil || m.fromMemoryLocked() != nil {
+		return Memory{}
+	}
+	return Memory{Serving: true, Since: m.answered, GraceLeft: m.cfg.Grace - m.clock.Now().Sub(m.answered)}
+}
+
+// Health is what Status, the gRPC health service and /readyz report: the backend's state,
+// except that serving from memory within the grace counts as healthy (the apiserver keeps
+// the plugin while it can still serve; the logs and metrics say it serves from memory).
+func (m *Monitor) Health() (keyID string, unhealthy error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.err != nil && m.keyID != "" && m.fromMemoryLocked() == nil {
+		return m.keyID, nil
+	}
+	return m.keyID, m.err
+}
 
 // proofAgeLocked is the time since the backend last did both a wrap and an unwrap.
 func (m *Monitor) proofAgeLocked() time.Duration {

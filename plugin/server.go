@@ -58,13 +58,13 @@ func NewServer(svc *Service, cfg ServerConfig) *Server {
 	kmsapi.RegisterKeyManagementServiceServer(s.Server, svc)
 	kmsv1.RegisterKeyManagementServiceServer(s.Server, NewServiceV1beta1(svc, cfg.Version))
 	healthpb.RegisterHealthServer(s.Server, s.health)
-	s.follow(svc.monitor.State())
-	svc.monitor.OnRefresh(s.follow)
+	s.follow(svc.monitor.Health())
+	svc.monitor.OnRefresh(func(string, error) { s.follow(svc.monitor.Health()) })
 	return s
 }
 
-// follow sets the health service's status from the Monitor's state: serving exactly while the
-// backend is usable now. (Status may still answer with the last good key id meanwhile.)
+// follow sets the health service's status from the Monitor's health: serving while the
+// backend is usable now, or while the plugin serves from memory within the grace.
 func (s *Server) follow(keyID string, unhealthy error) {
 	st := healthpb.HealthCheckResponse_SERVING
 	if keyID == "" || unhealthy != nil {

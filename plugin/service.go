@@ -27,15 +27,15 @@ type Service struct {
 	failures *failureLog
 }
 
-// NewService returns the gRPC service. timeout bounds each backend operation, within the
-// caller's own deadline.
-func NewService(kek dek.KEK, monitor *Monitor, timeout time.Duration, log *slog.Logger) *Service {
-	return &Service{sealer: dek.NewSealer(kek), monitor: monitor, timeout: timeout, log: log, failures: newFailureLog(log, time.Now)}
+// NewService returns the gRPC service over sealer (dek.NewSealer, or dek.NewLocalSealer for
+// local KEK mode). timeout bounds each backend operation, within the caller's own deadline.
+func NewService(sealer *dek.Sealer, monitor *Monitor, timeout time.Duration, log *slog.Logger) *Service {
+	return &Service{sealer: sealer, monitor: monitor, timeout: timeout, log: log, failures: newFailureLog(log, time.Now)}
 }
 
 // Status answers from the Monitor's state; it never calls the backend.
 func (s *Service) Status(context.Context, *kmsapi.StatusRequest) (*kmsapi.StatusResponse, error) {
-	keyID, unhealthy := s.monitor.State()
+	keyID, unhealthy := s.monitor.Health()
 	if keyID == "" {
 		return nil, status.Errorf(codes.Unavailable, "no key id yet: %v", unhealthy)
 	}
@@ -62,7 +62,6 @@ func (s *Service) Encrypt(ctx context.Context, req *kmsapi.EncryptRequest) (*kms
 	if err != nil {
 		return nil, s.fail(ctx, "Encrypt", req.Uid, keyID, err)
 	}
-	s.monitor.Wrapped()
 	return &kmsapi.EncryptResponse{Ciphertext: ciphertext, KeyId: keyID}, nil
 }
 
@@ -78,7 +77,6 @@ func (s *Service) Decrypt(ctx context.Context, req *kmsapi.DecryptRequest) (*kms
 		}
 		return nil, s.fail(ctx, "Decrypt", req.Uid, keyID, err)
 	}
-	s.monitor.Unwrapped()
 	return &kmsapi.DecryptResponse{Plaintext: plaintext}, nil
 }
 

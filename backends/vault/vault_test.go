@@ -437,7 +437,7 @@ func servePlugin(t *testing.T, k *KEK) (*plugin.Monitor, kmsapi.KeyManagementSer
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := plugin.NewGRPCServer(plugin.NewService(k, m, 10*time.Second, testLogger(t)))
+	srv := plugin.NewGRPCServer(plugin.NewService(dek.NewSealer(k), m, 10*time.Second, testLogger(t)))
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority("localhost"))

@@ -53,11 +53,18 @@ func startOps(o serveconfig.OpsOptions, monitor *plugin.Monitor, m *metrics.Metr
 	}
 	srv, err := endpoints.Listen(o.HealthAddr, endpoints.Config{
 		Ready: func() error {
-			keyID, unhealthy := monitor.State()
+			keyID, unhealthy := monitor.Health()
 			if unhealthy == nil && keyID == "" {
 				return errors.New("no key id yet")
 			}
 			return unhealthy
+		},
+		ReadyNote: func() string {
+			if mem := monitor.Memory(); mem.Serving {
+				return fmt.Sprintf("serving from memory: the backend has not answered for %s, %s of the grace left",
+					time.Since(mem.Since).Round(time.Second), mem.GraceLeft.Round(time.Second))
+			}
+			return ""
 		},
 		Metrics: m.Handler(),
 		Version: version,

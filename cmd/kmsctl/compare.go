@@ -13,6 +13,7 @@ import (
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
+	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
 	"github.com/kmsplugin/kms-plugin/internal/kmsclient"
 	"github.com/kmsplugin/kms-plugin/plugin"
@@ -89,7 +90,7 @@ func startThrowawayPlugin() (string, func(), error) {
 		cleanup()
 		return "", nil, fmt.Errorf("throwaway plugin: %w", err)
 	}
-	srv := plugin.NewGRPCServer(plugin.NewService(backend, monitor, 5*time.Second, log))
+	srv := plugin.NewGRPCServer(plugin.NewService(dek.NewSealer(backend), monitor, 5*time.Second, log))
 	go srv.Serve(lis)
 	return socket, func() { srv.Stop(); cleanup() }, nil
 }

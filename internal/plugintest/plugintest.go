@@ -62,7 +62,7 @@ func Serve(t testing.TB, kek dek.KEK, opts Options) *Plugin {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := plugin.NewServer(plugin.NewService(kek, monitor, opts.Timeout, log), plugin.ServerConfig{Peers: opts.Peers})
+	srv := plugin.NewServer(plugin.NewService(dek.NewSealer(monitor.Proving(kek)), monitor, opts.Timeout, log), plugin.ServerConfig{Peers: opts.Peers})
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
 	return &Plugin{Socket: opts.Socket, Monitor: monitor, srv: srv}

@@ -28,6 +28,8 @@ const maxReasonSize = 256
 type Config struct {
 	// Ready reports why the backend is not usable now, or nil (the same state Status reports).
 	Ready func() error
+	// ReadyNote, if set, adds a remark to a ready answer (serving from memory, for example).
+	ReadyNote func() string
 	// Metrics serves /metrics.
 	Metrics http.Handler
 	// Version is the plugin's version, for /version.
@@ -44,6 +46,12 @@ func Handler(cfg Config) http.Handler {
 		if err := cfg.Ready(); err != nil {
 			text(w, http.StatusServiceUnavailable, "backend not ready: "+textutil.Truncate(err.Error(), maxReasonSize))
 			return
+		}
+		if cfg.ReadyNote != nil {
+			if note := cfg.ReadyNote(); note != "" {
+				text(w, http.StatusOK, "ok: "+textutil.Truncate(note, maxReasonSize))
+				return
+			}
 		}
 		text(w, http.StatusOK, "ok")
 	})

@@ -115,8 +115,8 @@ func TestVaultConfigAddressesAndNewAuthMethods(t *testing.T) {
 	}
 
 	var tuner MonitorTuner = &Vault{}
-	if check, proof := tuner.MonitorIntervals(); check != time.Minute || proof != 5*time.Minute {
-		t.Fatalf("vault's default intervals %s, %s; want 1m, 5m", check, proof)
+	if check, proof := tuner.MonitorIntervals(); check != time.Minute || proof != 15*time.Minute {
+		t.Fatalf("vault's default intervals %s, %s; want 1m, 15m", check, proof)
 	}
 }
 

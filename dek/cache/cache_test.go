@@ -1,0 +1,150 @@
+package cache_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/kmsplugin/kms-plugin/dek"
+	"github.com/kmsplugin/kms-plugin/dek/cache"
+)
+
+// countingKEK "wraps" by prefixing the key id, and counts the calls that reach it.
+type countingKEK struct {
+	unwraps, wraps atomic.Int64
+	delay          time.Duration
+	err            error
+}
+
+func (k *countingKEK) CurrentID() string           { return "k1" }
+func (k *countingKEK) Check(context.Context) error { return nil }
+func (k *countingKEK) Wrap(_ context.Context, id string, d []byte) ([]byte, error) {
+	k.wraps.Add(1)
+	return append([]byte(id+"/"), d...), nil
+}
+func (k *countingKEK) Unwrap(_ context.Context, id string, w []byte) ([]byte, error) {
+	k.unwraps.Add(1)
+	time.Sleep(k.delay)
+	if k.err != nil {
+		return nil, k.err
+	}
+	d, ok := bytes.CutPrefix(w, []byte(id+"/"))
+	if !ok {
+		return nil, dek.ErrTampered
+	}
+	return bytes.Clone(d), nil
+}
+
+type gate struct {
+	closed   atomic.Bool
+	answered atomic.Int64
+}
+
+func (g *gate) FromMemory() error {
+	if g.closed.Load() {
+		return errors.New("closed")
+	}
+	return nil
+}
+func (g *gate) Answered() { g.answered.Add(1) }
+
+func TestWrapFillsAndUnwrapHits(t *testing.T) {
+	inner, g := &countingKEK{}, &gate{}
+	c := cache.New(inner, g, 10)
+	ctx := context.Background()
+	w, err := c.Wrap(ctx, "k1", []byte("dek-one"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := c.Unwrap(ctx, "k1", w)
+	if err != nil || string(got) != "dek-one" || inner.unwraps.Load() != 0 {
+		t.Fatalf("Unwrap after Wrap: %q, %v, %d backend unwraps", got, err, inner.unwraps.Load())
+	}
+	clear(got) // the caller clears its copy; the cache keeps its own
+	if again, _ := c.Unwrap(ctx, "k1", w); string(again) != "dek-one" {
+		t.Fatalf("after the caller cleared its copy: %q", again)
+	}
+	// The same wrapped bytes under another key id are another entry.
+	if _, err := c.Unwrap(ctx, "k2", w); !errors.Is(err, dek.ErrTampered) {
+		t.Fatalf("other key id: %v", err)
+	}
+	// A closed gate sends every Unwrap to the backend.
+	g.closed.Store(true)
+	before := inner.unwraps.Load()
+	if got, err := c.Unwrap(ctx, "k1", w); err != nil || string(got) != "dek-one" || inner.unwraps.Load() != before+1 {
+		t.Fatalf("closed gate: %q, %v, backend unwraps %d", got, err, inner.unwraps.Load()-before)
+	}
+	if s := c.Stats(); s.Hits != 2 || s.Entries != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+}
+
+func TestConcurrentIdenticalMissesMakeOneBackendCall(t *testing.T) {
+	inner := &countingKEK{delay: 50 * time.Millisecond}
+	c := cache.New(inner, &gate{}, 10)
+	w := []byte("k1/seed")
+	var wg sync.WaitGroup
+	for i := 0; i < 64; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if got, err := c.Unwrap(context.Background(), "k1", w); err != nil || string(got) != "seed" {
+				t.Errorf("%q, %v", got, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := inner.unwraps.Load(); n != 1 {
+		t.Fatalf("%d backend unwraps for 64 identical concurrent misses, want 1", n)
+	}
+}
+
+func TestBoundedAndPurged(t *testing.T) {
+	inner := &countingKEK{}
+	c := cache.New(inner, &gate{}, 3)
+	ctx := context.Background()
+	for i := 0; i < 5; i++ {
+		if _, err := c.Unwrap(ctx, "k1", []byte(fmt.Sprintf("k1/dek%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if s := c.Stats(); s.Entries != 3 || s.Evictions != 2 {
+		t.Fatalf("stats %+v, want 3 entries and 2 evictions", s)
+	}
+	c.Unwrap(ctx, "k1", []byte("k1/dek0")) // evicted: the backend again
+	if n := inner.unwraps.Load(); n != 6 {
+		t.Fatalf("backend unwraps %d, want 6", n)
+	}
+	c.Unwrap(ctx, "k2", []byte("k2/other"))
+	// What the backend no longer accepts is dropped; nil drops everything.
+	if n := c.Purge(func(id string) error {
+		if id == "k1" {
+			return errors.New("retired")
+		}
+		return nil
+	}); n != 2 {
+		t.Fatalf("purged %d, want the 2 k1 entries left", n)
+	}
+	if n := c.Purge(nil); n != 1 || c.Stats().Entries != 0 {
+		t.Fatalf("purge all: %d, stats %+v", n, c.Stats())
+	}
+}
+
+// A failed backend unwrap is not remembered, and a waiter whose deadline passes gives up.
+func TestFailuresAreNotCached(t *testing.T) {
+	inner := &countingKEK{err: fmt.Errorf("%w: sealed", dek.ErrUnavailable)}
+	c := cache.New(inner, &gate{}, 10)
+	for i := 0; i < 2; i++ {
+		if _, err := c.Unwrap(context.Background(), "k1", []byte("k1/x")); !errors.Is(err, dek.ErrUnavailable) {
+			t.Fatal(err)
+		}
+	}
+	if inner.unwraps.Load() != 2 || c.Stats().Entries != 0 {
+		t.Fatalf("unwraps %d, stats %+v", inner.unwraps.Load(), c.Stats())
+	}
+}
