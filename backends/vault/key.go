@@ -191,3 +191,10 @@ func (k *KEK) usable(keyID string) (KeyVersion, error) {
 	}
 	return keyVer, nil
 }
+
+// Usable reports, from memory, whether keyID names a version of this transit key that Vault
+// still lets decrypt as last seen: serve's DEK cache drops what it refuses.
+func (k *KEK) Usable(keyID string) error {
+	_, err := k.usable(keyID)
+	return err
+}

@@ -11,26 +11,62 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/cmd/internal/serveconfig"
 	"github.com/kmsplugin/kms-plugin/dek"
+	"github.com/kmsplugin/kms-plugin/dek/cache"
 	"github.com/kmsplugin/kms-plugin/plugin"
 	"github.com/kmsplugin/kms-plugin/plugin/endpoints"
 	"github.com/kmsplugin/kms-plugin/plugin/limit"
 	"github.com/kmsplugin/kms-plugin/plugin/metrics"
 )
 
-// instrumented is the backend as the plugin uses it: measured, and bounded for requests.
+// instrumented is the backend measured: the Monitor's view of it, never queued behind traffic.
 type instrumented struct {
 	metrics  *metrics.Metrics
-	measured dek.KEK // for the Monitor: health checks are never queued behind traffic
-	limited  dek.KEK // for requests
+	measured dek.KEK
 }
 
-func instrument(kek dek.KEK, backend string, o serveconfig.OpsOptions) instrumented {
+func instrument(kek dek.KEK, backend string) instrumented {
 	m := metrics.New(backend, version)
 	m.WatchTokenTTL(kek)
-	measured := metrics.NewKEK(kek, m)
-	limited := limit.New(measured, o.MaxCalls, o.CallQueue)
-	m.WatchLimiter(limited, o.MaxCalls, o.CallQueue)
-	return instrumented{metrics: m, measured: measured, limited: limited}
+	return instrumented{metrics: m, measured: metrics.NewKEK(kek, m)}
+}
+
+// sealer is the envelope encryption requests use, over the backend as requests see it:
+//
+//	[cache.KEK →] limit.KEK → Monitor.Proving → metrics.KEK → backend
+//
+// With the vault backend's memory settings, a DEK cache sits in front (a hit takes no slot
+// and is no backend call) and local KEK mode makes Encrypt need no backend call.
+func (i instrumented) sealer(backend dek.KEK, mem *serveconfig.Memory, monitor *plugin.Monitor, o serveconfig.OpsOptions, log *slog.Logger) *dek.Sealer {
+	limited := limit.New(monitor.Proving(i.measured), o.MaxCalls, o.CallQueue)
+	i.metrics.WatchLimiter(limited, o.MaxCalls, o.CallQueue)
+	if mem == nil {
+		return dek.NewSealer(limited)
+	}
+	cached := cache.New(limited, monitor, mem.CacheEntries)
+	i.metrics.WatchCache(cached)
+	i.metrics.WatchMemory(func() (bool, time.Duration) { m := monitor.Memory(); return m.Serving, m.GraceLeft })
+	checker, _ := backend.(interface{ Usable(keyID string) error })
+	monitor.OnRefresh(func(_ string, unhealthy error) {
+		switch {
+		case unhealthy == nil && checker != nil:
+			// What the backend no longer accepts (a version below min_decryption_version, a
+			// deleted key) stops being served from memory within one check.
+			if n := cached.Purge(checker.Usable); n > 0 {
+				log.Info("DEK cache: dropped keys the backend no longer accepts", "entries", n)
+			}
+		case unhealthy != nil && !plugin.Unreachable(unhealthy):
+			if n := cached.Purge(nil); n > 0 {
+				log.Warn("DEK cache cleared: the backend refuses", "entries", n, "error", unhealthy)
+			}
+		}
+	})
+	if !mem.LocalKEK {
+		return dek.NewSealer(cached)
+	}
+	return dek.NewLocalSealer(cached, dek.LocalKEKConfig{
+		MaxAge: mem.LocalKEKMaxAge, FromMemory: monitor.FromMemory,
+		Generated: i.metrics.WatchLocalKEKs(), Log: log,
+	})
 }
 
 // serverConfig is the gRPC server's configuration with the metrics interceptor.

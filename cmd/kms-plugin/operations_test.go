@@ -295,7 +295,8 @@ func TestReadinessFollowsRealVault(t *testing.T) {
 	os.WriteFile(tokenFile, []byte(v.CreateToken(t, harness.TokenOptions{Policies: []string{"kms"}, TTL: "1h", Renewable: true})), 0o600)
 
 	p := serveInProcess(t, "--backend", "vault", "--vault-addr", v.Addr, "--vault-transit-key", "kek",
-		"--vault-token-file", tokenFile, "--check-interval", "100ms", "--proof-interval", "100ms", "--timeout", "1s")
+		"--vault-token-file", tokenFile, "--check-interval", "100ms", "--proof-interval", "100ms", "--timeout", "1s",
+		"--vault-memory-grace", "0") // readiness follows Vault itself; serving from memory: memory_test.go
 	health := healthpb.NewHealthClient(p.conn)
 	v2 := kmsapi.NewKeyManagementServiceClient(p.conn)
 	before, err := v2.Status(t.Context(), &kmsapi.StatusRequest{})

@@ -81,10 +81,18 @@ func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveconfi
 	if err != nil {
 		return err
 	}
-	inst := instrument(kek, o.Backend, o.Ops)
-	monitor := plugin.NewMonitor(inst.measured, plugin.MonitorConfig{
-		CheckInterval: o.CheckEvery, ProofInterval: o.ProveEvery, Timeout: o.Timeout,
-	}, clock.Real{}, log)
+	inst := instrument(kek, o.Backend)
+	var mem *serveconfig.Memory
+	if v, ok := chosen.(*serveconfig.Vault); ok {
+		m := v.Memory()
+		mem = &m
+	}
+	cfg := plugin.MonitorConfig{CheckInterval: o.CheckEvery, ProofInterval: o.ProveEvery, Timeout: o.Timeout}
+	if mem != nil {
+		cfg.Grace = mem.Grace
+	}
+	monitor := plugin.NewMonitor(inst.measured, cfg, clock.Real{}, log)
+	sealer := inst.sealer(kek, mem, monitor, o.Ops, log)
 	monitor.OnRefresh(inst.metrics.ObserveBackend)
 	monitor.Refresh(ctx)
 	go monitor.Run(ctx)
@@ -99,7 +107,7 @@ func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveconfi
 		return err
 	}
 	defer stopOps()
-	srv := plugin.NewServer(plugin.NewService(inst.limited, monitor, o.Timeout, log), inst.serverConfig(o.Ops))
+	srv := plugin.NewServer(plugin.NewService(sealer, monitor, o.Timeout, log), inst.serverConfig(o.Ops))
 	keyID, unhealthy := monitor.State()
 	log.Info("serving KMS v2", "socket", path, "backend", o.Backend, "key_id", keyID, "healthy", unhealthy == nil, "version", version)
 

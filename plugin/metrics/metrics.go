@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kmsplugin/kms-plugin/dek/cache"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -176,5 +177,56 @@ func (m *Metrics) WatchLimiter(l Limiter, maxInProgress, maxWaiting int) {
 			Namespace: namespace, Name: "backend_calls_waiting_limit",
 			Help: "--backend-call-queue.",
 		}, func() float64 { return float64(maxWaiting) }),
+	)
+}
+
+// Cache is the DEK cache as the metrics see it (dek/cache.KEK).
+type Cache interface {
+	Stats() cache.Stats
+}
+
+// WatchCache exports the DEK cache's hits, misses, evictions and size.
+func (m *Metrics) WatchCache(c Cache) {
+	counter := func(name, help string, v func(cache.Stats) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help},
+			func() float64 { return float64(v(c.Stats())) })
+	}
+	m.wrapped.MustRegister(
+		counter("dek_cache_hits_total", "Unwraps answered from the DEK cache, with no backend call.", func(s cache.Stats) uint64 { return s.Hits }),
+		counter("dek_cache_misses_total", "Unwraps the DEK cache could not answer (a backend call, shared by identical concurrent misses).", func(s cache.Stats) uint64 { return s.Misses }),
+		counter("dek_cache_evictions_total", "DEKs dropped (and cleared) to keep the cache within --vault-dek-cache-size.", func(s cache.Stats) uint64 { return s.Evictions }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: namespace, Name: "dek_cache_entries",
+			Help: "DEKs and local KEKs held in the cache now."}, func() float64 { return float64(c.Stats().Entries) }),
+	)
+}
+
+// WatchLocalKEKs exports the number of local KEKs generated (each cost one backend wrap).
+func (m *Metrics) WatchLocalKEKs() (generated func(keyID string)) {
+	n := prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "local_kek_generations_total",
+		Help: "Local KEKs generated and wrapped by the backend (local KEK mode): at start, on a new key id, by age or use."})
+	m.wrapped.MustRegister(n)
+	return func(string) { n.Inc() }
+}
+
+// WatchMemory exports whether the plugin serves from memory (the backend unreachable, within
+// the grace) and how much of the grace is left.
+func (m *Metrics) WatchMemory(state func() (serving bool, graceLeft time.Duration)) {
+	m.wrapped.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: namespace, Name: "serving_from_memory",
+			Help: "1 while the backend is unreachable and Encrypt/Decrypt are served from the DEK cache and local KEK, within the grace."},
+			func() float64 {
+				if serving, _ := state(); serving {
+					return 1
+				}
+				return 0
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: namespace, Name: "memory_grace_remaining_seconds",
+			Help: "While serving from memory, the seconds left until the grace ends and requests that need the backend fail; 0 otherwise."},
+			func() float64 {
+				if serving, left := state(); serving {
+					return left.Seconds()
+				}
+				return 0
+			}),
 	)
 }

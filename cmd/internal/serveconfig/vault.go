@@ -13,6 +13,7 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/backends/vault"
 	"github.com/kmsplugin/kms-plugin/dek"
+	"github.com/kmsplugin/kms-plugin/dek/cache"
 )
 
 // The only environment variables the vault backend honours, read here and nowhere else
@@ -32,7 +33,26 @@ type Vault struct {
 	k8sMount, k8sRole, k8sTokenFile                 string
 	certMount, certRole, certPEM, certFile, keyFile string
 	jwtMount, jwtRole, jwtFile                      string
+	memory                                          Memory
 }
+
+// Memory is what the vault backend keeps in memory to serve through a Vault outage
+// (docs/vault.md, "Serving through a Vault outage").
+type Memory struct {
+	CacheEntries   int           // unwrapped DEKs (and local KEKs) held
+	LocalKEK       bool          // local KEK mode: Encrypt needs no Vault call
+	LocalKEKMaxAge time.Duration // how long one local KEK wraps new DEKs
+	Grace          time.Duration // serving from memory after Vault last answered
+}
+
+// DefaultGrace covers an outage of a working day's first hours, so an on-call engineer can
+// restore Vault before the cluster notices; it is also how long memory serves after a Vault
+// that cannot be reached anymore was, for example, meant to revoke the plugin (a Vault that
+// answers with a refusal ends it at once).
+const DefaultGrace = 4 * time.Hour
+
+// Memory returns the memory settings.
+func (b *Vault) Memory() Memory { return b.memory }
 
 // MonitorIntervals are the vault backend's own defaults of --check-interval and
 // --proof-interval: few Vault requests at an idle apiserver, rotations within two minutes.
@@ -93,6 +113,10 @@ func (b *Vault) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&b.jwtMount, "vault-jwt-mount", "jwt", "vault: jwt auth: mount path of the JWT/OIDC method")
 	fs.StringVar(&b.jwtRole, "vault-jwt-role", "", "vault: jwt auth: role to log in as (default: the method's default_role)")
 	fs.StringVar(&b.jwtFile, "vault-jwt-token-file", "", "vault: jwt auth: file holding the JWT, re-read when it changes")
+	fs.IntVar(&b.memory.CacheEntries, "vault-dek-cache-size", cache.DefaultEntries, "vault: unwrapped DEKs and local KEKs held in memory (never on disk), so repeated and restarted-apiserver Decrypts need no Vault call")
+	fs.BoolVar(&b.memory.LocalKEK, "vault-local-kek", true, "vault: wrap DEKs with a local AES-256 KEK that Vault wraps once and that travels in each envelope, so Encrypt needs no Vault call (envelope format v2; docs/vault.md for downgrades)")
+	fs.DurationVar(&b.memory.LocalKEKMaxAge, "vault-local-kek-max-age", dek.DefaultLocalKEKMaxAge, "vault: how long one local KEK wraps new DEKs before a new one is made")
+	fs.DurationVar(&b.memory.Grace, "vault-memory-grace", DefaultGrace, "vault: how long after Vault last answered the DEK cache and local KEK keep serving while Vault is unreachable (0: never)")
 }
 
 func (b *Vault) Open(_ context.Context, _ *pflag.FlagSet, log *slog.Logger) (dek.KEK, error) {
@@ -167,6 +191,14 @@ func (b *Vault) Config(getenv func(string) string, log *slog.Logger) (vault.Conf
 		cfg.Auth = &vault.JWT{Mount: b.jwtMount, Role: b.jwtRole, TokenFile: b.jwtFile}
 	default:
 		return cfg, fmt.Errorf("--vault-auth %q: want token, approle, kubernetes, cert or jwt", b.auth)
+	}
+	switch {
+	case b.memory.CacheEntries < 1:
+		return cfg, fmt.Errorf("--vault-dek-cache-size %d: want at least 1", b.memory.CacheEntries)
+	case b.memory.LocalKEKMaxAge < time.Minute:
+		return cfg, fmt.Errorf("--vault-local-kek-max-age %s: want at least 1m", b.memory.LocalKEKMaxAge)
+	case b.memory.Grace < 0:
+		return cfg, fmt.Errorf("--vault-memory-grace %s: want 0 or more", b.memory.Grace)
 	}
 	return cfg, nil
 }
