@@ -119,15 +119,18 @@ func TestRoundTrip(t *testing.T) {
 // kube-apiserver rejects an Encrypt response over 1 kB; its plaintexts are 32-byte seeds.
 func TestSeedCiphertextFitsTheAPILimit(t *testing.T) {
 	id := "vault:0123456789abcdef:v1234567"
-	s := dek.NewSealer(newMemKEK(t, id))
-	ct, err := s.Encrypt(context.Background(), id, make([]byte, 32))
-	if err != nil {
-		t.Fatal(err)
+	for name, s := range map[string]*dek.Sealer{
+		"format 1": dek.NewSealer(newMemKEK(t, id)), "format 2 (local KEK)": dek.NewLocalSealer(newMemKEK(t, id), dek.LocalKEKConfig{}),
+	} {
+		ct, err := s.Encrypt(context.Background(), id, make([]byte, 32))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ct) >= 1024 {
+			t.Fatalf("%s: ciphertext of a 32-byte seed is %d bytes; the API limit is 1 kB", name, len(ct))
+		}
+		t.Logf("%s: ciphertext of a 32-byte seed: %d bytes (with a 60-byte wrapped key; Vault's is about 90)", name, len(ct))
 	}
-	if len(ct) >= 1024 {
-		t.Fatalf("ciphertext of a 32-byte seed is %d bytes; the API limit is 1 kB", len(ct))
-	}
-	t.Logf("ciphertext of a 32-byte seed: %d bytes", len(ct))
 }
 
 func TestFreshDEKAndNoncePerEncrypt(t *testing.T) {
