@@ -303,3 +303,6 @@ func pruneOldBuilds(cache string) {
 }
 
 func exists(path string) bool { _, err := os.Stat(path); return err == nil }
+
+// LogContains reports whether the plugin's current process has logged s.
+func (p *Plugin) LogContains(s string) bool { return strings.Contains(p.Process.Log(), s) }
