@@ -3,7 +3,10 @@ package harness
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -24,6 +27,43 @@ type Etcd struct {
 // stopped when the test ends.
 func StartEtcd(t testing.TB) *Etcd {
 	t.Helper()
+	return startEtcd(t, nil)
+}
+
+// StartEtcdFromSnapshot restores a snapshot (Etcd.Snapshot) into a new data dir, as an
+// operator restores a backup with etcdutl, and starts a new etcd on it.
+func StartEtcdFromSnapshot(t testing.TB, snapshot string) *Etcd {
+	t.Helper()
+	bin := Binary(t, "etcd")
+	return startEtcd(t, func(dataDir, peerURL string) error {
+		out, err := exec.Command(bin, "snapshot", "restore", snapshot, "--data-dir="+dataDir, "--name=default",
+			"--initial-cluster=default="+peerURL, "--initial-advertise-peer-urls="+peerURL).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("etcd snapshot restore: %v\n%s", err, out)
+		}
+		return nil
+	})
+}
+
+// Snapshot saves a snapshot of the whole keyspace to path, as `etcdctl snapshot save` does.
+func (e *Etcd) Snapshot(t testing.TB, path string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rc, err := e.Client.Snapshot(ctx)
+	must(t, err, "etcd snapshot")
+	defer rc.Close()
+	f, err := os.Create(path)
+	must(t, err, "snapshot file")
+	defer f.Close()
+	_, err = io.Copy(f, rc)
+	must(t, err, "etcd snapshot")
+	must(t, f.Sync(), "snapshot file")
+}
+
+// startEtcd starts etcd; prepare, if set, fills its data dir first.
+func startEtcd(t testing.TB, prepare func(dataDir, peerURL string) error) *Etcd {
+	t.Helper()
 	bin := Binary(t, "etcd")
 	dataDir := t.TempDir()
 	var e *Etcd
@@ -33,9 +73,15 @@ func StartEtcd(t testing.TB) *Etcd {
 		client, peer := FreePort(t), FreePort(t)
 		clientURL := fmt.Sprintf("http://127.0.0.1:%d", client)
 		peerURL := fmt.Sprintf("http://127.0.0.1:%d", peer)
+		dir := filepath.Join(dataDir, fmt.Sprint(attempt))
+		if prepare != nil {
+			if err := prepare(dir, peerURL); err != nil {
+				t.Fatal(err)
+			}
+		}
 		p := Start(t, fmt.Sprintf("etcd-%d", attempt), bin, []string{
 			"--name=default",
-			"--data-dir=" + filepath.Join(dataDir, fmt.Sprint(attempt)),
+			"--data-dir=" + dir,
 			"--listen-client-urls=" + clientURL, "--advertise-client-urls=" + clientURL,
 			"--listen-peer-urls=" + peerURL, "--initial-advertise-peer-urls=" + peerURL,
 			"--initial-cluster=default=" + peerURL,
