@@ -49,6 +49,8 @@ type KEK struct {
 	// adoptedView is the last view whose latest version is the adopted one: lagging.go tells
 	// older views from it.
 	adoptedView *keyState
+
+	decrypts batcher // concurrent transit decrypts, coalesced (batch.go)
 }
 
 var _ dek.KEK = (*KEK)(nil)
@@ -73,6 +75,7 @@ func Open(cfg Config) (*KEK, error) {
 		return nil, err
 	}
 	k := &KEK{cfg: cfg, client: client, health: health, addrs: addrs, transport: transport}
+	k.decrypts.k = k
 	k.tokens = &tokens{
 		auth: cfg.Auth, clk: cfg.Clock, log: cfg.Log, client: client,
 		newClient: func(token string) (*api.Client, error) { return cfg.newAPIClient(hc, cfg.Namespace, token) },

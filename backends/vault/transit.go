@@ -58,28 +58,7 @@ func (k *KEK) Unwrap(ctx context.Context, keyID string, wrapped []byte) ([]byte,
 	if len(wrapped) == 0 {
 		return nil, fmt.Errorf("%w: empty wrapped DEK", dek.ErrMalformed)
 	}
-	path := k.cfg.Mount + "/decrypt/" + k.cfg.Key
-	ct := transitPrefix(keyVer.version) + base64.StdEncoding.EncodeToString(wrapped)
-	var secret *api.Secret
-	err = k.cfg.Retry.do(ctx, k.cfg.Clock, func(ctx context.Context) (err error) {
-		secret, err = k.client.Logical().WriteWithContext(ctx, path, map[string]any{"ciphertext": ct})
-		return err
-	})
-	if err != nil {
-		return nil, k.requestFailed("decrypt with "+path, err)
-	}
-	if secret == nil {
-		return nil, k.notFound("decrypt with " + path)
-	}
-	pt, ok := secretString(secret, "plaintext")
-	if !ok {
-		return nil, fmt.Errorf("decrypt with %s: vault returned no plaintext", path)
-	}
-	plain, err := base64.StdEncoding.DecodeString(pt)
-	if err != nil {
-		return nil, fmt.Errorf("decrypt with %s: vault returned undecodable plaintext", path)
-	}
-	return plain, nil
+	return k.decrypts.decrypt(ctx, transitPrefix(keyVer.version)+base64.StdEncoding.EncodeToString(wrapped))
 }
 
 // notFound is vault/api's nil answer to a request it got a 404 for: no such mount.

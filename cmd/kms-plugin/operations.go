@@ -27,6 +27,7 @@ type instrumented struct {
 func instrument(kek dek.KEK, backend string) instrumented {
 	m := metrics.New(backend, version)
 	m.WatchTokenTTL(kek)
+	m.WatchBatches(kek)
 	return instrumented{metrics: m, measured: metrics.NewKEK(kek, m)}
 }
 

@@ -230,3 +230,21 @@ func (m *Metrics) WatchMemory(state func() (serving bool, graceLeft time.Duratio
 			}),
 	)
 }
+
+// WatchBatches exports the backend's batching of unwraps, if it batches (vault): requests
+// sent and the unwraps they carried; their ratio is the mean batch size.
+func (m *Metrics) WatchBatches(backend any) bool {
+	b, ok := backend.(interface{ DecryptBatches() (requests, items uint64) })
+	if !ok {
+		return false
+	}
+	m.wrapped.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: namespace, Name: "backend_unwrap_batches_total",
+			Help: "Unwrap requests sent to the backend, each carrying one or more unwraps (vault: transit batch_input)."},
+			func() float64 { r, _ := b.DecryptBatches(); return float64(r) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: namespace, Name: "backend_unwrap_batch_items_total",
+			Help: "Unwraps carried by those requests; divided by kms_plugin_backend_unwrap_batches_total, the mean batch size."},
+			func() float64 { _, i := b.DecryptBatches(); return float64(i) }),
+	)
+	return true
+}
