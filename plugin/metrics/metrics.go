@@ -234,7 +234,9 @@ func (m *Metrics) WatchMemory(state func() (serving bool, graceLeft time.Duratio
 // WatchBatches exports the backend's batching of unwraps, if it batches (vault): requests
 // sent and the unwraps they carried; their ratio is the mean batch size.
 func (m *Metrics) WatchBatches(backend any) bool {
-	b, ok := backend.(interface{ DecryptBatches() (requests, items uint64) })
+	b, ok := backend.(interface {
+		DecryptBatches() (requests, items uint64)
+	})
 	if !ok {
 		return false
 	}
