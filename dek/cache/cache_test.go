@@ -5,13 +5,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/kmsplugin/kms-plugin/backends/localaes"
 	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/dek/cache"
+	"github.com/kmsplugin/kms-plugin/dek/kektest"
 )
 
 // countingKEK "wraps" by prefixing the key id, and counts the calls that reach it.
@@ -147,4 +150,24 @@ func TestFailuresAreNotCached(t *testing.T) {
 	if inner.unwraps.Load() != 2 || c.Stats().Entries != 0 {
 		t.Fatalf("unwraps %d, stats %+v", inner.unwraps.Load(), c.Stats())
 	}
+}
+
+// The cache in front of a backend is still a dek.KEK that meets the contract.
+func TestContract(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys.yaml")
+	if _, err := localaes.AddKey(path, "first", true); err != nil {
+		t.Fatal(err)
+	}
+	b, err := localaes.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kektest.Run(t, kektest.Backend{KEK: cache.New(b, &gate{}, 100), Rotate: func(t *testing.T) {
+		if _, err := localaes.AddKey(path, "second", true); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Reload(); err != nil {
+			t.Fatal(err)
+		}
+	}})
 }
