@@ -140,12 +140,11 @@ func (m *Monitor) record(id string, err error, proofDue bool) {
 			left := m.cfg.Grace - m.clock.Now().Sub(m.answered)
 			m.log.Warn("SERVING FROM MEMORY: the backend is unreachable; Encrypt and Decrypt use the DEK cache and local KEK until it answers or the grace ends",
 				"key_id", m.keyID, "unreachable_for", m.clock.Now().Sub(m.answered).Round(time.Second).String(), "grace_left", left.Round(time.Second).String(), "error", err)
+		} else if m.keyID == "" && first {
+			m.log.Warn("backend unhealthy and no key id yet: Status answers Unavailable until the backend answers", "error", err)
 		} else if wasHealthy || first {
-			args := []any{"error", err}
-			if m.keyID != "" {
-				args = append(args, "key_id", m.keyID) // Status keeps it: an outage is no rotation
-			}
-			m.log.Warn("backend unhealthy; Status keeps the last good key id", args...)
+			// Status keeps the key id: an outage is no rotation.
+			m.log.Warn("backend unhealthy; Status keeps the last good key id", "key_id", m.keyID, "error", err)
 		}
 		return
 	}

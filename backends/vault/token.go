@@ -123,10 +123,10 @@ func (t *tokens) refresh(ctx context.Context) error {
 			if t.supplied || ttl >= t.loginTTL/2 {
 				t.obtained, t.ttl, t.renewable = t.clk.Now(), ttl, secret.Auth.Renewable
 				t.setExpiry()
-				t.log.Debug("vault token renewed", "ttl", ttl)
+				t.log.Debug("vault token renewed", "ttl", ttl.String())
 				return nil
 			}
-			t.log.Info("vault token near its max TTL; logging in again", "method", t.auth.Method(), "ttl", ttl)
+			t.log.Info("vault token near its max TTL; logging in again", "method", t.auth.Method(), "ttl", ttl.String())
 		} else if err != nil {
 			if err := classify("token renewal", err); errors.Is(err, dek.ErrUnavailable) {
 				// Vault unreachable: the token is still valid for a third of its TTL, so keep
@@ -159,7 +159,7 @@ func (t *tokens) login(ctx context.Context, force bool) error {
 	t.failures, t.lastErr = 0, nil
 	t.setExpiry()
 	t.denied.Store(false)
-	t.log.Info("vault login", "method", t.auth.Method(), "ttl", ttl, "renewable", lease.Renewable)
+	t.log.Info("vault login", "method", t.auth.Method(), "ttl", ttl.String(), "renewable", lease.Renewable)
 	return nil
 }
 

@@ -120,7 +120,7 @@ func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveconfi
 		return err
 	case <-ctx.Done():
 	}
-	log.Info("stopping: finishing in-flight requests", "grace", o.ShutdownGrace)
+	log.Info("stopping: finishing in-flight requests", "grace", o.ShutdownGrace.String())
 	done := make(chan struct{})
 	go func() { srv.GracefulStop(); close(done) }()
 	select {
