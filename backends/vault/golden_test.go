@@ -1,0 +1,147 @@
+package vault
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/kmsplugin/kms-plugin/dek"
+	"github.com/kmsplugin/kms-plugin/integration/harness"
+)
+
+// Golden files: envelopes written by released versions of the plugin under one transit key,
+// whose Transit backup (the base64 that transit/backup/<key> returns; the key was made
+// exportable with allow_plaintext_backup for it) is checked in beside them. Every later version
+// must still decrypt every envelope in testdata/golden/envelopes.json: TestVaultGolden restores
+// the backup into a fresh Vault, under another mount and key name than the key had, and
+// decrypts them all.
+//
+// New entries are added, never changed, by
+//
+//	KMS_PLUGIN_WRITE_GOLDEN=<label> go test ./backends/vault -run TestVaultGolden
+//
+// which restores the backup (or, when there is none yet, creates the key with two versions and
+// backs it up) and appends an envelope under each version, labelled written_by=<label>.
+const (
+	goldenDir        = "testdata/golden"
+	goldenBackupFile = "transit-key.backup"
+	goldenEnvelopes  = "envelopes.json"
+)
+
+type goldenEnvelope struct {
+	WrittenBy  string `json:"written_by"` // the plugin version (commit) that wrote it
+	KeyID      string `json:"key_id"`     // the key id the envelope carries, as written
+	Plaintext  string `json:"plaintext"`  // base64
+	Ciphertext string `json:"ciphertext"` // base64 of the plugin's Encrypt response
+	Note       string `json:"note,omitempty"`
+}
+
+func readGolden(t *testing.T) (backup string, envs []goldenEnvelope) {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(goldenDir, goldenBackupFile))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	backup = strings.TrimSpace(string(b))
+	j, err := os.ReadFile(filepath.Join(goldenDir, goldenEnvelopes))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	if len(j) > 0 {
+		if err := json.Unmarshal(j, &envs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return backup, envs
+}
+
+func TestVaultGolden(t *testing.T) {
+	if label := os.Getenv("KMS_PLUGIN_WRITE_GOLDEN"); label != "" {
+		writeGolden(t, label)
+		return
+	}
+	backup, envs := readGolden(t)
+	if backup == "" || len(envs) == 0 {
+		t.Fatal("no golden files in " + goldenDir)
+	}
+	v := harness.StartVaultDev(t)
+	// Another mount and key name than the key had when the envelopes were written, in another
+	// Vault cluster: none of them may matter.
+	const mount, key = "restored-transit", "restored-golden"
+	v.EnableTransit(t, mount)
+	v.Write(t, mount+"/restore/"+key, map[string]any{"backup": backup})
+	k, err := Open(Config{Address: v.Addr, Mount: mount, Key: key, Auth: StaticToken{v.RootToken}, Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustCheck(t, k)
+	s := dek.NewSealer(k)
+	for _, e := range envs {
+		ct, _ := base64.StdEncoding.DecodeString(e.Ciphertext)
+		want, _ := base64.StdEncoding.DecodeString(e.Plaintext)
+		got, id, err := s.Decrypt(context.Background(), ct)
+		if err != nil || !bytes.Equal(got, want) || id != e.KeyID {
+			t.Errorf("envelope written by %s under %s: Decrypt = %q, %q, %v; want %q", e.WrittenBy, e.KeyID, got, id, err, want)
+		}
+	}
+}
+
+// writeGolden appends envelopes written by this version under every version of the golden key.
+func writeGolden(t *testing.T, label string) {
+	backup, envs := readGolden(t)
+	v := harness.StartVaultDev(t)
+	v.EnableTransit(t, "transit")
+	const key = "golden"
+	if backup == "" {
+		v.Write(t, "transit/keys/"+key, nil)
+		v.RotateKey(t, "transit", key)
+		v.Write(t, "transit/keys/"+key+"/config", map[string]any{"exportable": true, "allow_plaintext_backup": true})
+		backup, _ = v.Read(t, "transit/backup/"+key).Data["backup"].(string)
+	} else {
+		v.Write(t, "transit/restore/"+key, map[string]any{"backup": backup})
+	}
+	k, err := Open(Config{Address: v.Addr, Mount: "transit", Key: key, Auth: StaticToken{v.RootToken}, Log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k.CurrentID() == "" {
+		mustCheck(t, k)
+	}
+	current, err := ParseKeyID(k.CurrentID())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := dek.NewSealer(k)
+	for ver := 1; ver <= current.Version(); ver++ {
+		k.mu.RLock()
+		st := k.observed
+		k.mu.RUnlock()
+		id := KeyVersion{lineage: st.lineageOf(st.created[ver]), version: ver}.String()
+		plain := []byte(label + " golden envelope under " + id)
+		ct, err := s.Encrypt(context.Background(), id, plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		envs = append(envs, goldenEnvelope{WrittenBy: label, KeyID: id,
+			Plaintext: base64.StdEncoding.EncodeToString(plain), Ciphertext: base64.StdEncoding.EncodeToString(ct)})
+	}
+	if err := os.MkdirAll(goldenDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(goldenDir, goldenBackupFile), []byte(backup+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	j, err := json.MarshalIndent(envs, "", "  ")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(goldenDir, goldenEnvelopes), append(j, '\n'), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("wrote %d envelopes to %s", len(envs), goldenDir)
+}
