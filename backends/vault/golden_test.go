@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -81,14 +82,45 @@ func TestVaultGolden(t *testing.T) {
 	}
 	mustCheck(t, k)
 	s := dek.NewSealer(k)
+	ids := map[string]bool{}
 	for _, e := range envs {
+		ids[e.KeyID] = true
 		ct, _ := base64.StdEncoding.DecodeString(e.Ciphertext)
 		want, _ := base64.StdEncoding.DecodeString(e.Plaintext)
 		got, id, err := s.Decrypt(context.Background(), ct)
 		if err != nil || !bytes.Equal(got, want) || id != e.KeyID {
 			t.Errorf("envelope written by %s under %s: Decrypt = %q, %q, %v; want %q", e.WrittenBy, e.KeyID, got, id, err, want)
 		}
+
+		// A changed byte of the wrapped DEK fails Vault's authentication: ErrTampered under a key
+		// id that names this key's version (format 2), ErrUnknownKey under one that names none
+		// (format 1 hashed the cluster, mount and name the key no longer has).
+		kv, _ := ParseKeyID(e.KeyID)
+		ct[2+len(e.KeyID)+2+5] ^= 1
+		_, _, err = s.Decrypt(context.Background(), ct)
+		wantErr := dek.ErrUnknownKey
+		if kv.Lineage() == lineage(keyCreatedAt(t, k, kv.Version())) {
+			wantErr = dek.ErrTampered
+		}
+		if !errors.Is(err, wantErr) {
+			t.Errorf("envelope under %s with a changed wrapped DEK: %v; want %v", e.KeyID, err, wantErr)
+		}
 	}
+	// The restored key keeps its key id (format 2): after a restore the apiserver sees no rotation.
+	if !ids[k.CurrentID()] {
+		t.Errorf("restored key's key id %s is none of the golden envelopes' %v", k.CurrentID(), ids)
+	}
+}
+
+func keyCreatedAt(t *testing.T, k *KEK, version int) int64 {
+	t.Helper()
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	created, ok := k.observed.created[version]
+	if !ok {
+		t.Fatalf("version %d not listed", version)
+	}
+	return created
 }
 
 // writeGolden appends envelopes written by this version under every version of the golden key.
@@ -121,7 +153,7 @@ func writeGolden(t *testing.T, label string) {
 		k.mu.RLock()
 		st := k.observed
 		k.mu.RUnlock()
-		id := KeyVersion{lineage: st.lineageOf(st.created[ver]), version: ver}.String()
+		id := KeyVersion{lineage: lineage(st.created[ver]), version: ver}.String()
 		plain := []byte(label + " golden envelope under " + id)
 		ct, err := s.Encrypt(context.Background(), id, plain)
 		if err != nil {

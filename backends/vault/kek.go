@@ -3,7 +3,8 @@
 //
 // Check, which the plugin's Monitor calls in the background, keeps the token alive and reads
 // the key's latest version (and, when that fails, learns why: sealed, unreachable); the key
-// id moves to a new version once two consecutive checks have seen it. Several addresses of one
+// id moves to a new version once two consecutive checks have seen it, the first key id too (a
+// check before any key id is adopted reads the key twice). Several addresses of one
 // Vault cluster can be given; requests fail over between them (failover.go).
 package vault
 
@@ -100,13 +101,32 @@ func (k *KEK) TokenTTL() (time.Duration, bool) { return k.tokens.ttlLeft() }
 
 // Check refreshes Vault's state, the token and the key's latest version. Its error says
 // whether Vault is unreachable, sealed, denying access or missing the key.
+//
+// A key id is adopted only once two consecutive reads of the key agree, at start as later.
+// While none is adopted yet (a fresh start), a check that read the key reads it again at once,
+// so a start costs one more key read (one Vault round trip, within the check's --timeout) and
+// is not delayed by a check interval; if the two reads disagree (a replica lagging behind a
+// rotation answered one of them), Check says so and the next check tries again.
 func (k *KEK) Check(ctx context.Context) error {
 	k.checkMu.Lock()
 	defer k.checkMu.Unlock()
 	k.backToPreferred(ctx)
 	state, err := k.check(ctx)
 	k.apply(state, err)
-	return err
+	if err != nil || k.CurrentID() != "" {
+		return err
+	}
+	first := state.latest
+	state, err = k.check(ctx)
+	k.apply(state, err)
+	switch {
+	case err != nil:
+		return err
+	case k.CurrentID() == "":
+		return fmt.Errorf("%w: vault transit key %s: two reads in a row disagree on its latest version (%s, then %s): a replica behind a load balancer lagging behind a rotation? No key id is adopted until two consecutive reads agree",
+			dek.ErrUnavailable, k.keyPath(), first, state.latest)
+	}
+	return nil
 }
 
 // apply records one check's outcome: a failed check breaks the debounce's run, a view of the

@@ -105,7 +105,19 @@ type keyState struct {
 	latest     KeyVersion
 	minDecrypt int
 	created    map[int]int64 // creation time of every version still able to decrypt
-	lineageOf  func(created int64) string
+	// legacyOf is the format-1 lineage (keyid.go) of a version created at created, in the
+	// cluster, namespace, mount and name the key was read from; nil when unknown.
+	legacyOf func(created int64) string
+}
+
+// ours reports whether keyVer's lineage is one that its version of this key gives: format 2,
+// or format 1 as this cluster, namespace, mount and key name give it.
+func (st *keyState) ours(keyVer KeyVersion) bool {
+	created, listed := st.created[keyVer.version]
+	if !listed {
+		return false
+	}
+	return lineage(created) == keyVer.lineage || (st.legacyOf != nil && st.legacyOf(created) == keyVer.lineage)
 }
 
 // parseKey reads a key's versions, refusing keys this backend cannot use.
@@ -123,14 +135,14 @@ func (k *KEK) parseKey(clusterID string, secret *api.Secret) (*keyState, error) 
 		return nil, bad("%w", err)
 	}
 	st := &keyState{minDecrypt: key.MinDecryptionVersion, created: key.Created,
-		lineageOf: func(created int64) string {
-			return lineage(clusterID, k.cfg.Namespace, k.cfg.Mount, k.cfg.Key, created)
+		legacyOf: func(created int64) string {
+			return legacyLineage(clusterID, k.cfg.Namespace, k.cfg.Mount, k.cfg.Key, created)
 		}}
 	created, ok := st.created[key.LatestVersion]
 	if !ok {
 		return nil, bad("latest version %d is not listed", key.LatestVersion)
 	}
-	st.latest = KeyVersion{lineage: st.lineageOf(created), version: key.LatestVersion}
+	st.latest = KeyVersion{lineage: lineage(created), version: key.LatestVersion}
 	return st, nil
 }
 
@@ -163,33 +175,49 @@ func intField(v any) (int, error) {
 }
 
 // usable parses keyID and checks that it names a version of this transit key that can still
-// decrypt, as last seen: its lineage must be the one that version's creation time gives.
+// decrypt, as last seen, in the current format: its lineage must be the one that version's
+// creation time gives. Wrap requires it, so that an envelope's key id always names the key
+// material that wrapped its DEK.
 func (k *KEK) usable(keyID string) (KeyVersion, error) {
-	keyVer, err := ParseKeyID(keyID)
+	keyVer, st, err := k.decryptable(keyID)
 	if err != nil {
 		return keyVer, err
+	}
+	if created, listed := st.created[keyVer.version]; !listed || lineage(created) != keyVer.lineage {
+		return keyVer, fmt.Errorf("%w: key id %s names another transit key than %s (deleted and recreated, or another key)",
+			dek.ErrUnknownKey, keyID, k.keyPath())
+	}
+	return keyVer, nil
+}
+
+// decryptable parses keyID and refuses it only for what the last view of the key says for sure
+// about its version: retired, or newer than any seen. Its lineage is not judged: Unwrap asks
+// Vault to decrypt under the version it names whatever the lineage, because a key restored into
+// another cluster, mount or name, and every key id of format 1, carry lineages this key's view
+// may not give; the key material decides (Vault authenticates the ciphertext).
+func (k *KEK) decryptable(keyID string) (KeyVersion, *keyState, error) {
+	keyVer, err := ParseKeyID(keyID)
+	if err != nil {
+		return keyVer, nil, err
 	}
 	k.mu.RLock()
 	st := k.observed
 	k.mu.RUnlock()
 	if st == nil {
-		return keyVer, fmt.Errorf("%w: vault transit key %s not read yet", dek.ErrUnavailable, k.keyPath())
+		return keyVer, nil, fmt.Errorf("%w: vault transit key %s not read yet", dek.ErrUnavailable, k.keyPath())
 	}
-	created, listed := st.created[keyVer.version]
+	_, listed := st.created[keyVer.version]
 	switch {
 	case keyVer.version < st.minDecrypt:
 		// Public: it names only the request's key id and the fix, which the operator needs.
-		return keyVer, dek.Public(fmt.Errorf("%w: key id %s: version %d is below the transit key's min_decryption_version %d (retired by the operator)",
+		return keyVer, nil, dek.Public(fmt.Errorf("%w: key id %s: version %d is below the transit key's min_decryption_version %d (retired by the operator)",
 			dek.ErrUnknownKey, keyID, keyVer.version, st.minDecrypt))
 	case !listed && keyVer.version > st.latest.version:
 		// Another plugin instance may have adopted a rotation this one has not seen yet.
-		return keyVer, dek.Public(fmt.Errorf("%w: key id %s: version %d is newer than the latest this plugin has seen (%d); retry after its next check",
+		return keyVer, nil, dek.Public(fmt.Errorf("%w: key id %s: version %d is newer than the latest this plugin has seen (%d); retry after its next check",
 			dek.ErrUnavailable, keyID, keyVer.version, st.latest.version))
-	case !listed || st.lineageOf(created) != keyVer.lineage:
-		return keyVer, fmt.Errorf("%w: key id %s names another transit key than %s (deleted and recreated, or in another Vault cluster)",
-			dek.ErrUnknownKey, keyID, k.keyPath())
 	}
-	return keyVer, nil
+	return keyVer, st, nil
 }
 
 // Usable reports, from memory, whether keyID names a version of this transit key that Vault

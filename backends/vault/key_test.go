@@ -15,8 +15,8 @@ func TestUsable(t *testing.T) {
 	if _, err := k.usable("vault:0123456789abcdef:v1"); !errors.Is(err, dek.ErrUnavailable) {
 		t.Fatalf("before any check: %v; want dek.ErrUnavailable", err)
 	}
-	lin := func(created int64) string { return lineage("c", "", "transit", "k", created) }
-	k.observed = &keyState{minDecrypt: 2, created: map[int]int64{2: 200, 3: 300}, lineageOf: lin}
+	lin := lineage
+	k.observed = &keyState{minDecrypt: 2, created: map[int]int64{2: 200, 3: 300}}
 	k.observed.latest = KeyVersion{lineage: lin(300), version: 3}
 	cases := []struct {
 		id   string

@@ -11,14 +11,24 @@ import (
 	"github.com/kmsplugin/kms-plugin/dek"
 )
 
-// A key id is "vault:<lineage>:v<version>". The lineage ties the id to one key version of one
-// transit key in one Vault cluster: a deleted and recreated key, or a same-named key
-// elsewhere, gets other lineages and so never reuses a key id the apiserver has already seen.
+// A key id is "vault:<lineage>:v<version>". The lineage is the first 16 hex digits of SHA-256
+// over the creation time of the version the id names (Unix seconds, as transit/keys/<key>
+// lists it), and nothing else (format 2). That time belongs to the key material: Transit
+// backup and restore carry it to another Vault cluster, mount or key name, and a Raft snapshot
+// keeps it, so a key moved or recovered that way keeps its key ids and the apiserver sees no
+// rotation. A deleted and recreated key, or any other key, has versions created at other
+// times, so it gets other lineages and never reuses a key id the apiserver has already seen
+// (unless its version was created in the same second as the other key's: see docs/vault.md).
 //
-// It hashes the creation time of the version the id names, not of version 1: Vault lists a
-// key's versions (and their creation times) only down to min_decryption_version, so version
-// 1's time disappears when an operator retires old versions, while every version that can
-// still decrypt keeps its own.
+// It hashes the named version's creation time, not version 1's: Vault lists a key's versions
+// (and their creation times) only down to min_decryption_version, so version 1's time
+// disappears when an operator retires old versions, while every version that can still decrypt
+// keeps its own.
+//
+// Format 1, written by every version before this one, hashed Vault's cluster id, the
+// namespace, the mount and the key name with that time (legacyLineage). Its ids have the same
+// shape; they stay valid in envelopes: Unwrap asks Vault to decrypt under whatever version an
+// envelope's key id names, and only the key material decides whether that succeeds.
 const keyIDPrefix = "vault:"
 
 // KeyVersion is what a key id names: one version of one lineage. The zero value names none.
@@ -41,12 +51,23 @@ func (k KeyVersion) String() string {
 	return keyIDPrefix + k.lineage + ":v" + strconv.Itoa(k.version)
 }
 
-// lineage is the first 16 hex digits of SHA-256 over the cluster id, namespace, mount, key
-// name and a key version's creation time (Unix seconds). Each field is length-prefixed so no
+// lineage is the key-id lineage (format 2) of a key version created at created (Unix seconds).
+func lineage(created int64) string {
+	return hashFields("kms-plugin vault lineage v2", strconv.FormatInt(created, 10))
+}
+
+// legacyLineage is the lineage of format 1, which tied a key id to one Vault cluster, namespace,
+// mount and key name. Only Unwrap's error reporting still uses it: an envelope under a format-1
+// id of this very key that Vault cannot authenticate was tampered with.
+func legacyLineage(clusterID, namespace, mount, key string, created int64) string {
+	return hashFields("kms-plugin vault lineage v1", clusterID, namespace, mount, key, strconv.FormatInt(created, 10))
+}
+
+// hashFields is the first 16 hex digits of SHA-256 over the fields, each length-prefixed so no
 // two field lists hash alike.
-func lineage(clusterID, namespace, mount, key string, created int64) string {
+func hashFields(fields ...string) string {
 	h := sha256.New()
-	for _, f := range []string{"kms-plugin vault lineage v1", clusterID, namespace, mount, key, strconv.FormatInt(created, 10)} {
+	for _, f := range fields {
 		var n [4]byte
 		binary.BigEndian.PutUint32(n[:], uint32(len(f)))
 		h.Write(n[:])
@@ -79,8 +100,10 @@ func ParseKeyID(id string) (KeyVersion, error) {
 
 // debounce adopts a key id only once two consecutive observations agree, so that control-plane
 // nodes behind a load balancer that briefly disagree about the latest version never make the
-// key id flip back and forth. The first observation is adopted at once: there is nothing yet
-// to flip from.
+// key id flip back and forth. That holds for the first key id too: a replica lagging behind a
+// rotation that answers a restarted plugin's first read must not take the key id back to the
+// version before it (Check makes the first two observations close together, so a start is
+// not delayed long).
 type debounce struct {
 	adopted   KeyVersion
 	candidate KeyVersion
@@ -89,10 +112,9 @@ type debounce struct {
 // observe records one successful check's view and reports whether it changed the adopted id.
 func (d *debounce) observe(seen KeyVersion) bool {
 	switch {
-	case d.adopted.lineage == "" || seen == d.adopted:
-		changed := seen != d.adopted
-		d.adopted, d.candidate = seen, KeyVersion{}
-		return changed
+	case seen == d.adopted:
+		d.candidate = KeyVersion{}
+		return false
 	case seen == d.candidate:
 		d.adopted, d.candidate = seen, KeyVersion{}
 		return true

@@ -2,7 +2,6 @@ package vault
 
 import (
 	"errors"
-	"strings"
 	"testing"
 
 	"github.com/kmsplugin/kms-plugin/dek"
@@ -29,24 +28,68 @@ func TestKeyIDFormatAndParse(t *testing.T) {
 	}
 }
 
+// TestLineage: the lineage (key-id format 2) is a function of the named version's creation
+// time alone, pinned to a known value: a change of it would change every installation's key
+// id (the apiserver sees a rotation) and must be deliberate.
 func TestLineage(t *testing.T) {
-	base := lineage("cluster", "", "transit", "k", 1700000000)
-	if len(base) != 16 || strings.Trim(base, "0123456789abcdef") != "" {
-		t.Fatalf("lineage %q: want 16 hex digits", base)
+	base := lineage(1700000000)
+	if base != "b497d6f57b4e2435" {
+		t.Fatalf("lineage(1700000000) = %q; the format changed (want b497d6f57b4e2435)", base)
 	}
-	if again := lineage("cluster", "", "transit", "k", 1700000000); again != base {
-		t.Fatal("lineage is not deterministic")
+	if lineage(1700000001) == base {
+		t.Error("changing the creation time keeps the lineage")
+	}
+	// Nothing else goes in: not the cluster, namespace, mount or key name (format 1's fields).
+	for _, l := range []string{
+		legacyLineage("", "", "", "", 1700000000), legacyLineage("cluster", "", "transit", "k", 1700000000),
+	} {
+		if l == base {
+			t.Errorf("format 1 lineage %s equals format 2's", l)
+		}
+	}
+}
+
+// TestLegacyLineage: format 1, which every version before format 2 wrote into envelopes,
+// still computes as it did (pinned to the value those versions gave), and hashed each field.
+func TestLegacyLineage(t *testing.T) {
+	base := legacyLineage("cluster", "", "transit", "k", 1700000000)
+	if base != "6527cf2b7748d9ce" {
+		t.Fatalf("legacyLineage = %q; want 6527cf2b7748d9ce, as format 1 gave", base)
 	}
 	for name, other := range map[string]string{
-		"cluster":   lineage("cluster2", "", "transit", "k", 1700000000),
-		"namespace": lineage("cluster", "ns", "transit", "k", 1700000000),
-		"mount":     lineage("cluster", "", "transit2", "k", 1700000000),
-		"key":       lineage("cluster", "", "transit", "k2", 1700000000),
-		"created":   lineage("cluster", "", "transit", "k", 1700000001),
-		"shifted":   lineage("cluster", "", "transitk", "", 1700000000),
+		"cluster":   legacyLineage("cluster2", "", "transit", "k", 1700000000),
+		"namespace": legacyLineage("cluster", "ns", "transit", "k", 1700000000),
+		"mount":     legacyLineage("cluster", "", "transit2", "k", 1700000000),
+		"key":       legacyLineage("cluster", "", "transit", "k2", 1700000000),
+		"created":   legacyLineage("cluster", "", "transit", "k", 1700000001),
+		"shifted":   legacyLineage("cluster", "", "transitk", "", 1700000000),
 	} {
 		if other == base {
 			t.Errorf("changing the %s keeps the lineage", name)
+		}
+	}
+}
+
+// TestOurs: which lineages count as naming one of the key's versions when Vault cannot
+// authenticate a wrapped DEK (ErrTampered rather than ErrUnknownKey): format 2, and format 1
+// of this cluster, namespace, mount and name.
+func TestOurs(t *testing.T) {
+	st := &keyState{created: map[int]int64{1: 100, 2: 200},
+		legacyOf: func(c int64) string { return legacyLineage("cluster", "", "transit", "k", c) }}
+	for _, c := range []struct {
+		kv   KeyVersion
+		ours bool
+	}{
+		{KeyVersion{lineage(100), 1}, true},
+		{KeyVersion{lineage(200), 2}, true},
+		{KeyVersion{legacyLineage("cluster", "", "transit", "k", 200), 2}, true},
+		{KeyVersion{lineage(200), 1}, false},                                       // another key's v1
+		{KeyVersion{legacyLineage("other", "", "transit", "k", 200), 2}, false},    // format 1 of another cluster
+		{KeyVersion{legacyLineage("cluster", "", "transit", "k2", 200), 2}, false}, // ... or key name
+		{KeyVersion{lineage(300), 3}, false},                                       // not listed
+	} {
+		if got := st.ours(c.kv); got != c.ours {
+			t.Errorf("ours(%s) = %v, want %v", c.kv, got, c.ours)
 		}
 	}
 }
@@ -60,9 +103,11 @@ func TestDebounce(t *testing.T) {
 		miss    bool
 		adopted KeyVersion
 	}{
-		{seen: v(1), adopted: v(1)}, // first sight: adopted at once
-		{seen: v(2), adopted: v(1)}, // new version seen once
-		{seen: v(1), adopted: v(1)}, // a lagging node: candidate dropped
+		{seen: v(3), adopted: KeyVersion{}}, // first sight (a lagging replica?): not adopted
+		{seen: v(1), adopted: KeyVersion{}}, // disagrees: still none
+		{seen: v(1), adopted: v(1)},         // two in a row: adopted
+		{seen: v(2), adopted: v(1)},         // new version seen once
+		{seen: v(1), adopted: v(1)},         // a lagging node: candidate dropped
 		{seen: v(2), adopted: v(1)},
 		{miss: true, adopted: v(1)}, // a failed check breaks the run
 		{seen: v(2), adopted: v(1)},

@@ -7,8 +7,8 @@ import (
 
 func TestLaggingView(t *testing.T) {
 	view := func(latest int, created map[int]int64) *keyState {
-		st := &keyState{created: created, lineageOf: func(c int64) string { return lineage("cluster", "", "transit", "k", c) }}
-		st.latest = KeyVersion{lineage: st.lineageOf(created[latest]), version: latest}
+		st := &keyState{created: created}
+		st.latest = KeyVersion{lineage: lineage(created[latest]), version: latest}
 		return st
 	}
 	k := &KEK{cfg: Config{Log: slog.New(slog.DiscardHandler)}}
@@ -39,9 +39,9 @@ func TestLaggingView(t *testing.T) {
 // that has seen neither must still count as lagging: two of its answers in a row must not move
 // the key id back (v2 -> v1, then forward again: a flip-flop the apiserver takes for rotations).
 func TestLaggingViewAfterRetirement(t *testing.T) {
-	lin := func(c int64) string { return lineage("cluster", "", "transit", "k", c) }
+	lin := lineage
 	view := func(latest, minDecrypt int, created map[int]int64) *keyState {
-		st := &keyState{minDecrypt: minDecrypt, created: created, lineageOf: lin}
+		st := &keyState{minDecrypt: minDecrypt, created: created}
 		st.latest = KeyVersion{lineage: lin(created[latest]), version: latest}
 		return st
 	}

@@ -49,16 +49,26 @@ func (k *KEK) Wrap(ctx context.Context, keyID string, plain []byte) ([]byte, err
 	return raw, nil
 }
 
-// Unwrap decrypts a DEK that Wrap wrapped under keyID.
+// Unwrap decrypts a DEK that Wrap wrapped under keyID: it asks Vault to decrypt under the
+// version keyID names, whichever lineage it carries (see decryptable), so that data outlives
+// the Vault cluster, mount and key name that wrapped it. Vault's AEAD decides: key material
+// other than the one that wrapped the DEK fails to authenticate it, which is ErrTampered when
+// keyID names this key's version (the data was changed) and ErrUnknownKey when it does not
+// (the DEK was wrapped by another key: deleted and recreated, or not restored here).
 func (k *KEK) Unwrap(ctx context.Context, keyID string, wrapped []byte) ([]byte, error) {
-	keyVer, err := k.usable(keyID)
+	keyVer, st, err := k.decryptable(keyID)
 	if err != nil {
 		return nil, err
 	}
 	if len(wrapped) == 0 {
 		return nil, fmt.Errorf("%w: empty wrapped DEK", dek.ErrMalformed)
 	}
-	return k.decrypts.decrypt(ctx, transitPrefix(keyVer.version)+base64.StdEncoding.EncodeToString(wrapped))
+	plain, err := k.decrypts.decrypt(ctx, transitPrefix(keyVer.version)+base64.StdEncoding.EncodeToString(wrapped))
+	if errors.Is(err, dek.ErrTampered) && !st.ours(keyVer) {
+		return nil, fmt.Errorf("%w: key id %s names no version of transit key %s, and vault could not authenticate the wrapped DEK with its version %d: it was wrapped by another key (deleted and recreated, or not restored into this Vault), or tampered with (%v)",
+			dek.ErrUnknownKey, keyID, k.keyPath(), keyVer.version, err)
+	}
+	return plain, err
 }
 
 // notFound is vault/api's nil answer to a request it got a 404 for: no such mount.
