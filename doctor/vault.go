@@ -29,7 +29,7 @@ type VaultOptions struct {
 }
 
 // aeadTypes are the transit key types whose encryption is authenticated.
-var aeadTypes = []string{"aes256-gcm96", "aes128-gcm96", "chacha20-poly1305"}
+var aeadTypes = vault.AEADTypes
 
 // Vault runs the Vault checks in order. A failure that leaves nothing to check further (Vault
 // unreachable, no token) ends them.

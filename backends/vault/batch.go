@@ -46,14 +46,16 @@ func (k *KEK) DecryptBatches() (requests, items uint64) {
 type batchItem struct {
 	ctx        context.Context
 	ciphertext string // transit's "vault:vN:..." form
+	assocData  string // base64 associated_data, "" for none (keyState.bound)
 	done       chan struct{}
 	plaintext  []byte
 	err        error
 }
 
-// decrypt asks Vault to decrypt one transit ciphertext, batched with concurrent ones.
-func (b *batcher) decrypt(ctx context.Context, ciphertext string) ([]byte, error) {
-	item := &batchItem{ctx: ctx, ciphertext: ciphertext, done: make(chan struct{})}
+// decrypt asks Vault to decrypt one transit ciphertext (with associated data assocData, base64,
+// unless ""), batched with concurrent ones.
+func (b *batcher) decrypt(ctx context.Context, ciphertext, assocData string) ([]byte, error) {
+	item := &batchItem{ctx: ctx, ciphertext: ciphertext, assocData: assocData, done: make(chan struct{})}
 	b.mu.Lock()
 	b.pending = append(b.pending, item)
 	if b.inFlight < maxBatchesInFlight {
@@ -118,7 +120,7 @@ func (b *batcher) send(batch []*batchItem) {
 	if len(live) == 1 {
 		// Alone, the plain request: its error answer names the failure exactly.
 		it := live[0]
-		it.plaintext, it.err = b.k.decryptOne(ctx, it.ciphertext)
+		it.plaintext, it.err = b.k.decryptOne(ctx, it.ciphertext, it.assocData)
 		close(it.done)
 		return
 	}
@@ -134,7 +136,7 @@ func (b *batcher) send(batch []*batchItem) {
 		// Every item failed, so Vault answered 400 and vault/api dropped the per-item errors:
 		// ask for each alone to say which failed and why.
 		for _, it := range live {
-			it.plaintext, it.err = b.k.decryptOne(ctx, it.ciphertext)
+			it.plaintext, it.err = b.k.decryptOne(ctx, it.ciphertext, it.assocData)
 			close(it.done)
 		}
 		return
@@ -183,7 +185,7 @@ func (k *KEK) decryptBatch(ctx context.Context, items []*batchItem) ([]batchResu
 	path := k.cfg.Mount + "/decrypt/" + k.cfg.Key
 	input := make([]map[string]any, len(items))
 	for i, it := range items {
-		input[i] = map[string]any{"ciphertext": it.ciphertext}
+		input[i] = decryptInput(it.ciphertext, it.assocData)
 	}
 	var secret *api.Secret
 	err := k.cfg.Retry.do(ctx, k.cfg.Clock, func(ctx context.Context) (err error) {
@@ -220,12 +222,21 @@ func (k *KEK) decryptBatch(ctx context.Context, items []*batchItem) ([]batchResu
 	return out, nil
 }
 
+// decryptInput is one ciphertext to decrypt, as a request body or a batch_input item.
+func decryptInput(ciphertext, assocData string) map[string]any {
+	in := map[string]any{"ciphertext": ciphertext}
+	if assocData != "" {
+		in["associated_data"] = assocData
+	}
+	return in
+}
+
 // decryptOne is one transit decrypt request without batch_input.
-func (k *KEK) decryptOne(ctx context.Context, ciphertext string) ([]byte, error) {
+func (k *KEK) decryptOne(ctx context.Context, ciphertext, assocData string) ([]byte, error) {
 	path := k.cfg.Mount + "/decrypt/" + k.cfg.Key
 	var secret *api.Secret
 	err := k.cfg.Retry.do(ctx, k.cfg.Clock, func(ctx context.Context) (err error) {
-		secret, err = k.client.Logical().WriteWithContext(ctx, path, map[string]any{"ciphertext": ciphertext})
+		secret, err = k.client.Logical().WriteWithContext(ctx, path, decryptInput(ciphertext, assocData))
 		return err
 	})
 	if err != nil {

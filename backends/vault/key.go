@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -100,9 +101,14 @@ func ParseKey(secret *api.Secret) (Key, error) {
 	return key, nil
 }
 
+// AEADTypes are the transit key types whose ciphertexts authenticate associated data: the
+// backend binds the key id into every DEK it wraps with them (see bound).
+var AEADTypes = []string{"aes256-gcm96", "aes128-gcm96", "chacha20-poly1305"}
+
 // keyState is what a check learned of the key.
 type keyState struct {
 	latest     KeyVersion
+	aead       bool // the key type takes associated_data (AEADTypes)
 	minDecrypt int
 	created    map[int]int64 // creation time of every version still able to decrypt
 	// legacyOf is the format-1 lineage (keyid.go) of a version created at created, in the
@@ -120,6 +126,16 @@ func (st *keyState) ours(keyVer KeyVersion) bool {
 	return lineage(created) == keyVer.lineage || (st.legacyOf != nil && st.legacyOf(created) == keyVer.lineage)
 }
 
+// bound reports whether a DEK wrapped under keyVer carries its key id as Transit's
+// associated_data: Wrap binds every key id of format 2 that way when the key type allows it, so
+// a DEK unwraps only under the key id it was wrapped under, wherever the key has been restored
+// to. Key ids of format 1 (and lineages that are not format 2 of the version they name, which
+// can only be format 1 or another key's) were never bound.
+func (st *keyState) bound(keyVer KeyVersion) bool {
+	created, listed := st.created[keyVer.version]
+	return st.aead && listed && lineage(created) == keyVer.lineage
+}
+
 // parseKey reads a key's versions, refusing keys this backend cannot use.
 func (k *KEK) parseKey(clusterID string, secret *api.Secret) (*keyState, error) {
 	bad := func(format string, args ...any) error {
@@ -134,7 +150,7 @@ func (k *KEK) parseKey(clusterID string, secret *api.Secret) (*keyState, error) 
 	case err != nil:
 		return nil, bad("%w", err)
 	}
-	st := &keyState{minDecrypt: key.MinDecryptionVersion, created: key.Created,
+	st := &keyState{minDecrypt: key.MinDecryptionVersion, created: key.Created, aead: slices.Contains(AEADTypes, key.Type),
 		legacyOf: func(created int64) string {
 			return legacyLineage(clusterID, k.cfg.Namespace, k.cfg.Mount, k.cfg.Key, created)
 		}}
@@ -179,15 +195,21 @@ func intField(v any) (int, error) {
 // creation time gives. Wrap requires it, so that an envelope's key id always names the key
 // material that wrapped its DEK.
 func (k *KEK) usable(keyID string) (KeyVersion, error) {
+	keyVer, _, err := k.wrappable(keyID)
+	return keyVer, err
+}
+
+// wrappable is usable, with the view of the key it judged by.
+func (k *KEK) wrappable(keyID string) (KeyVersion, *keyState, error) {
 	keyVer, st, err := k.decryptable(keyID)
 	if err != nil {
-		return keyVer, err
+		return keyVer, nil, err
 	}
 	if created, listed := st.created[keyVer.version]; !listed || lineage(created) != keyVer.lineage {
-		return keyVer, fmt.Errorf("%w: key id %s names another transit key than %s (deleted and recreated, or another key)",
+		return keyVer, nil, fmt.Errorf("%w: key id %s names another transit key than %s (deleted and recreated, or another key)",
 			dek.ErrUnknownKey, keyID, k.keyPath())
 	}
-	return keyVer, nil
+	return keyVer, st, nil
 }
 
 // decryptable parses keyID and refuses it only for what the last view of the key says for sure

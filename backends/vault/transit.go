@@ -16,18 +16,23 @@ import (
 // Wrap encrypts dek with the key version that keyID names, so the envelope's key id is the
 // version that really wrapped it even if the key rotates meanwhile. The wrapped DEK is the raw
 // transit ciphertext without its "vault:vN:" prefix and base64, which the key id restores.
+// With an AEAD key type the key id is the ciphertext's associated data (keyState.bound).
 func (k *KEK) Wrap(ctx context.Context, keyID string, plain []byte) ([]byte, error) {
-	keyVer, err := k.usable(keyID)
+	keyVer, st, err := k.wrappable(keyID)
 	if err != nil {
 		return nil, err
 	}
 	path := k.cfg.Mount + "/encrypt/" + k.cfg.Key
+	body := map[string]any{
+		"plaintext":   base64.StdEncoding.EncodeToString(plain),
+		"key_version": keyVer.version,
+	}
+	if st.bound(keyVer) {
+		body["associated_data"] = base64.StdEncoding.EncodeToString([]byte(keyID))
+	}
 	var secret *api.Secret
 	err = k.cfg.Retry.do(ctx, k.cfg.Clock, func(ctx context.Context) (err error) {
-		secret, err = k.client.Logical().WriteWithContext(ctx, path, map[string]any{
-			"plaintext":   base64.StdEncoding.EncodeToString(plain),
-			"key_version": keyVer.version,
-		})
+		secret, err = k.client.Logical().WriteWithContext(ctx, path, body)
 		return err
 	})
 	if err != nil {
@@ -52,9 +57,10 @@ func (k *KEK) Wrap(ctx context.Context, keyID string, plain []byte) ([]byte, err
 // Unwrap decrypts a DEK that Wrap wrapped under keyID: it asks Vault to decrypt under the
 // version keyID names, whichever lineage it carries (see decryptable), so that data outlives
 // the Vault cluster, mount and key name that wrapped it. Vault's AEAD decides: key material
-// other than the one that wrapped the DEK fails to authenticate it, which is ErrTampered when
-// keyID names this key's version (the data was changed) and ErrUnknownKey when it does not
-// (the DEK was wrapped by another key: deleted and recreated, or not restored here).
+// other than the one that wrapped the DEK, or (for a bound key id) another key id than the one
+// it was wrapped under, fails to authenticate it, which is ErrTampered when keyID names this
+// key's version (the data was changed) and ErrUnknownKey when it does not (the DEK was wrapped
+// by another key: deleted and recreated, or not restored here).
 func (k *KEK) Unwrap(ctx context.Context, keyID string, wrapped []byte) ([]byte, error) {
 	keyVer, st, err := k.decryptable(keyID)
 	if err != nil {
@@ -63,7 +69,11 @@ func (k *KEK) Unwrap(ctx context.Context, keyID string, wrapped []byte) ([]byte,
 	if len(wrapped) == 0 {
 		return nil, fmt.Errorf("%w: empty wrapped DEK", dek.ErrMalformed)
 	}
-	plain, err := k.decrypts.decrypt(ctx, transitPrefix(keyVer.version)+base64.StdEncoding.EncodeToString(wrapped))
+	ad := ""
+	if st.bound(keyVer) {
+		ad = base64.StdEncoding.EncodeToString([]byte(keyID))
+	}
+	plain, err := k.decrypts.decrypt(ctx, transitPrefix(keyVer.version)+base64.StdEncoding.EncodeToString(wrapped), ad)
 	if errors.Is(err, dek.ErrTampered) && !st.ours(keyVer) {
 		return nil, fmt.Errorf("%w: key id %s names no version of transit key %s, and vault could not authenticate the wrapped DEK with its version %d: it was wrapped by another key (deleted and recreated, or not restored into this Vault), or tampered with (%v)",
 			dek.ErrUnknownKey, keyID, k.keyPath(), keyVer.version, err)
