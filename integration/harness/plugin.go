@@ -119,6 +119,18 @@ func (p *Plugin) Restart(t testing.TB) {
 	p.Resume(t)
 }
 
+// RestartWith stops the plugin and starts it again on the same socket with other serve
+// arguments (as an operator changing its flags would), for example another --vault-addr.
+func (p *Plugin) RestartWith(t testing.TB, args ...string) {
+	t.Helper()
+	p.Stop()
+	p.args = append([]string{"serve", "--listen", p.Socket}, args...)
+	if !slices.ContainsFunc(args, func(a string) bool { return strings.Contains(a, "health-addr") }) {
+		p.args = append(p.args, "--health-addr=127.0.0.1:0")
+	}
+	p.Resume(t)
+}
+
 // Resume starts a stopped plugin again with the same arguments and socket.
 func (p *Plugin) Resume(t testing.TB) {
 	t.Helper()

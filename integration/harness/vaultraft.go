@@ -1,6 +1,7 @@
 package harness
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -194,4 +195,40 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// Snapshot saves a Raft snapshot of the cluster (sys/storage/raft/snapshot), as root.
+func (c *VaultCluster) Snapshot(t testing.TB) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	must(t, c.Active(t).Root.Sys().RaftSnapshot(&buf), "raft snapshot")
+	return buf.Bytes()
+}
+
+// RestoreSnapshot installs a snapshot that src's Snapshot took into this cluster
+// (sys/storage/raft/snapshot-force, as for a cluster rebuilt after a disaster). The cluster then
+// holds src's data and keyring: from then on src's root token and unseal key are the ones that
+// work here, and the nodes' Root clients use them.
+func (c *VaultCluster) RestoreSnapshot(t testing.TB, snap []byte, src *VaultCluster) {
+	t.Helper()
+	active := c.Active(t)
+	must(t, active.Root.Sys().RaftSnapshotRestore(bytes.NewReader(snap), true), "raft snapshot restore")
+	c.RootToken = src.RootToken
+	for _, v := range c.Nodes {
+		v.RootToken, v.unsealKey = src.RootToken, src.Nodes[0].unsealKey
+		v.Root = v.Client(t, v.RootToken)
+	}
+	anon := active.Client(t, "")
+	Eventually(t, 60*time.Second, "vault serving the restored snapshot", func(ctx context.Context) error {
+		st, err := anon.Sys().SealStatusWithContext(ctx)
+		if err == nil && st.Sealed {
+			_, err = anon.Sys().UnsealWithContext(ctx, active.unsealKey)
+		}
+		if err != nil {
+			return err
+		}
+		_, err = active.Root.Sys().ListMountsWithContext(ctx)
+		return err
+	})
+	c.WaitActive(t, active)
 }
