@@ -24,6 +24,7 @@ import (
 
 	"github.com/hashicorp/vault/api"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -114,6 +115,103 @@ func TestKeyIDStress(t *testing.T) {
 		t.Error("the balancer never served a lagging key read: the test did not exercise disagreement")
 	}
 	load.verify(t, plugins, 5)
+}
+
+// TestKeyIDAfterRestart: a plugin restarted while the replica behind its load balancer lags
+// behind a rotation must not move its key id back. Before the restart Status says v4; the
+// first key read after the restart is answered by the replica that still has v3. The plugin
+// adopts a key id only once two consecutive reads agree, at start as later: until then Status
+// is Unavailable ("no key id yet"), as for any fresh start, and from then on it says v4. It
+// never says v3, and nothing is wrapped under v3.
+func TestKeyIDAfterRestart(t *testing.T) {
+	t.Parallel()
+	v := harness.StartVaultDev(t)
+	v.EnableTransit(t, "transit")
+	const key = "restart"
+	v.Write(t, "transit/keys/"+key, nil)
+	v.RotateKey(t, "transit", key)
+	v.RotateKey(t, "transit", key)
+	lb := newLaggingBalancer(t, v.Addr, "/v1/transit/keys/"+key, 0) // no lag but what staleNext asks
+	p := harness.StartPlugin(t, "--backend=vault", "--vault-addr="+lb.URL, "--vault-transit-key="+key,
+		"--vault-auth=token", "--vault-token-file="+leastPrivilegeToken(t, v, key),
+		"--check-interval=1s", "--proof-interval=5s", "--log-level=info")
+	if got := keyIDVersion(p.KeyID(t)); got != 3 {
+		t.Fatalf("before the rotation: v%d, want v3", got)
+	}
+	v.RotateKey(t, "transit", key)
+	harness.Eventually(t, 30*time.Second, "plugin adopts v4", func(ctx context.Context) error {
+		st, err := p.Status(ctx)
+		if err != nil {
+			return err
+		}
+		if keyIDVersion(st.KeyId) != 4 {
+			return fmt.Errorf("key id %s", st.KeyId)
+		}
+		return nil
+	})
+	v4 := p.KeyID(t)
+
+	// Status is polled without pause across the restart: every answer must be v4 or, before
+	// the first key id is adopted, Unavailable.
+	ctx, cancel := context.WithCancel(context.Background())
+	var seen []string
+	var unavailable atomic.Int64
+	polled := make(chan struct{})
+	// Reconnect at once after the restart (gRPC's default backoff waits a second or more, in
+	// which a wrong key id could come and go unseen).
+	conn, err := grpc.NewClient(p.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority("localhost"),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 10 * time.Millisecond, Multiplier: 1, MaxDelay: 20 * time.Millisecond}, MinConnectTimeout: time.Second}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	client := kmsapi.NewKeyManagementServiceClient(conn)
+	go func() {
+		defer close(polled)
+		for ctx.Err() == nil {
+			rctx, rcancel := context.WithTimeout(ctx, time.Second)
+			st, err := client.Status(rctx, &kmsapi.StatusRequest{})
+			rcancel()
+			switch {
+			case err == nil:
+				if len(seen) == 0 || seen[len(seen)-1] != st.KeyId {
+					seen = append(seen, st.KeyId)
+				}
+			case strings.Contains(err.Error(), "no key id yet"):
+				unavailable.Add(1)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}()
+	p.Stop()
+	before := lb.staleServed.Load()
+	lb.staleNext(1)
+	p.Resume(t)
+	if got := p.KeyID(t); got != v4 {
+		t.Errorf("after the restart: key id %s, want %s", got, v4)
+	}
+	sample := writeEnvelopes(t, p, 3)
+	time.Sleep(time.Second) // a few more checks and polls
+	cancel()
+	<-polled
+
+	if lb.staleServed.Load() == before {
+		t.Fatal("the balancer served no lagging read after the restart: the test did not exercise it")
+	}
+	if unavailable.Load() == 0 {
+		t.Error("Status never answered Unavailable (no key id yet) after the restart, while the first two reads disagreed")
+	}
+	for _, id := range seen {
+		if id != v4 {
+			t.Errorf("Status said %s across the restart (sequence %v); want only %s", id, seen, v4)
+		}
+	}
+	for _, e := range sample {
+		if e.keyID != v4 {
+			t.Errorf("Encrypt after the restart under %s, want %s", e.keyID, v4)
+		}
+	}
+	t.Logf("Status across the restart: %v; %d polls answered Unavailable (no key id yet)", seen, unavailable.Load())
 }
 
 // leastPrivilegeToken writes the policy `kmsctl policy` prints for key and returns a file
@@ -346,11 +444,21 @@ type laggingBalancer struct {
 	keyPath string
 	lag     time.Duration
 
-	mu      sync.Mutex
-	fresh   []byte // the newest body read from Vault
-	stale   []byte // the body before the last change, served in turn until lag has passed
-	changed time.Time
-	reads   int
+	mu       sync.Mutex
+	fresh    []byte // the newest body read from Vault
+	stale    []byte // the body before the last change, served in turn until lag has passed
+	previous []byte // the body before the last change, kept after lag for staleNext
+	changed  time.Time
+	reads    int
+	forced   int // the next reads answered with previous whatever the lag (staleNext)
+}
+
+// staleNext makes the next n reads of the key answer with the key as it was before its last
+// change, as a replica that has not caught up would, for as long as it takes to serve them.
+func (lb *laggingBalancer) staleNext(n int) {
+	lb.mu.Lock()
+	lb.forced = n
+	lb.mu.Unlock()
 }
 
 func newLaggingBalancer(t *testing.T, vaultAddr, keyPath string, lag time.Duration) *laggingBalancer {
@@ -379,14 +487,19 @@ func (lb *laggingBalancer) modify(resp *http.Response) error {
 	}
 	lb.mu.Lock()
 	if lb.fresh != nil && latestVersion(lb.fresh) != latestVersion(body) {
-		lb.stale, lb.changed = lb.fresh, time.Now()
+		lb.stale, lb.previous, lb.changed = lb.fresh, lb.fresh, time.Now()
 	}
 	lb.fresh = body
 	if lb.stale != nil && time.Since(lb.changed) > lb.lag {
 		lb.stale = nil // the replica caught up
 	}
 	lb.reads++
-	if lb.stale != nil && lb.reads%2 == 0 {
+	switch {
+	case lb.forced > 0 && lb.previous != nil:
+		lb.forced--
+		body = lb.previous
+		lb.staleServed.Add(1)
+	case lb.stale != nil && lb.reads%2 == 0:
 		body = lb.stale
 		lb.staleServed.Add(1)
 	}
