@@ -106,6 +106,16 @@ func TestVaultGolden(t *testing.T) {
 			t.Errorf("envelope under %s with a changed wrapped DEK: %v; want %v", e.KeyID, err, wantErr)
 		}
 	}
+	// The DEK cache keeps what unwrapped (format 1 of another cluster included), and drops a
+	// key id of another lineage that never did.
+	for id := range ids {
+		if err := k.Usable(id); err != nil {
+			t.Errorf("Usable(%s) after it unwrapped: %v", id, err)
+		}
+	}
+	if err := k.Usable("vault:0123456789abcdef:v1"); !errors.Is(err, dek.ErrUnknownKey) {
+		t.Errorf("Usable of a key id that never unwrapped: %v; want dek.ErrUnknownKey", err)
+	}
 	// The restored key keeps its key id (format 2): after a restore the apiserver sees no rotation.
 	if !ids[k.CurrentID()] {
 		t.Errorf("restored key's key id %s is none of the golden envelopes' %v", k.CurrentID(), ids)

@@ -50,6 +50,9 @@ type KEK struct {
 	// adoptedView is the last view whose latest version is the adopted one: lagging.go tells
 	// older views from it.
 	adoptedView *keyState
+	// foreign: key ids of other lineages that Vault unwrapped under, with the creation time of
+	// the version that did (Usable).
+	foreign map[string]int64
 
 	decrypts batcher // concurrent transit decrypts, coalesced (batch.go)
 }

@@ -243,8 +243,37 @@ func (k *KEK) decryptable(keyID string) (KeyVersion, *keyState, error) {
 }
 
 // Usable reports, from memory, whether keyID names a version of this transit key that Vault
-// still lets decrypt as last seen: serve's DEK cache drops what it refuses.
+// still lets decrypt as last seen: serve's DEK cache drops what it refuses. A key id whose
+// lineage this key's view does not give (format 1 of another cluster, mount or name: a key
+// restored here) is usable while the version that last unwrapped under it keeps the creation
+// time it had then; a deleted and recreated key's versions do not.
 func (k *KEK) Usable(keyID string) error {
-	_, err := k.usable(keyID)
-	return err
+	keyVer, st, err := k.decryptable(keyID)
+	if err != nil || st.ours(keyVer) {
+		return err
+	}
+	created, listed := st.created[keyVer.version]
+	k.mu.RLock()
+	at, seen := k.foreign[keyID]
+	k.mu.RUnlock()
+	if listed && seen && at == created {
+		return nil
+	}
+	return fmt.Errorf("%w: key id %s names no version of transit key %s that unwrapped under it", dek.ErrUnknownKey, keyID, k.keyPath())
+}
+
+// maxForeign bounds the key ids of other lineages that Usable remembers.
+const maxForeign = 1024
+
+// unwrappedForeign records that Vault unwrapped under keyID, which names no version of this
+// key, with the version created at created.
+func (k *KEK) unwrappedForeign(keyID string, created int64) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if _, ok := k.foreign[keyID]; ok || len(k.foreign) < maxForeign {
+		if k.foreign == nil {
+			k.foreign = map[string]int64{}
+		}
+		k.foreign[keyID] = created
+	}
 }

@@ -78,6 +78,11 @@ func (k *KEK) Unwrap(ctx context.Context, keyID string, wrapped []byte) ([]byte,
 		return nil, fmt.Errorf("%w: key id %s names no version of transit key %s, and vault could not authenticate the wrapped DEK with its version %d: it was wrapped by another key (deleted and recreated, or not restored into this Vault), or tampered with (%v)",
 			dek.ErrUnknownKey, keyID, k.keyPath(), keyVer.version, err)
 	}
+	if err == nil && !st.ours(keyVer) {
+		if created, listed := st.created[keyVer.version]; listed {
+			k.unwrappedForeign(keyID, created)
+		}
+	}
 	return plain, err
 }
 
