@@ -61,7 +61,10 @@ func TestKeyIDStress(t *testing.T) {
 	for _, addr := range []string{v.Addr, lb.URL, lb.URL} {
 		plugins = append(plugins, harness.StartPlugin(t, "--backend=vault", "--vault-addr="+addr,
 			"--vault-transit-key="+key, "--vault-auth=token", "--vault-token-file="+tokenFile,
-			"--check-interval=100ms", "--proof-interval=1s", "--log-level=warn"))
+			"--check-interval=100ms", "--proof-interval=1s", "--log-level=warn",
+			// Status's healthz must show the outage and the seal here; serving through an
+			// outage from memory is TestVaultOutage's subject.
+			"--vault-memory-grace=0"))
 	}
 	load := startKeyIDLoad(t, plugins)
 
