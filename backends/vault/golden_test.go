@@ -172,6 +172,15 @@ func writeGolden(t *testing.T, label string) {
 		envs = append(envs, goldenEnvelope{WrittenBy: label, KeyID: id,
 			Plaintext: base64.StdEncoding.EncodeToString(plain), Ciphertext: base64.StdEncoding.EncodeToString(ct)})
 	}
+	// And one in local KEK mode: envelope format 2, a local KEK wrapped by the current version.
+	local := dek.NewLocalSealer(k, dek.LocalKEKConfig{})
+	plain := []byte(label + " golden format-2 envelope under " + k.CurrentID())
+	ct, err := local.Encrypt(context.Background(), k.CurrentID(), plain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	envs = append(envs, goldenEnvelope{WrittenBy: label, KeyID: k.CurrentID(), Note: "envelope format 2 (local KEK mode)",
+		Plaintext: base64.StdEncoding.EncodeToString(plain), Ciphertext: base64.StdEncoding.EncodeToString(ct)})
 	if err := os.MkdirAll(goldenDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
