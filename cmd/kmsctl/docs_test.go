@@ -10,7 +10,7 @@ import (
 // subcommand it is given to, and every deploy/ file they name exists.
 func TestOperatorDocsMatchCLI(t *testing.T) {
 	var paths []string
-	for _, d := range append(clitest.OperatorDocs, "localaes.md", "vault.md", "providers.md") {
+	for _, d := range append(clitest.OperatorDocs, "localaes.md", "vault.md", "providers.md", "performance.md") {
 		paths = append(paths, "docs/"+d)
 	}
 	clitest.DocCommandLines(t, "../..", append(paths, "README.md"), "kmsctl", newRootCommand)
