@@ -17,7 +17,8 @@ import (
 func newLoadCommand() *cobra.Command {
 	var o load.Options
 	var socket, op string
-	var asJSON, compareFloor, floor bool
+	var asJSON, floor bool
+	var c load.Comparison
 	cmd := &cobra.Command{
 		Use:   "load",
 		Short: "Drive a KMS v2 plugin's socket with Encrypt/Decrypt load and report ops/s and latency percentiles, also as a ratio to a do-nothing server",
@@ -31,6 +32,8 @@ Every Encrypt's plaintext is distinct; Decrypt first encrypts a pool of --distin
 --compare-floor then runs the same load against a do-nothing KMS v2 server (the floor: Encrypt
 and Decrypt echo, no crypto) served in this process on a temporary socket, and adds each figure
 as a ratio to it: what the plugin costs beyond gRPC over a unix socket on this machine.
+--floor-socket uses a floor served by another process instead (kmsctl load --floor), as the
+plugin is; --rounds alternates plugin and floor, so that a busy machine weighs on both alike.
 
 --floor serves that do-nothing server on --socket until interrupted, sending no load, so that
 another client can be measured against it. See docs/performance.md.
@@ -50,7 +53,8 @@ Exit status 3 when any request failed.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			rep, err := load.Measure(ctx, socket, o, compareFloor)
+			c.Floor = c.Floor || c.FloorSocket != ""
+			rep, err := load.Measure(ctx, socket, o, c)
 			if err != nil {
 				return err
 			}
@@ -82,7 +86,9 @@ Exit status 3 when any request failed.`,
 	fs.IntVar(&o.Distinct, "distinct", load.DefaultDistinct, "envelopes Decrypt cycles through")
 	fs.DurationVar(&o.Timeout, "timeout", load.DefaultTimeout, "deadline of one request (kube-apiserver's default is 3s)")
 	fs.BoolVar(&asJSON, "json", false, "print JSON instead of a table")
-	fs.BoolVar(&compareFloor, "compare-floor", false, "also run the load against a do-nothing KMS v2 server in this process, and print each figure as a ratio to it")
+	fs.BoolVar(&c.Floor, "compare-floor", false, "also run the load against a do-nothing KMS v2 server in this process, and print each figure as a ratio to it")
+	fs.StringVar(&c.FloorSocket, "floor-socket", "", "compare with the do-nothing server at this socket (kmsctl load --floor in another process) instead")
+	fs.IntVar(&c.Rounds, "rounds", 1, "with a floor: alternate plugin and floor this many times (--duration or --count each), figures over all rounds")
 	fs.BoolVar(&floor, "floor", false, "serve the do-nothing KMS v2 server on --socket until interrupted, instead of sending load")
 	return cmd
 }

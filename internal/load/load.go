@@ -173,26 +173,43 @@ func Run(ctx context.Context, socket string, o Options) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	res := Result{Target: socket}
+	var acc samples
+	if err := acc.run(ctx, socket, o); err != nil {
+		return Result{Target: socket}, err
+	}
+	return acc.result(socket), nil
+}
+
+// samples are the raw figures of one or more runs against one socket.
+type samples struct {
+	keyID   string
+	elapsed time.Duration
+	sent    [2]bool // Encrypt, Decrypt
+	latency [2][]time.Duration
+	errs    [2]map[string]int // failures by code
+}
+
+// run sends the load once and adds its figures to s.
+func (s *samples) run(ctx context.Context, socket string, o Options) error {
 	clients := make([]kmsapi.KeyManagementServiceClient, o.Connections)
 	for i := range clients {
 		conn, err := kmsclient.Dial(socket)
 		if err != nil {
-			return res, err
+			return err
 		}
 		defer conn.Close()
 		st, err := kmsclient.CheckStatus(ctx, conn, o.Timeout) // also opens the connection
 		if err != nil {
-			return res, err
+			return err
 		}
-		res.KeyID = st.KeyID
+		s.keyID = st.KeyID
 		clients[i] = kmsapi.NewKeyManagementServiceClient(conn)
 	}
 	r := &runner{o: o, clients: clients, nonce: make([]byte, 8)}
 	rand.Read(r.nonce)
 	if o.Op != OpEncrypt {
 		if err := r.fillPool(ctx); err != nil {
-			return res, err
+			return err
 		}
 	}
 	workers := make([]*worker, o.Concurrency)
@@ -206,36 +223,44 @@ func Run(ctx context.Context, socket string, o Options) (Result, error) {
 		wg.Go(func() { w.run(ctx) })
 	}
 	wg.Wait()
-	res.Elapsed = time.Since(start)
+	s.elapsed += time.Since(start)
 	if err := ctx.Err(); err != nil {
-		return res, err
+		return err
 	}
-	for m, name := range []string{"Encrypt", "Decrypt"} {
-		var samples []time.Duration
-		errs := map[string]int{}
-		sent := false
+	for m := range 2 {
+		if s.errs[m] == nil {
+			s.errs[m] = map[string]int{}
+		}
 		for _, w := range workers {
-			samples = append(samples, w.samples[m]...)
-			sent = sent || w.sent[m]
+			s.latency[m] = append(s.latency[m], w.samples[m]...)
+			s.sent[m] = s.sent[m] || w.sent[m]
 			for code, n := range w.errs[m] {
-				errs[code] += n
+				s.errs[m][code] += n
 			}
 		}
-		if !sent {
+	}
+	return nil
+}
+
+// result summarizes the samples.
+func (s *samples) result(target string) Result {
+	res := Result{Target: target, KeyID: s.keyID, Elapsed: s.elapsed}
+	for m, name := range []string{"Encrypt", "Decrypt"} {
+		if !s.sent[m] {
 			continue
 		}
-		s := Stats{Method: name, Requests: len(samples), Latency: Summarize(samples)}
-		for _, n := range errs {
-			s.Errors += n
+		st := Stats{Method: name, Requests: len(s.latency[m]), Latency: Summarize(s.latency[m])}
+		for _, n := range s.errs[m] {
+			st.Errors += n
 		}
-		s.Requests += s.Errors
-		if s.Errors > 0 {
-			s.ErrorsBy = errs
+		st.Requests += st.Errors
+		if st.Errors > 0 {
+			st.ErrorsBy = s.errs[m]
 		}
-		s.PerSecond = float64(len(samples)) / res.Elapsed.Seconds()
-		res.Methods = append(res.Methods, s)
+		st.PerSecond = float64(len(s.latency[m])) / s.elapsed.Seconds()
+		res.Methods = append(res.Methods, st)
 	}
-	return res, nil
+	return res
 }
 
 // runner is the state the workers share.

@@ -239,8 +239,16 @@ func TestFloorServer(t *testing.T) {
 // Our plugin under load, beside the floor, and the report as JSON and as a table.
 func TestMeasurePluginAgainstFloor(t *testing.T) {
 	p := plugintest.ServeLocalAES(t, plugintest.Options{})
+	// Mix alternates two rounds with a floor in another server (as another process would serve it).
+	external, err := StartTempFloor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer external.Stop()
+	comparisons := map[Op]Comparison{OpEncrypt: {Floor: true}, OpDecrypt: {Floor: true}, OpMix: {Floor: true, FloorSocket: external.Socket, Rounds: 2}}
 	for _, op := range []Op{OpEncrypt, OpDecrypt, OpMix} {
-		rep, err := Measure(context.Background(), p.Socket, Options{Op: op, Count: 300, Concurrency: 8, Distinct: 20}, true)
+		c := comparisons[op]
+		rep, err := Measure(context.Background(), p.Socket, Options{Op: op, Count: 150, Concurrency: 8, Distinct: 20}, c)
 		if err != nil {
 			t.Fatal(op, err)
 		}
@@ -263,8 +271,19 @@ func TestMeasurePluginAgainstFloor(t *testing.T) {
 		if len(got.Target.Methods) != want || len(got.Floor.Methods) != want || len(got.Ratios) != want {
 			t.Fatalf("%s: %d, %d methods and %d ratios, want %d:\n%s", op, len(got.Target.Methods), len(got.Floor.Methods), len(got.Ratios), want, buf.String())
 		}
-		if !strings.HasPrefix(got.Target.KeyID, "localaes:") && got.Target.KeyID == "" || got.Floor.KeyID != FloorKeyID || got.Floor.Target != "floor" {
-			t.Errorf("%s: key ids %q, %q", op, got.Target.KeyID, got.Floor.KeyID)
+		wantFloor := "floor"
+		if c.FloorSocket != "" {
+			wantFloor = "floor " + c.FloorSocket
+		}
+		if !strings.HasPrefix(got.Target.KeyID, "localaes:") || got.Floor.KeyID != FloorKeyID || got.Floor.Target != wantFloor {
+			t.Errorf("%s: key ids %q, %q, floor %q", op, got.Target.KeyID, got.Floor.KeyID, got.Floor.Target)
+		}
+		floorTotal := 0
+		for _, s := range got.Floor.Methods {
+			floorTotal += s.Requests
+		}
+		if rounds := max(c.Rounds, 1); got.Rounds != rounds || floorTotal != 150*rounds {
+			t.Errorf("%s: %d rounds, %d requests to the floor; want %d, %d", op, got.Rounds, floorTotal, rounds, 150*rounds)
 		}
 		total := 0
 		for i, s := range got.Target.Methods {
@@ -278,8 +297,8 @@ func TestMeasurePluginAgainstFloor(t *testing.T) {
 				t.Errorf("%s: ratio %+v", op, r)
 			}
 		}
-		if total != 300 {
-			t.Errorf("%s: %d requests, want 300", op, total)
+		if want := 150 * max(c.Rounds, 1); total != want {
+			t.Errorf("%s: %d requests, want %d", op, total, want)
 		}
 		buf.Reset()
 		if err := got.WriteTable(&buf); err != nil {

@@ -18,6 +18,7 @@ type Report struct {
 	// LoadAverage is the machine's 1-minute load average before and after (Linux only): the
 	// figures are only comparable on a machine that is otherwise idle.
 	LoadAverage [2]float64 `json:"load_average"`
+	Rounds      int        `json:"rounds"` // target and floor alternated
 	Target      Result     `json:"target"`
 	Floor       *Result    `json:"floor,omitempty"`
 	Ratios      []Ratio    `json:"ratio_to_floor,omitempty"`
@@ -94,6 +95,9 @@ func (r Report) WriteTable(w io.Writer) error {
 	if o.Op == OpMix {
 		fmt.Fprintf(w, ", %.3g of requests Encrypt", o.MixRatio)
 	}
+	if r.Rounds > 1 {
+		fmt.Fprintf(w, ", %d rounds", r.Rounds)
+	}
 	fmt.Fprintf(w, "; load average %.2f before, %.2f after\n", r.LoadAverage[0], r.LoadAverage[1])
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "target\tmethod\trequests\terrors\tops/s\tp50\tp90\tp99\tp99.9\t")
@@ -106,7 +110,7 @@ func (r Report) WriteTable(w io.Writer) error {
 	}
 	rows(r.Target.Target, r.Target)
 	if r.Floor != nil {
-		rows("floor", *r.Floor)
+		rows(r.Floor.Target, *r.Floor)
 		for _, q := range r.Ratios {
 			fmt.Fprintf(tw, "ratio to floor\t%s\t\t\t%.2fx\t%.2fx\t%.2fx\t%.2fx\t%.2fx\t\n", q.Method, q.PerSecond, q.P50, q.P90, q.P99, q.P999)
 		}
@@ -138,34 +142,56 @@ func deref(r *Result) []Result {
 // ms formats a latency in milliseconds with microsecond precision.
 func ms(d time.Duration) string { return fmt.Sprintf("%.3fms", float64(d)/float64(time.Millisecond)) }
 
-// Measure runs the load against the plugin at socket and, with compareFloor, then the same load
-// against a floor served in this process on a temporary socket, with the ratios. The target
-// runs first; a plugin in this process (or one sharing its cores) competes with the load for
-// the CPU just as the floor does.
-func Measure(ctx context.Context, socket string, o Options, compareFloor bool) (Report, error) {
+// Comparison says what to compare the target with.
+type Comparison struct {
+	// Floor runs the same load against the floor: the one at FloorSocket, or else one served in
+	// this process on a temporary socket.
+	Floor       bool
+	FloorSocket string
+	// Rounds alternate target and floor this many times (at least 1); each figure is over all
+	// rounds, so that a change in the machine's load during the run weighs on both alike.
+	Rounds int
+}
+
+// Measure runs the load against the plugin at socket and, with c.Floor, against the floor,
+// alternating, with the ratios. A floor served in this process shares the process with the load;
+// a plugin in another process does not (docs/performance.md measures both ways).
+func Measure(ctx context.Context, socket string, o Options, c Comparison) (Report, error) {
 	o, err := o.withDefaults()
 	if err != nil {
 		return Report{}, err
 	}
-	rep := Report{Options: o}
-	rep.LoadAverage[0] = LoadAverage1()
-	if rep.Target, err = Run(ctx, socket, o); err != nil {
-		return rep, err
-	}
-	if compareFloor {
+	rep := Report{Options: o, Rounds: max(c.Rounds, 1)}
+	floorSocket := c.FloorSocket
+	if c.Floor && floorSocket == "" {
 		floor, err := StartTempFloor()
 		if err != nil {
 			return rep, err
 		}
 		defer floor.Stop()
-		res, err := Run(ctx, floor.Socket, o)
-		if err != nil {
-			return rep, fmt.Errorf("floor: %w", err)
+		floorSocket = floor.Socket
+	}
+	rep.LoadAverage[0] = LoadAverage1()
+	var target, floor samples
+	for range rep.Rounds {
+		if err := target.run(ctx, socket, o); err != nil {
+			return rep, err
 		}
-		res.Target = "floor"
+		if c.Floor {
+			if err := floor.run(ctx, floorSocket, o); err != nil {
+				return rep, fmt.Errorf("floor: %w", err)
+			}
+		}
+	}
+	rep.LoadAverage[1] = LoadAverage1()
+	rep.Target = target.result(socket)
+	if c.Floor {
+		res := floor.result("floor")
+		if c.FloorSocket != "" {
+			res.Target = "floor " + c.FloorSocket
+		}
 		rep.Floor = &res
 		rep.Ratios = Ratios(rep.Target, res)
 	}
-	rep.LoadAverage[1] = LoadAverage1()
 	return rep, nil
 }
