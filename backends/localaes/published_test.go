@@ -24,6 +24,9 @@ func TestEveryPublishedKeyIsListed(t *testing.T) {
 			if err != nil || d.IsDir() {
 				return err
 			}
+			if d.Name() == "go.sum" {
+				return nil // module checksums (h1:<base64 of SHA-256>), not example keys
+			}
 			raw, err := os.ReadFile(path)
 			if err != nil {
 				return err
