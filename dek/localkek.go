@@ -48,8 +48,20 @@ type LocalKEKConfig struct {
 type localKEKs struct {
 	cfg LocalKEKConfig
 
-	mu      sync.Mutex // one generation at a time
 	current atomic.Pointer[localKEK]
+	// postponed is until when a rotation that the backend's outage postponed is not tried
+	// again (unix nanoseconds): Encrypts keep the current local KEK meanwhile.
+	postponed atomic.Int64
+
+	mu         sync.Mutex
+	generating *generation // the one generation under way, which concurrent Encrypts share
+}
+
+// generation is one attempt at a new local KEK.
+type generation struct {
+	done chan struct{}
+	lk   *localKEK
+	err  error
 }
 
 type localKEK struct {
@@ -87,29 +99,54 @@ func (l *localKEKs) forEncrypt(ctx context.Context, kek KEK, keyID string) (*loc
 		}
 	}
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	old := l.current.Load()
 	if l.usable(old, keyID) && old.uses.Add(1) <= l.cfg.MaxUses {
+		l.mu.Unlock()
 		return old, nil // another Encrypt generated one meanwhile
 	}
-	lk, err := l.generate(ctx, kek, keyID)
-	if err != nil {
-		// A rotation due by age or use while the backend is unreachable keeps the current
-		// key within the grace: refusing every write would be worse than an older key.
-		if old != nil && old.keyID == keyID && errors.Is(err, ErrUnavailable) && l.fromMemory() == nil {
-			l.cfg.Log.Warn("local KEK rotation postponed: the backend is unreachable", "key_id", keyID, "error", err)
-			old.uses.Add(1)
-			return old, nil
+	g := l.generating
+	if g == nil {
+		// One generation for all the Encrypts that need it: they wait for its result instead
+		// of each trying the backend in turn (during an outage, each for its whole timeout).
+		g = &generation{done: make(chan struct{})}
+		l.generating = g
+		l.mu.Unlock()
+		g.lk, g.err = l.generate(ctx, kek, keyID, old)
+		l.mu.Lock()
+		if g.err == nil {
+			l.current.Store(g.lk)
 		}
-		return nil, err
+		l.generating = nil
+		l.mu.Unlock()
+		close(g.done)
+	} else {
+		l.mu.Unlock()
+		select {
+		case <-g.done:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: waiting for a new local KEK: %w", ErrUnavailable, ctx.Err())
+		}
 	}
-	l.current.Store(lk)
-	return lk, nil
+	if g.err != nil {
+		return nil, g.err
+	}
+	if g.lk.keyID != keyID {
+		return l.forEncrypt(ctx, kek, keyID) // it was made for another key id: try again
+	}
+	g.lk.uses.Add(1)
+	return g.lk, nil
 }
+
+// postponeFor is how long a rotation postponed by an outage waits before the next attempt.
+const postponeFor = 30 * time.Second
 
 // usable reports whether lk may wrap one more DEK under keyID now (use count aside).
 func (l *localKEKs) usable(lk *localKEK, keyID string) bool {
-	return lk != nil && lk.keyID == keyID && l.cfg.Clock.Now().Sub(lk.created) < l.cfg.MaxAge && l.fromMemory() == nil
+	if lk == nil || lk.keyID != keyID || l.fromMemory() != nil {
+		return false
+	}
+	now := l.cfg.Clock.Now()
+	return now.Sub(lk.created) < l.cfg.MaxAge || now.UnixNano() < l.postponed.Load()
 }
 
 func (l *localKEKs) fromMemory() error {
@@ -119,8 +156,21 @@ func (l *localKEKs) fromMemory() error {
 	return l.cfg.FromMemory()
 }
 
-// generate makes a new local KEK and has the backend wrap it: the one backend call.
-func (l *localKEKs) generate(ctx context.Context, kek KEK, keyID string) (*localKEK, error) {
+// generate makes a new local KEK and has the backend wrap it: the one backend call. A rotation
+// due by age or use while the backend is unreachable keeps old within the grace: refusing
+// every write would be worse than an older key.
+func (l *localKEKs) generate(ctx context.Context, kek KEK, keyID string, old *localKEK) (*localKEK, error) {
+	lk, err := l.newLocalKEK(ctx, kek, keyID)
+	if err != nil && old != nil && old.keyID == keyID && errors.Is(err, ErrUnavailable) && l.fromMemory() == nil {
+		l.cfg.Log.Warn("local KEK rotation postponed: the backend is unreachable", "key_id", keyID, "retry_in", postponeFor.String(), "error", err)
+		l.postponed.Store(l.cfg.Clock.Now().Add(postponeFor).UnixNano())
+		return old, nil
+	}
+	return lk, err
+}
+
+// newLocalKEK makes a new local KEK and has the backend wrap it.
+func (l *localKEKs) newLocalKEK(ctx context.Context, kek KEK, keyID string) (*localKEK, error) {
 	key := make([]byte, DEKSize)
 	defer clear(key)
 	if _, err := rand.Read(key); err != nil {
@@ -138,7 +188,6 @@ func (l *localKEKs) generate(ctx context.Context, kek KEK, keyID string) (*local
 		return nil, err
 	}
 	lk := &localKEK{keyID: keyID, wrapped: wrapped, aead: aead, created: l.cfg.Clock.Now()}
-	lk.uses.Store(1) // the DEK it is generated for
 	if l.cfg.Generated != nil {
 		l.cfg.Generated(keyID)
 	}

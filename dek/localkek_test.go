@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -129,5 +131,64 @@ func TestLocalKEKRotation(t *testing.T) {
 	}
 	if len(generated) != 4 {
 		t.Fatalf("Generated called %d times, want 4", len(generated))
+	}
+}
+
+// slowFailingKEK fails every Wrap as unreachable, after a delay, counting the calls.
+type slowFailingKEK struct {
+	*memKEK
+	calls atomic.Int64
+}
+
+func (k *slowFailingKEK) Wrap(ctx context.Context, id string, d []byte) ([]byte, error) {
+	k.calls.Add(1)
+	time.Sleep(50 * time.Millisecond)
+	return nil, fmt.Errorf("%w: connection refused", dek.ErrUnavailable)
+}
+
+// Encrypts that need a new local KEK share one attempt: during an outage they do not queue up
+// to try the backend one after another, each for its whole timeout.
+func TestLocalKEKGenerationIsShared(t *testing.T) {
+	kek := &slowFailingKEK{memKEK: newMemKEK(t, "k1")}
+	s := dek.NewLocalSealer(kek, dek.LocalKEKConfig{})
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := s.Encrypt(context.Background(), "k1", []byte("seed")); !errors.Is(err, dek.ErrUnavailable) {
+				t.Errorf("Encrypt with the backend down and no local KEK: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := kek.calls.Load(); n > 5 {
+		t.Fatalf("%d backend wraps for 50 concurrent Encrypts needing one local KEK", n)
+	}
+}
+
+// A rotation postponed by an outage is not tried again at every Encrypt.
+func TestLocalKEKPostponedRotationIsNotRetriedAtOnce(t *testing.T) {
+	kek := newMemKEK(t, "k1")
+	clk := clock.NewFake(time.Unix(1_800_000_000, 0))
+	s := dek.NewLocalSealer(kek, dek.LocalKEKConfig{MaxAge: time.Hour, Clock: clk})
+	ctx := context.Background()
+	if _, err := s.Encrypt(ctx, "k1", []byte("seed")); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(time.Hour)
+	kek.setErr(fmt.Errorf("%w: connection refused", dek.ErrUnavailable))
+	for range 10 {
+		if _, err := s.Encrypt(ctx, "k1", []byte("seed")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := kek.wrapCount(); n != 2 {
+		t.Fatalf("%d backend wraps: want the first and one postponed rotation, not one per Encrypt", n)
+	}
+	clk.Advance(time.Minute) // the postponement is over: try again
+	s.Encrypt(ctx, "k1", []byte("seed"))
+	if n := kek.wrapCount(); n != 3 {
+		t.Fatalf("after the postponement: %d backend wraps, want 3", n)
 	}
 }
