@@ -20,6 +20,8 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
 
 // APIServerOptions configure StartKubeAPIServer.
@@ -247,4 +249,18 @@ func writeAuthFiles(t testing.TB, dir string) string {
 	line := token + ",admin,admin-uid,system:masters\n"
 	must(t, os.WriteFile(filepath.Join(dir, "tokens.csv"), []byte(line), 0o600), "token file")
 	return token
+}
+
+// Kubeconfig writes a kubeconfig file for the admin user (or, with as set, for the admin
+// impersonating the user as, whose RBAC rights then apply) and returns its path.
+func (a *APIServer) Kubeconfig(t testing.TB, as string) string {
+	t.Helper()
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["test"] = &clientcmdapi.Cluster{Server: a.URL, CertificateAuthorityData: a.Config.TLSClientConfig.CAData}
+	cfg.AuthInfos["test"] = &clientcmdapi.AuthInfo{Token: a.Config.BearerToken, Impersonate: as}
+	cfg.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "test"}
+	cfg.CurrentContext = "test"
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	must(t, clientcmd.WriteToFile(*cfg, path), "writing kubeconfig")
+	return path
 }
