@@ -132,15 +132,19 @@ func TestRewriteRotation(t *testing.T) {
 		t.Fatalf("%d Secrets under the old key before rewrite, want 2000", stale)
 	}
 
-	// The other client: read-modify-write of 20 Secrets in a loop, remembering what it wrote.
-	ctx, stop := context.WithCancel(t.Context())
+	// The other client: read-modify-write of 20 Secrets in a loop (each about 20 times a
+	// second), remembering what it wrote. It stops between updates, never inside one, so that
+	// what it remembers is what it wrote last.
+	ctx := t.Context()
+	var stopping atomic.Bool
 	var wg sync.WaitGroup
 	last := make([]string, 20)
 	var updates atomic.Int64
 	for i := range last {
 		wg.Go(func() {
 			name := fmt.Sprintf("s-%05d", i*97)
-			for n := 0; ctx.Err() == nil; n++ {
+			for n := 0; !stopping.Load(); n++ {
+				time.Sleep(50 * time.Millisecond)
 				value := fmt.Sprintf("update-%d-%d", i, n)
 				err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
 					s, err := cs.CoreV1().Secrets("e2e").Get(ctx, name, metav1.GetOptions{})
@@ -154,7 +158,7 @@ func TestRewriteRotation(t *testing.T) {
 				if err == nil {
 					last[i] = value
 					updates.Add(1)
-				} else if ctx.Err() == nil {
+				} else {
 					t.Errorf("updating %s: %v", name, err)
 					return
 				}
@@ -164,7 +168,7 @@ func TestRewriteRotation(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	out, errOut, code := kmsctl(t, "rewrite", "--kubeconfig", c.APIServer.Kubeconfig(t, ""),
 		"--resources", "secrets,configmaps", "--apiservers", c.APIServer.URL, "-o", "json")
-	stop()
+	stopping.Store(true)
 	wg.Wait()
 	t.Logf("rewrite stderr:\n%s", errOut)
 	if code != 0 {
