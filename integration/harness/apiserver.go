@@ -36,6 +36,10 @@ type APIServerOptions struct {
 	AutomaticReload bool
 	// ExtraArgs are appended to the flags.
 	ExtraArgs []string
+	// SameAuthAs, if set, makes this apiserver serve with that apiserver's self-signed
+	// certificate (valid for 127.0.0.1 on any port) and accept its admin token, as the
+	// apiservers of one cluster share a CA and credentials: one kubeconfig reaches both.
+	SameAuthAs *APIServer
 }
 
 // APIServer is a kube-apiserver on loopback, with an admin client.
@@ -67,6 +71,18 @@ func StartKubeAPIServer(t testing.TB, opts APIServerOptions) *APIServer {
 	dir := t.TempDir()
 	token := writeAuthFiles(t, dir)
 	a := &APIServer{t: t, dir: dir, bin: bin}
+	if o := opts.SameAuthAs; o != nil {
+		b, err := os.ReadFile(filepath.Join(o.dir, "tokens.csv"))
+		must(t, err, "token file")
+		must(t, os.WriteFile(filepath.Join(dir, "tokens.csv"), b, 0o600), "token file")
+		token = o.token
+		must(t, os.MkdirAll(filepath.Join(dir, "certs"), 0o700), "cert dir")
+		for _, f := range []string{"apiserver.crt", "apiserver.key"} {
+			b, err := os.ReadFile(filepath.Join(o.dir, "certs", f))
+			must(t, err, "serving certificate")
+			must(t, os.WriteFile(filepath.Join(dir, "certs", f), b, 0o600), "serving certificate")
+		}
+	}
 	if opts.EncryptionConfig != "" {
 		a.WriteEncryptionConfig(opts.EncryptionConfig)
 	}

@@ -105,7 +105,10 @@ func (g fakeGetter) List(_ context.Context, opts metav1.ListOptions) (*metav1.Pa
 			break
 		}
 		if f.unreadable[k] {
-			return nil, apierrors.NewInternalError(fmt.Errorf("unable to transform key %q: no matching prefix", "/registry/secrets/"+k))
+			// As kube-apiserver 1.37 answers.
+			return nil, &apierrors.StatusError{ErrStatus: metav1.Status{Status: metav1.StatusFailure, Code: 500, Reason: "StorageReadError",
+				Message: "failed to read one or more secrets from the storage: StorageError: corrupt object, Code: 7, Key: /registry/secrets/" + k +
+					", ResourceVersion: 0, AdditionalErrorMsg: data from the storage is not transformable revision=0: no matching prefix"}}
 		}
 		ns, name, _ := strings.Cut(k, "/")
 		out.Items = append(out.Items, metav1.PartialObjectMetadata{ObjectMeta: metav1.ObjectMeta{
@@ -208,7 +211,7 @@ func TestRunStepsOverUnreadableObject(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(sum.Failures) != 1 || sum.Failures[0].Name != "obj-013" || sum.Failures[0].Namespace != "ns" ||
-		!strings.Contains(sum.Failures[0].Reason, "unable to transform key") {
+		!strings.Contains(sum.Failures[0].Reason, "corrupt object") {
 		t.Fatalf("failures %+v, want obj-013 reported with the apiserver's reason", sum.Failures)
 	}
 	for k, o := range f.objs {
@@ -272,5 +275,15 @@ func TestContinueAfterIsTheAPIServersFormat(t *testing.T) {
 	}
 	if got, want := string(b), `{"v":"meta.k8s.io/v1","rv":-1,"start":"ns/name\u0000"}`; got != want {
 		t.Errorf("token %s, want %s", got, want)
+	}
+}
+
+func TestTransformFailureKey(t *testing.T) {
+	old := apierrors.NewInternalError(fmt.Errorf("unable to transform key %q: no matching prefix", "/registry/secrets/ns/a"))
+	if got := transformFailure(old); got != "/registry/secrets/ns/a" {
+		t.Errorf("older message: key %q", got)
+	}
+	if got := transformFailure(apierrors.NewInternalError(fmt.Errorf("etcd timeout"))); got != "" {
+		t.Errorf("an unrelated 500: key %q", got)
 	}
 }

@@ -324,16 +324,25 @@ func continueAfter(rel string) string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-var transformKey = regexp.MustCompile(`unable to transform key "([^"]+)"`)
+// transformKeys find the etcd key in the apiserver's messages for an object it cannot
+// decrypt or decode: 1.37's StorageReadError ("corrupt object, Code: 7, Key: /registry/...,")
+// and the older InternalError ("unable to transform key \"/registry/...\"").
+var transformKeys = []*regexp.Regexp{
+	regexp.MustCompile(`corrupt object, Code: \d+, Key: ([^,\s]+)`),
+	regexp.MustCompile(`unable to transform key "([^"]+)"`),
+}
 
 // transformFailure returns the etcd key of the object that made a request fail because the
 // apiserver could not decrypt or decode it, or "".
 func transformFailure(err error) string {
-	if !apierrors.IsInternalError(err) {
+	var st apierrors.APIStatus
+	if !errors.As(err, &st) || st.Status().Code != 500 {
 		return ""
 	}
-	if m := transformKey.FindStringSubmatch(err.Error()); m != nil {
-		return m[1]
+	for _, re := range transformKeys {
+		if m := re.FindStringSubmatch(st.Status().Message); m != nil {
+			return m[1]
+		}
 	}
 	return ""
 }
