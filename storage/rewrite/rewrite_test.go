@@ -60,7 +60,9 @@ type fakeGetter struct {
 	ns string
 }
 
-func (g fakeGetter) Namespace(ns string) metadata.ResourceInterface { return fakeGetter{f: g.f, ns: ns} }
+func (g fakeGetter) Namespace(ns string) metadata.ResourceInterface {
+	return fakeGetter{f: g.f, ns: ns}
+}
 
 func token(start string) string {
 	b, _ := json.Marshal(map[string]any{"v": "meta.k8s.io/v1", "rv": 7, "start": start})
