@@ -327,3 +327,36 @@ func syncDir(dir string) error {
 	defer d.Close()
 	return d.Sync()
 }
+
+// RemoveKey removes the key named name from the key file at path and returns its id. The
+// write key (the first) cannot be removed: make another key the write key first. Before the
+// file is changed, inUse is called with the key's id (under the file's lock); an error from
+// it keeps the key. Plugins keep serving the removed key until they reload the file (SIGHUP).
+func RemoveKey(path, name string, inUse func(id string) error) (string, error) {
+	var id string
+	err := update(path, func(f *File, exists bool) (bool, error) {
+		if !exists {
+			return false, fmt.Errorf("key file %s does not exist", path)
+		}
+		set, err := newKeySet(*f)
+		if err != nil {
+			return false, err
+		}
+		for i, k := range set.keys {
+			if k.name != name {
+				continue
+			}
+			if i == 0 {
+				return false, fmt.Errorf("%s is the write key of %s: make another key the write key first (kmsctl keygen --write), rewrite, then remove it", name, path)
+			}
+			id = k.id
+			if err := inUse(id); err != nil {
+				return false, err
+			}
+			f.Keys = append(f.Keys[:i], f.Keys[i+1:]...)
+			return true, nil
+		}
+		return false, fmt.Errorf("no key named %q in %s", name, path)
+	})
+	return id, err
+}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -19,14 +20,13 @@ import (
 )
 
 type scanOptions struct {
-	endpoints           []string
-	caFile, certFile    string
-	keyFile, configFile string
-	output, root        string
-	pageSize            int64
-	timeout             time.Duration
-	failOnStale         bool
-	failOnPlaintext     []string
+	etcd            etcdFlags
+	configFile      string
+	output, root    string
+	pageSize        int64
+	timeout         time.Duration
+	failOnStale     bool
+	failOnPlaintext []string
 }
 
 func newScanCommand() *cobra.Command {
@@ -48,10 +48,7 @@ stale. See docs/guide.md.`,
 	}
 	fs := cmd.Flags()
 	fs.SortFlags = false
-	fs.StringSliceVar(&o.endpoints, "etcd-endpoints", []string{"https://127.0.0.1:2379"}, "etcd client URLs (comma-separated)")
-	fs.StringVar(&o.caFile, "etcd-cacert", "", "CA bundle that signed etcd's server certificate (kubeadm: /etc/kubernetes/pki/etcd/ca.crt)")
-	fs.StringVar(&o.certFile, "etcd-cert", "", "client certificate for etcd (kubeadm: /etc/kubernetes/pki/apiserver-etcd-client.crt)")
-	fs.StringVar(&o.keyFile, "etcd-key", "", "client key for etcd (kubeadm: /etc/kubernetes/pki/apiserver-etcd-client.key)")
+	o.etcd.add(fs, []string{"https://127.0.0.1:2379"})
 	fs.StringVar(&o.configFile, "encryption-config", "", "the apiserver's EncryptionConfiguration file: flags objects not on the write key")
 	fs.StringVarP(&o.output, "output", "o", "table", "output format: table or json")
 	fs.StringVar(&o.root, "prefix", scan.DefaultRoot, "etcd key prefix to walk (the apiserver's --etcd-prefix plus /)")
@@ -80,24 +77,17 @@ func runScan(cmd *cobra.Command, o scanOptions) error {
 		}
 		defer cfg.Close()
 	}
-	tlsConfig, err := etcdTLS(o.caFile, o.certFile, o.keyFile)
-	if err != nil {
-		return err
-	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), o.timeout)
 	defer cancel()
-	client, err := clientv3.New(clientv3.Config{
-		Endpoints: o.endpoints, TLS: tlsConfig, DialTimeout: 10 * time.Second,
-		Logger: zap.NewNop(), Context: ctx,
-	})
+	client, err := o.etcd.client(ctx)
 	if err != nil {
-		return fmt.Errorf("etcd client: %w", err)
+		return err
 	}
 	defer client.Close()
 
 	rep, err := scan.Scan(ctx, client, scan.Options{Root: o.root, PageSize: o.pageSize, Config: cfg})
 	if errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("%w: no answer from etcd at %s within --timeout; check the endpoints and --etcd-cacert/--etcd-cert/--etcd-key", err, strings.Join(o.endpoints, ","))
+		return fmt.Errorf("%w: no answer from etcd at %s within --timeout; check the endpoints and --etcd-cacert/--etcd-cert/--etcd-key", err, strings.Join(o.etcd.endpoints, ","))
 	}
 	if err != nil {
 		return err
@@ -122,6 +112,36 @@ func runScan(cmd *cobra.Command, o scanOptions) error {
 		}
 	}
 	return nil
+}
+
+// etcdFlags are the flags that reach etcd, shared by every command that reads it.
+type etcdFlags struct {
+	endpoints                 []string
+	caFile, certFile, keyFile string
+}
+
+// add registers the flags; defaultEndpoints is nil where etcd access is optional.
+func (e *etcdFlags) add(fs *pflag.FlagSet, defaultEndpoints []string) {
+	fs.StringSliceVar(&e.endpoints, "etcd-endpoints", defaultEndpoints, "etcd client URLs (comma-separated)")
+	fs.StringVar(&e.caFile, "etcd-cacert", "", "CA bundle that signed etcd's server certificate (kubeadm: /etc/kubernetes/pki/etcd/ca.crt)")
+	fs.StringVar(&e.certFile, "etcd-cert", "", "client certificate for etcd (kubeadm: /etc/kubernetes/pki/apiserver-etcd-client.crt)")
+	fs.StringVar(&e.keyFile, "etcd-key", "", "client key for etcd (kubeadm: /etc/kubernetes/pki/apiserver-etcd-client.key)")
+}
+
+// client connects to etcd; ctx bounds the dial and every request.
+func (e *etcdFlags) client(ctx context.Context) (*clientv3.Client, error) {
+	tlsConfig, err := etcdTLS(e.caFile, e.certFile, e.keyFile)
+	if err != nil {
+		return nil, err
+	}
+	client, err := clientv3.New(clientv3.Config{
+		Endpoints: e.endpoints, TLS: tlsConfig, DialTimeout: 10 * time.Second,
+		Logger: zap.NewNop(), Context: ctx,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("etcd client: %w", err)
+	}
+	return client, nil
 }
 
 // etcdTLS builds the client TLS config; none of the files means plain http endpoints.

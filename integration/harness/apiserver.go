@@ -20,6 +20,8 @@ import (
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
 
 // APIServerOptions configure StartKubeAPIServer.
@@ -34,6 +36,10 @@ type APIServerOptions struct {
 	AutomaticReload bool
 	// ExtraArgs are appended to the flags.
 	ExtraArgs []string
+	// SameAuthAs, if set, makes this apiserver serve with that apiserver's self-signed
+	// certificate (valid for 127.0.0.1 on any port) and accept its admin token, as the
+	// apiservers of one cluster share a CA and credentials: one kubeconfig reaches both.
+	SameAuthAs *APIServer
 }
 
 // APIServer is a kube-apiserver on loopback, with an admin client.
@@ -65,6 +71,18 @@ func StartKubeAPIServer(t testing.TB, opts APIServerOptions) *APIServer {
 	dir := t.TempDir()
 	token := writeAuthFiles(t, dir)
 	a := &APIServer{t: t, dir: dir, bin: bin}
+	if o := opts.SameAuthAs; o != nil {
+		b, err := os.ReadFile(filepath.Join(o.dir, "tokens.csv"))
+		must(t, err, "token file")
+		must(t, os.WriteFile(filepath.Join(dir, "tokens.csv"), b, 0o600), "token file")
+		token = o.token
+		must(t, os.MkdirAll(filepath.Join(dir, "certs"), 0o700), "cert dir")
+		for _, f := range []string{"apiserver.crt", "apiserver.key"} {
+			b, err := os.ReadFile(filepath.Join(o.dir, "certs", f))
+			must(t, err, "serving certificate")
+			must(t, os.WriteFile(filepath.Join(dir, "certs", f), b, 0o600), "serving certificate")
+		}
+	}
 	if opts.EncryptionConfig != "" {
 		a.WriteEncryptionConfig(opts.EncryptionConfig)
 	}
@@ -247,4 +265,18 @@ func writeAuthFiles(t testing.TB, dir string) string {
 	line := token + ",admin,admin-uid,system:masters\n"
 	must(t, os.WriteFile(filepath.Join(dir, "tokens.csv"), []byte(line), 0o600), "token file")
 	return token
+}
+
+// Kubeconfig writes a kubeconfig file for the admin user (or, with as set, for the admin
+// impersonating the user as, whose RBAC rights then apply) and returns its path.
+func (a *APIServer) Kubeconfig(t testing.TB, as string) string {
+	t.Helper()
+	cfg := clientcmdapi.NewConfig()
+	cfg.Clusters["test"] = &clientcmdapi.Cluster{Server: a.URL, CertificateAuthorityData: a.Config.TLSClientConfig.CAData}
+	cfg.AuthInfos["test"] = &clientcmdapi.AuthInfo{Token: a.Config.BearerToken, Impersonate: as}
+	cfg.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "test"}
+	cfg.CurrentContext = "test"
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	must(t, clientcmd.WriteToFile(*cfg, path), "writing kubeconfig")
+	return path
 }

@@ -78,7 +78,7 @@ func CommandTable(t *testing.T, root string, newRoot func() *cobra.Command) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	row := regexp.MustCompile("(?m)^\\| `([a-z]+)`[^|]*\\|[^|]+\\| `(docs/[a-z-]+\\.md)`")
+	row := regexp.MustCompile("(?m)^\\| `([a-z-]+)`[^|]*\\|[^|]+\\| `(docs/[a-z-]+\\.md)`")
 	listed := map[string]bool{}
 	for _, m := range row.FindAllStringSubmatch(string(raw), -1) {
 		listed[m[1]] = true

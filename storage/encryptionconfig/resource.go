@@ -90,3 +90,21 @@ func ResourceOf(root, key string) Resource {
 	group, known := builtinGroups[first]
 	return Resource{GroupResource: GroupResource{Group: group, Resource: first}, Prefix: root + first + "/", Known: known}
 }
+
+// PrefixOf is the etcd key prefix (under root, normally "/registry/") of a resource's objects:
+// the inverse of ResourceOf for the resources it knows, and root+"<group>/<resource>/" for
+// any other group with a dot in its name (custom resources).
+func PrefixOf(root string, gr GroupResource) string {
+	for p, special := range specialPrefixes {
+		if special == gr {
+			return root + p + "/"
+		}
+	}
+	if group, ok := builtinGroups[gr.Resource]; ok && group == gr.Group {
+		return root + gr.Resource + "/"
+	}
+	if gr.Group == "" || !strings.Contains(gr.Group, ".") {
+		return root + gr.Resource + "/"
+	}
+	return root + gr.Group + "/" + gr.Resource + "/"
+}

@@ -36,3 +36,27 @@ func TestResourceOf(t *testing.T) {
 		t.Errorf("custom resource prefix %s", r.Prefix)
 	}
 }
+
+// PrefixOf is ResourceOf's inverse: the prefix it gives holds keys that ResourceOf places
+// back in the same resource.
+func TestPrefixOf(t *testing.T) {
+	for gr, want := range map[string]string{
+		"secrets":                                "/registry/secrets/",
+		"deployments.apps":                       "/registry/deployments/",
+		"services":                               "/registry/services/specs/",
+		"endpoints":                              "/registry/services/endpoints/",
+		"nodes":                                  "/registry/minions/",
+		"ingresses.networking.k8s.io":            "/registry/ingress/",
+		"clusterroles.rbac.authorization.k8s.io": "/registry/clusterroles/",
+		"customresourcedefinitions.apiextensions.k8s.io": "/registry/apiextensions.k8s.io/customresourcedefinitions/",
+		"widgets.example.com":                            "/registry/example.com/widgets/",
+	} {
+		got := encryptionconfig.PrefixOf(root, encryptionconfig.ParseGroupResource(gr))
+		if got != want {
+			t.Errorf("PrefixOf(%s) = %s, want %s", gr, got, want)
+		}
+		if back := encryptionconfig.ResourceOf(root, got+"ns/name"); back.String() != gr || back.Prefix != got {
+			t.Errorf("ResourceOf(PrefixOf(%s)+ns/name) = %s at %s", gr, back, back.Prefix)
+		}
+	}
+}

@@ -1,0 +1,380 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/term"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/metadata"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
+	"github.com/kmsplugin/kms-plugin/storage/providers"
+	"github.com/kmsplugin/kms-plugin/storage/rewrite"
+	"github.com/kmsplugin/kms-plugin/storage/rollout"
+	"github.com/kmsplugin/kms-plugin/storage/scan"
+)
+
+type rewriteOptions struct {
+	kube             kubeFlags
+	resources        []string
+	configFile       string
+	pageSize         int64
+	parallel         int
+	qps              float32
+	checkpoint       string
+	resume, force    bool
+	etcd             etcdFlags
+	root, output     string
+	progressInterval time.Duration
+}
+
+func newRewriteCommand() *cobra.Command {
+	var o rewriteOptions
+	cmd := &cobra.Command{
+		Use:   "rewrite",
+		Short: "Storage migration: make the apiserver store every object of some resources again, under the current write key",
+		Long: `Rewrites every object of the given resources through the apiserver, so that each is stored
+under the current write provider and key: the storage migration that ends a rotation or a
+migration between providers (docs/rotation.md, docs/migration.md).
+
+Per object it sends a metadata-only JSON merge patch carrying the object's resourceVersion, as
+Kubernetes' StorageVersionMigrator does. The apiserver writes the object to etcd again only if
+it is stale (read with another provider or key id); current objects cost a read. Objects are
+listed metadata-only, a page at a time (--page-size), and patched --parallel at a time: no
+Secret content crosses the wire, and memory does not grow with the cluster. On a conflict the
+object is read again and patched at its new resourceVersion; objects deleted meanwhile are
+skipped. An object the apiserver cannot decrypt fails its whole LIST page: that page is then
+listed one object at a time, the object is reported, and the rest goes on.
+
+First it checks, from each apiserver's metrics (found through the kubernetes Service's
+EndpointSlices, or --apiservers), that every apiserver writes under the same key id (and, with
+--encryption-config and the plugin's socket reachable, under the key id the plugin reports):
+rewriting while one apiserver still writes with the old key would leave stale objects. --force
+skips the check.
+
+With the etcd flags (as for scan) it reads each resource's values from etcd and patches only
+the objects that are not on their write key, then runs a verifying scan.
+
+A checkpoint file is saved after every finished page; --resume continues an interrupted run
+from it without redoing finished pages.
+
+Exit status: 0 when every object was rewritten; 3 when some failed (listed with why) or the
+verifying scan still finds stale objects; 1 when it could not run.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return runRewrite(cmd, o) },
+	}
+	fs := cmd.Flags()
+	fs.SortFlags = false
+	o.kube.add(fs)
+	fs.StringSliceVar(&o.resources, "resources", nil, "resources to rewrite, e.g. secrets,configmaps,widgets.example.com")
+	fs.StringVar(&o.configFile, "encryption-config", "", "the apiservers' EncryptionConfiguration: rewrite every resource its rules name (custom resources and wildcards included), and check the plugins' key ids")
+	fs.Int64Var(&o.pageSize, "page-size", rewrite.DefaultPageSize, "objects per LIST request (bounds memory)")
+	fs.IntVar(&o.parallel, "parallel", rewrite.DefaultParallel, "patches in flight at once")
+	fs.Float32Var(&o.qps, "qps", 0, "requests per second to the apiserver at most (0: no client-side limit, --parallel bounds the load)")
+	fs.StringVar(&o.checkpoint, "checkpoint", "kmsctl-rewrite.checkpoint.json", "file saved after each finished page, for --resume")
+	fs.BoolVar(&o.resume, "resume", false, "continue the run saved in --checkpoint")
+	fs.BoolVar(&o.force, "force", false, "rewrite even if the apiservers do not all write under the same key id")
+	o.etcd.add(fs, nil)
+	fs.StringVar(&o.root, "prefix", scan.DefaultRoot, "etcd key prefix of the apiserver's objects (with the etcd flags)")
+	fs.StringVarP(&o.output, "output", "o", "table", "summary format: table or json")
+	fs.DurationVar(&o.progressInterval, "progress-interval", 10*time.Second, "time between progress lines when stderr is not a terminal")
+	return cmd
+}
+
+// kubeFlags reach the apiserver: a kubeconfig file and, for the rollout checks, the list of
+// apiservers when the kubernetes Service's endpoints are not reachable from here.
+type kubeFlags struct {
+	kubeconfig string
+	context    string
+	apiservers []string
+}
+
+func (k *kubeFlags) add(fs interface {
+	StringVar(*string, string, string, string)
+	StringSliceVar(*[]string, string, []string, string)
+}) {
+	fs.StringVar(&k.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
+	fs.StringVar(&k.context, "context", "", "kubeconfig context (default: its current context)")
+	fs.StringSliceVar(&k.apiservers, "apiservers", nil, "apiserver URLs whose /metrics to check (default: the endpoints of the kubernetes Service)")
+}
+
+func (k *kubeFlags) config() (*rest.Config, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = k.kubeconfig
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
+		&clientcmd.ConfigOverrides{CurrentContext: k.context}).ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w", err)
+	}
+	return cfg, nil
+}
+
+// states reads every apiserver's metrics.
+func (k *kubeFlags) states(ctx context.Context, cfg *rest.Config) ([]rollout.State, error) {
+	endpoints := k.apiservers
+	if len(endpoints) == 0 {
+		cs, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return nil, err
+		}
+		if endpoints, err = rollout.Endpoints(ctx, cs); err != nil {
+			return nil, fmt.Errorf("%w (name the apiservers with --apiservers)", err)
+		}
+	}
+	var out []rollout.State
+	for _, e := range endpoints {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		out = append(out, rollout.Read(rctx, cfg, e))
+		cancel()
+	}
+	return out, nil
+}
+
+// pluginKeyIDs asks the KMS v2 plugin of every rule's write provider for its key id, over
+// its socket; plugins that do not answer are left out (and noted to log).
+func pluginKeyIDs(ctx context.Context, cfg *encryptionconfig.Config, log io.Writer) map[string]string {
+	out := map[string]string{}
+	if cfg == nil {
+		return out
+	}
+	for _, rule := range cfg.Rules() {
+		p := rule.Providers[0]
+		if p.Prefix != providers.KMSv2Prefix {
+			continue
+		}
+		if _, done := out[p.Name]; done {
+			continue
+		}
+		st, err := scan.QueryStatus(ctx, p)
+		if err != nil {
+			fmt.Fprintf(log, "note: not checking the apiservers against the plugin of %q: %v\n", p.Name, err)
+			continue
+		}
+		out[p.Name] = st.KeyID
+	}
+	return out
+}
+
+func runRewrite(cmd *cobra.Command, o rewriteOptions) error {
+	if o.output != "table" && o.output != "json" {
+		return fmt.Errorf("--output %q: want table or json", o.output)
+	}
+	if len(o.resources) == 0 && o.configFile == "" {
+		return errors.New("name the resources: --resources secrets,configmaps,... and/or --encryption-config FILE")
+	}
+	useEtcd := len(o.etcd.endpoints) > 0
+	if useEtcd && o.configFile == "" {
+		return errors.New("the etcd flags need --encryption-config: it tells which objects are not on their write key")
+	}
+	stderr := cmd.ErrOrStderr()
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	kcfg, err := o.kube.config()
+	if err != nil {
+		return err
+	}
+	var cfg *encryptionconfig.Config
+	var names []encryptionconfig.GroupResource
+	for _, r := range o.resources {
+		names = append(names, encryptionconfig.ParseGroupResource(strings.TrimSpace(r)))
+	}
+	if o.configFile != "" {
+		if cfg, err = encryptionconfig.Load(o.configFile); err != nil {
+			return err
+		}
+		defer cfg.Close()
+	}
+
+	if !o.force {
+		if err := preCheck(ctx, o, kcfg, cfg, stderr); err != nil {
+			return err
+		}
+	}
+
+	client := rest.CopyConfig(kcfg)
+	client.QPS, client.Burst = -1, 0
+	if o.qps > 0 {
+		client.QPS, client.Burst = o.qps, max(o.parallel, int(o.qps))
+	}
+	dc, err := discovery.NewDiscoveryClientForConfig(kcfg)
+	if err != nil {
+		return err
+	}
+	targets, missing, err := rewrite.Resolve(dc, names)
+	if err != nil {
+		return err
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("--resources: not served by the apiserver (or not listable and patchable): %s", strings.Join(missing, ", "))
+	}
+	if cfg != nil {
+		more, missing, err := rewrite.Resolve(dc, rewrite.ConfigResources(cfg))
+		if err != nil {
+			return err
+		}
+		for _, m := range missing {
+			fmt.Fprintf(stderr, "note: %s, named by %s, is not served by the apiserver: nothing to rewrite\n", m, o.configFile)
+		}
+		for _, t := range more {
+			if !containsTarget(targets, t) {
+				targets = append(targets, t)
+			}
+		}
+	}
+	mc, err := metadata.NewForConfig(client)
+	if err != nil {
+		return err
+	}
+	opts := rewrite.Options{Client: mc, Targets: targets, PageSize: o.pageSize, Parallel: o.parallel, Root: o.root,
+		Logf: func(format string, args ...any) { fmt.Fprintf(stderr, "rewrite: "+format+"\n", args...) }}
+	if useEtcd {
+		etcd, err := o.etcd.client(ctx)
+		if err != nil {
+			return err
+		}
+		defer etcd.Close()
+		judge, _, err := scan.NewJudge(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		opts.Etcd, opts.Judge = etcd, judge
+	}
+	if o.resume {
+		if opts.Checkpoint, err = rewrite.LoadCheckpoint(o.checkpoint); err != nil {
+			return err
+		}
+	} else {
+		opts.Checkpoint = rewrite.NewCheckpoint(o.checkpoint)
+	}
+	var finish func()
+	if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		bar := rewrite.NewBar(stderr)
+		opts.Progress, finish = bar, bar.Finish
+	} else {
+		lines := rewrite.NewLines(stderr, o.progressInterval)
+		opts.Progress, finish = lines, lines.Finish
+	}
+	sum, runErr := rewrite.Run(ctx, opts)
+	finish()
+	if sum != nil {
+		if err := writeSummary(cmd.OutOrStdout(), o.output, sum); err != nil {
+			return err
+		}
+	}
+	if runErr != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("interrupted: %w; finished pages are saved in %s: run again with --resume", runErr, o.checkpoint)
+		}
+		return fmt.Errorf("%w; finished pages are saved in %s: run again with --resume", runErr, o.checkpoint)
+	}
+	if useEtcd {
+		if err := verify(ctx, o, opts.Etcd, cfg, targets, cmd.OutOrStdout()); err != nil {
+			return err
+		}
+	}
+	if n := len(sum.Failures); n > 0 {
+		lines := make([]string, n)
+		for i, f := range sum.Failures {
+			lines[i] = "  " + f.String()
+		}
+		return checkFailure{fmt.Sprintf("%d objects were not rewritten:\n%s", n, strings.Join(lines, "\n"))}
+	}
+	return nil
+}
+
+// preCheck refuses to rewrite while the apiservers do not all write under the same key id.
+func preCheck(ctx context.Context, o rewriteOptions, kcfg *rest.Config, cfg *encryptionconfig.Config, log io.Writer) error {
+	states, err := o.kube.states(ctx, kcfg)
+	if err != nil {
+		return fmt.Errorf("checking the apiservers' write keys: %w (--force skips the check)", err)
+	}
+	want := rollout.Want{KeyIDs: pluginKeyIDs(ctx, cfg, log)}
+	if bad := rollout.Disagreements(states, want); len(bad) > 0 {
+		return checkFailure{fmt.Sprintf("not rewriting: the apiservers do not all write under the current key, so objects rewritten now could stay stale:\n  %s\nwait for them (kmsctl rollout-status), or --force",
+			strings.Join(bad, "\n  "))}
+	}
+	fmt.Fprintf(log, "rewrite: %d apiservers write under the same key ids\n", len(states))
+	return nil
+}
+
+// verify scans etcd after an etcd-sourced run: every rewritten resource must be on its write
+// key now.
+func verify(ctx context.Context, o rewriteOptions, kv clientv3.KV, cfg *encryptionconfig.Config, targets []rewrite.Target, out io.Writer) error {
+	rep, err := scan.Scan(ctx, kv, scan.Options{Root: o.root, Config: cfg})
+	if err != nil {
+		return fmt.Errorf("verifying scan: %w", err)
+	}
+	stale := 0
+	var where []string
+	for _, r := range rep.Resources {
+		for _, t := range targets {
+			if r.Prefix == encryptionconfig.PrefixOf(o.root, t.GroupResource()) && r.Stale > 0 {
+				stale += r.Stale
+				where = append(where, fmt.Sprintf("%s: %d", t, r.Stale))
+			}
+		}
+	}
+	fmt.Fprintf(out, "verifying scan at revision %d: %d objects of these resources not on their write key\n", rep.Revision, stale)
+	if stale > 0 {
+		return checkFailure{fmt.Sprintf("the verifying scan finds %d objects not on their write key (%s): an apiserver wrote under an old key meanwhile? run rewrite again", stale, strings.Join(where, ", "))}
+	}
+	return nil
+}
+
+func containsTarget(ts []rewrite.Target, t rewrite.Target) bool {
+	for _, x := range ts {
+		if x.GVR.GroupResource() == t.GVR.GroupResource() {
+			return true
+		}
+	}
+	return false
+}
+
+func writeSummary(w io.Writer, format string, sum *rewrite.Summary) error {
+	if format == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(struct {
+			*rewrite.Summary
+			Seconds float64 `json:"seconds"`
+		}{sum, sum.Duration.Seconds()})
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "RESOURCE\tEXAMINED\tREWRITTEN\tCURRENT\tSKIPPED\tDELETED\tCONFLICTS\tFAILED\tPAGES")
+	row := func(r rewrite.ResourceSummary) {
+		pages := fmt.Sprint(r.Pages)
+		if r.ResumedPages > 0 {
+			pages += fmt.Sprintf(" (+%d resumed)", r.ResumedPages)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%s\n", r.Resource, r.Examined, r.Rewritten, r.Current,
+			r.SkippedCurrent, r.Deleted, r.Conflicts, r.Failed, pages)
+	}
+	for _, r := range sum.Resources {
+		row(r)
+	}
+	total := sum.Total()
+	total.Resource = "total"
+	row(total)
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	rate := float64(total.Examined) / max(sum.Duration.Seconds(), 1e-9)
+	_, err := fmt.Fprintf(w, "%d objects examined in %s (%.0f/s), reading from %s\n", total.Examined, sum.Duration.Round(time.Millisecond), rate, sum.Source)
+	return err
+}
