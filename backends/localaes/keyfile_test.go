@@ -1,6 +1,7 @@
 package localaes_test
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -288,5 +289,41 @@ func TestLockFileIsPrivate(t *testing.T) {
 	}
 	if perm := info.Mode().Perm(); perm != 0o600 {
 		t.Fatalf("lock file mode %04o, want 0600", perm)
+	}
+}
+
+// RemoveKey removes a decrypt-only key once inUse allows it, never the write key, and keeps
+// the file as it was when inUse refuses.
+func TestRemoveKey(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "keys.yaml")
+	first, err := localaes.AddKey(path, "first", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old, err := localaes.AddKey(path, "old", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(path)
+	if _, err := localaes.RemoveKey(path, "first", func(string) error { return nil }); err == nil || !strings.Contains(err.Error(), "write key") {
+		t.Fatalf("removing the write key: %v", err)
+	}
+	var asked string
+	if _, err := localaes.RemoveKey(path, "old", func(id string) error { asked = id; return errors.New("3 objects under it") }); err == nil || asked != old {
+		t.Fatalf("inUse refused: %v (asked about %q, want %q)", err, asked, old)
+	}
+	if after, _ := os.ReadFile(path); string(after) != string(before) {
+		t.Fatal("a refused removal changed the file")
+	}
+	if _, err := localaes.RemoveKey(path, "missing", func(string) error { return nil }); err == nil {
+		t.Fatal("removing a key that is not there succeeded")
+	}
+	id, err := localaes.RemoveKey(path, "old", func(string) error { return nil })
+	if err != nil || id != old {
+		t.Fatalf("RemoveKey = %q, %v", id, err)
+	}
+	k, err := localaes.Open(path)
+	if err != nil || strings.Join(k.KeyIDs(), ",") != first {
+		t.Fatalf("after removal: %v, %v", k, err)
 	}
 }
