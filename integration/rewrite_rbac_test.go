@@ -10,8 +10,11 @@ import (
 	"time"
 
 	rbacv1 "k8s.io/api/rbac/v1"
+	storagemigrationv1 "k8s.io/api/storagemigration/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/kmsplugin/kms-plugin/integration/harness"
 )
@@ -39,8 +42,8 @@ func TestRewriteRBAC(t *testing.T) {
 		}
 		roles = append(roles, r)
 	}
-	if len(roles) != 2 {
-		t.Fatalf("deploy/rbac/kmsctl-rewrite.yaml holds %d ClusterRoles, want 2", len(roles))
+	if len(roles) != 3 {
+		t.Fatalf("deploy/rbac/kmsctl-rewrite.yaml holds %d ClusterRoles, want 3 (rewrite, rollout check, via SVM)", len(roles))
 	}
 	noPatch := *roles[0].DeepCopy()
 	noPatch.Name = "kmsctl-rewrite-no-patch"
@@ -62,6 +65,27 @@ func TestRewriteRBAC(t *testing.T) {
 	bind("rewriter", "kmsctl-rollout-check")
 	bind("reader", "kmsctl-rewrite-no-patch")
 	bind("reader", "kmsctl-rollout-check")
+	bind("migrator", "kmsctl-rewrite-via-svm")
+
+	// The via-SVM role can create a StorageVersionMigration and read it, nothing more.
+	mig, err := kubernetes.NewForConfig(impersonate(c.APIServer.Config, "migrator"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	harness.Eventually(t, time.Minute, "the migrator creates a StorageVersionMigration", func(ctx context.Context) error {
+		m, err := mig.StoragemigrationV1().StorageVersionMigrations().Create(ctx, &storagemigrationv1.StorageVersionMigration{
+			ObjectMeta: metav1.ObjectMeta{GenerateName: "rbac-"},
+			Spec:       storagemigrationv1.StorageVersionMigrationSpec{Resource: metav1.GroupResource{Resource: "secrets"}},
+		}, metav1.CreateOptions{})
+		if err != nil {
+			return err
+		}
+		_, err = mig.StoragemigrationV1().StorageVersionMigrations().Get(ctx, m.Name, metav1.GetOptions{})
+		return err
+	})
+	if _, err := mig.CoreV1().Secrets("e2e").List(t.Context(), metav1.ListOptions{}); err == nil {
+		t.Error("the via-SVM role lists Secrets")
+	}
 
 	// The apiservers of this test advertise an address they do not listen on: --apiservers.
 	args := []string{"rewrite", "--resources", "secrets,configmaps", "--apiservers", c.APIServer.URL}
@@ -81,4 +105,11 @@ func TestRewriteRBAC(t *testing.T) {
 	if code != 3 || !strings.Contains(errOut, "Forbidden") || !strings.Contains(errOut, "s-00000") {
 		t.Errorf("rewrite as a user without patch: exit %d, want 3 listing forbidden objects\n%s\n%s", code, out, errOut)
 	}
+}
+
+// impersonate is cfg acting as user.
+func impersonate(cfg *rest.Config, user string) *rest.Config {
+	c := rest.CopyConfig(cfg)
+	c.Impersonate.UserName = user
+	return c
 }

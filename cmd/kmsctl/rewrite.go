@@ -41,6 +41,7 @@ type rewriteOptions struct {
 	etcd             etcdFlags
 	root, output     string
 	progressInterval time.Duration
+	via              string
 }
 
 func newRewriteCommand() *cobra.Command {
@@ -73,6 +74,11 @@ the objects that are not on their write key, then runs a verifying scan.
 A checkpoint file is saved after every finished page; --resume continues an interrupted run
 from it without redoing finished pages.
 
+With --via storage-version-migration (clusters whose kube-controller-manager runs the storage
+version migrator: Kubernetes 1.37 on by default) it creates one StorageVersionMigration per
+resource instead and follows each until it succeeds or fails; the controller does the patching.
+The pre-check and, with the etcd flags, the verifying scan are the same; there is no checkpoint.
+
 Exit status: 0 when every object was rewritten; 3 when some failed (listed with why) or the
 verifying scan still finds stale objects; 1 when it could not run.`,
 		Args: cobra.NoArgs,
@@ -93,6 +99,7 @@ verifying scan still finds stale objects; 1 when it could not run.`,
 	fs.StringVar(&o.root, "prefix", scan.DefaultRoot, "etcd key prefix of the apiserver's objects (with the etcd flags)")
 	fs.StringVarP(&o.output, "output", "o", "table", "summary format: table or json")
 	fs.DurationVar(&o.progressInterval, "progress-interval", 10*time.Second, "time between progress lines when stderr is not a terminal")
+	fs.StringVar(&o.via, "via", "patch", "patch (kmsctl patches every object itself, any Kubernetes version) or storage-version-migration (kube-controller-manager's migrator does, where it runs)")
 	return cmd
 }
 
@@ -174,6 +181,12 @@ func runRewrite(cmd *cobra.Command, o rewriteOptions) error {
 	if o.output != "table" && o.output != "json" {
 		return fmt.Errorf("--output %q: want table or json", o.output)
 	}
+	if o.via != "patch" && o.via != "storage-version-migration" {
+		return fmt.Errorf("--via %q: want patch or storage-version-migration", o.via)
+	}
+	if o.via != "patch" && o.resume {
+		return errors.New("--resume: a storage version migration keeps no checkpoint of ours; it goes on in the cluster (kubectl get storageversionmigrations)")
+	}
 	if len(o.resources) == 0 && o.configFile == "" {
 		return errors.New("name the resources: --resources secrets,configmaps,... and/or --encryption-config FILE")
 	}
@@ -236,6 +249,9 @@ func runRewrite(cmd *cobra.Command, o rewriteOptions) error {
 				targets = append(targets, t)
 			}
 		}
+	}
+	if o.via == "storage-version-migration" {
+		return viaMigrations(ctx, cmd, o, client, cfg, targets)
 	}
 	mc, err := metadata.NewForConfig(client)
 	if err != nil {
@@ -377,4 +393,42 @@ func writeSummary(w io.Writer, format string, sum *rewrite.Summary) error {
 	rate := float64(total.Examined) / max(sum.Duration.Seconds(), 1e-9)
 	_, err := fmt.Fprintf(w, "%d objects examined in %s (%.0f/s), reading from %s\n", total.Examined, sum.Duration.Round(time.Millisecond), rate, sum.Source)
 	return err
+}
+
+// viaMigrations is rewrite --via storage-version-migration: kube-controller-manager's storage
+// version migrator does the work; we create its StorageVersionMigrations and follow them.
+func viaMigrations(ctx context.Context, cmd *cobra.Command, o rewriteOptions, client *rest.Config, cfg *encryptionconfig.Config, targets []rewrite.Target) error {
+	stderr := cmd.ErrOrStderr()
+	cs, err := kubernetes.NewForConfig(client)
+	if err != nil {
+		return err
+	}
+	sum, runErr := rewrite.ViaMigrations(ctx, cs, targets, 2*time.Second,
+		func(format string, args ...any) { fmt.Fprintf(stderr, "rewrite: "+format+"\n", args...) })
+	if sum != nil {
+		if err := writeSummary(cmd.OutOrStdout(), o.output, sum); err != nil {
+			return err
+		}
+	}
+	if runErr != nil {
+		return runErr
+	}
+	if len(o.etcd.endpoints) > 0 {
+		etcd, err := o.etcd.client(ctx)
+		if err != nil {
+			return err
+		}
+		defer etcd.Close()
+		if err := verify(ctx, o, etcd, cfg, targets, cmd.OutOrStdout()); err != nil {
+			return err
+		}
+	}
+	if n := len(sum.Failures); n > 0 {
+		lines := make([]string, n)
+		for i, f := range sum.Failures {
+			lines[i] = "  " + f.String()
+		}
+		return checkFailure{fmt.Sprintf("%d migrations failed:\n%s", n, strings.Join(lines, "\n"))}
+	}
+	return nil
 }

@@ -280,3 +280,18 @@ func (a *APIServer) Kubeconfig(t testing.TB, as string) string {
 	must(t, clientcmd.WriteToFile(*cfg, path), "writing kubeconfig")
 	return path
 }
+
+// StartKubeControllerManager runs the real kube-controller-manager (the kube-apiserver build's
+// second command) against a, with the controllers named (for example the storage version
+// migrator and the garbage collector it needs). It is stopped when the test ends.
+func StartKubeControllerManager(t testing.TB, a *APIServer, controllers ...string) *Process {
+	t.Helper()
+	return Start(t, "kube-controller-manager", Binary(t, "kube-apiserver"), []string{
+		"kube-controller-manager",
+		"--kubeconfig=" + a.Kubeconfig(t, ""),
+		"--controllers=" + strings.Join(controllers, ","),
+		"--leader-elect=false",
+		"--secure-port=0",
+		"--v=2",
+	})
+}
