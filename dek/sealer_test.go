@@ -129,7 +129,7 @@ func TestSeedCiphertextFitsTheAPILimit(t *testing.T) {
 		if len(ct) >= 1024 {
 			t.Fatalf("%s: ciphertext of a 32-byte seed is %d bytes; the API limit is 1 kB", name, len(ct))
 		}
-		t.Logf("%s: ciphertext of a 32-byte seed: %d bytes (with a 60-byte wrapped key; Vault's is about 90)", name, len(ct))
+		t.Logf("%s: ciphertext of a 32-byte seed: %d bytes (with a 60-byte wrapped key, as Vault's raw transit ciphertext is)", name, len(ct))
 	}
 }
 

@@ -27,6 +27,7 @@ type failureLog struct {
 	window time.Time         // start of the current window
 	seen   map[failure]int64 // repeats suppressed in this window, per failure
 	carry  map[failure]int64 // suppressed in the previous window, reported with the next line
+	others int64             // distinct failures beyond maxFailureKeys, not logged
 }
 
 // failure is what makes two failures identical: not the uid, which differs per request.
@@ -43,18 +44,27 @@ func (l *failureLog) failed(method, uid, keyID, code, errText string) {
 		l.window, l.carry, l.seen = now, l.seen, map[failure]int64{}
 	}
 	repeats, logged := l.seen[f]
-	if logged || len(l.seen) >= maxFailureKeys {
+	switch {
+	case logged:
 		l.seen[f] = repeats + 1
+		l.mu.Unlock()
+		return
+	case len(l.seen) >= maxFailureKeys:
+		l.others++ // the map stays bounded; the count is reported with the next line
 		l.mu.Unlock()
 		return
 	}
 	l.seen[f] = 0
-	before := l.carry[f]
+	before, others := l.carry[f], l.others
 	delete(l.carry, f)
+	l.others = 0
 	l.mu.Unlock()
 	args := []any{"method", method, "uid", textutil.Truncate(uid, maxLoggedField), "key_id", f.keyID, "code", code, "error", f.err}
 	if before > 0 {
 		args = append(args, "repeated_before", before)
+	}
+	if others > 0 {
+		args = append(args, "other_failures_not_logged", others)
 	}
 	l.log.Warn("request failed", args...)
 }

@@ -2,6 +2,7 @@ package plugin
 
 import (
 	"bytes"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -31,5 +32,24 @@ func TestFailureLogIsBoundedAndRateLimited(t *testing.T) {
 	l.failed("Decrypt", "uid", huge, "InvalidArgument", "malformed ciphertext: empty")
 	if !strings.Contains(buf.String(), "repeated_before=999") {
 		t.Fatalf("after the window: %q, want the 999 repeats counted", buf.String())
+	}
+}
+
+// Distinct failures beyond the bound are counted, not remembered: the map stays bounded.
+func TestFailureLogStaysBounded(t *testing.T) {
+	var buf bytes.Buffer
+	now := time.Unix(1_800_000_000, 0)
+	l := newFailureLog(slog.New(slog.NewTextHandler(&buf, nil)), func() time.Time { return now })
+	for i := 0; i < 3*maxFailureKeys; i++ {
+		l.failed("Decrypt", "uid", fmt.Sprint("key-", i), "InvalidArgument", "malformed ciphertext: empty")
+	}
+	if n := len(l.seen); n > maxFailureKeys {
+		t.Fatalf("%d failures remembered, bound %d", n, maxFailureKeys)
+	}
+	now = now.Add(repeatWindow)
+	buf.Reset()
+	l.failed("Decrypt", "uid", "next", "InvalidArgument", "malformed ciphertext: empty")
+	if !strings.Contains(buf.String(), fmt.Sprintf("other_failures_not_logged=%d", 2*maxFailureKeys)) {
+		t.Fatalf("the next line: %q", buf.String())
 	}
 }

@@ -179,9 +179,6 @@ func (m *Monitor) Unwrapped() {
 	m.mu.Unlock()
 }
 
-// Answered records that the backend just answered a call (the DEK cache calls it).
-func (m *Monitor) Answered() { m.mu.Lock(); m.answered = m.clock.Now(); m.mu.Unlock() }
-
 // FromMemory returns nil while keys held in memory may be served: the backend is healthy, or
 // merely unreachable (not refusing) for less than the grace since it last answered.
 func (m *Monitor) FromMemory() error {

@@ -211,15 +211,22 @@ func (k *KEK) decryptBatch(ctx context.Context, items []*batchItem) ([]batchResu
 			out[i].err = fmt.Errorf("%w: decrypt with %s: %s", badRequestKind(msg), path, msg)
 			continue
 		}
-		pt, _ := m["plaintext"].(string)
-		plain, err := base64.StdEncoding.DecodeString(pt)
-		if err != nil || pt == "" {
-			out[i].err = fmt.Errorf("decrypt with %s: vault returned undecodable plaintext", path)
-			continue
-		}
-		out[i].plaintext = plain
+		out[i].plaintext, out[i].err = plaintextOf(path, m)
 	}
 	return out, nil
+}
+
+// plaintextOf decodes a transit decrypt answer's (or batch result's) plaintext.
+func plaintextOf(path string, data map[string]any) ([]byte, error) {
+	pt, ok := data["plaintext"].(string)
+	if !ok || pt == "" {
+		return nil, fmt.Errorf("decrypt with %s: vault returned no plaintext", path)
+	}
+	plain, err := base64.StdEncoding.DecodeString(pt)
+	if err != nil {
+		return nil, fmt.Errorf("decrypt with %s: vault returned undecodable plaintext", path)
+	}
+	return plain, nil
 }
 
 // decryptInput is one ciphertext to decrypt, as a request body or a batch_input item.
@@ -245,13 +252,5 @@ func (k *KEK) decryptOne(ctx context.Context, ciphertext, assocData string) ([]b
 	if secret == nil {
 		return nil, k.notFound("decrypt with " + path)
 	}
-	pt, ok := secretString(secret, "plaintext")
-	if !ok {
-		return nil, fmt.Errorf("decrypt with %s: vault returned no plaintext", path)
-	}
-	plain, err := base64.StdEncoding.DecodeString(pt)
-	if err != nil {
-		return nil, fmt.Errorf("decrypt with %s: vault returned undecodable plaintext", path)
-	}
-	return plain, nil
+	return plaintextOf(path, secret.Data)
 }

@@ -12,6 +12,7 @@ import (
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
+	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 )
 
 // benchPlugin serves the plugin in-process as `kms-plugin serve` would (localaes backend,
@@ -23,7 +24,7 @@ func benchPlugin(b *testing.B) kmsapi.KeyManagementServiceClient {
 	if _, err := localaes.AddKey(keys, "bench", true); err != nil {
 		b.Fatal(err)
 	}
-	socket := filepath.Join(shortDir(b), "kms.sock") // a socket path holds at most 107 bytes
+	socket := filepath.Join(plugintest.ShortTempDir(b), "kms.sock") // a socket path holds at most 107 bytes
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := newRootCommand()
 	cmd.SetArgs([]string{"--listen", socket, "--localaes-key-file", keys, "--health-addr", "127.0.0.1:0", "--log-level", "error"})

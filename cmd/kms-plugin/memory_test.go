@@ -15,13 +15,14 @@ import (
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 )
 
 // vaultPlugin serves the vault backend in process against a real file-storage Vault, with a
 // short check interval and the given extra flags.
 func vaultPlugin(t *testing.T, v *harness.Vault, token string, extra ...string) *servedPlugin {
 	t.Helper()
-	tokenFile := filepath.Join(shortDir(t), "token")
+	tokenFile := filepath.Join(plugintest.ShortTempDir(t), "token")
 	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
 		t.Fatal(err)
 	}

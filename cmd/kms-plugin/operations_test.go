@@ -25,6 +25,7 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/cmd/internal/serveconfig"
 	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 )
 
 var healthAddrRE = regexp.MustCompile(`health_addr=(127\.0\.0\.1:\d+)`)
@@ -39,7 +40,7 @@ type servedPlugin struct {
 
 func serveInProcess(t *testing.T, args ...string) *servedPlugin {
 	t.Helper()
-	socket := filepath.Join(shortDir(t), "kms.sock")
+	socket := filepath.Join(plugintest.ShortTempDir(t), "kms.sock")
 	stop, log := runInProcess(t, append([]string{"--listen", socket, "--health-addr", "127.0.0.1:0"}, args...)...)
 	waitStatus(t, socket)
 	var base string
@@ -94,7 +95,7 @@ func atLeast(n float64) func(float64) bool { return func(v float64) bool { retur
 
 func localKeys(t *testing.T) string {
 	t.Helper()
-	keys := filepath.Join(shortDir(t), "keys.yaml")
+	keys := filepath.Join(plugintest.ShortTempDir(t), "keys.yaml")
 	addKey(t, keys, "", false)
 	return keys
 }
@@ -217,7 +218,7 @@ func TestHelpGroupsFlagsByBackend(t *testing.T) {
 
 // A config file sets the flags the command line leaves alone; the command line wins.
 func TestConfigFile(t *testing.T) {
-	dir := shortDir(t)
+	dir := plugintest.ShortTempDir(t)
 	keys := localKeys(t)
 	socket := filepath.Join(dir, "from-config.sock")
 	config := filepath.Join(dir, "config.yaml")
@@ -257,7 +258,7 @@ log-format: json
 
 // Settings that cannot work together stop the plugin at start with one message naming them.
 func TestInvalidCombinationsAreRefused(t *testing.T) {
-	dir := shortDir(t)
+	dir := plugintest.ShortTempDir(t)
 	keys := localKeys(t)
 	config := filepath.Join(dir, "config.yaml")
 	os.WriteFile(config, []byte("vault-transit-key: kek\n"), 0o600)
@@ -291,7 +292,7 @@ func TestReadinessFollowsRealVault(t *testing.T) {
 	v.EnableTransit(t, "transit")
 	v.CreateKey(t, "transit", "kek")
 	v.WritePolicy(t, "kms", harness.TransitPolicy("transit", "kek"))
-	tokenFile := filepath.Join(shortDir(t), "token")
+	tokenFile := filepath.Join(plugintest.ShortTempDir(t), "token")
 	os.WriteFile(tokenFile, []byte(v.CreateToken(t, harness.TokenOptions{Policies: []string{"kms"}, TTL: "1h", Renewable: true})), 0o600)
 
 	p := serveInProcess(t, "--backend", "vault", "--vault-addr", v.Addr, "--vault-transit-key", "kek",
@@ -365,7 +366,7 @@ func TestOperationsDocsMatchCLI(t *testing.T) {
 	if example == "" {
 		t.Fatal("no config file example in docs/operations.md")
 	}
-	config := filepath.Join(shortDir(t), "config.yaml")
+	config := filepath.Join(plugintest.ShortTempDir(t), "config.yaml")
 	os.WriteFile(config, []byte(example), 0o600)
 	cmd := newRootCommand()
 	if err := cmd.ParseFlags([]string{"--config", config}); err != nil {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
 	"github.com/kmsplugin/kms-plugin/cmd/internal/serveconfig"
+	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 	"github.com/kmsplugin/kms-plugin/plugin/endpoints"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -36,15 +37,6 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
-func shortDir(t testing.TB) string {
-	dir, err := os.MkdirTemp("", "kp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
 
 // runInProcess runs the root command with args until stop is called; it returns the log and
 // the command's error.
@@ -106,7 +98,7 @@ func waitStatus(t *testing.T, socket string) *kmsapi.StatusResponse {
 }
 
 func TestEmbeddedDefaultCreatesAKeyLoudlyOnce(t *testing.T) {
-	dir := shortDir(t)
+	dir := plugintest.ShortTempDir(t)
 	old := serveconfig.DefaultKeyFile
 	serveconfig.DefaultKeyFile = filepath.Join(dir, "state", "keys.yaml")
 	defer func() { serveconfig.DefaultKeyFile = old }()
@@ -145,7 +137,7 @@ func TestEmbeddedDefaultCreatesAKeyLoudlyOnce(t *testing.T) {
 }
 
 func TestNamedKeyFileThatIsMissingIsAnError(t *testing.T) {
-	dir := shortDir(t)
+	dir := plugintest.ShortTempDir(t)
 	missing := filepath.Join(dir, "keys.yaml")
 	stop, _ := runInProcess(t, "--listen", filepath.Join(dir, "kms.sock"), "--localaes-key-file", missing)
 	err := stop()
@@ -158,7 +150,7 @@ func TestNamedKeyFileThatIsMissingIsAnError(t *testing.T) {
 }
 
 func TestBadFlagsAreRefused(t *testing.T) {
-	dir := shortDir(t)
+	dir := plugintest.ShortTempDir(t)
 	keys := filepath.Join(dir, "keys.yaml")
 	addKey(t, keys, "", false)
 	for _, tc := range []struct {
@@ -212,7 +204,7 @@ func buildBinary(t *testing.T) string {
 
 func TestSignals(t *testing.T) {
 	bin := buildBinary(t)
-	dir := shortDir(t)
+	dir := plugintest.ShortTempDir(t)
 	keys := filepath.Join(dir, "keys.yaml")
 	socket := filepath.Join(dir, "kms.sock")
 	addKey(t, keys, "", false)
@@ -291,7 +283,7 @@ func TestSignals(t *testing.T) {
 // start: the manifests' probes would ask that process. The error names the address, and the
 // socket is not left behind.
 func TestOccupiedHealthAddressStopsTheStart(t *testing.T) {
-	dir := shortDir(t)
+	dir := plugintest.ShortTempDir(t)
 	keys := filepath.Join(dir, "keys.yaml")
 	socket := filepath.Join(dir, "kms.sock")
 	addKey(t, keys, "", false)

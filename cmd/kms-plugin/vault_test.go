@@ -15,6 +15,7 @@ import (
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 )
 
 func TestServeVault(t *testing.T) {
@@ -26,7 +27,7 @@ func TestServeVault(t *testing.T) {
 	t.Setenv("VAULT_TOKEN", token)
 	t.Setenv("VAULT_SKIP_VERIFY", "true") // ignored: only the documented variables count
 
-	sock := shortDir(t) + "/kms.sock"
+	sock := plugintest.ShortTempDir(t) + "/kms.sock"
 	_, log := runInProcess(t, "serve", "--listen", sock, "--backend", "vault",
 		"--vault-addr", v.Addr, "--vault-transit-key", "kek", "--check-interval", "200ms",
 		"--health-addr=") // no fixed HTTP port: other tests may hold it
@@ -121,7 +122,7 @@ func TestServeVaultCertAuth(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	sock := shortDir(t) + "/kms.sock"
+	sock := plugintest.ShortTempDir(t) + "/kms.sock"
 	_, log := runInProcess(t, "serve", "--listen", sock, "--backend", "vault",
 		"--vault-addr", v.Addr, "--vault-ca-file", v.CAFile, "--vault-transit-key", "kek",
 		"--vault-auth", "cert", "--vault-cert-auth-pem", pemFile, "--vault-cert-auth-role", "kms", "--health-addr=")

@@ -38,7 +38,7 @@ func TestDoctorCommandVault(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := shortDir(t)
+	dir := plugintest.ShortTempDir(t)
 	tokenWith := func(name, hcl string) string {
 		v.WritePolicy(t, name, hcl)
 		tok, err := v.Root.Auth().Token().Create(&api.TokenCreateRequest{Policies: []string{name}, NoDefaultPolicy: true, TTL: "1h"})
@@ -101,7 +101,7 @@ func TestDoctorCommandVault(t *testing.T) {
 }
 
 func TestDoctorCommandLocalAES(t *testing.T) {
-	dir := shortDir(t)
+	dir := plugintest.ShortTempDir(t)
 	keys := filepath.Join(dir, "keys.yaml")
 	if _, err := runCLI("keygen", "--localaes-key-file", keys); err != nil {
 		t.Fatal(err)

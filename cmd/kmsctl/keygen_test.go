@@ -5,10 +5,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 )
 
 func TestKeygen(t *testing.T) {
-	keys := filepath.Join(shortDir(t), "keys.yaml")
+	keys := filepath.Join(plugintest.ShortTempDir(t), "keys.yaml")
 	out := runKmsctl(t, "keygen", "--localaes-key-file", keys)
 	if !strings.Contains(out, "localaes:key1:") {
 		t.Fatalf("keygen output %q", out)
@@ -37,14 +39,4 @@ func runKmsctl(t *testing.T, args ...string) string {
 		t.Fatalf("%v: %v\n%s", args, err, out)
 	}
 	return out
-}
-
-// shortDir is a temporary directory with a short path: a unix socket's path must fit in 107 bytes.
-func shortDir(t *testing.T) string {
-	dir, err := os.MkdirTemp("", "kp")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
 }

@@ -38,7 +38,7 @@ func TestLoadCommand(t *testing.T) {
 		t.Error("--op sign accepted")
 	}
 
-	socket := filepath.Join(shortDir(t), "floor.sock")
+	socket := filepath.Join(plugintest.ShortTempDir(t), "floor.sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	root := newRootCommand()
 	root.SetArgs([]string{"load", "--floor", "--socket", socket})

@@ -43,10 +43,7 @@ func (k *countingKEK) Unwrap(_ context.Context, id string, w []byte) ([]byte, er
 	return bytes.Clone(d), nil
 }
 
-type gate struct {
-	closed   atomic.Bool
-	answered atomic.Int64
-}
+type gate struct{ closed atomic.Bool }
 
 func (g *gate) FromMemory() error {
 	if g.closed.Load() {
@@ -54,7 +51,6 @@ func (g *gate) FromMemory() error {
 	}
 	return nil
 }
-func (g *gate) Answered() { g.answered.Add(1) }
 
 func TestWrapFillsAndUnwrapHits(t *testing.T) {
 	inner, g := &countingKEK{}, &gate{}
