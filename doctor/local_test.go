@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
 	"github.com/kmsplugin/kms-plugin/dek"
@@ -119,7 +118,7 @@ func servePlugin(t *testing.T, path string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := plugin.NewServer(plugin.NewService(dek.NewSealer(kek), m, time.Second, log), plugin.ServerConfig{})
+	srv := plugin.NewServer(plugin.NewService(dek.NewSealer(kek), m, log), plugin.ServerConfig{})
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
 }

@@ -5,9 +5,11 @@
 //
 //	socket (Listen) → Server (gRPC, v2 and v1beta1, health) → Service.Encrypt
 //	  → dek.Sealer.Encrypt (fresh DEK, AES-256-GCM, envelope)
-//	    → limit.KEK (bounded backend calls) → metrics.KEK (counted, timed) → backend Wrap
+//	    → [limit.Timeout → limit.KEK (Vault's calls bounded in time and number)]
+//	    → Monitor.Proving → metrics.KEK (counted, timed) → backend Wrap
 //
-// Decrypt takes the same path to the backend's Unwrap. The Monitor refreshes the backend's
+// Decrypt takes the same path to the backend's Unwrap. With Vault, a DEK cache and local KEK
+// mode sit above the limit (cmd/kms-plugin/operations.go). The Monitor refreshes the backend's
 // state in the background through metrics.KEK (never queued behind the limiter), and Status
 // answers from that state without calling the backend.
 package plugin

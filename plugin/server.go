@@ -49,7 +49,14 @@ func NewServer(svc *Service, cfg ServerConfig) *Server {
 		size = cfg.MaxRequestSize
 	}
 	peers := cfg.Peers.withDefaults()
-	opts := append([]grpc.ServerOption{grpc.MaxRecvMsgSize(size)}, peers.serverOptions()...)
+	opts := append([]grpc.ServerOption{
+		grpc.MaxRecvMsgSize(size),
+		// Requests run on long-lived goroutines whose stacks have grown already: a fresh goroutine
+		// per request spent about an eighth of the plugin's CPU growing its stack through the
+		// handler's layers (runtime.newstack, docs/performance.md). One worker per stream a
+		// connection may hold; requests beyond them get a goroutine of their own as before.
+		grpc.NumStreamWorkers(peers.MaxStreams),
+	}, peers.serverOptions()...)
 	s := &Server{
 		Server: grpc.NewServer(append(opts, cfg.Options...)...),
 		health: health.NewServer(),

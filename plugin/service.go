@@ -22,15 +22,15 @@ type Service struct {
 
 	sealer   *dek.Sealer
 	monitor  *Monitor
-	timeout  time.Duration
 	log      *slog.Logger
 	failures *failureLog
 }
 
 // NewService returns the gRPC service over sealer (dek.NewSealer, or dek.NewLocalSealer for
-// local KEK mode). timeout bounds each backend operation, within the caller's own deadline.
-func NewService(sealer *dek.Sealer, monitor *Monitor, timeout time.Duration, log *slog.Logger) *Service {
-	return &Service{sealer: sealer, monitor: monitor, timeout: timeout, log: log, failures: newFailureLog(log, time.Now)}
+// local KEK mode). A request runs within its caller's deadline; the sealer's KEK bounds its
+// own backend calls (limit.Timeout).
+func NewService(sealer *dek.Sealer, monitor *Monitor, log *slog.Logger) *Service {
+	return &Service{sealer: sealer, monitor: monitor, log: log, failures: newFailureLog(log, time.Now)}
 }
 
 // Status answers from the Monitor's state; it never calls the backend.
@@ -56,9 +56,7 @@ func (s *Service) Encrypt(ctx context.Context, req *kmsapi.EncryptRequest) (*kms
 	if len(req.Plaintext) == 0 {
 		return nil, s.fail(ctx, "Encrypt", req.Uid, keyID, status.Error(codes.InvalidArgument, "empty plaintext"))
 	}
-	bctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	ciphertext, err := s.sealer.Encrypt(bctx, keyID, req.Plaintext)
+	ciphertext, err := s.sealer.Encrypt(ctx, keyID, req.Plaintext)
 	if err != nil {
 		return nil, s.fail(ctx, "Encrypt", req.Uid, keyID, err)
 	}
@@ -68,9 +66,7 @@ func (s *Service) Encrypt(ctx context.Context, req *kmsapi.EncryptRequest) (*kms
 // Decrypt opens the ciphertext with the key named inside it. The request's key_id is only
 // logged: trusting it could strand data if key id formats ever change.
 func (s *Service) Decrypt(ctx context.Context, req *kmsapi.DecryptRequest) (*kmsapi.DecryptResponse, error) {
-	bctx, cancel := context.WithTimeout(ctx, s.timeout)
-	defer cancel()
-	plaintext, keyID, err := s.sealer.Decrypt(bctx, req.Ciphertext)
+	plaintext, keyID, err := s.sealer.Decrypt(ctx, req.Ciphertext)
 	if err != nil {
 		if keyID == "" {
 			keyID = req.KeyId

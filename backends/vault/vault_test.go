@@ -24,6 +24,7 @@ import (
 	"github.com/kmsplugin/kms-plugin/integration/harness"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
 	"github.com/kmsplugin/kms-plugin/plugin"
+	"github.com/kmsplugin/kms-plugin/plugin/limit"
 )
 
 // These tests run against a real Vault server that the harness starts. Each subtest has its
@@ -437,7 +438,7 @@ func servePlugin(t *testing.T, k *KEK) (*plugin.Monitor, kmsapi.KeyManagementSer
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := plugin.NewGRPCServer(plugin.NewService(dek.NewSealer(k), m, 10*time.Second, testLogger(t)))
+	srv := plugin.NewGRPCServer(plugin.NewService(dek.NewSealer(limit.Timeout(k, 10*time.Second)), m, testLogger(t)))
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority("localhost"))

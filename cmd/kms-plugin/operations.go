@@ -33,13 +33,19 @@ func instrument(kek dek.KEK, backend string) instrumented {
 
 // sealer is the envelope encryption requests use, over the backend as requests see it:
 //
-//	[cache.KEK →] limit.KEK → Monitor.Proving → metrics.KEK → backend
+//	[cache.KEK →] [limit.Timeout → limit.KEK →] Monitor.Proving → metrics.KEK → backend
 //
-// With the vault backend's memory settings, a DEK cache sits in front (a hit takes no slot
-// and is no backend call) and local KEK mode makes Encrypt need no backend call.
-func (i instrumented) sealer(backend dek.KEK, mem *serveconfig.Memory, monitor *plugin.Monitor, o serveconfig.OpsOptions, log *slog.Logger) *dek.Sealer {
-	limited := limit.New(monitor.Proving(i.measured), o.MaxCalls, o.CallQueue)
-	i.metrics.WatchLimiter(limited, o.MaxCalls, o.CallQueue)
+// A remote backend's calls (Vault's) are bounded in number and time; localaes' are AES in
+// memory, which needs neither. With the vault backend's memory settings, a DEK cache sits in
+// front (a hit takes no slot and is no backend call) and local KEK mode makes Encrypt need no
+// backend call.
+func (i instrumented) sealer(backend dek.KEK, remote bool, mem *serveconfig.Memory, monitor *plugin.Monitor, o *serveconfig.Options, log *slog.Logger) *dek.Sealer {
+	limited := monitor.Proving(i.measured)
+	if remote {
+		l := limit.New(limited, o.Ops.MaxCalls, o.Ops.CallQueue)
+		i.metrics.WatchLimiter(l, o.Ops.MaxCalls, o.Ops.CallQueue)
+		limited = limit.Timeout(l, o.Timeout)
+	}
 	if mem == nil {
 		return dek.NewSealer(limited)
 	}

@@ -92,7 +92,7 @@ func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveconfi
 		cfg.Grace = mem.Grace
 	}
 	monitor := plugin.NewMonitor(inst.measured, cfg, clock.Real{}, log)
-	sealer := inst.sealer(kek, mem, monitor, o.Ops, log)
+	sealer := inst.sealer(kek, chosen.Remote(), mem, monitor, &o, log)
 	monitor.OnRefresh(inst.metrics.ObserveBackend)
 	monitor.Refresh(ctx)
 	go monitor.Run(ctx)
@@ -107,7 +107,7 @@ func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveconfi
 		return err
 	}
 	defer stopOps()
-	srv := plugin.NewServer(plugin.NewService(sealer, monitor, o.Timeout, log), inst.serverConfig(o.Ops))
+	srv := plugin.NewServer(plugin.NewService(sealer, monitor, log), inst.serverConfig(o.Ops))
 	keyID, unhealthy := monitor.State()
 	log.Info("serving KMS v2", "socket", path, "backend", o.Backend, "key_id", keyID, "healthy", unhealthy == nil, "version", version)
 

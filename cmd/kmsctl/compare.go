@@ -90,7 +90,7 @@ func startThrowawayPlugin() (string, func(), error) {
 		cleanup()
 		return "", nil, fmt.Errorf("throwaway plugin: %w", err)
 	}
-	srv := plugin.NewGRPCServer(plugin.NewService(dek.NewSealer(backend), monitor, 5*time.Second, log))
+	srv := plugin.NewGRPCServer(plugin.NewService(dek.NewSealer(backend), monitor, log))
 	go srv.Serve(lis)
 	return socket, func() { srv.Stop(); cleanup() }, nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
 	"github.com/kmsplugin/kms-plugin/plugin"
+	"github.com/kmsplugin/kms-plugin/plugin/limit"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	kmsapi "k8s.io/kms/apis/v2"
@@ -38,7 +39,7 @@ func (p *Plugin) Stop() { p.srv.Stop() }
 type Options struct {
 	Socket  string        // where to listen; a fresh short path when empty
 	Clock   clock.Clock   // for the Monitor; the real clock when nil
-	Timeout time.Duration // per backend operation; 2 s when zero
+	Timeout time.Duration // per backend operation (limit.Timeout, as serve has for vault); 2 s when zero
 	KEKName string        // ServeLocalAES: the first key's name; "one" when empty
 	Peers   plugin.PeerLimits
 }
@@ -62,7 +63,7 @@ func Serve(t testing.TB, kek dek.KEK, opts Options) *Plugin {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := plugin.NewServer(plugin.NewService(dek.NewSealer(monitor.Proving(kek)), monitor, opts.Timeout, log), plugin.ServerConfig{Peers: opts.Peers})
+	srv := plugin.NewServer(plugin.NewService(dek.NewSealer(limit.Timeout(monitor.Proving(kek), opts.Timeout)), monitor, log), plugin.ServerConfig{Peers: opts.Peers})
 	go srv.Serve(lis)
 	t.Cleanup(srv.Stop)
 	return &Plugin{Socket: opts.Socket, Monitor: monitor, srv: srv}

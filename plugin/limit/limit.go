@@ -1,5 +1,5 @@
-// Package backendlimit bounds the number of concurrent backend calls (wraps and unwraps), so
-// that a burst of requests cannot pile unbounded work onto Vault or the process.
+// Package limit bounds backend calls (wraps and unwraps) in number, so that a burst of
+// requests cannot pile unbounded work onto Vault or the process, and in time (Timeout).
 //
 // Calls beyond the bound wait in a small queue rather than being refused at once: after a
 // restart, kube-apiserver fills its watch cache with a burst of Decrypts of the same few DEK
@@ -16,6 +16,7 @@ import (
 	"context"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/kmsplugin/kms-plugin/dek"
 )
@@ -79,3 +80,26 @@ func (l *KEK) acquire(ctx context.Context) error {
 }
 
 func (l *KEK) release() { <-l.slots }
+
+// Timeout returns kek with each Wrap and Unwrap bounded by d (--timeout), within the caller's
+// own deadline. Put it above New's KEK, so that the wait for a slot counts too. Only a backend
+// that waits on another process (Vault) needs it: AES in memory ends on its own, and a timer
+// per request costs that path about 5 % of its CPU.
+func Timeout(kek dek.KEK, d time.Duration) dek.KEK { return timeoutKEK{KEK: kek, d: d} }
+
+type timeoutKEK struct {
+	dek.KEK
+	d time.Duration
+}
+
+func (t timeoutKEK) Wrap(ctx context.Context, keyID string, plain []byte) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, t.d)
+	defer cancel()
+	return t.KEK.Wrap(ctx, keyID, plain)
+}
+
+func (t timeoutKEK) Unwrap(ctx context.Context, keyID string, wrapped []byte) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, t.d)
+	defer cancel()
+	return t.KEK.Unwrap(ctx, keyID, wrapped)
+}

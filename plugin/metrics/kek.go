@@ -4,6 +4,8 @@ import (
 	"context"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/kmsplugin/kms-plugin/dek"
 )
 
@@ -14,42 +16,56 @@ import (
 // so it times the backend alone, not the wait for a slot; the Monitor calls it directly.
 type KEK struct {
 	dek.KEK
-	m *Metrics
+	m   *Metrics
+	ops map[string]opMetrics
+}
+
+// opMetrics are one operation's series, looked up once: a label lookup hashes the labels on
+// every call.
+type opMetrics struct {
+	duration prometheus.Observer
+	ok       prometheus.Counter
 }
 
 // NewKEK returns kek measured by m.
 func NewKEK(kek dek.KEK, m *Metrics) *KEK {
+	k := &KEK{KEK: kek, m: m, ops: make(map[string]opMetrics)}
 	for _, op := range []string{"wrap", "unwrap", "check"} {
-		m.backendDuration.WithLabelValues(op) // present from the start, so rate() works at once
-		m.backendCalls.WithLabelValues(op, "ok")
+		// Present from the start, so that rate() works at once.
+		k.ops[op] = opMetrics{duration: m.backendDuration.WithLabelValues(op), ok: m.backendCalls.WithLabelValues(op, "ok")}
 	}
-	return &KEK{KEK: kek, m: m}
+	return k
 }
 
 func (k *KEK) Wrap(ctx context.Context, keyID string, plain []byte) ([]byte, error) {
 	start := time.Now()
 	out, err := k.KEK.Wrap(ctx, keyID, plain)
-	k.m.backendCall(ctx, "wrap", start, err)
+	k.finished(ctx, "wrap", start, err)
 	return out, err
 }
 
 func (k *KEK) Unwrap(ctx context.Context, keyID string, wrapped []byte) ([]byte, error) {
 	start := time.Now()
 	out, err := k.KEK.Unwrap(ctx, keyID, wrapped)
-	k.m.backendCall(ctx, "unwrap", start, err)
+	k.finished(ctx, "unwrap", start, err)
 	return out, err
 }
 
 func (k *KEK) Check(ctx context.Context) error {
 	start := time.Now()
 	err := k.KEK.Check(ctx)
-	k.m.backendCall(ctx, "check", start, err)
+	k.finished(ctx, "check", start, err)
 	return err
 }
 
-func (m *Metrics) backendCall(ctx context.Context, op string, start time.Time, err error) {
-	m.backendDuration.WithLabelValues(op).Observe(time.Since(start).Seconds())
-	m.backendCalls.WithLabelValues(op, result(ctx, err)).Inc()
+func (k *KEK) finished(ctx context.Context, op string, start time.Time, err error) {
+	s := k.ops[op]
+	s.duration.Observe(time.Since(start).Seconds())
+	if err == nil {
+		s.ok.Inc()
+		return
+	}
+	k.m.backendCalls.WithLabelValues(op, result(ctx, err)).Inc()
 }
 
 // result names the kind of a backend failure from dek.Classify's fixed set, never the

@@ -22,6 +22,8 @@ type LocalAES struct{ KeyFile string }
 
 func (*LocalAES) Name() string { return "localaes" }
 
+func (*LocalAES) Remote() bool { return false }
+
 func (b *LocalAES) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&b.KeyFile, "localaes-key-file", DefaultKeyFile, "localaes: YAML key file (keys: [{name, secret}]), mode 0600; the first key wraps, all unwrap; SIGHUP reloads it")
 }

@@ -25,6 +25,10 @@ type Backend interface {
 	Name() string
 	AddFlags(fs *pflag.FlagSet)
 	Open(ctx context.Context, fs *pflag.FlagSet, log *slog.Logger) (dek.KEK, error)
+	// Remote says whether a call waits on another process (Vault). Only such calls are bounded
+	// in number and time (--max-concurrent-backend-calls, --backend-call-queue, --timeout);
+	// AES in memory is bounded by the requests the socket admits.
+	Remote() bool
 }
 
 // MonitorTuner is a backend with its own default check and proof intervals (a remote one that
@@ -76,7 +80,7 @@ func AddFlags(fs *pflag.FlagSet, o *Options, all []Backend) {
 	fs.StringVar(&o.Backend, "backend", "localaes", "KEK backend: localaes or vault")
 	fs.StringVar(&o.SocketGroup, "socket-group", "", "group (name or id) that owns the socket, for an apiserver that runs as another user")
 	fs.StringVar(&o.SocketMode, "socket-mode", "0600", "permissions of the socket file")
-	fs.DurationVar(&o.Timeout, "timeout", 2*time.Second, "deadline of one backend operation, always also bounded by the caller's deadline")
+	fs.DurationVar(&o.Timeout, "timeout", 2*time.Second, "deadline of one Vault operation or backend check, always also bounded by the caller's deadline")
 	fs.DurationVar(&o.CheckEvery, "check-interval", plugin.DefaultMonitorConfig.CheckInterval, "how often the backend's key state is refreshed for Status (vault backend: 1m unless set)")
 	fs.DurationVar(&o.ProveEvery, "proof-interval", plugin.DefaultMonitorConfig.ProofInterval, "longest time between two wrap/unwrap health proofs, real traffic counting (vault backend: 15m unless set)")
 	fs.StringVar(&o.LogFormat, "log-format", "text", "log format: text or json")
@@ -136,7 +140,7 @@ const GroupAnnotation = "kms-plugin/group"
 
 func (o *OpsOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.HealthAddr, "health-addr", endpoints.DefaultAddr, "HTTP address of /healthz, /readyz, /metrics and /version (host:port; \"\" turns them off); a non-loopback address exposes them to the network")
-	fs.IntVar(&o.MaxCalls, "max-concurrent-backend-calls", 64, "most wraps and unwraps the backend serves at once")
+	fs.IntVar(&o.MaxCalls, "max-concurrent-backend-calls", 64, "most wraps and unwraps Vault serves at once")
 	fs.IntVar(&o.CallQueue, "backend-call-queue", 256, "calls that may wait for a free slot, each at most until its deadline; beyond it requests fail at once with ResourceExhausted (0: no waiting)")
 	fs.IntVar(&o.MaxRequestSize, "max-request-size", plugin.MaxRequestSize, "largest gRPC request accepted, in bytes; larger ones fail with ResourceExhausted")
 	for _, name := range []string{"health-addr", "max-concurrent-backend-calls", "backend-call-queue", "max-request-size", "log-format", "log-level", "shutdown-grace"} {

@@ -86,6 +86,8 @@ func splitAddrs(s string) []string {
 
 func (*Vault) Name() string { return "vault" }
 
+func (*Vault) Remote() bool { return true }
+
 func (b *Vault) AddFlags(fs *pflag.FlagSet) {
 	fs.Var(addrList{&b.addr}, "vault-addr", "vault: address, https://host:8200; repeat it or list several, comma-separated, for failover between nodes of one cluster, preferred first (default $"+envVaultAddr+")")
 	fs.StringVar(&b.caFile, "vault-ca-file", "", "vault: PEM CA bundle that verifies Vault's certificate (default: system roots)")
