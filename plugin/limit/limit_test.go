@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/plugin/limit"
@@ -119,3 +120,40 @@ func TestLimitWithoutQueue(t *testing.T) {
 
 // waitABit lets the other goroutines run while a test waits for them to reach a state.
 func waitABit() { runtime.Gosched() }
+
+// ctxKEK blocks every call until its context ends, and returns the context's error.
+type ctxKEK struct{ gateKEK }
+
+func (ctxKEK) Wrap(ctx context.Context, _ string, _ []byte) ([]byte, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+func (k ctxKEK) Unwrap(ctx context.Context, id string, w []byte) ([]byte, error) {
+	return k.Wrap(ctx, id, w)
+}
+
+// Timeout ends a call that hangs, and a wait for a slot, within its duration, while the
+// caller's own context is still live; a shorter caller deadline still wins.
+func TestTimeoutBoundsCallsAndWaits(t *testing.T) {
+	hanging := limit.Timeout(&ctxKEK{}, 50*time.Millisecond)
+	if _, err := hanging.Unwrap(context.Background(), "k", nil); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("hanging unwrap: %v", err)
+	}
+
+	g := &gateKEK{started: make(chan struct{}, 10), release: make(chan struct{})}
+	l := limit.New(g, 1, 4)
+	done := make(chan struct{})
+	go func() { l.Wrap(context.Background(), "k", nil); close(done) }()
+	<-g.started
+	if _, err := limit.Timeout(l, 50*time.Millisecond).Wrap(context.Background(), "k", nil); !errors.Is(err, dek.ErrOverloaded) {
+		t.Fatalf("wait for a slot: %v, want ErrOverloaded", err)
+	}
+	g.release <- struct{}{}
+	<-done
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := limit.Timeout(&ctxKEK{}, time.Hour).Wrap(ctx, "k", nil); !errors.Is(err, context.Canceled) {
+		t.Fatalf("canceled caller: %v", err)
+	}
+}
