@@ -1,6 +1,7 @@
 package dek
 
 import (
+	"bytes"
 	"context"
 	"crypto/cipher"
 	"crypto/rand"
@@ -226,7 +227,7 @@ func (s *Sealer) unwrapLocal(ctx context.Context, env *envelope) ([]byte, error)
 	if len(key) != DEKSize {
 		return nil, Public(fmt.Errorf("%w: unwrapped local KEK has %d bytes", ErrTampered, len(key)))
 	}
-	aead, err := newGCM(key)
+	aead, err := s.local.aeadFor(env, key)
 	if err != nil {
 		return nil, err
 	}
@@ -235,4 +236,17 @@ func (s *Sealer) unwrapLocal(ctx context.Context, env *envelope) ([]byte, error)
 		return nil, Public(fmt.Errorf("%w: locally wrapped DEK", ErrTampered))
 	}
 	return dek, nil
+}
+
+// aeadFor returns the AES-GCM of the local KEK key, which the backend (or the cache) has just
+// unwrapped from env: the current local KEK's own when env carries it, as most envelopes a
+// plugin reads are its own recent ones, which saves building AES-GCM once more per Decrypt.
+func (l *localKEKs) aeadFor(env *envelope, key []byte) (cipher.AEAD, error) {
+	if l == nil { // a Sealer not in local KEK mode, reading a v2 envelope
+		return newGCM(key)
+	}
+	if lk := l.current.Load(); lk != nil && lk.keyID == env.keyID && bytes.Equal(lk.wrapped, env.localKEK) {
+		return lk.aead, nil
+	}
+	return newGCM(key)
 }
