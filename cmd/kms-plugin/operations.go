@@ -40,16 +40,16 @@ func instrument(kek dek.KEK, backend string) instrumented {
 // front (a hit takes no slot and is no backend call) and local KEK mode makes Encrypt need no
 // backend call.
 func (i instrumented) sealer(backend dek.KEK, remote bool, mem *serveconfig.Memory, monitor *plugin.Monitor, o *serveconfig.Options, log *slog.Logger) *dek.Sealer {
-	limited := monitor.Proving(i.measured)
+	calls := monitor.Proving(i.measured)
 	if remote {
-		l := limit.New(limited, o.Ops.MaxCalls, o.Ops.CallQueue)
-		i.metrics.WatchLimiter(l, o.Ops.MaxCalls, o.Ops.CallQueue)
-		limited = limit.Timeout(l, o.Timeout)
+		limited := limit.New(calls, o.Ops.MaxCalls, o.Ops.CallQueue)
+		i.metrics.WatchLimiter(limited, o.Ops.MaxCalls, o.Ops.CallQueue)
+		calls = limit.Timeout(limited, o.Timeout)
 	}
 	if mem == nil {
-		return dek.NewSealer(limited)
+		return dek.NewSealer(calls)
 	}
-	cached := cache.New(limited, monitor, mem.CacheEntries)
+	cached := cache.New(calls, monitor, mem.CacheEntries)
 	i.metrics.WatchCache(cached)
 	i.metrics.WatchMemory(func() (bool, time.Duration) { m := monitor.Memory(); return m.Serving, m.GraceLeft })
 	checker, _ := backend.(interface{ Usable(keyID string) error })
