@@ -207,12 +207,10 @@ func (s *Sealer) encryptLocal(ctx context.Context, keyID string, dek, plaintext 
 	if err != nil {
 		return nil, err
 	}
-	localAD := out
-	nonce := out[len(out) : len(out)+nonceSize]
-	if _, err := rand.Read(nonce); err != nil {
-		return nil, fmt.Errorf("generating nonce: %w", err)
+	// The DEK, sealed by the local KEK with the header so far as additional data.
+	if out, err = sealWith(lk.aead, out, dek); err != nil {
+		return nil, err
 	}
-	out = lk.aead.Seal(out[:len(out)+nonceSize], nonce, dek, localAD)
 	return seal(out, dek, plaintext)
 }
 

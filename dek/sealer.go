@@ -56,13 +56,17 @@ func seal(header, dek, plaintext []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := header
-	nonce := out[len(out) : len(out)+nonceSize]
+	return sealWith(aead, header, plaintext)
+}
+
+// sealWith appends a fresh nonce and the plaintext sealed by aead to header, which is the
+// additional data. header's capacity must hold both.
+func sealWith(aead cipher.AEAD, header, plaintext []byte) ([]byte, error) {
+	nonce := header[len(header) : len(header)+nonceSize]
 	if _, err := rand.Read(nonce); err != nil {
 		return nil, fmt.Errorf("generating nonce: %w", err)
 	}
-	out = out[:len(out)+nonceSize]
-	return aead.Seal(out, nonce, plaintext, header), nil
+	return aead.Seal(header[:len(header)+nonceSize], nonce, plaintext, header), nil
 }
 
 // Decrypt opens a ciphertext that Encrypt made, with whichever KEK it names, and returns the
