@@ -1,16 +1,13 @@
 package localaes_test
 
 import (
-	"bytes"
-	"context"
-	"encoding/base64"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
 
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
 	"github.com/kmsplugin/kms-plugin/dek"
+	"github.com/kmsplugin/kms-plugin/dek/kektest"
 )
 
 // Golden files: envelopes written by released versions of the plugin under the keys of
@@ -24,12 +21,7 @@ import (
 // too) and appends an envelope under each key, labelled written_by=<label>.
 const goldenDir = "testdata/golden"
 
-type goldenEnvelope struct {
-	WrittenBy  string `json:"written_by"`
-	KeyID      string `json:"key_id"`
-	Plaintext  string `json:"plaintext"`  // base64
-	Ciphertext string `json:"ciphertext"` // base64 of the plugin's Encrypt response
-}
+var goldenEnvelopes = filepath.Join(goldenDir, "envelopes.json")
 
 // openGoldenKeys copies the checked-in key file to a private file (git keeps mode 0644, which
 // the loader refuses) and opens it.
@@ -55,22 +47,13 @@ func TestGolden(t *testing.T) {
 		writeGolden(t, label)
 		return
 	}
-	var envs []goldenEnvelope
-	raw, err := os.ReadFile(filepath.Join(goldenDir, "envelopes.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(raw, &envs); err != nil || len(envs) == 0 {
-		t.Fatalf("golden envelopes: %v (%d)", err, len(envs))
+	envs := kektest.ReadGolden(t, goldenEnvelopes)
+	if len(envs) == 0 {
+		t.Fatal("no golden envelopes in " + goldenEnvelopes)
 	}
 	s := dek.NewSealer(openGoldenKeys(t))
 	for _, e := range envs {
-		ct, _ := base64.StdEncoding.DecodeString(e.Ciphertext)
-		want, _ := base64.StdEncoding.DecodeString(e.Plaintext)
-		got, id, err := s.Decrypt(context.Background(), ct)
-		if err != nil || !bytes.Equal(got, want) || id != e.KeyID {
-			t.Errorf("envelope written by %s under %s: Decrypt = %q, %q, %v; want %q", e.WrittenBy, e.KeyID, got, id, err, want)
-		}
+		e.Check(t, s)
 	}
 }
 
@@ -86,28 +69,11 @@ func writeGolden(t *testing.T, label string) {
 			}
 		}
 	}
-	var envs []goldenEnvelope
-	if raw, err := os.ReadFile(filepath.Join(goldenDir, "envelopes.json")); err == nil {
-		if err := json.Unmarshal(raw, &envs); err != nil {
-			t.Fatal(err)
-		}
-	}
+	envs := kektest.ReadGolden(t, goldenEnvelopes)
 	k := openGoldenKeys(t)
 	s := dek.NewSealer(k)
 	for _, id := range k.KeyIDs() {
-		plain := []byte(label + " golden envelope under " + id)
-		ct, err := s.Encrypt(context.Background(), id, plain)
-		if err != nil {
-			t.Fatal(err)
-		}
-		envs = append(envs, goldenEnvelope{WrittenBy: label, KeyID: id,
-			Plaintext: base64.StdEncoding.EncodeToString(plain), Ciphertext: base64.StdEncoding.EncodeToString(ct)})
+		envs = append(envs, kektest.Seal(t, s, label, id, ""))
 	}
-	j, err := json.MarshalIndent(envs, "", "  ")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(goldenDir, "envelopes.json"), append(j, '\n'), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	kektest.WriteGolden(t, goldenEnvelopes, envs)
 }

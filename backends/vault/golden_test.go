@@ -1,10 +1,7 @@
 package vault
 
 import (
-	"bytes"
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -12,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/kmsplugin/kms-plugin/dek"
+	"github.com/kmsplugin/kms-plugin/dek/kektest"
 	"github.com/kmsplugin/kms-plugin/integration/harness"
 )
 
@@ -34,31 +32,14 @@ const (
 	goldenEnvelopes  = "envelopes.json"
 )
 
-type goldenEnvelope struct {
-	WrittenBy  string `json:"written_by"` // the plugin version (commit) that wrote it
-	KeyID      string `json:"key_id"`     // the key id the envelope carries, as written
-	Plaintext  string `json:"plaintext"`  // base64
-	Ciphertext string `json:"ciphertext"` // base64 of the plugin's Encrypt response
-	Note       string `json:"note,omitempty"`
-}
-
-func readGolden(t *testing.T) (backup string, envs []goldenEnvelope) {
+func readGolden(t *testing.T) (backup string, envs []kektest.Golden) {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(goldenDir, goldenBackupFile))
 	if err != nil && !os.IsNotExist(err) {
 		t.Fatal(err)
 	}
 	backup = strings.TrimSpace(string(b))
-	j, err := os.ReadFile(filepath.Join(goldenDir, goldenEnvelopes))
-	if err != nil && !os.IsNotExist(err) {
-		t.Fatal(err)
-	}
-	if len(j) > 0 {
-		if err := json.Unmarshal(j, &envs); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return backup, envs
+	return backup, kektest.ReadGolden(t, filepath.Join(goldenDir, goldenEnvelopes))
 }
 
 func TestVaultGolden(t *testing.T) {
@@ -85,19 +66,14 @@ func TestVaultGolden(t *testing.T) {
 	ids := map[string]bool{}
 	for _, e := range envs {
 		ids[e.KeyID] = true
-		ct, _ := base64.StdEncoding.DecodeString(e.Ciphertext)
-		want, _ := base64.StdEncoding.DecodeString(e.Plaintext)
-		got, id, err := s.Decrypt(context.Background(), ct)
-		if err != nil || !bytes.Equal(got, want) || id != e.KeyID {
-			t.Errorf("envelope written by %s under %s: Decrypt = %q, %q, %v; want %q", e.WrittenBy, e.KeyID, got, id, err, want)
-		}
+		ct := e.Check(t, s)
 
 		// A changed byte of the wrapped DEK fails Vault's authentication: ErrTampered under a key
 		// id that names this key's version (format 2), ErrUnknownKey under one that names none
 		// (format 1 hashed the cluster, mount and name the key no longer has).
 		kv, _ := ParseKeyID(e.KeyID)
 		ct[2+len(e.KeyID)+2+5] ^= 1
-		_, _, err = s.Decrypt(context.Background(), ct)
+		_, _, err := s.Decrypt(context.Background(), ct)
 		wantErr := dek.ErrUnknownKey
 		if kv.Lineage() == lineage(keyCreatedAt(t, k, kv.Version())) {
 			wantErr = dek.ErrTampered
@@ -164,34 +140,13 @@ func writeGolden(t *testing.T, label string) {
 		st := k.observed
 		k.mu.RUnlock()
 		id := KeyVersion{lineage: lineage(st.created[ver]), version: ver}.String()
-		plain := []byte(label + " golden envelope under " + id)
-		ct, err := s.Encrypt(context.Background(), id, plain)
-		if err != nil {
-			t.Fatal(err)
-		}
-		envs = append(envs, goldenEnvelope{WrittenBy: label, KeyID: id,
-			Plaintext: base64.StdEncoding.EncodeToString(plain), Ciphertext: base64.StdEncoding.EncodeToString(ct)})
+		envs = append(envs, kektest.Seal(t, s, label, id, ""))
 	}
 	// And one in local KEK mode: envelope format 2, a local KEK wrapped by the current version.
 	local := dek.NewLocalSealer(k, dek.LocalKEKConfig{})
-	plain := []byte(label + " golden format-2 envelope under " + k.CurrentID())
-	ct, err := local.Encrypt(context.Background(), k.CurrentID(), plain)
-	if err != nil {
-		t.Fatal(err)
-	}
-	envs = append(envs, goldenEnvelope{WrittenBy: label, KeyID: k.CurrentID(), Note: "envelope format 2 (local KEK mode)",
-		Plaintext: base64.StdEncoding.EncodeToString(plain), Ciphertext: base64.StdEncoding.EncodeToString(ct)})
-	if err := os.MkdirAll(goldenDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	envs = append(envs, kektest.Seal(t, local, label, k.CurrentID(), "envelope format 2 (local KEK mode)"))
+	kektest.WriteGolden(t, filepath.Join(goldenDir, goldenEnvelopes), envs)
 	if err := os.WriteFile(filepath.Join(goldenDir, goldenBackupFile), []byte(backup+"\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	j, err := json.MarshalIndent(envs, "", "  ")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(goldenDir, goldenEnvelopes), append(j, '\n'), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("wrote %d envelopes to %s", len(envs), goldenDir)
