@@ -17,6 +17,7 @@ var OperatorDocs = []string{"guide.md", "rotation.md", "migration.md", "troubles
 
 var (
 	flagRE    = regexp.MustCompile(`(?:^|\s)(--[a-z][a-z0-9-]*)`)
+	bareWord  = regexp.MustCompile(`^[a-z][a-z-]*$`)
 	deployRef = regexp.MustCompile(`deploy/static-pod/[A-Za-z0-9.-]+\.yaml`)
 )
 
@@ -36,7 +37,11 @@ func DocCommandLines(t *testing.T, root string, docs []string, binary string, ne
 				t.Errorf("%s names %s: %v", name, ref, err)
 			}
 		}
+		inCode := false
 		for _, line := range strings.Split(text, "\n") {
+			if strings.HasPrefix(strings.TrimSpace(line), "```") {
+				inCode = !inCode
+			}
 			_, after, ok := strings.Cut(line, binary+" ")
 			if !ok {
 				continue
@@ -45,10 +50,16 @@ func DocCommandLines(t *testing.T, root string, docs []string, binary string, ne
 			if len(fields) == 0 {
 				continue
 			}
+			word := strings.Trim(fields[0], "`")
 			rootCmd := newRoot()
-			cmd, _, err := rootCmd.Find(fields[:1])
+			cmd, _, err := rootCmd.Find([]string{word})
 			if err != nil || cmd == rootCmd {
 				cmd = rootCmd // `kms-plugin --version`, or the serve flags on the root
+				// A word where a subcommand goes, on a line that runs binary, is a command it lacks
+				// (`kms-plugin keygen` after keygen moved to kmsctl).
+				if runsBinary(line, binary, inCode) && bareWord.MatchString(word) {
+					t.Errorf("%s: %q: %s has no subcommand %q", name, strings.TrimSpace(line), binary, word)
+				}
 			}
 			for _, m := range flagRE.FindAllStringSubmatch(after, -1) {
 				flag := strings.TrimPrefix(m[1], "--")
@@ -61,6 +72,15 @@ func DocCommandLines(t *testing.T, root string, docs []string, binary string, ne
 			}
 		}
 	}
+}
+
+// runsBinary tells a line that runs binary (in a code block, at its start or after a prompt,
+// sudo or a pipe; or in inline code) from prose that names it.
+func runsBinary(line, binary string, inCode bool) bool {
+	if strings.Contains(line, "`"+binary+" ") {
+		return true
+	}
+	return inCode && regexp.MustCompile(`(?:^|\$ |sudo |\| )\S*`+regexp.QuoteMeta(binary)+` `).MatchString(strings.TrimSpace(line))
 }
 
 // beforeBinary tells a flag of another program on the same line (kubectl ... | kmsctl ...).
