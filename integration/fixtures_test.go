@@ -232,12 +232,16 @@ func checkKMSStored(t *testing.T, e *harness.Etcd, keyID string, objs ...*object
 	}
 }
 
-// checkAllKMSStored fails the test unless every Secret and ConfigMap in etcd, the
-// apiserver's own included, is stored by KMS v2 under keyID.
-func checkAllKMSStored(t *testing.T, e *harness.Etcd, keyID string) {
+// checkAllKMSStored fails the test unless every object of resources in etcd (Secrets and
+// ConfigMaps when none are named), the apiserver's own included, is stored by KMS v2 under
+// keyID, and there is at least one.
+func checkAllKMSStored(t *testing.T, e *harness.Etcd, keyID string, resources ...string) {
 	t.Helper()
+	if len(resources) == 0 {
+		resources = encrypted
+	}
 	n := 0
-	for _, r := range encrypted {
+	for _, r := range resources {
 		for key, raw := range e.List(t, "/registry/"+r+"/") {
 			n++
 			v, err := harness.ParseKMSv2(raw, provider)
@@ -249,7 +253,7 @@ func checkAllKMSStored(t *testing.T, e *harness.Etcd, keyID string) {
 		}
 	}
 	if n == 0 {
-		t.Error("no Secret or ConfigMap in etcd at all")
+		t.Errorf("no %v in etcd at all", resources)
 	}
 }
 

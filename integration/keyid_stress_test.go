@@ -32,6 +32,7 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/backends/vault/policy"
 	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 )
 
 // The stress proof of what the Vault backend promises about key ids. Three plugin processes
@@ -142,16 +143,7 @@ func TestKeyIDAfterRestart(t *testing.T) {
 		t.Fatalf("before the rotation: v%d, want v3", got)
 	}
 	v.RotateKey(t, "transit", key)
-	harness.Eventually(t, 30*time.Second, "plugin adopts v4", func(ctx context.Context) error {
-		st, err := p.Status(ctx)
-		if err != nil {
-			return err
-		}
-		if keyIDVersion(st.KeyId) != 4 {
-			return fmt.Errorf("key id %s", st.KeyId)
-		}
-		return nil
-	})
+	waitKeyVersion(t, p, "plugin", 4)
 	v4 := p.KeyID(t)
 
 	// Status is polled without pause across the restart: every answer must be v4 or, before
@@ -266,6 +258,21 @@ func keyIDVersion(id string) int {
 	return n
 }
 
+// waitKeyVersion waits until p's Status reports a key id of the Vault key's version.
+func waitKeyVersion(t *testing.T, p *harness.Plugin, what string, version int) {
+	t.Helper()
+	harness.Eventually(t, 30*time.Second, fmt.Sprintf("%s adopts v%d", what, version), func(ctx context.Context) error {
+		st, err := p.Status(ctx)
+		if err != nil {
+			return err
+		}
+		if keyIDVersion(st.KeyId) != version {
+			return fmt.Errorf("key id %s", st.KeyId)
+		}
+		return nil
+	})
+}
+
 // keyIDLoad drives Status and Encrypt on every plugin and records what breaks a promise.
 type keyIDLoad struct {
 	cancel context.CancelFunc
@@ -288,7 +295,7 @@ func startKeyIDLoad(t *testing.T, plugins []*harness.Plugin) *keyIDLoad {
 	l := &keyIDLoad{cancel: cancel, sequences: make([][]string, len(plugins)), samples: map[string][]byte{}, plaintexts: map[string][]byte{}}
 	t.Cleanup(cancel)
 	for i, p := range plugins {
-		client := kmsClient(t, p)
+		client := plugintest.Client(t, p.Socket)
 		l.wg.Add(1 + encryptWorkers)
 		go l.poll(ctx, i, client)
 		for range encryptWorkers {
@@ -296,15 +303,6 @@ func startKeyIDLoad(t *testing.T, plugins []*harness.Plugin) *keyIDLoad {
 		}
 	}
 	return l
-}
-
-func kmsClient(t *testing.T, p *harness.Plugin) kmsapi.KeyManagementServiceClient {
-	conn, err := grpc.NewClient(p.Endpoint, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority("localhost"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return kmsapi.NewKeyManagementServiceClient(conn)
 }
 
 func (l *keyIDLoad) violate(format string, args ...any) {
@@ -425,7 +423,7 @@ func (l *keyIDLoad) verify(t *testing.T, plugins []*harness.Plugin, last int) {
 		t.Errorf("Encrypt responses carried %d key ids, want %d", len(l.samples), last)
 	}
 	for i, p := range plugins {
-		c := kmsClient(t, p)
+		c := plugintest.Client(t, p.Socket)
 		for id, ct := range l.samples {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			resp, err := c.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: ct, KeyId: id, Uid: "verify"})
@@ -597,16 +595,7 @@ func TestKeyIDRotationWithAPIServer(t *testing.T) {
 	}
 
 	v.RotateKey(t, "transit", key)
-	harness.Eventually(t, 30*time.Second, "plugin adopts v2", func(ctx context.Context) error {
-		st, err := p.Status(ctx)
-		if err != nil {
-			return err
-		}
-		if keyIDVersion(st.KeyId) != 2 {
-			return fmt.Errorf("key id %s", st.KeyId)
-		}
-		return nil
-	})
+	waitKeyVersion(t, p, "plugin", 2)
 	newID := p.KeyID(t)
 	// The apiserver reads Status every minute, and at each /readyz/kms-providers request once
 	// its 20 s cache has expired: ask it until new writes land under the new key id.

@@ -44,7 +44,7 @@ func TestRewriteMeasure(t *testing.T) {
 	}
 	rewriteTime := time.Since(start)
 	rss := cmd.ProcessState.SysUsage().(*syscall.Rusage).Maxrss // KiB on Linux
-	checkAllSecretsKMSStored(t, c.Etcd, newID)
+	checkAllKMSStored(t, c.Etcd, newID, "secrets")
 	t.Logf("rewrite output:\n%s", out.String())
 
 	// Rotate again, so the pipeline has as much to rewrite.
@@ -56,7 +56,7 @@ func TestRewriteMeasure(t *testing.T) {
 	start = time.Now()
 	replaced := pipeline(t, cs)
 	pipelineTime := time.Since(start)
-	checkAllSecretsKMSStored(t, c.Etcd, newer)
+	checkAllKMSStored(t, c.Etcd, newer, "secrets")
 
 	t.Logf("MEASURE secrets=%d rewrite=%.2fs rewrite_peak_rss=%.1fMiB pipeline(client-go, %d replaced)=%.2fs ratio=%.2fx",
 		n, rewriteTime.Seconds(), float64(rss)/1024, replaced, pipelineTime.Seconds(),

@@ -195,7 +195,7 @@ func TestRewriteCustomResourceAndKeyRemoval(t *testing.T) {
 			t.Errorf("%s: %v, key id %q, want %q", key, err, v.KeyID, newID)
 		}
 	}
-	checkAllSecretsKMSStored(t, c.Etcd, newID)
+	checkAllKMSStored(t, c.Etcd, newID, "secrets")
 
 	// The etcd source: nothing is stale but the unreadable widget, which is all it patches.
 	if _, err := c.Etcd.Client.Delete(t.Context(), badKey); err != nil {

@@ -287,20 +287,7 @@ func TestRewriteResume(t *testing.T) {
 	if !strings.Contains(errOut, "continue token expired") {
 		t.Errorf("the resumed run did not meet the expired continue token (410 Gone) it is meant to handle:\n%s", errOut)
 	}
-	checkAllSecretsKMSStored(t, c.Etcd, newID)
-}
-
-// checkAllSecretsKMSStored is checkAllKMSStored for Secrets alone.
-func checkAllSecretsKMSStored(t *testing.T, e *harness.Etcd, keyID string) {
-	t.Helper()
-	for key, raw := range e.List(t, "/registry/secrets/") {
-		v, err := harness.ParseKMSv2(raw, provider)
-		if err != nil {
-			t.Errorf("%s: %v", key, err)
-		} else if v.KeyID != keyID {
-			t.Errorf("%s: stored under key id %q, want %q", key, v.KeyID, keyID)
-		}
-	}
+	checkAllKMSStored(t, c.Etcd, newID, "secrets")
 }
 
 // rewrite --via storage-version-migration on a cluster whose kube-controller-manager (built
@@ -320,5 +307,5 @@ func TestRewriteViaStorageVersionMigration(t *testing.T) {
 	if sum := parseSummary(t, out); sum.Source != "storage-version-migration" || len(sum.Resources) != 1 || sum.Resources[0].Failed != 0 {
 		t.Fatalf("summary %+v", sum)
 	}
-	checkAllSecretsKMSStored(t, c.Etcd, newID)
+	checkAllKMSStored(t, c.Etcd, newID, "secrets")
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/backends/vault/policy"
 	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 )
 
 // Data outlives its Vault cluster: whether an envelope decrypts depends on the transit key's
@@ -37,7 +38,7 @@ type sealed struct {
 // writeEnvelopes encrypts n random seeds through p and returns them.
 func writeEnvelopes(t *testing.T, p *harness.Plugin, n int) []sealed {
 	t.Helper()
-	c := kmsClient(t, p)
+	c := plugintest.Client(t, p.Socket)
 	var out []sealed
 	for i := range n {
 		seed := make([]byte, 32)
@@ -57,7 +58,7 @@ func writeEnvelopes(t *testing.T, p *harness.Plugin, n int) []sealed {
 // decrypt to its plaintext.
 func decryptAll(t *testing.T, p *harness.Plugin, what string, envs []sealed) {
 	t.Helper()
-	c := kmsClient(t, p)
+	c := plugintest.Client(t, p.Socket)
 	ok := 0
 	for _, e := range envs {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -117,16 +118,7 @@ func sourceEnvelopes(t *testing.T, p *harness.Plugin, rootc *api.Client, mount, 
 	if _, err := rootc.Logical().Write(mount+"/keys/"+key+"/rotate", nil); err != nil {
 		t.Fatal(err)
 	}
-	harness.Eventually(t, 30*time.Second, "source plugin adopts v2", func(ctx context.Context) error {
-		st, err := p.Status(ctx)
-		if err != nil {
-			return err
-		}
-		if keyIDVersion(st.KeyId) != 2 {
-			return fmt.Errorf("key id %s", st.KeyId)
-		}
-		return nil
-	})
+	waitKeyVersion(t, p, "source plugin", 2)
 	return append(envs, writeEnvelopes(t, p, 5)...)
 }
 
@@ -167,7 +159,7 @@ func TestVaultDataOutlivesCluster(t *testing.T) {
 
 		// A key with the same role but other material decrypts nothing, and says why.
 		q := vaultPlugin(t, dst.Addr, "transit", "fresh", tokenFor(t, dst.Root, "transit", "fresh"))
-		c := kmsClient(t, q)
+		c := plugintest.Client(t, q.Socket)
 		for _, e := range envs {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			_, err := c.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: e.ciphertext, KeyId: e.keyID})

@@ -190,6 +190,10 @@ func KmsctlBinary(t testing.TB) string {
 	if bin := os.Getenv("KMSCTL_BIN"); bin != "" {
 		return bin
 	}
+	if os.Getenv("KMS_PLUGIN_BIN") != "" {
+		// BuildPlugin builds nothing then: a bare "kmsctl" would run whichever is on PATH.
+		t.Fatal("KMS_PLUGIN_BIN is set: set KMSCTL_BIN to the kmsctl built with it")
+	}
 	if _, err := BuildPlugin(); err != nil {
 		t.Fatalf("kmsctl binary: %v", err)
 	}
