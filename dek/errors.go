@@ -27,6 +27,13 @@ var (
 	ErrOverloaded = errors.New("too many backend calls in progress")
 )
 
+// Abandoned reports whether err is a context's end (canceled, or past its deadline): the
+// caller gave up, which is no answer from the backend. Requests that shared that caller's
+// backend call try again with their own context.
+func Abandoned(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
 // Class is what a failure means to the two who see it: the gRPC client (Code) and the
 // operator's metrics (Label, from a fixed set, never the error's text).
 type Class struct {

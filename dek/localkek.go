@@ -127,6 +127,9 @@ func (l *localKEKs) forEncrypt(ctx context.Context, kek KEK, keyID string) (*loc
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%w: waiting for a new local KEK: %w", ErrUnavailable, ctx.Err())
 		}
+		if g.err != nil && Abandoned(g.err) && ctx.Err() == nil {
+			return l.forEncrypt(ctx, kek, keyID) // its caller gave up, we did not: try ourselves
+		}
 	}
 	if g.err != nil {
 		return nil, g.err

@@ -192,3 +192,51 @@ func TestLocalKEKPostponedRotationIsNotRetriedAtOnce(t *testing.T) {
 		t.Fatalf("after the postponement: %d backend wraps, want 3", n)
 	}
 }
+
+// blockingKEK's Wrap waits for release or for its caller's context to end, counting calls.
+type blockingKEK struct {
+	*memKEK
+	calls   atomic.Int64
+	release chan struct{}
+}
+
+func (k *blockingKEK) Wrap(ctx context.Context, id string, d []byte) ([]byte, error) {
+	k.calls.Add(1)
+	select {
+	case <-k.release:
+		return k.memKEK.Wrap(ctx, id, d)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// An Encrypt waiting for another's local KEK generation is not failed by that caller giving
+// up: it generates one itself, within its own deadline.
+func TestLocalKEKWaiterOutlivesTheCallerItJoined(t *testing.T) {
+	kek := &blockingKEK{memKEK: newMemKEK(t, "k1"), release: make(chan struct{})}
+	s := dek.NewLocalSealer(kek, dek.LocalKEKConfig{})
+	first, giveUp := context.WithCancel(context.Background())
+	firstErr := make(chan error, 1)
+	go func() { _, err := s.Encrypt(first, "k1", []byte("seed")); firstErr <- err }()
+	for kek.calls.Load() != 1 {
+		time.Sleep(time.Millisecond)
+	}
+	second := make(chan error, 1)
+	go func() { _, err := s.Encrypt(context.Background(), "k1", []byte("seed")); second <- err }()
+	time.Sleep(20 * time.Millisecond) // the second Encrypt waits for the first's generation
+	giveUp()
+	if err := <-firstErr; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the caller that gave up: %v", err)
+	}
+	for kek.calls.Load() != 2 {
+		select {
+		case err := <-second:
+			t.Fatalf("the waiter returned without a generation of its own: %v", err)
+		case <-time.After(time.Millisecond):
+		}
+	}
+	close(kek.release)
+	if err := <-second; err != nil {
+		t.Fatalf("the waiter: %v", err)
+	}
+}

@@ -94,6 +94,18 @@ func (c *KEK) Unwrap(ctx context.Context, keyID string, wrapped []byte) ([]byte,
 		}
 	}
 	c.misses.Add(1)
+	for {
+		d, err, joined := c.unwrapOnce(ctx, key, keyID, wrapped)
+		// The call this one joined ended with its own caller's context: no answer for us.
+		if joined && err != nil && dek.Abandoned(err) && ctx.Err() == nil {
+			continue
+		}
+		return d, err
+	}
+}
+
+// unwrapOnce makes the backend call for key, or joins the one under way.
+func (c *KEK) unwrapOnce(ctx context.Context, key entryKey, keyID string, wrapped []byte) (_ []byte, _ error, joined bool) {
 	c.flights.Lock()
 	f, joined := c.pending[key]
 	if !joined {
@@ -114,13 +126,13 @@ func (c *KEK) Unwrap(ctx context.Context, keyID string, wrapped []byte) ([]byte,
 		select {
 		case <-f.done:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, ctx.Err(), joined
 		}
 	}
 	if f.err != nil {
-		return nil, f.err
+		return nil, f.err, joined
 	}
-	return clone(f.dek), nil
+	return clone(f.dek), nil, joined
 }
 
 // Purge drops every entry whose key id keep refuses (nil keep: every entry), clearing the DEKs.

@@ -134,7 +134,7 @@ func TestBoundedAndPurged(t *testing.T) {
 	}
 }
 
-// A failed backend unwrap is not remembered, and a waiter whose deadline passes gives up.
+// A failed backend unwrap is not remembered.
 func TestFailuresAreNotCached(t *testing.T) {
 	inner := &countingKEK{err: fmt.Errorf("%w: sealed", dek.ErrUnavailable)}
 	c := cache.New(inner, &gate{}, 10)
@@ -166,4 +166,61 @@ func TestContract(t *testing.T) {
 			t.Fatal(err)
 		}
 	}})
+}
+
+// blockingKEK's Unwrap waits for release or for its caller's context to end.
+type blockingKEK struct {
+	countingKEK
+	release chan struct{}
+}
+
+func (k *blockingKEK) Unwrap(ctx context.Context, id string, w []byte) ([]byte, error) {
+	k.unwraps.Add(1)
+	select {
+	case <-k.release:
+		return k.countingKEK.Unwrap(ctx, id, w)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// A request that shares another's backend call is not failed by that caller giving up: it
+// makes the call itself, within its own deadline.
+func TestAWaiterOutlivesTheCallerItJoined(t *testing.T) {
+	inner := &blockingKEK{release: make(chan struct{})}
+	c := cache.New(inner, &gate{}, 10)
+	w := []byte("k1/seed")
+
+	first, giveUp := context.WithCancel(context.Background())
+	firstErr := make(chan error, 1)
+	go func() { _, err := c.Unwrap(first, "k1", w); firstErr <- err }()
+	for inner.unwraps.Load() != 1 {
+		time.Sleep(time.Millisecond)
+	}
+	type result struct {
+		d   []byte
+		err error
+	}
+	second := make(chan result, 1)
+	go func() { d, err := c.Unwrap(context.Background(), "k1", w); second <- result{d, err} }()
+	for c.Stats().Misses != 2 {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(10 * time.Millisecond) // the second request waits on the first's call
+	giveUp()
+	if err := <-firstErr; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the caller that gave up: %v", err)
+	}
+	// The waiter now makes its own call, which answers once released.
+	for inner.unwraps.Load() != 2 {
+		select {
+		case r := <-second:
+			t.Fatalf("the waiter returned without a call of its own: %q, %v", r.d, r.err)
+		case <-time.After(time.Millisecond):
+		}
+	}
+	close(inner.release)
+	if r := <-second; r.err != nil || string(r.d) != "seed" {
+		t.Fatalf("the waiter: %q, %v; want its own call's answer", r.d, r.err)
+	}
 }
