@@ -28,9 +28,6 @@ type VaultOptions struct {
 	KeyIDsInUse func(ctx context.Context) (map[string]int, error)
 }
 
-// aeadTypes are the transit key types whose encryption is authenticated.
-var aeadTypes = vault.AEADTypes
-
 // Vault runs the Vault checks in order. A failure that leaves nothing to check further (Vault
 // unreachable, no token) ends them.
 func Vault(ctx context.Context, o VaultOptions) []Result {
@@ -335,9 +332,9 @@ func (d *vaultDoctor) key(ctx context.Context) []Result {
 	case k.Derived || k.ConvergentEncryption:
 		out = append(out, fail(check, "create a non-derived key of type aes256-gcm96 and migrate to it",
 			"%s is a derived key (type %s): the plugin cannot use it", path, typ))
-	case !slices.Contains(aeadTypes, typ):
+	case !slices.Contains(vault.AEADTypes, typ):
 		out = append(out, fail(check, "create a key of type aes256-gcm96 and migrate to it",
-			"%s has type %q, not an authenticated cipher (%s)", path, typ, strings.Join(aeadTypes, ", ")))
+			"%s has type %q, not an authenticated cipher (%s)", path, typ, strings.Join(vault.AEADTypes, ", ")))
 	default:
 		out = append(out, ok(check, "%s: type %s, latest version %d, min_decryption_version %d", path, typ, latest, minDecrypt))
 	}

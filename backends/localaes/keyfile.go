@@ -240,7 +240,7 @@ func update(path string, edit func(f *File, exists bool) (bool, error)) error {
 		if err != nil {
 			return err
 		}
-		err = writeFile(path, out, exists)
+		err = privatefile.Write(path, out, exists)
 		clear(out)
 		if errors.Is(err, fs.ErrExist) && attempt < 3 {
 			continue // created meanwhile by a writer that does not lock: edit what it wrote
@@ -280,52 +280,6 @@ func taken(f File, name string) bool {
 		}
 	}
 	return false
-}
-
-// writeFile writes data (mode 0600) to path so that a reader sees the old file or the new
-// one, never half of one: to a temporary file in the same directory, synced, then renamed over
-// path (replace) or linked to it, which fails with fs.ErrExist if path exists (create); then
-// the directory is synced so the new name survives a crash.
-func writeFile(path string, data []byte, replace bool) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, ".keys-*.tmp")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if replace {
-		err = os.Rename(tmp.Name(), path)
-	} else {
-		err = os.Link(tmp.Name(), path) // exclusive like O_EXCL, and the file appears whole
-	}
-	if err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // RemoveKey removes the key named name from the key file at path and returns its id. The

@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/kmsplugin/kms-plugin/cmd/internal/serveconfig"
 	"github.com/kmsplugin/kms-plugin/doctor"
@@ -20,12 +18,11 @@ import (
 )
 
 type doctorOptions struct {
-	running           bool
-	etcdEndpoints     []string
-	etcdCA, etcdCert  string
-	etcdKey, etcdRoot string
-	kmsProvider       string
-	etcdTimeout       time.Duration
+	running     bool
+	etcd        etcdFlags
+	etcdRoot    string
+	kmsProvider string
+	etcdTimeout time.Duration
 }
 
 func newDoctorCommand() *cobra.Command {
@@ -57,10 +54,9 @@ it. Exit status 3 if any check failed.`,
 	serveconfig.AddFlags(cmd.Flags(), &o, all)
 	fs := cmd.Flags()
 	fs.BoolVar(&d.running, "running", false, "a plugin should already serve on --listen: check its Status instead of the path being free")
-	fs.StringSliceVar(&d.etcdEndpoints, "etcd-endpoints", nil, "etcd client URLs: check min_decryption_version against the key ids stored there (as scan reads them)")
-	fs.StringVar(&d.etcdCA, "etcd-cacert", "", "CA bundle that signed etcd's server certificate")
-	fs.StringVar(&d.etcdCert, "etcd-cert", "", "client certificate for etcd")
-	fs.StringVar(&d.etcdKey, "etcd-key", "", "client key for etcd")
+	d.etcd.add(fs, nil)
+	// Optional for doctor: say what reading etcd is for here.
+	fs.Lookup("etcd-endpoints").Usage = "etcd client URLs: check min_decryption_version against the key ids stored there (as scan reads them)"
 	fs.StringVar(&d.etcdRoot, "etcd-prefix", scan.DefaultRoot, "etcd key prefix of the apiserver's objects")
 	fs.StringVar(&d.kmsProvider, "kms-provider", "", "count only values of this KMS provider name of the EncryptionConfiguration (default: every vault key id)")
 	fs.DurationVar(&d.etcdTimeout, "etcd-timeout", 2*time.Minute, "deadline for reading etcd")
@@ -95,7 +91,7 @@ func runDoctor(cmd *cobra.Command, o serveconfig.Options, d doctorOptions, all [
 		}
 		rep = append(rep, doctor.Files(doctor.VaultFiles(cfg))...)
 		vo := doctor.VaultOptions{Config: cfg, Timeout: o.Timeout}
-		if len(d.etcdEndpoints) > 0 {
+		if len(d.etcd.endpoints) > 0 {
 			vo.KeyIDsInUse = d.keyIDsInUse
 		}
 		rep = append(rep, doctor.Vault(ctx, vo)...)
@@ -111,18 +107,11 @@ func runDoctor(cmd *cobra.Command, o serveconfig.Options, d doctorOptions, all [
 
 // keyIDsInUse reads the key ids stored in etcd, as scan does.
 func (d doctorOptions) keyIDsInUse(ctx context.Context) (map[string]int, error) {
-	tlsConfig, err := etcdTLS(d.etcdCA, d.etcdCert, d.etcdKey)
-	if err != nil {
-		return nil, err
-	}
 	ctx, cancel := context.WithTimeout(ctx, d.etcdTimeout)
 	defer cancel()
-	client, err := clientv3.New(clientv3.Config{
-		Endpoints: d.etcdEndpoints, TLS: tlsConfig, DialTimeout: 10 * time.Second,
-		Logger: zap.NewNop(), Context: ctx,
-	})
+	client, err := d.etcd.client(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("etcd client: %w", err)
+		return nil, err
 	}
 	defer client.Close()
 	root := d.etcdRoot

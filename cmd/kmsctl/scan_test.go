@@ -5,50 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/kmsplugin/kms-plugin/integration/harness"
 )
-
-// startTLSEtcd runs a real etcd that serves clients over TLS and demands a client
-// certificate, as kubeadm's etcd does.
-func startTLSEtcd(t *testing.T) (endpoint string, files harness.TestPKI, client *clientv3.Client) {
-	t.Helper()
-	bin := harness.Binary(t, "etcd")
-	files = harness.NewTestPKI(t, t.TempDir())
-	endpoint = fmt.Sprintf("https://127.0.0.1:%d", harness.FreePort(t))
-	peer := fmt.Sprintf("http://127.0.0.1:%d", harness.FreePort(t))
-	harness.Start(t, "etcd", bin, []string{
-		"--name=scan", "--data-dir=" + t.TempDir(),
-		"--listen-client-urls=" + endpoint, "--advertise-client-urls=" + endpoint,
-		"--listen-peer-urls=" + peer, "--initial-advertise-peer-urls=" + peer,
-		"--initial-cluster=scan=" + peer, "--log-level=warn",
-		"--cert-file=" + files.ServerCert, "--key-file=" + files.ServerKey,
-		"--trusted-ca-file=" + files.CAFile, "--client-cert-auth",
-	})
-	tlsConfig, err := etcdTLS(files.CAFile, files.ClientCert, files.ClientKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	client, err = clientv3.New(clientv3.Config{Endpoints: []string{endpoint}, TLS: tlsConfig, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { client.Close() })
-	harness.Eventually(t, 30*time.Second, "etcd serving", func(ctx context.Context) error {
-		_, err := client.Get(ctx, "health")
-		return err
-	})
-	return endpoint, files, client
-}
 
 func runCLI(args ...string) (string, error) {
 	var out bytes.Buffer
@@ -63,7 +26,8 @@ func runCLI(args ...string) (string, error) {
 // The scan command end to end over TLS with client certificates: output formats and the
 // --fail-on-* checks.
 func TestScanCommand(t *testing.T) {
-	endpoint, files, etcd := startTLSEtcd(t)
+	e := harness.StartEtcdMTLS(t)
+	endpoint, etcd := e.Endpoints[0], e.Client
 	for key, v := range map[string]string{
 		"/registry/secrets/default/a":    "k8s:enc:aescbc:v1:old:xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
 		"/registry/secrets/default/b":    "k8s:enc:aescbc:v1:new:xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx",
@@ -85,8 +49,8 @@ resources:
       - {name: old, secret: AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=}
   - identity: {}
 `), 0o600)
-	conn := []string{"scan", "--etcd-endpoints=" + endpoint, "--etcd-cacert=" + files.CAFile,
-		"--etcd-cert=" + files.ClientCert, "--etcd-key=" + files.ClientKey}
+	conn := []string{"scan", "--etcd-endpoints=" + endpoint, "--etcd-cacert=" + e.CAFile,
+		"--etcd-cert=" + e.ClientCert, "--etcd-key=" + e.ClientKey}
 
 	out, err := runCLI(append(conn, "--encryption-config="+cfg)...)
 	if err != nil {
@@ -128,7 +92,7 @@ resources:
 	}
 
 	// Without the client certificate etcd refuses the scan, and it says so instead of hanging.
-	_, err = runCLI("scan", "--etcd-endpoints="+endpoint, "--etcd-cacert="+files.CAFile, "--timeout=2s")
+	_, err = runCLI("scan", "--etcd-endpoints="+endpoint, "--etcd-cacert="+e.CAFile, "--timeout=2s")
 	var failed checkFailure
 	if err == nil || errors.As(err, &failed) {
 		t.Errorf("scan without a client certificate: %v, want an etcd error", err)

@@ -25,7 +25,8 @@
 // # Pieces
 //
 //   - StartEtcd: one member, data in a temp dir; Endpoints, a clientv3 Client, Get/List of raw
-//     values, Key(resource, ns, name) for the etcd key of an object.
+//     values, Key(resource, ns, name) for the etcd key of an object. StartEtcdMTLS serves
+//     clients over TLS with client certificates, as kubeadm's etcd does.
 //   - StartKubeAPIServer(t, APIServerOptions): etcd servers, EncryptionConfig (YAML, written
 //     to a file the apiserver's --encryption-provider-config names), AutomaticReload, and
 //     ExtraArgs. It generates the service-account key and an admin token, waits for /readyz,

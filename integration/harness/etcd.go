@@ -2,6 +2,7 @@ package harness
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
@@ -21,13 +22,24 @@ type Etcd struct {
 	Endpoints []string // client URLs, for --etcd-servers
 	Client    *clientv3.Client
 	Process   *Process
+	CAFile    string // the CA that verifies etcd's certificate, when it serves TLS
+	// ClientCert and ClientKey: a client certificate etcd requires (StartEtcdMTLS).
+	ClientCert, ClientKey string
 }
 
 // StartEtcd starts a fresh etcd (data in a test temp dir) and waits until it serves. It is
 // stopped when the test ends.
 func StartEtcd(t testing.TB) *Etcd {
 	t.Helper()
-	return startEtcd(t, nil)
+	return startEtcd(t, nil, false)
+}
+
+// StartEtcdMTLS is StartEtcd serving clients over HTTPS and requiring a client certificate, as
+// kubeadm's etcd does: CAFile verifies etcd, ClientCert and ClientKey are a certificate it
+// accepts, and Client uses them.
+func StartEtcdMTLS(t testing.TB) *Etcd {
+	t.Helper()
+	return startEtcd(t, nil, true)
 }
 
 // StartEtcdFromSnapshot restores a snapshot (Etcd.Snapshot) into a new data dir, as an
@@ -42,7 +54,7 @@ func StartEtcdFromSnapshot(t testing.TB, snapshot string) *Etcd {
 			return fmt.Errorf("etcd snapshot restore: %v\n%s", err, out)
 		}
 		return nil
-	})
+	}, false)
 }
 
 // Snapshot saves a snapshot of the whole keyspace to path, as `etcdctl snapshot save` does.
@@ -61,17 +73,28 @@ func (e *Etcd) Snapshot(t testing.TB, path string) {
 	must(t, f.Sync(), "snapshot file")
 }
 
-// startEtcd starts etcd; prepare, if set, fills its data dir first.
-func startEtcd(t testing.TB, prepare func(dataDir, peerURL string) error) *Etcd {
+// startEtcd starts etcd; prepare, if set, fills its data dir first; mtls serves clients over
+// TLS with client certificates.
+func startEtcd(t testing.TB, prepare func(dataDir, peerURL string) error, mtls bool) *Etcd {
 	t.Helper()
 	bin := Binary(t, "etcd")
 	dataDir := t.TempDir()
-	var e *Etcd
+	e := &Etcd{}
+	scheme, tlsArgs := "http", []string(nil)
+	var tlsConfig *tls.Config
+	if mtls {
+		pki := NewTestPKI(t, t.TempDir())
+		e.CAFile, e.ClientCert, e.ClientKey = pki.CAFile, pki.ClientCert, pki.ClientKey
+		tlsConfig = pki.clientTLS(t)
+		scheme = "https"
+		tlsArgs = []string{"--cert-file=" + pki.ServerCert, "--key-file=" + pki.ServerKey,
+			"--trusted-ca-file=" + pki.CAFile, "--client-cert-auth"}
+	}
 	// A port that FreePort returned can be taken by another test's server before etcd binds
 	// it: then etcd exits at once, and a second pair of ports is tried.
 	retryOnPortClash(t, "etcd", func(attempt int) (*Process, error) {
 		client, peer := FreePort(t), FreePort(t)
-		clientURL := fmt.Sprintf("http://127.0.0.1:%d", client)
+		clientURL := fmt.Sprintf("%s://127.0.0.1:%d", scheme, client)
 		peerURL := fmt.Sprintf("http://127.0.0.1:%d", peer)
 		dir := filepath.Join(dataDir, fmt.Sprint(attempt))
 		if prepare != nil {
@@ -79,7 +102,7 @@ func startEtcd(t testing.TB, prepare func(dataDir, peerURL string) error) *Etcd 
 				t.Fatal(err)
 			}
 		}
-		p := Start(t, fmt.Sprintf("etcd-%d", attempt), bin, []string{
+		p := Start(t, fmt.Sprintf("etcd-%d", attempt), bin, append([]string{
 			"--name=default",
 			"--data-dir=" + dir,
 			"--listen-client-urls=" + clientURL, "--advertise-client-urls=" + clientURL,
@@ -88,12 +111,12 @@ func startEtcd(t testing.TB, prepare func(dataDir, peerURL string) error) *Etcd 
 			"--log-level=warn",
 			// Test data is thrown away: fsync only costs time on a shared 2-core machine.
 			"--unsafe-no-fsync",
-		})
-		e = &Etcd{Endpoints: []string{clientURL}, Process: p}
-		return p, waitHTTP(p, 60*time.Second, clientURL+"/health")
+		}, tlsArgs...))
+		e.Endpoints, e.Process = []string{clientURL}, p
+		return p, waitHTTP(p, 60*time.Second, clientURL+"/health", tlsConfig)
 	})
 	client, err := clientv3.New(clientv3.Config{
-		Endpoints: e.Endpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
+		Endpoints: e.Endpoints, TLS: tlsConfig, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
 	})
 	must(t, err, "etcd client")
 	t.Cleanup(func() { client.Close() })
@@ -134,10 +157,11 @@ func Key(resource, namespace, name string) string {
 	return "/registry/" + resource + "/" + namespace + "/" + name
 }
 
-// waitHTTP waits until url answers 200, failing early if p exits.
-func waitHTTP(p *Process, timeout time.Duration, url string) error {
+// waitHTTP waits until url answers 200, failing early if p exits; tlsConfig, if set, is the
+// client's for an https url.
+func waitHTTP(p *Process, timeout time.Duration, url string, tlsConfig *tls.Config) error {
 	deadline := time.Now().Add(timeout)
-	client := &http.Client{Timeout: 2 * time.Second}
+	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsConfig}}
 	var last error
 	for time.Now().Before(deadline) {
 		if p.Exited() {

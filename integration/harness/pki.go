@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -61,6 +62,20 @@ func NewTestPKI(t testing.TB, dir string) TestPKI {
 	p.ServerCert, p.ServerKey = issue("server", 2, x509.ExtKeyUsageServerAuth)
 	p.ClientCert, p.ClientKey = issue("client", 3, x509.ExtKeyUsageClientAuth)
 	return p
+}
+
+// clientTLS is a client's TLS config that trusts the CA and presents the client certificate.
+func (p TestPKI) clientTLS(t testing.TB) *tls.Config {
+	t.Helper()
+	ca, err := os.ReadFile(p.CAFile)
+	must(t, err, "CA file")
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(ca) {
+		t.Fatalf("%s: no PEM certificate", p.CAFile)
+	}
+	cert, err := tls.LoadX509KeyPair(p.ClientCert, p.ClientKey)
+	must(t, err, "client certificate")
+	return &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 }
 
 func writePEMFile(t testing.TB, path, typ string, der []byte) {

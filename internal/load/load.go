@@ -164,22 +164,6 @@ type envelope struct {
 	annotations map[string][]byte
 }
 
-// Run sends the load to the plugin at socket (a path or unix:///path) and measures it. The
-// plugin must answer Status as a KMS v2 plugin first. With OpDecrypt and OpMix it first encrypts
-// Distinct payloads (not measured) and the Decrypts cycle through them; each Decrypt's plaintext
-// is checked. Failed requests are counted, not measured, and do not stop the run.
-func Run(ctx context.Context, socket string, o Options) (Result, error) {
-	o, err := o.withDefaults()
-	if err != nil {
-		return Result{}, err
-	}
-	var acc samples
-	if err := acc.run(ctx, socket, o); err != nil {
-		return Result{Target: socket}, err
-	}
-	return acc.result(socket), nil
-}
-
 // samples are the raw figures of one or more runs against one socket.
 type samples struct {
 	keyID   string
@@ -189,7 +173,11 @@ type samples struct {
 	errs    [2]map[string]int // failures by code
 }
 
-// run sends the load once and adds its figures to s.
+// run sends the load once to the plugin at socket (a path or unix:///path) and adds its
+// figures to s. The plugin must answer Status as a KMS v2 plugin first. With OpDecrypt and OpMix
+// it first encrypts Distinct payloads (not measured) and the Decrypts cycle through them; each
+// Decrypt's plaintext is checked. Failed requests are counted, not measured, and do not stop
+// the run.
 func (s *samples) run(ctx context.Context, socket string, o Options) error {
 	clients := make([]kmsapi.KeyManagementServiceClient, o.Connections)
 	for i := range clients {

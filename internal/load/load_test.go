@@ -150,15 +150,21 @@ func serveRecorder(t *testing.T, failDecrypt bool) (*recorder, string) {
 	return rec, socket
 }
 
+// measure runs the load against socket alone and returns its result.
+func measure(t *testing.T, socket string, o Options) Result {
+	t.Helper()
+	rep, err := Measure(context.Background(), socket, o, Comparison{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep.Target
+}
+
 // Every Encrypt's payload is distinct; the Decrypts cycle through the pool with the key id and
 // annotations Encrypt returned; failures are counted by code.
 func TestPayloadsAndPool(t *testing.T) {
 	rec, socket := serveRecorder(t, false)
-	ctx := context.Background()
-	res, err := Run(ctx, socket, Options{Op: OpEncrypt, Count: 500, Concurrency: 8, Connections: 2, PayloadSize: 48})
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := measure(t, socket, Options{Op: OpEncrypt, Count: 500, Concurrency: 8, Connections: 2, PayloadSize: 48})
 	if len(rec.plaintexts) != 500 {
 		t.Errorf("%d distinct payloads in 500 Encrypts", len(rec.plaintexts))
 	}
@@ -172,10 +178,7 @@ func TestPayloadsAndPool(t *testing.T) {
 	}
 
 	clear(rec.plaintexts)
-	res, err = Run(ctx, socket, Options{Op: OpDecrypt, Count: 400, Concurrency: 4, Distinct: 40})
-	if err != nil {
-		t.Fatal(err)
-	}
+	res = measure(t, socket, Options{Op: OpDecrypt, Count: 400, Concurrency: 4, Distinct: 40})
 	if len(rec.plaintexts) != 40 || len(rec.ciphertexts) != 40 {
 		t.Errorf("pool of %d envelopes, %d of them decrypted; want 40", len(rec.plaintexts), len(rec.ciphertexts))
 	}
@@ -190,10 +193,7 @@ func TestPayloadsAndPool(t *testing.T) {
 
 	// A plugin that fails: counted by code, not measured, and the run finishes.
 	_, failing := serveRecorder(t, true)
-	res, err = Run(ctx, failing, Options{Op: OpMix, MixRatio: 0.5, Count: 100, Concurrency: 2, Distinct: 5})
-	if err != nil {
-		t.Fatal(err)
-	}
+	res = measure(t, failing, Options{Op: OpMix, MixRatio: 0.5, Count: 100, Concurrency: 2, Distinct: 5})
 	enc, _ := res.Method("Encrypt")
 	dec, _ := res.Method("Decrypt")
 	if enc.Requests != 50 || enc.Errors != 0 || dec.Requests != 50 || dec.Errors != 50 || dec.ErrorsBy["Unavailable"] != 50 || res.Errors() != 50 {
@@ -220,10 +220,7 @@ func TestFloorServer(t *testing.T) {
 	if err != nil || string(enc.Ciphertext) != "seed" || enc.KeyId != FloorKeyID {
 		t.Fatalf("Encrypt: %v, %v", enc, err)
 	}
-	res, err := Run(context.Background(), floor.Socket, Options{Op: OpMix, Duration: 200 * time.Millisecond, Concurrency: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := measure(t, floor.Socket, Options{Op: OpMix, Duration: 200 * time.Millisecond, Concurrency: 4})
 	if res.Errors() != 0 || len(res.Methods) != 2 || res.Methods[0].PerSecond <= 0 || res.Methods[1].PerSecond <= 0 {
 		t.Errorf("floor: %+v", res)
 	}

@@ -35,8 +35,8 @@ type Ratio struct {
 	P999      float64 `json:"p99_9"`
 }
 
-// Ratios returns target's figures as ratios to floor's, for each method both measured.
-func Ratios(target, floor Result) []Ratio {
+// ratios returns target's figures as ratios to floor's, for each method both measured.
+func ratios(target, floor Result) []Ratio {
 	var out []Ratio
 	for _, t := range target.Methods {
 		f, ok := floor.Method(t.Method)
@@ -62,8 +62,8 @@ func div(a, b float64) float64 {
 	return a / b
 }
 
-// LoadAverage1 is the machine's 1-minute load average, or 0 where /proc/loadavg is not.
-func LoadAverage1() float64 {
+// loadAverage1 is the machine's 1-minute load average, or 0 where /proc/loadavg is not.
+func loadAverage1() float64 {
 	b, err := os.ReadFile("/proc/loadavg")
 	if err != nil {
 		return 0
@@ -171,7 +171,7 @@ func Measure(ctx context.Context, socket string, o Options, c Comparison) (Repor
 		defer floor.Stop()
 		floorSocket = floor.Socket
 	}
-	rep.LoadAverage[0] = LoadAverage1()
+	rep.LoadAverage[0] = loadAverage1()
 	var target, floor samples
 	for range rep.Rounds {
 		if err := target.run(ctx, socket, o); err != nil {
@@ -183,7 +183,7 @@ func Measure(ctx context.Context, socket string, o Options, c Comparison) (Repor
 			}
 		}
 	}
-	rep.LoadAverage[1] = LoadAverage1()
+	rep.LoadAverage[1] = loadAverage1()
 	rep.Target = target.result(socket)
 	if c.Floor {
 		res := floor.result("floor")
@@ -191,7 +191,7 @@ func Measure(ctx context.Context, socket string, o Options, c Comparison) (Repor
 			res.Target = "floor " + c.FloorSocket
 		}
 		rep.Floor = &res
-		rep.Ratios = Ratios(rep.Target, res)
+		rep.Ratios = ratios(rep.Target, res)
 	}
 	return rep, nil
 }

@@ -6,6 +6,9 @@
 // user, and a secret must not be readable or writable by group or others. A symlink is
 // followed and the file it resolves to is judged: Kubernetes Secret and ConfigMap volumes
 // mount files as links into ..data/.
+//
+// Write is the one way such files (and others that must not be left half written) are
+// written: owner-only, atomically and durably.
 package privatefile
 
 import (

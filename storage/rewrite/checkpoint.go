@@ -6,8 +6,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"sync"
+
+	"github.com/kmsplugin/kms-plugin/internal/privatefile"
 )
 
 // Checkpoint is the file a run saves after each finished page, from which --resume goes on.
@@ -70,9 +71,6 @@ func LoadCheckpoint(path string) (*Checkpoint, error) {
 	return c, nil
 }
 
-// Path is the file the checkpoint is saved to.
-func (c *Checkpoint) Path() string { return c.path }
-
 // begin checks that a resumed checkpoint was made with the same source, and saves the
 // resources of this run.
 func (c *Checkpoint) begin(source string, targets []Target) error {
@@ -113,26 +111,14 @@ func (c *Checkpoint) update(name string, f func(*ResourceState)) error {
 	return c.saveLocked()
 }
 
-// saveLocked writes the file in one rename, so a run killed at any moment leaves either the
-// previous checkpoint or the new one.
+// saveLocked writes the file in one synced rename, so a run killed (or a machine crashing) at
+// any moment leaves either the previous checkpoint or the new one.
 func (c *Checkpoint) saveLocked() error {
 	b, err := json.MarshalIndent(c.state, "", "  ")
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(c.path), ".rewrite-checkpoint-*")
-	if err != nil {
-		return fmt.Errorf("checkpoint: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
-		tmp.Close()
-		return fmt.Errorf("checkpoint: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("checkpoint: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), c.path); err != nil {
+	if err := privatefile.Write(c.path, append(b, '\n'), true); err != nil {
 		return fmt.Errorf("checkpoint: %w", err)
 	}
 	return nil

@@ -10,10 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apiserver/pkg/server/options/encryptionconfig"
@@ -25,31 +23,6 @@ import (
 	ourconfig "github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
 	"github.com/kmsplugin/kms-plugin/storage/scan"
 )
-
-// startEtcd runs a real single-member etcd on loopback and returns a client of it.
-// (integration/harness is getting a shared StartEtcd; this one predates it.)
-func startEtcd(t *testing.T) *clientv3.Client {
-	t.Helper()
-	bin := harness.Binary(t, "etcd")
-	client := fmt.Sprintf("http://127.0.0.1:%d", harness.FreePort(t))
-	peer := fmt.Sprintf("http://127.0.0.1:%d", harness.FreePort(t))
-	harness.Start(t, "etcd", bin, []string{
-		"--name=scan", "--data-dir=" + t.TempDir(),
-		"--listen-client-urls=" + client, "--advertise-client-urls=" + client,
-		"--listen-peer-urls=" + peer, "--initial-advertise-peer-urls=" + peer,
-		"--initial-cluster=scan=" + peer, "--log-level=warn",
-	})
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{client}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	harness.Eventually(t, 30*time.Second, "etcd serving", func(ctx context.Context) error {
-		_, err := c.Get(ctx, "health")
-		return err
-	})
-	return c
-}
 
 func secret(n int) string {
 	return base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{byte(n)}, 32))
@@ -98,7 +71,7 @@ func encrypt(t *testing.T, tr value.Transformer, key, plain string) []byte {
 // The scan of a store holding every kind of value the apiserver writes, against the write
 // keys of an EncryptionConfiguration whose KMS v2 plugin has just rotated its key.
 func TestScanAgainstEtcd(t *testing.T) {
-	etcd := startEtcd(t)
+	etcd := harness.StartEtcd(t).Client
 	kp := plugintest.ServeLocalAES(t, plugintest.Options{KEKName: "first"})
 	kmsProvider := fmt.Sprintf("kms: {apiVersion: v2, name: kp, endpoint: unix://%s, timeout: 3s}", kp.Socket)
 
