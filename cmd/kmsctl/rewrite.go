@@ -340,7 +340,8 @@ func verify(ctx context.Context, o rewriteOptions, kv clientv3.KV, cfg *encrypti
 	var where []string
 	for _, r := range rep.Resources {
 		for _, t := range targets {
-			if r.Prefix == encryptionconfig.PrefixOf(o.root, t.GroupResource()) && r.Stale > 0 {
+			// rep.Root, as Scan completed it, is the root of the prefixes it reports.
+			if r.Prefix == encryptionconfig.PrefixOf(rep.Root, t.GroupResource()) && r.Stale > 0 {
 				stale += r.Stale
 				where = append(where, fmt.Sprintf("%s: %d", t, r.Stale))
 			}

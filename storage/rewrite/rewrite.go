@@ -75,7 +75,7 @@ type Options struct {
 	// Judge tells from the raw values under Root, are patched.
 	Etcd  clientv3.KV
 	Judge *scan.Judge
-	Root  string // etcd key prefix of the apiserver's objects; scan.DefaultRoot if empty
+	Root  string // etcd key prefix of the apiserver's objects; scan.DefaultRoot if empty; "/" added if missing
 
 	// Checkpoint, when set, is saved after each finished page; a Checkpoint loaded from a
 	// previous run's file resumes it.
@@ -185,6 +185,8 @@ func Run(ctx context.Context, opts Options) (*Summary, error) {
 	if opts.Root == "" {
 		opts.Root = scan.DefaultRoot
 	}
+	// As scan.Scan: "/registry" would give resource prefixes like "/registrysecrets/".
+	opts.Root = strings.TrimSuffix(opts.Root, "/") + "/"
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
 	}

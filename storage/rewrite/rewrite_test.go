@@ -17,6 +17,10 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/metadata"
+
+	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
+	"github.com/kmsplugin/kms-plugin/storage/scan"
 )
 
 // fakeAPI is an apiserver's list and patch semantics for one namespaced resource, kept in
@@ -287,5 +291,36 @@ func TestTransformFailureKey(t *testing.T) {
 	}
 	if got := transformFailure(apierrors.NewInternalError(fmt.Errorf("etcd timeout"))); got != "" {
 		t.Errorf("an unrelated 500: key %q", got)
+	}
+}
+
+// The etcd source with a root written as the apiserver's --etcd-prefix ("/registry", no
+// final "/") reads the same keys as with "/registry/".
+func TestRunFromEtcdRootWithoutSlash(t *testing.T) {
+	etcd := harness.StartEtcd(t)
+	cfg, err := encryptionconfig.Parse([]byte(`apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources: [{resources: [secrets], providers: [{aescbc: {keys: [{name: new, secret: ` + base64.StdEncoding.EncodeToString(make([]byte, 32)) + `}]}}]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cfg.Close()
+	judge, _, err := scan.NewJudge(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFakeAPI(5)
+	for k := range f.objs { // each stored under a key the config no longer writes with
+		if _, err := etcd.Client.Put(t.Context(), "/registry/secrets/"+k, "k8s:enc:aescbc:v1:old:x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sum, err := Run(t.Context(), Options{Client: f, Targets: []Target{secrets}, Etcd: etcd.Client, Judge: judge, Root: "/registry"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := sum.Resources[0]; r.Examined != 5 || r.Rewritten != 5 {
+		t.Errorf("summary %+v: want the 5 secrets examined and rewritten", r)
 	}
 }

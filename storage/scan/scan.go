@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -25,7 +26,7 @@ const DefaultPageSize = 256
 
 // Options set what Scan reads.
 type Options struct {
-	Root     string // key prefix to walk; DefaultRoot if empty
+	Root     string // key prefix to walk; DefaultRoot if empty; a missing final "/" is added
 	PageSize int64  // keys per etcd request; DefaultPageSize if 0
 	// Config, if set, tells which storage each resource's new writes get; without it nothing
 	// is flagged stale.
@@ -75,6 +76,9 @@ func Scan(ctx context.Context, kv clientv3.KV, opts Options) (*Report, error) {
 	if opts.Root == "" {
 		opts.Root = DefaultRoot
 	}
+	// "/registry" is the apiserver's --etcd-prefix as operators write it: without the "/",
+	// resource prefixes would come out as "/registrysecrets/".
+	opts.Root = strings.TrimSuffix(opts.Root, "/") + "/"
 	if opts.PageSize <= 0 {
 		opts.PageSize = DefaultPageSize
 	}
