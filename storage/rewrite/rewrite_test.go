@@ -225,8 +225,8 @@ func TestRunStepsOverUnreadableObject(t *testing.T) {
 			t.Errorf("%s stale=%v after the run", k, o.stale)
 		}
 	}
-	if r := sum.Resources[0]; r.Examined != 25 || r.Rewritten != 24 || r.Failed != 0 {
-		t.Errorf("summary %+v: want 25 examined, 24 rewritten", r)
+	if r := sum.Resources[0]; r.Examined != 25 || r.Rewritten != 24 || r.Failed != 1 {
+		t.Errorf("summary %+v: want 25 examined, 24 rewritten, 1 failed", r)
 	}
 	if !strings.Contains(strings.Join(logs, "\n"), "one at a time") {
 		t.Errorf("no log line about the fallback: %q", logs)
