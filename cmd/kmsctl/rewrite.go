@@ -300,7 +300,7 @@ func runRewrite(cmd *cobra.Command, o rewriteOptions) error {
 		return fmt.Errorf("%w; finished pages are saved in %s: run again with --resume", runErr, o.checkpoint)
 	}
 	if useEtcd {
-		if err := verify(ctx, o, opts.Etcd, cfg, targets, cmd.OutOrStdout()); err != nil {
+		if err := verify(ctx, o, opts.Etcd, cfg, targets, stderr); err != nil {
 			return err
 		}
 	}
@@ -330,8 +330,8 @@ func preCheck(ctx context.Context, o rewriteOptions, kcfg *rest.Config, cfg *enc
 }
 
 // verify scans etcd after an etcd-sourced run: every rewritten resource must be on its write
-// key now.
-func verify(ctx context.Context, o rewriteOptions, kv clientv3.KV, cfg *encryptionconfig.Config, targets []rewrite.Target, out io.Writer) error {
+// key now. Its line goes to log (stderr), so that stdout holds the summary alone (-o json).
+func verify(ctx context.Context, o rewriteOptions, kv clientv3.KV, cfg *encryptionconfig.Config, targets []rewrite.Target, log io.Writer) error {
 	rep, err := scan.Scan(ctx, kv, scan.Options{Root: o.root, Config: cfg})
 	if err != nil {
 		return fmt.Errorf("verifying scan: %w", err)
@@ -347,7 +347,7 @@ func verify(ctx context.Context, o rewriteOptions, kv clientv3.KV, cfg *encrypti
 			}
 		}
 	}
-	fmt.Fprintf(out, "verifying scan at revision %d: %d objects of these resources not on their write key\n", rep.Revision, stale)
+	fmt.Fprintf(log, "verifying scan at revision %d: %d objects of these resources not on their write key\n", rep.Revision, stale)
 	if stale > 0 {
 		return checkFailure{fmt.Sprintf("the verifying scan finds %d objects not on their write key (%s): an apiserver wrote under an old key meanwhile? run rewrite again", stale, strings.Join(where, ", "))}
 	}
@@ -420,7 +420,7 @@ func viaMigrations(ctx context.Context, cmd *cobra.Command, o rewriteOptions, cl
 			return err
 		}
 		defer etcd.Close()
-		if err := verify(ctx, o, etcd, cfg, targets, cmd.OutOrStdout()); err != nil {
+		if err := verify(ctx, o, etcd, cfg, targets, stderr); err != nil {
 			return err
 		}
 	}
