@@ -23,7 +23,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
-	"github.com/kmsplugin/kms-plugin/storage/providers"
 	"github.com/kmsplugin/kms-plugin/storage/rewrite"
 	"github.com/kmsplugin/kms-plugin/storage/rollout"
 	"github.com/kmsplugin/kms-plugin/storage/scan"
@@ -159,14 +158,7 @@ func pluginKeyIDs(ctx context.Context, cfg *encryptionconfig.Config, log io.Writ
 	if cfg == nil {
 		return out
 	}
-	for _, rule := range cfg.Rules() {
-		p := rule.Providers[0]
-		if p.Prefix != providers.KMSv2Prefix {
-			continue
-		}
-		if _, done := out[p.Name]; done {
-			continue
-		}
+	for _, p := range scan.WriteKMSv2Providers(cfg) {
 		st, err := scan.QueryStatus(ctx, p)
 		if err != nil {
 			fmt.Fprintf(log, "note: not checking the apiservers against the plugin of %q: %v\n", p.Name, err)
@@ -265,7 +257,7 @@ func runRewrite(cmd *cobra.Command, o rewriteOptions) error {
 			return err
 		}
 		defer etcd.Close()
-		judge, _, err := scan.NewJudge(ctx, cfg)
+		judge, err := scan.NewJudge(ctx, cfg)
 		if err != nil {
 			return err
 		}

@@ -306,7 +306,7 @@ resources: [{resources: [secrets], providers: [{aescbc: {keys: [{name: new, secr
 		t.Fatal(err)
 	}
 	defer cfg.Close()
-	judge, _, err := scan.NewJudge(t.Context(), cfg)
+	judge, err := scan.NewJudge(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

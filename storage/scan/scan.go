@@ -149,14 +149,7 @@ func writeKeys(ctx context.Context, cfg *encryptionconfig.Config, rep *Report) (
 		return nil, nil
 	}
 	keyIDs := map[string]string{} // KMS v2 provider name -> current key id
-	for _, rule := range cfg.Rules() {
-		p := rule.Providers[0]
-		if p.Prefix != providers.KMSv2Prefix {
-			continue
-		}
-		if _, done := keyIDs[p.Name]; done {
-			continue
-		}
+	for _, p := range WriteKMSv2Providers(cfg) {
 		st, err := QueryStatus(ctx, p)
 		if err != nil {
 			return nil, fmt.Errorf("%w (scan needs the current key id; run it where the plugin's socket is reachable, or without --encryption-config)", err)
@@ -171,6 +164,23 @@ func writeKeys(ctx context.Context, cfg *encryptionconfig.Config, rep *Report) (
 		}
 		return w
 	}, nil
+}
+
+// WriteKMSv2Providers returns the KMS v2 providers that some rule of cfg writes with (its
+// first provider), once each by name, in rule order: the plugins whose current key id new
+// writes get.
+func WriteKMSv2Providers(cfg *encryptionconfig.Config) []encryptionconfig.Provider {
+	var out []encryptionconfig.Provider
+	seen := map[string]bool{}
+	for _, rule := range cfg.Rules() {
+		p := rule.Providers[0]
+		if p.Prefix != providers.KMSv2Prefix || seen[p.Name] {
+			continue
+		}
+		seen[p.Name] = true
+		out = append(out, p)
+	}
+	return out
 }
 
 type tally struct {
