@@ -242,30 +242,57 @@ func runRewrite(cmd *cobra.Command, o rewriteOptions) error {
 			}
 		}
 	}
-	if o.via == "storage-version-migration" {
-		return viaMigrations(ctx, cmd, o, client, cfg, targets)
-	}
-	mc, err := metadata.NewForConfig(client)
-	if err != nil {
-		return err
-	}
-	opts := rewrite.Options{Client: mc, Targets: targets, PageSize: o.pageSize, Parallel: o.parallel, Root: o.root,
-		Logf: func(format string, args ...any) { fmt.Fprintf(stderr, "rewrite: "+format+"\n", args...) }}
+	// With the etcd flags, etcd is read by the patch source and by the verifying scan.
+	var etcd *clientv3.Client
 	if useEtcd {
-		etcd, err := o.etcd.client(ctx)
-		if err != nil {
+		if etcd, err = o.etcd.client(ctx); err != nil {
 			return err
 		}
 		defer etcd.Close()
+	}
+	var sum *rewrite.Summary
+	notDone := "objects were not rewritten"
+	if o.via == "storage-version-migration" {
+		sum, err = viaMigrations(ctx, client, targets, stderr)
+		notDone = "migrations failed"
+	} else {
+		sum, err = viaPatches(ctx, o, client, cfg, targets, etcd, stderr)
+	}
+	if sum != nil {
+		if err := writeSummary(cmd.OutOrStdout(), o.output, sum); err != nil {
+			return err
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if etcd != nil {
+		if err := verify(ctx, o, etcd, cfg, targets, stderr); err != nil {
+			return err
+		}
+	}
+	return failuresError(sum.Failures, notDone)
+}
+
+// viaPatches is rewrite --via patch: kmsctl lists and patches every object itself, from the
+// API or, when etcd is set, from etcd.
+func viaPatches(ctx context.Context, o rewriteOptions, client *rest.Config, cfg *encryptionconfig.Config, targets []rewrite.Target, etcd *clientv3.Client, stderr io.Writer) (*rewrite.Summary, error) {
+	mc, err := metadata.NewForConfig(client)
+	if err != nil {
+		return nil, err
+	}
+	opts := rewrite.Options{Client: mc, Targets: targets, PageSize: o.pageSize, Parallel: o.parallel, Root: o.root,
+		Logf: func(format string, args ...any) { fmt.Fprintf(stderr, "rewrite: "+format+"\n", args...) }}
+	if etcd != nil {
 		judge, err := scan.NewJudge(ctx, cfg)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		opts.Etcd, opts.Judge = etcd, judge
 	}
 	if o.resume {
 		if opts.Checkpoint, err = rewrite.LoadCheckpoint(o.checkpoint); err != nil {
-			return err
+			return nil, err
 		}
 	} else {
 		opts.Checkpoint = rewrite.NewCheckpoint(o.checkpoint)
@@ -278,32 +305,27 @@ func runRewrite(cmd *cobra.Command, o rewriteOptions) error {
 		lines := rewrite.NewLines(stderr, o.progressInterval)
 		opts.Progress, finish = lines, lines.Finish
 	}
-	sum, runErr := rewrite.Run(ctx, opts)
+	sum, err := rewrite.Run(ctx, opts)
 	finish()
-	if sum != nil {
-		if err := writeSummary(cmd.OutOrStdout(), o.output, sum); err != nil {
-			return err
-		}
-	}
-	if runErr != nil {
+	if err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("interrupted: %w; finished pages are saved in %s: run again with --resume", runErr, o.checkpoint)
+			return sum, fmt.Errorf("interrupted: %w; finished pages are saved in %s: run again with --resume", err, o.checkpoint)
 		}
-		return fmt.Errorf("%w; finished pages are saved in %s: run again with --resume", runErr, o.checkpoint)
+		return sum, fmt.Errorf("%w; finished pages are saved in %s: run again with --resume", err, o.checkpoint)
 	}
-	if useEtcd {
-		if err := verify(ctx, o, opts.Etcd, cfg, targets, stderr); err != nil {
-			return err
-		}
+	return sum, nil
+}
+
+// failuresError is exit status 3 listing the failures, or nil when there are none.
+func failuresError(failures []rewrite.Failure, what string) error {
+	if len(failures) == 0 {
+		return nil
 	}
-	if n := len(sum.Failures); n > 0 {
-		lines := make([]string, n)
-		for i, f := range sum.Failures {
-			lines[i] = "  " + f.String()
-		}
-		return checkFailure{fmt.Sprintf("%d objects were not rewritten:\n%s", n, strings.Join(lines, "\n"))}
+	lines := make([]string, len(failures))
+	for i, f := range failures {
+		lines[i] = "  " + f.String()
 	}
-	return nil
+	return checkFailure{fmt.Sprintf("%d %s:\n%s", len(failures), what, strings.Join(lines, "\n"))}
 }
 
 // preCheck refuses to rewrite while the apiservers do not all write under the same key id.
@@ -390,38 +412,11 @@ func writeSummary(w io.Writer, format string, sum *rewrite.Summary) error {
 
 // viaMigrations is rewrite --via storage-version-migration: kube-controller-manager's storage
 // version migrator does the work; we create its StorageVersionMigrations and follow them.
-func viaMigrations(ctx context.Context, cmd *cobra.Command, o rewriteOptions, client *rest.Config, cfg *encryptionconfig.Config, targets []rewrite.Target) error {
-	stderr := cmd.ErrOrStderr()
+func viaMigrations(ctx context.Context, client *rest.Config, targets []rewrite.Target, stderr io.Writer) (*rewrite.Summary, error) {
 	cs, err := kubernetes.NewForConfig(client)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	sum, runErr := rewrite.ViaMigrations(ctx, cs, targets, 2*time.Second,
+	return rewrite.ViaMigrations(ctx, cs, targets, 2*time.Second,
 		func(format string, args ...any) { fmt.Fprintf(stderr, "rewrite: "+format+"\n", args...) })
-	if sum != nil {
-		if err := writeSummary(cmd.OutOrStdout(), o.output, sum); err != nil {
-			return err
-		}
-	}
-	if runErr != nil {
-		return runErr
-	}
-	if len(o.etcd.endpoints) > 0 {
-		etcd, err := o.etcd.client(ctx)
-		if err != nil {
-			return err
-		}
-		defer etcd.Close()
-		if err := verify(ctx, o, etcd, cfg, targets, stderr); err != nil {
-			return err
-		}
-	}
-	if n := len(sum.Failures); n > 0 {
-		lines := make([]string, n)
-		for i, f := range sum.Failures {
-			lines[i] = "  " + f.String()
-		}
-		return checkFailure{fmt.Sprintf("%d migrations failed:\n%s", n, strings.Join(lines, "\n"))}
-	}
-	return nil
 }
