@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/term"
 	"k8s.io/client-go/discovery"
@@ -110,10 +111,8 @@ type kubeFlags struct {
 	apiservers []string
 }
 
-func (k *kubeFlags) add(fs interface {
-	StringVar(*string, string, string, string)
-	StringSliceVar(*[]string, string, []string, string)
-}) {
+// add registers the flags, as etcdFlags.add does.
+func (k *kubeFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&k.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
 	fs.StringVar(&k.context, "context", "", "kubeconfig context (default: its current context)")
 	fs.StringSliceVar(&k.apiservers, "apiservers", nil, "apiserver URLs whose /metrics to check (default: the endpoints of the kubernetes Service)")

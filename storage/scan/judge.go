@@ -23,9 +23,6 @@ func NewJudge(ctx context.Context, cfg *encryptionconfig.Config) (*Judge, error)
 	return &Judge{write: write, names: names(cfg)}, nil
 }
 
-// WriteKey is the storage new writes of res get.
-func (j *Judge) WriteKey(res encryptionconfig.Resource) Storage { return j.write(res) }
-
 // Current reports how value is stored and whether that is res's write key.
 func (j *Judge) Current(res encryptionconfig.Resource, value []byte) (Storage, bool) {
 	s := Classify(value, j.names)
