@@ -206,10 +206,10 @@ func TestRewriteCustomResourceAndKeyRemoval(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("rewrite from etcd: exit %d\n%s\n%s", code, out, errOut)
 	}
-	if !strings.Contains(out, "verifying scan") {
-		t.Errorf("no verifying scan in the output: %s", out)
+	if !strings.Contains(errOut, "verifying scan") {
+		t.Errorf("no verifying scan on stderr: %s", errOut)
 	}
-	for _, r := range parseSummary(t, out[:strings.LastIndex(out, "}")+1]).Resources {
+	for _, r := range parseSummary(t, out).Resources {
 		if r.Rewritten != 0 || r.Current != 0 || r.Skipped != r.Examined {
 			t.Errorf("rewrite from etcd, %s: %+v: want every object skipped as current", r.Resource, r)
 		}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -114,9 +113,5 @@ func (d doctorOptions) keyIDsInUse(ctx context.Context) (map[string]int, error) 
 		return nil, err
 	}
 	defer client.Close()
-	root := d.etcdRoot
-	if !strings.HasSuffix(root, "/") {
-		root += "/"
-	}
-	return doctor.KeyIDsInEtcd(ctx, client, root, d.kmsProvider)
+	return doctor.KeyIDsInEtcd(ctx, client, d.etcdRoot, d.kmsProvider)
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/term"
 	"k8s.io/client-go/discovery"
@@ -23,7 +24,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
-	"github.com/kmsplugin/kms-plugin/storage/providers"
 	"github.com/kmsplugin/kms-plugin/storage/rewrite"
 	"github.com/kmsplugin/kms-plugin/storage/rollout"
 	"github.com/kmsplugin/kms-plugin/storage/scan"
@@ -111,10 +111,8 @@ type kubeFlags struct {
 	apiservers []string
 }
 
-func (k *kubeFlags) add(fs interface {
-	StringVar(*string, string, string, string)
-	StringSliceVar(*[]string, string, []string, string)
-}) {
+// add registers the flags, as etcdFlags.add does.
+func (k *kubeFlags) add(fs *pflag.FlagSet) {
 	fs.StringVar(&k.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
 	fs.StringVar(&k.context, "context", "", "kubeconfig context (default: its current context)")
 	fs.StringSliceVar(&k.apiservers, "apiservers", nil, "apiserver URLs whose /metrics to check (default: the endpoints of the kubernetes Service)")
@@ -159,14 +157,7 @@ func pluginKeyIDs(ctx context.Context, cfg *encryptionconfig.Config, log io.Writ
 	if cfg == nil {
 		return out
 	}
-	for _, rule := range cfg.Rules() {
-		p := rule.Providers[0]
-		if p.Prefix != providers.KMSv2Prefix {
-			continue
-		}
-		if _, done := out[p.Name]; done {
-			continue
-		}
+	for _, p := range scan.WriteKMSv2Providers(cfg) {
 		st, err := scan.QueryStatus(ctx, p)
 		if err != nil {
 			fmt.Fprintf(log, "note: not checking the apiservers against the plugin of %q: %v\n", p.Name, err)
@@ -250,30 +241,57 @@ func runRewrite(cmd *cobra.Command, o rewriteOptions) error {
 			}
 		}
 	}
-	if o.via == "storage-version-migration" {
-		return viaMigrations(ctx, cmd, o, client, cfg, targets)
-	}
-	mc, err := metadata.NewForConfig(client)
-	if err != nil {
-		return err
-	}
-	opts := rewrite.Options{Client: mc, Targets: targets, PageSize: o.pageSize, Parallel: o.parallel, Root: o.root,
-		Logf: func(format string, args ...any) { fmt.Fprintf(stderr, "rewrite: "+format+"\n", args...) }}
+	// With the etcd flags, etcd is read by the patch source and by the verifying scan.
+	var etcd *clientv3.Client
 	if useEtcd {
-		etcd, err := o.etcd.client(ctx)
-		if err != nil {
+		if etcd, err = o.etcd.client(ctx); err != nil {
 			return err
 		}
 		defer etcd.Close()
-		judge, _, err := scan.NewJudge(ctx, cfg)
-		if err != nil {
+	}
+	var sum *rewrite.Summary
+	notDone := "objects were not rewritten"
+	if o.via == "storage-version-migration" {
+		sum, err = viaMigrations(ctx, client, targets, stderr)
+		notDone = "migrations failed"
+	} else {
+		sum, err = viaPatches(ctx, o, client, cfg, targets, etcd, stderr)
+	}
+	if sum != nil {
+		if err := writeSummary(cmd.OutOrStdout(), o.output, sum); err != nil {
 			return err
+		}
+	}
+	if err != nil {
+		return err
+	}
+	if etcd != nil {
+		if err := verify(ctx, o, etcd, cfg, targets, stderr); err != nil {
+			return err
+		}
+	}
+	return failuresError(sum.Failures, notDone)
+}
+
+// viaPatches is rewrite --via patch: kmsctl lists and patches every object itself, from the
+// API or, when etcd is set, from etcd.
+func viaPatches(ctx context.Context, o rewriteOptions, client *rest.Config, cfg *encryptionconfig.Config, targets []rewrite.Target, etcd *clientv3.Client, stderr io.Writer) (*rewrite.Summary, error) {
+	mc, err := metadata.NewForConfig(client)
+	if err != nil {
+		return nil, err
+	}
+	opts := rewrite.Options{Client: mc, Targets: targets, PageSize: o.pageSize, Parallel: o.parallel, Root: o.root,
+		Logf: func(format string, args ...any) { fmt.Fprintf(stderr, "rewrite: "+format+"\n", args...) }}
+	if etcd != nil {
+		judge, err := scan.NewJudge(ctx, cfg)
+		if err != nil {
+			return nil, err
 		}
 		opts.Etcd, opts.Judge = etcd, judge
 	}
 	if o.resume {
 		if opts.Checkpoint, err = rewrite.LoadCheckpoint(o.checkpoint); err != nil {
-			return err
+			return nil, err
 		}
 	} else {
 		opts.Checkpoint = rewrite.NewCheckpoint(o.checkpoint)
@@ -286,32 +304,27 @@ func runRewrite(cmd *cobra.Command, o rewriteOptions) error {
 		lines := rewrite.NewLines(stderr, o.progressInterval)
 		opts.Progress, finish = lines, lines.Finish
 	}
-	sum, runErr := rewrite.Run(ctx, opts)
+	sum, err := rewrite.Run(ctx, opts)
 	finish()
-	if sum != nil {
-		if err := writeSummary(cmd.OutOrStdout(), o.output, sum); err != nil {
-			return err
-		}
-	}
-	if runErr != nil {
+	if err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("interrupted: %w; finished pages are saved in %s: run again with --resume", runErr, o.checkpoint)
+			return sum, fmt.Errorf("interrupted: %w; finished pages are saved in %s: run again with --resume", err, o.checkpoint)
 		}
-		return fmt.Errorf("%w; finished pages are saved in %s: run again with --resume", runErr, o.checkpoint)
+		return sum, fmt.Errorf("%w; finished pages are saved in %s: run again with --resume", err, o.checkpoint)
 	}
-	if useEtcd {
-		if err := verify(ctx, o, opts.Etcd, cfg, targets, cmd.OutOrStdout()); err != nil {
-			return err
-		}
+	return sum, nil
+}
+
+// failuresError is exit status 3 listing the failures, or nil when there are none.
+func failuresError(failures []rewrite.Failure, what string) error {
+	if len(failures) == 0 {
+		return nil
 	}
-	if n := len(sum.Failures); n > 0 {
-		lines := make([]string, n)
-		for i, f := range sum.Failures {
-			lines[i] = "  " + f.String()
-		}
-		return checkFailure{fmt.Sprintf("%d objects were not rewritten:\n%s", n, strings.Join(lines, "\n"))}
+	lines := make([]string, len(failures))
+	for i, f := range failures {
+		lines[i] = "  " + f.String()
 	}
-	return nil
+	return checkFailure{fmt.Sprintf("%d %s:\n%s", len(failures), what, strings.Join(lines, "\n"))}
 }
 
 // preCheck refuses to rewrite while the apiservers do not all write under the same key id.
@@ -330,8 +343,8 @@ func preCheck(ctx context.Context, o rewriteOptions, kcfg *rest.Config, cfg *enc
 }
 
 // verify scans etcd after an etcd-sourced run: every rewritten resource must be on its write
-// key now.
-func verify(ctx context.Context, o rewriteOptions, kv clientv3.KV, cfg *encryptionconfig.Config, targets []rewrite.Target, out io.Writer) error {
+// key now. Its line goes to log (stderr), so that stdout holds the summary alone (-o json).
+func verify(ctx context.Context, o rewriteOptions, kv clientv3.KV, cfg *encryptionconfig.Config, targets []rewrite.Target, log io.Writer) error {
 	rep, err := scan.Scan(ctx, kv, scan.Options{Root: o.root, Config: cfg})
 	if err != nil {
 		return fmt.Errorf("verifying scan: %w", err)
@@ -340,13 +353,14 @@ func verify(ctx context.Context, o rewriteOptions, kv clientv3.KV, cfg *encrypti
 	var where []string
 	for _, r := range rep.Resources {
 		for _, t := range targets {
-			if r.Prefix == encryptionconfig.PrefixOf(o.root, t.GroupResource()) && r.Stale > 0 {
+			// rep.Root, as Scan completed it, is the root of the prefixes it reports.
+			if r.Prefix == encryptionconfig.PrefixOf(rep.Root, t.GroupResource()) && r.Stale > 0 {
 				stale += r.Stale
 				where = append(where, fmt.Sprintf("%s: %d", t, r.Stale))
 			}
 		}
 	}
-	fmt.Fprintf(out, "verifying scan at revision %d: %d objects of these resources not on their write key\n", rep.Revision, stale)
+	fmt.Fprintf(log, "verifying scan at revision %d: %d objects of these resources not on their write key\n", rep.Revision, stale)
 	if stale > 0 {
 		return checkFailure{fmt.Sprintf("the verifying scan finds %d objects not on their write key (%s): an apiserver wrote under an old key meanwhile? run rewrite again", stale, strings.Join(where, ", "))}
 	}
@@ -397,38 +411,11 @@ func writeSummary(w io.Writer, format string, sum *rewrite.Summary) error {
 
 // viaMigrations is rewrite --via storage-version-migration: kube-controller-manager's storage
 // version migrator does the work; we create its StorageVersionMigrations and follow them.
-func viaMigrations(ctx context.Context, cmd *cobra.Command, o rewriteOptions, client *rest.Config, cfg *encryptionconfig.Config, targets []rewrite.Target) error {
-	stderr := cmd.ErrOrStderr()
+func viaMigrations(ctx context.Context, client *rest.Config, targets []rewrite.Target, stderr io.Writer) (*rewrite.Summary, error) {
 	cs, err := kubernetes.NewForConfig(client)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	sum, runErr := rewrite.ViaMigrations(ctx, cs, targets, 2*time.Second,
+	return rewrite.ViaMigrations(ctx, cs, targets, 2*time.Second,
 		func(format string, args ...any) { fmt.Fprintf(stderr, "rewrite: "+format+"\n", args...) })
-	if sum != nil {
-		if err := writeSummary(cmd.OutOrStdout(), o.output, sum); err != nil {
-			return err
-		}
-	}
-	if runErr != nil {
-		return runErr
-	}
-	if len(o.etcd.endpoints) > 0 {
-		etcd, err := o.etcd.client(ctx)
-		if err != nil {
-			return err
-		}
-		defer etcd.Close()
-		if err := verify(ctx, o, etcd, cfg, targets, cmd.OutOrStdout()); err != nil {
-			return err
-		}
-	}
-	if n := len(sum.Failures); n > 0 {
-		lines := make([]string, n)
-		for i, f := range sum.Failures {
-			lines[i] = "  " + f.String()
-		}
-		return checkFailure{fmt.Sprintf("%d migrations failed:\n%s", n, strings.Join(lines, "\n"))}
-	}
-	return nil
 }

@@ -66,9 +66,6 @@ func runScan(cmd *cobra.Command, o scanOptions) error {
 	if o.failOnStale && o.configFile == "" {
 		return fmt.Errorf("--fail-on-stale needs --encryption-config")
 	}
-	if !strings.HasSuffix(o.root, "/") {
-		o.root += "/"
-	}
 	var cfg *encryptionconfig.Config
 	if o.configFile != "" {
 		var err error

@@ -75,7 +75,7 @@ type Options struct {
 	// Judge tells from the raw values under Root, are patched.
 	Etcd  clientv3.KV
 	Judge *scan.Judge
-	Root  string // etcd key prefix of the apiserver's objects; scan.DefaultRoot if empty
+	Root  string // etcd key prefix of the apiserver's objects; scan.DefaultRoot if empty; "/" added if missing
 
 	// Checkpoint, when set, is saved after each finished page; a Checkpoint loaded from a
 	// previous run's file resumes it.
@@ -119,7 +119,8 @@ type ResourceSummary struct {
 	// Conflicts counts patches refused because the object had changed; each was read again
 	// and patched at its new resourceVersion.
 	Conflicts int64 `json:"conflicts"`
-	Failed    int64 `json:"failed"`
+	// Failed counts the objects in Summary.Failures, whether a patch or the listing failed.
+	Failed int64 `json:"failed"`
 	// Pages finished in this run, and pages a resumed run found already finished.
 	Pages        int  `json:"pages"`
 	ResumedPages int  `json:"resumedPages,omitempty"`
@@ -185,6 +186,8 @@ func Run(ctx context.Context, opts Options) (*Summary, error) {
 	if opts.Root == "" {
 		opts.Root = scan.DefaultRoot
 	}
+	// As scan.Scan: "/registry" would give resource prefixes like "/registrysecrets/".
+	opts.Root = strings.TrimSuffix(opts.Root, "/") + "/"
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
 	}
@@ -205,12 +208,16 @@ func Run(ctx context.Context, opts Options) (*Summary, error) {
 	var runErr error
 	for _, t := range opts.Targets {
 		rs := ResourceSummary{Resource: t.String()}
+		before := len(r.failures)
 		var err error
 		if opts.Etcd != nil {
 			err = r.fromEtcd(ctx, t, &rs)
 		} else {
 			err = r.fromAPI(ctx, t, &rs)
 		}
+		// Counted from the failures, so that objects that failed while listing (not only
+		// patches) are in Failed too. The target's goroutines have all ended here.
+		rs.Failed = int64(len(r.failures) - before)
 		sum.Resources = append(sum.Resources, rs)
 		if err != nil {
 			runErr = fmt.Errorf("%s: %w", t, err)
@@ -233,7 +240,7 @@ func (r *runner) fail(t Target, it item, reason string) {
 func (r *runner) page(ctx context.Context, t Target, items []item, rs *ResourceSummary) {
 	var wg sync.WaitGroup
 	work := make(chan item)
-	var rewritten, current, deleted, conflicts, failed atomic.Int64
+	var rewritten, current, deleted, conflicts atomic.Int64 // failures are in r.failures
 	for range min(r.opts.Parallel, len(items)) {
 		wg.Go(func() {
 			for it := range work {
@@ -246,8 +253,6 @@ func (r *runner) page(ctx context.Context, t Target, items []item, rs *ResourceS
 					current.Add(1)
 				case deletedObj:
 					deleted.Add(1)
-				default:
-					failed.Add(1)
 				}
 				if r.opts.Progress != nil {
 					r.opts.Progress.Add(1)
@@ -264,7 +269,6 @@ func (r *runner) page(ctx context.Context, t Target, items []item, rs *ResourceS
 	rs.Current += current.Load()
 	rs.Deleted += deleted.Load()
 	rs.Conflicts += conflicts.Load()
-	rs.Failed += failed.Load()
 }
 
 type outcome int

@@ -17,6 +17,10 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/metadata"
+
+	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
+	"github.com/kmsplugin/kms-plugin/storage/scan"
 )
 
 // fakeAPI is an apiserver's list and patch semantics for one namespaced resource, kept in
@@ -221,8 +225,8 @@ func TestRunStepsOverUnreadableObject(t *testing.T) {
 			t.Errorf("%s stale=%v after the run", k, o.stale)
 		}
 	}
-	if r := sum.Resources[0]; r.Examined != 25 || r.Rewritten != 24 || r.Failed != 0 {
-		t.Errorf("summary %+v: want 25 examined, 24 rewritten", r)
+	if r := sum.Resources[0]; r.Examined != 25 || r.Rewritten != 24 || r.Failed != 1 {
+		t.Errorf("summary %+v: want 25 examined, 24 rewritten, 1 failed", r)
 	}
 	if !strings.Contains(strings.Join(logs, "\n"), "one at a time") {
 		t.Errorf("no log line about the fallback: %q", logs)
@@ -287,5 +291,36 @@ func TestTransformFailureKey(t *testing.T) {
 	}
 	if got := transformFailure(apierrors.NewInternalError(fmt.Errorf("etcd timeout"))); got != "" {
 		t.Errorf("an unrelated 500: key %q", got)
+	}
+}
+
+// The etcd source with a root written as the apiserver's --etcd-prefix ("/registry", no
+// final "/") reads the same keys as with "/registry/".
+func TestRunFromEtcdRootWithoutSlash(t *testing.T) {
+	etcd := harness.StartEtcd(t)
+	cfg, err := encryptionconfig.Parse([]byte(`apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources: [{resources: [secrets], providers: [{aescbc: {keys: [{name: new, secret: ` + base64.StdEncoding.EncodeToString(make([]byte, 32)) + `}]}}]}]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cfg.Close()
+	judge, err := scan.NewJudge(t.Context(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := newFakeAPI(5)
+	for k := range f.objs { // each stored under a key the config no longer writes with
+		if _, err := etcd.Client.Put(t.Context(), "/registry/secrets/"+k, "k8s:enc:aescbc:v1:old:x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sum, err := Run(t.Context(), Options{Client: f, Targets: []Target{secrets}, Etcd: etcd.Client, Judge: judge, Root: "/registry"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := sum.Resources[0]; r.Examined != 5 || r.Rewritten != 5 {
+		t.Errorf("summary %+v: want the 5 secrets examined and rewritten", r)
 	}
 }

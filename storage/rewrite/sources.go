@@ -68,9 +68,10 @@ func (r *runner) consume(ctx context.Context, t Target, rs *ResourceSummary, pag
 	return ctx.Err()
 }
 
-// run starts produce in its own goroutine, so the next page is being read while this one is
-// patched (at most two pages are held), and consumes what it sends.
-func (r *runner) run(ctx context.Context, t Target, rs *ResourceSummary, produce func(context.Context, chan<- pageWork)) error {
+// run reads pages with next in its own goroutine, so the next page is being read while this
+// one is patched (at most two pages are held), and consumes them. next is called until it
+// returns the last page or an error, only from that goroutine.
+func (r *runner) run(ctx context.Context, t Target, rs *ResourceSummary, next func(context.Context) pageWork) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pages := make(chan pageWork, 1)
@@ -78,7 +79,17 @@ func (r *runner) run(ctx context.Context, t Target, rs *ResourceSummary, produce
 	go func() {
 		defer close(done)
 		defer close(pages)
-		produce(ctx, pages)
+		for {
+			p := next(ctx)
+			select {
+			case pages <- p:
+			case <-ctx.Done():
+				return
+			}
+			if p.err != nil || p.last {
+				return
+			}
+		}
 	}()
 	err := r.consume(ctx, t, rs, pages)
 	cancel()
@@ -88,10 +99,11 @@ func (r *runner) run(ctx context.Context, t Target, rs *ResourceSummary, produce
 	return err
 }
 
-// resumed fills rs from the checkpoint and tells whether the resource is already finished.
-func (r *runner) resumed(t Target, rs *ResourceSummary) (ResourceState, bool) {
+// resumed fills rs from the checkpoint and returns the resource's saved state (Done when
+// it is already finished).
+func (r *runner) resumed(t Target, rs *ResourceSummary) ResourceState {
 	if r.opts.Checkpoint == nil {
-		return ResourceState{}, false
+		return ResourceState{}
 	}
 	st := r.opts.Checkpoint.Resource(t.String())
 	rs.ResumedPages = st.Pages
@@ -101,7 +113,7 @@ func (r *runner) resumed(t Target, rs *ResourceSummary) (ResourceState, bool) {
 	} else if st.Pages > 0 {
 		r.opts.Logf("%s: resuming after %d finished pages (%d objects), after %q", t, st.Pages, st.Objects, st.After)
 	}
-	return st, st.Done
+	return st
 }
 
 // fromAPI lists the resource through the apiserver, metadata only, a page at a time.
@@ -117,28 +129,19 @@ func (r *runner) resumed(t Target, rs *ResourceSummary) (ResourceState, bool) {
 // which is taken: nothing is listed twice, and objects created meanwhile before that position
 // are not listed (they were written under the current key anyway).
 func (r *runner) fromAPI(ctx context.Context, t Target, rs *ResourceSummary) error {
-	st, done := r.resumed(t, rs)
-	if done {
+	st := r.resumed(t, rs)
+	if st.Done {
 		return nil
 	}
-	return r.run(ctx, t, rs, func(ctx context.Context, out chan<- pageWork) {
-		cont := st.Continue
-		if cont == "" && st.After != "" {
-			cont = continueAfter(st.After)
-		}
-		first := true
-		for {
-			p := r.listPage(ctx, t, &cont, first)
-			first = false
-			select {
-			case out <- p:
-			case <-ctx.Done():
-				return
-			}
-			if p.err != nil || p.last {
-				return
-			}
-		}
+	cont := st.Continue
+	if cont == "" && st.After != "" {
+		cont = continueAfter(st.After)
+	}
+	first := true
+	return r.run(ctx, t, rs, func(ctx context.Context) pageWork {
+		p := r.listPage(ctx, t, &cont, first)
+		first = false
+		return p
 	})
 }
 
@@ -230,8 +233,8 @@ func (r *runner) oneByOne(ctx context.Context, t Target, cont *string) pageWork 
 // fromEtcd reads the resource's keys and values from etcd a page at a time and sends the
 // objects that are not on their write key.
 func (r *runner) fromEtcd(ctx context.Context, t Target, rs *ResourceSummary) error {
-	st, done := r.resumed(t, rs)
-	if done {
+	st := r.resumed(t, rs)
+	if st.Done {
 		return nil
 	}
 	gr := t.GroupResource()
@@ -249,44 +252,35 @@ func (r *runner) fromEtcd(ctx context.Context, t Target, rs *ResourceSummary) er
 		}
 		r.opts.Progress.Expect(resp.Count)
 	}
-	return r.run(ctx, t, rs, func(ctx context.Context, out chan<- pageWork) {
-		next := start
-		for {
-			var p pageWork
-			resp, err := r.opts.Etcd.Get(ctx, next, clientv3.WithRange(end), clientv3.WithLimit(r.opts.PageSize))
-			if err != nil {
-				p.err = fmt.Errorf("reading etcd at %s: %w", next, err)
-			} else {
-				for _, kv := range resp.Kvs {
-					rest := strings.TrimPrefix(string(kv.Key), prefix)
-					p.examined++
-					p.after = rest
-					if _, current := r.opts.Judge.Current(res, kv.Value); current {
-						p.skipped++
-						continue
-					}
-					it, ok := splitKey(t, rest)
-					if !ok {
-						r.fail(t, item{name: string(kv.Key)}, "an etcd key that names no object of this resource")
-						continue
-					}
-					it.rv = strconv.FormatInt(kv.ModRevision, 10)
-					p.items = append(p.items, it)
-				}
-				p.last = !resp.More || len(resp.Kvs) == 0
-				if !p.last {
-					next = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
-				}
-			}
-			select {
-			case out <- p:
-			case <-ctx.Done():
-				return
-			}
-			if p.err != nil || p.last {
-				return
-			}
+	next := start
+	return r.run(ctx, t, rs, func(ctx context.Context) pageWork {
+		var p pageWork
+		resp, err := r.opts.Etcd.Get(ctx, next, clientv3.WithRange(end), clientv3.WithLimit(r.opts.PageSize))
+		if err != nil {
+			p.err = fmt.Errorf("reading etcd at %s: %w", next, err)
+			return p
 		}
+		for _, kv := range resp.Kvs {
+			rest := strings.TrimPrefix(string(kv.Key), prefix)
+			p.examined++
+			p.after = rest
+			if _, current := r.opts.Judge.Current(res, kv.Value); current {
+				p.skipped++
+				continue
+			}
+			it, ok := splitKey(t, rest)
+			if !ok {
+				r.fail(t, item{name: string(kv.Key)}, "an etcd key that names no object of this resource")
+				continue
+			}
+			it.rv = strconv.FormatInt(kv.ModRevision, 10)
+			p.items = append(p.items, it)
+		}
+		p.last = !resp.More || len(resp.Kvs) == 0
+		if !p.last {
+			next = string(resp.Kvs[len(resp.Kvs)-1].Key) + "\x00"
+		}
+		return p
 	})
 }
 

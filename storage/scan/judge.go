@@ -14,18 +14,14 @@ type Judge struct {
 }
 
 // NewJudge resolves the write key of every rule of cfg, asking each KMS v2 plugin for its
-// key id once (see Scan), and returns what the plugins answered.
-func NewJudge(ctx context.Context, cfg *encryptionconfig.Config) (*Judge, []KMSStatus, error) {
-	var rep Report
-	write, err := writeKeys(ctx, cfg, &rep)
+// key id once (see Scan).
+func NewJudge(ctx context.Context, cfg *encryptionconfig.Config) (*Judge, error) {
+	write, err := writeKeys(ctx, cfg, &Report{})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	return &Judge{write: write, names: names(cfg)}, rep.KMS, nil
+	return &Judge{write: write, names: names(cfg)}, nil
 }
-
-// WriteKey is the storage new writes of res get.
-func (j *Judge) WriteKey(res encryptionconfig.Resource) Storage { return j.write(res) }
 
 // Current reports how value is stored and whether that is res's write key.
 func (j *Judge) Current(res encryptionconfig.Resource, value []byte) (Storage, bool) {

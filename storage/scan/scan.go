@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -25,7 +26,7 @@ const DefaultPageSize = 256
 
 // Options set what Scan reads.
 type Options struct {
-	Root     string // key prefix to walk; DefaultRoot if empty
+	Root     string // key prefix to walk; DefaultRoot if empty; a missing final "/" is added
 	PageSize int64  // keys per etcd request; DefaultPageSize if 0
 	// Config, if set, tells which storage each resource's new writes get; without it nothing
 	// is flagged stale.
@@ -75,6 +76,9 @@ func Scan(ctx context.Context, kv clientv3.KV, opts Options) (*Report, error) {
 	if opts.Root == "" {
 		opts.Root = DefaultRoot
 	}
+	// "/registry" is the apiserver's --etcd-prefix as operators write it: without the "/",
+	// resource prefixes would come out as "/registrysecrets/".
+	opts.Root = strings.TrimSuffix(opts.Root, "/") + "/"
 	if opts.PageSize <= 0 {
 		opts.PageSize = DefaultPageSize
 	}
@@ -145,14 +149,7 @@ func writeKeys(ctx context.Context, cfg *encryptionconfig.Config, rep *Report) (
 		return nil, nil
 	}
 	keyIDs := map[string]string{} // KMS v2 provider name -> current key id
-	for _, rule := range cfg.Rules() {
-		p := rule.Providers[0]
-		if p.Prefix != providers.KMSv2Prefix {
-			continue
-		}
-		if _, done := keyIDs[p.Name]; done {
-			continue
-		}
+	for _, p := range WriteKMSv2Providers(cfg) {
 		st, err := QueryStatus(ctx, p)
 		if err != nil {
 			return nil, fmt.Errorf("%w (scan needs the current key id; run it where the plugin's socket is reachable, or without --encryption-config)", err)
@@ -167,6 +164,23 @@ func writeKeys(ctx context.Context, cfg *encryptionconfig.Config, rep *Report) (
 		}
 		return w
 	}, nil
+}
+
+// WriteKMSv2Providers returns the KMS v2 providers that some rule of cfg writes with (its
+// first provider), once each by name, in rule order: the plugins whose current key id new
+// writes get.
+func WriteKMSv2Providers(cfg *encryptionconfig.Config) []encryptionconfig.Provider {
+	var out []encryptionconfig.Provider
+	seen := map[string]bool{}
+	for _, rule := range cfg.Rules() {
+		p := rule.Providers[0]
+		if p.Prefix != providers.KMSv2Prefix || seen[p.Name] {
+			continue
+		}
+		seen[p.Name] = true
+		out = append(out, p)
+	}
+	return out
 }
 
 type tally struct {

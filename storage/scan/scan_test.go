@@ -244,6 +244,22 @@ resources:
 		}
 	})
 
+	t.Run("root without the final slash", func(t *testing.T) {
+		want, err := scan.Scan(context.Background(), etcd, scan.Options{Config: cfg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := scan.Scan(context.Background(), etcd, scan.Options{Root: "/registry", Config: cfg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, _ := json.Marshal(got)
+		w, _ := json.Marshal(want)
+		if string(g) != string(w) {
+			t.Errorf("root /registry:\n got %s\nwant %s", g, w)
+		}
+	})
+
 	t.Run("plugin down is an error", func(t *testing.T) {
 		down, err := ourconfig.Parse([]byte(fmt.Sprintf(`apiVersion: apiserver.config.k8s.io/v1
 kind: EncryptionConfiguration
