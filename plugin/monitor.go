@@ -119,8 +119,9 @@ func (m *Monitor) Refresh(ctx context.Context) {
 	}
 }
 
-// OnRefresh registers f to be called after every refresh with the state Status then reports,
-// so that the gRPC health service and the metrics follow the same view. f must not block;
+// OnRefresh registers f to be called after every refresh with the backend's state (State: the
+// last good key id and the backend's own error, before any serving from memory; Health is what
+// Status reports), so that the gRPC health service and the metrics follow each refresh. f must not block;
 // refreshes take turns, so calls come one at a time and in order.
 func (m *Monitor) OnRefresh(f func(keyID string, unhealthy error)) {
 	m.mu.Lock()
@@ -137,9 +138,9 @@ func (m *Monitor) record(id string, err error, proofDue bool) {
 	if err != nil {
 		m.err = err
 		if memErr := m.fromMemoryLocked(); memErr == nil {
-			left := m.cfg.Grace - m.clock.Now().Sub(m.answered)
+			since := m.clock.Now().Sub(m.answered)
 			m.log.Warn("SERVING FROM MEMORY: the backend is unreachable; Encrypt and Decrypt use the DEK cache and local KEK until it answers or the grace ends",
-				"key_id", m.keyID, "unreachable_for", m.clock.Now().Sub(m.answered).Round(time.Second).String(), "grace_left", left.Round(time.Second).String(), "error", err)
+				"key_id", m.keyID, "unreachable_for", since.Round(time.Second).String(), "grace_left", (m.cfg.Grace - since).Round(time.Second).String(), "error", err)
 		} else if m.keyID == "" && first {
 			m.log.Warn("backend unhealthy and no key id yet: Status answers Unavailable until the backend answers", "error", err)
 		} else if wasHealthy || first {
@@ -150,7 +151,7 @@ func (m *Monitor) record(id string, err error, proofDue bool) {
 	}
 	m.answered = m.clock.Now()
 	if proofDue {
-		m.lastWrap, m.lastUnwrap = m.clock.Now(), m.clock.Now()
+		m.lastWrap, m.lastUnwrap = m.answered, m.answered
 	}
 	if id != m.keyID {
 		if m.keyID != "" {
@@ -168,14 +169,16 @@ func (m *Monitor) record(id string, err error, proofDue bool) {
 // both have, the next probe round trip can wait. Call them for backend calls only, not for
 // answers from memory.
 func (m *Monitor) Wrapped() {
+	now := m.clock.Now()
 	m.mu.Lock()
-	m.lastWrap, m.answered = m.clock.Now(), m.clock.Now()
+	m.lastWrap, m.answered = now, now
 	m.mu.Unlock()
 }
 
 func (m *Monitor) Unwrapped() {
+	now := m.clock.Now()
 	m.mu.Lock()
-	m.lastUnwrap, m.answered = m.clock.Now(), m.clock.Now()
+	m.lastUnwrap, m.answered = now, now
 	m.mu.Unlock()
 }
 

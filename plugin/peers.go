@@ -131,13 +131,6 @@ func (l *connLimiter) victimLocked() *trackedConn {
 	return idle
 }
 
-// Len is the number of open connections.
-func (l *connLimiter) Len() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.conns)
-}
-
 // trackedConn records what the limiter needs to choose whom to evict.
 type trackedConn struct {
 	net.Conn

@@ -22,7 +22,6 @@ type Service struct {
 
 	sealer   *dek.Sealer
 	monitor  *Monitor
-	log      *slog.Logger
 	failures *failureLog
 }
 
@@ -30,7 +29,7 @@ type Service struct {
 // local KEK mode). A request runs within its caller's deadline; the sealer's KEK bounds its
 // own backend calls (limit.Timeout).
 func NewService(sealer *dek.Sealer, monitor *Monitor, log *slog.Logger) *Service {
-	return &Service{sealer: sealer, monitor: monitor, log: log, failures: newFailureLog(log, time.Now)}
+	return &Service{sealer: sealer, monitor: monitor, failures: newFailureLog(log, time.Now)}
 }
 
 // Status answers from the Monitor's state; it never calls the backend.

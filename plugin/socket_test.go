@@ -115,19 +115,3 @@ func TestListenRefusesAWritableDirectory(t *testing.T) {
 		}
 	}
 }
-
-// The socket has its mode from the start, with no chmod that a link could redirect: a
-// symlink planted where a later chmod would land keeps its target's mode.
-func TestListenSetsTheModeAtCreation(t *testing.T) {
-	dir := plugintest.ShortTempDir(t)
-	path := filepath.Join(dir, "kms.sock")
-	lis, err := plugin.Listen(path, plugin.SocketOptions{Mode: 0o660, GID: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lis.Close()
-	info, err := os.Lstat(path)
-	if err != nil || info.Mode().Perm() != 0o660 || info.Mode().Type() != os.ModeSocket {
-		t.Fatalf("socket: %v, %v", info.Mode(), err)
-	}
-}

@@ -70,7 +70,7 @@ func (b *batcher) decrypt(ctx context.Context, ciphertext, assocData string) ([]
 	case <-item.done:
 		return item.plaintext, item.err
 	case <-ctx.Done():
-		return nil, classify("decrypt with "+b.path(), ctx.Err())
+		return nil, classify("decrypt with "+b.k.decryptPath(), ctx.Err())
 	}
 }
 
@@ -97,7 +97,8 @@ func (b *batcher) run(batch []*batchItem) {
 	}
 }
 
-func (b *batcher) path() string { return b.k.cfg.Mount + "/decrypt/" + b.k.cfg.Key }
+// decryptPath is transit's decrypt endpoint for the key.
+func (k *KEK) decryptPath() string { return k.cfg.Mount + "/decrypt/" + k.cfg.Key }
 
 // send makes one request for batch and answers each item.
 func (b *batcher) send(batch []*batchItem) {
@@ -182,7 +183,7 @@ type batchResult struct {
 // decryptBatch is one transit decrypt request with batch_input. partial_failure_response_code
 // makes Vault answer 200 when some items fail, with each item's error in its result.
 func (k *KEK) decryptBatch(ctx context.Context, items []*batchItem) ([]batchResult, error) {
-	path := k.cfg.Mount + "/decrypt/" + k.cfg.Key
+	path := k.decryptPath()
 	input := make([]map[string]any, len(items))
 	for i, it := range items {
 		input[i] = decryptInput(it.ciphertext, it.assocData)
@@ -240,7 +241,7 @@ func decryptInput(ciphertext, assocData string) map[string]any {
 
 // decryptOne is one transit decrypt request without batch_input.
 func (k *KEK) decryptOne(ctx context.Context, ciphertext, assocData string) ([]byte, error) {
-	path := k.cfg.Mount + "/decrypt/" + k.cfg.Key
+	path := k.decryptPath()
 	var secret *api.Secret
 	err := k.cfg.Retry.do(ctx, k.cfg.Clock, func(ctx context.Context) (err error) {
 		secret, err = k.client.Logical().WriteWithContext(ctx, path, decryptInput(ciphertext, assocData))

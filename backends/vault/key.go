@@ -190,16 +190,10 @@ func intField(v any) (int, error) {
 	return i, err
 }
 
-// usable parses keyID and checks that it names a version of this transit key that can still
+// wrappable parses keyID and checks that it names a version of this transit key that can still
 // decrypt, as last seen, in the current format: its lineage must be the one that version's
 // creation time gives. Wrap requires it, so that an envelope's key id always names the key
-// material that wrapped its DEK.
-func (k *KEK) usable(keyID string) (KeyVersion, error) {
-	keyVer, _, err := k.wrappable(keyID)
-	return keyVer, err
-}
-
-// wrappable is usable, with the view of the key it judged by.
+// material that wrapped its DEK. It returns the view of the key it judged by.
 func (k *KEK) wrappable(keyID string) (KeyVersion, *keyState, error) {
 	keyVer, st, err := k.decryptable(keyID)
 	if err != nil {

@@ -12,7 +12,7 @@ import (
 
 func TestUsable(t *testing.T) {
 	k := &KEK{cfg: Config{Mount: "transit", Key: "k"}}
-	if _, err := k.usable("vault:0123456789abcdef:v1"); !errors.Is(err, dek.ErrUnavailable) {
+	if _, _, err := k.wrappable("vault:0123456789abcdef:v1"); !errors.Is(err, dek.ErrUnavailable) {
 		t.Fatalf("before any check: %v; want dek.ErrUnavailable", err)
 	}
 	lin := lineage
@@ -30,7 +30,7 @@ func TestUsable(t *testing.T) {
 		{"vault:zz:v1", dek.ErrUnknownKey},
 	}
 	for _, c := range cases {
-		_, err := k.usable(c.id)
+		_, _, err := k.wrappable(c.id)
 		if (c.want == nil) != (err == nil) || (c.want != nil && !errors.Is(err, c.want)) {
 			t.Errorf("usable(%s) = %v, want %v", c.id, err, c.want)
 		}

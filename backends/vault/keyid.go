@@ -79,23 +79,30 @@ func hashFields(fields ...string) string {
 // ParseKeyID reads a key id strictly, as Wrap and Unwrap do; anything else is not one of ours
 // (dek.ErrUnknownKey).
 func ParseKeyID(id string) (KeyVersion, error) {
-	bad := fmt.Errorf("%w: %q is not a vault key id (vault:<16 hex>:v<version>)", dek.ErrUnknownKey, id)
+	if kv, ok := parseKeyID(id); ok {
+		return kv, nil
+	}
+	return KeyVersion{}, fmt.Errorf("%w: %q is not a vault key id (vault:<16 hex>:v<version>)", dek.ErrUnknownKey, id)
+}
+
+// parseKeyID is ParseKeyID without the error, which every Wrap and Unwrap would build.
+func parseKeyID(id string) (KeyVersion, bool) {
 	rest, ok := strings.CutPrefix(id, keyIDPrefix)
 	if !ok {
-		return KeyVersion{}, bad
+		return KeyVersion{}, false
 	}
 	lin, ver, ok := strings.Cut(rest, ":v")
 	if !ok || len(lin) != 16 || strings.Trim(lin, "0123456789abcdef") != "" {
-		return KeyVersion{}, bad
+		return KeyVersion{}, false
 	}
 	if ver == "" || ver[0] == '0' || len(ver) > 9 || strings.Trim(ver, "0123456789") != "" {
-		return KeyVersion{}, bad
+		return KeyVersion{}, false
 	}
 	n, err := strconv.Atoi(ver)
 	if err != nil {
-		return KeyVersion{}, bad
+		return KeyVersion{}, false
 	}
-	return KeyVersion{lineage: lin, version: n}, nil
+	return KeyVersion{lineage: lin, version: n}, true
 }
 
 // debounce adopts a key id only once two consecutive observations agree, so that control-plane

@@ -58,7 +58,7 @@ func TestLaggingViewAfterRetirement(t *testing.T) {
 		if got := k.CurrentID(); got != v2 {
 			t.Fatalf("lagging view %d moved the key id to %s, want %s", i+1, got, v2)
 		}
-		if _, err := k.usable(v2); err != nil {
+		if _, _, err := k.wrappable(v2); err != nil {
 			t.Fatalf("after lagging view %d, Wrap/Unwrap under %s would fail: %v", i+1, v2, err)
 		}
 	}

@@ -8,8 +8,8 @@
 // are exactly the entries a restarted apiserver needs. Whether memory may be served at all is
 // the Gate's decision (a grace while the backend is unreachable, none once it refuses).
 //
-// In serve, requests go cache.KEK → limit.KEK → metrics.KEK → the backend: a hit takes no
-// backend slot and is not a backend call.
+// In serve it sits above everything else on the way to the backend (the chain is in
+// cmd/kms-plugin/operations.go): a hit takes no backend slot and is not a backend call.
 package cache
 
 import (
@@ -136,14 +136,21 @@ func (c *KEK) unwrapOnce(ctx context.Context, key entryKey, keyID string, wrappe
 }
 
 // Purge drops every entry whose key id keep refuses (nil keep: every entry), clearing the DEKs.
+// keep is asked once per key id: the entries are many, their key ids few.
 func (c *KEK) Purge(keep func(keyID string) error) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	refused := map[string]bool{}
 	n := 0
 	for el := c.order.Front(); el != nil; {
 		next := el.Next()
 		e := el.Value.(*entry)
-		if keep == nil || keep(e.key.keyID) != nil {
+		drop, asked := refused[e.key.keyID]
+		if !asked {
+			drop = keep == nil || keep(e.key.keyID) != nil
+			refused[e.key.keyID] = drop
+		}
+		if drop {
 			c.removeLocked(el)
 			n++
 		}

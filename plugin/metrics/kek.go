@@ -16,56 +16,55 @@ import (
 // so it times the backend alone, not the wait for a slot; the Monitor calls it directly.
 type KEK struct {
 	dek.KEK
-	m   *Metrics
-	ops map[string]opMetrics
+	m                   *Metrics
+	wrap, unwrap, check opMetrics
 }
 
 // opMetrics are one operation's series, looked up once: a label lookup hashes the labels on
 // every call.
 type opMetrics struct {
+	name     string
 	duration prometheus.Observer
 	ok       prometheus.Counter
 }
 
 // NewKEK returns kek measured by m.
 func NewKEK(kek dek.KEK, m *Metrics) *KEK {
-	k := &KEK{KEK: kek, m: m, ops: make(map[string]opMetrics)}
-	for _, op := range []string{"wrap", "unwrap", "check"} {
-		// Present from the start, so that rate() works at once.
-		k.ops[op] = opMetrics{duration: m.backendDuration.WithLabelValues(op), ok: m.backendCalls.WithLabelValues(op, "ok")}
+	// Present from the start, so that rate() works at once.
+	op := func(name string) opMetrics {
+		return opMetrics{name: name, duration: m.backendDuration.WithLabelValues(name), ok: m.backendCalls.WithLabelValues(name, "ok")}
 	}
-	return k
+	return &KEK{KEK: kek, m: m, wrap: op("wrap"), unwrap: op("unwrap"), check: op("check")}
 }
 
 func (k *KEK) Wrap(ctx context.Context, keyID string, plain []byte) ([]byte, error) {
 	start := time.Now()
 	out, err := k.KEK.Wrap(ctx, keyID, plain)
-	k.finished(ctx, "wrap", start, err)
+	k.finished(ctx, k.wrap, start, err)
 	return out, err
 }
 
 func (k *KEK) Unwrap(ctx context.Context, keyID string, wrapped []byte) ([]byte, error) {
 	start := time.Now()
 	out, err := k.KEK.Unwrap(ctx, keyID, wrapped)
-	k.finished(ctx, "unwrap", start, err)
+	k.finished(ctx, k.unwrap, start, err)
 	return out, err
 }
 
 func (k *KEK) Check(ctx context.Context) error {
 	start := time.Now()
 	err := k.KEK.Check(ctx)
-	k.finished(ctx, "check", start, err)
+	k.finished(ctx, k.check, start, err)
 	return err
 }
 
-func (k *KEK) finished(ctx context.Context, op string, start time.Time, err error) {
-	s := k.ops[op]
-	s.duration.Observe(time.Since(start).Seconds())
+func (k *KEK) finished(ctx context.Context, op opMetrics, start time.Time, err error) {
+	op.duration.Observe(time.Since(start).Seconds())
 	if err == nil {
-		s.ok.Inc()
+		op.ok.Inc()
 		return
 	}
-	k.m.backendCalls.WithLabelValues(op, result(ctx, err)).Inc()
+	k.m.backendCalls.WithLabelValues(op.name, result(ctx, err)).Inc()
 }
 
 // result names the kind of a backend failure from dek.Classify's fixed set, never the

@@ -50,16 +50,6 @@ func VaultOf(all []Backend) *Vault {
 	panic("no vault backend") // Backends always has one
 }
 
-// LocalAESOf returns the localaes backend among all.
-func LocalAESOf(all []Backend) *LocalAES {
-	for _, b := range all {
-		if l, ok := b.(*LocalAES); ok {
-			return l
-		}
-	}
-	panic("no localaes backend") // Backends always has one
-}
-
 // Options are serve's settings.
 type Options struct {
 	Listen, Backend         string
