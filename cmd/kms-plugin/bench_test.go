@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
@@ -33,12 +31,7 @@ func benchPlugin(b *testing.B) kmsapi.KeyManagementServiceClient {
 	go func() { done <- cmd.ExecuteContext(ctx) }()
 	b.Cleanup(func() { cancel(); <-done })
 
-	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { conn.Close() })
-	client := kmsapi.NewKeyManagementServiceClient(conn)
+	client := plugintest.Client(b, socket)
 	for deadline := time.Now().Add(20 * time.Second); ; {
 		if _, err := client.Status(ctx, &kmsapi.StatusRequest{}); err == nil {
 			return client

@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kmsplugin/kms-plugin/integration/harness"
@@ -35,12 +33,7 @@ func TestServeVault(t *testing.T) {
 	if st.Healthz != "ok" || !regexp.MustCompile(`^vault:[0-9a-f]{16}:v1$`).MatchString(st.KeyId) {
 		t.Fatalf("Status = %v", st)
 	}
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	client := kmsapi.NewKeyManagementServiceClient(conn)
+	client := plugintest.Client(t, sock)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	seed := bytes.Repeat([]byte{0x5a}, 32)
@@ -130,12 +123,7 @@ func TestServeVaultCertAuth(t *testing.T) {
 	if st.Healthz != "ok" || !strings.HasSuffix(st.KeyId, ":v1") {
 		t.Fatalf("Status = %v\n%s", st, log.String())
 	}
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	client := kmsapi.NewKeyManagementServiceClient(conn)
+	client := plugintest.Client(t, sock)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	seed := bytes.Repeat([]byte{0x3c}, 32)

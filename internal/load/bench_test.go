@@ -6,8 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 	kmsapi "k8s.io/kms/apis/v2"
 )
 
@@ -20,12 +19,7 @@ func floorClient(b *testing.B) kmsapi.KeyManagementServiceClient {
 		b.Fatal(err)
 	}
 	b.Cleanup(f.Stop)
-	conn, err := grpc.NewClient("unix://"+f.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { conn.Close() })
-	return kmsapi.NewKeyManagementServiceClient(conn)
+	return plugintest.Client(b, f.Socket)
 }
 
 var benchSeed = bytes.Repeat([]byte{0x42}, 32)
