@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/vault/api"
 	"google.golang.org/protobuf/encoding/protowire"
 
 	"github.com/kmsplugin/kms-plugin/backends/vault"
@@ -34,14 +33,7 @@ func (s vaultSetup) key(name string, params map[string]any) string {
 func (s vaultSetup) tokenFile(t *testing.T, hcl string) string {
 	t.Helper()
 	name := "p-" + strings.ReplaceAll(strings.ToLower(filepath.Base(t.Name())), "_", "-")
-	s.v.WritePolicy(t, name, hcl)
-	renewable := true
-	tok, err := s.v.Root.Auth().Token().Create(&api.TokenCreateRequest{
-		Policies: []string{name}, NoDefaultPolicy: true, TTL: "1h", Renewable: &renewable})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return writeToken(t, tok.Auth.ClientToken)
+	return s.v.PolicyTokenFile(t, name, hcl)
 }
 
 func writeToken(t *testing.T, token string) string {
@@ -62,21 +54,6 @@ func leastPrivilege(t *testing.T, key string) string {
 		t.Fatal(err)
 	}
 	return hcl
-}
-
-// without removes the block of path from a printed policy.
-func without(t *testing.T, hcl, path string) string {
-	blocks := strings.Split(hcl, "\n\n")
-	var kept []string
-	for _, b := range blocks {
-		if !strings.Contains(b, fmt.Sprintf("path %q", path)) {
-			kept = append(kept, b)
-		}
-	}
-	if len(kept) != len(blocks)-1 {
-		t.Fatalf("policy has no block for %s:\n%s", path, hcl)
-	}
-	return strings.Join(kept, "\n\n")
 }
 
 func runVault(t *testing.T, o VaultOptions) Report {
@@ -161,7 +138,7 @@ func TestVault(t *testing.T) {
 	// The issue's acceptance check: a policy missing decrypt is caught, naming what is missing.
 	t.Run("policy missing decrypt", func(t *testing.T) {
 		key := s.key("nodecrypt", nil)
-		hcl := without(t, leastPrivilege(t, key), "transit/decrypt/"+key)
+		hcl := harness.WithoutPolicyPath(t, leastPrivilege(t, key), "transit/decrypt/"+key)
 		rep := runVault(t, VaultOptions{Config: s.config(key, s.tokenFile(t, hcl))})
 		want(t, rep, "vault capabilities", Fail, `lacks "update" on transit/decrypt/nodecrypt`, "kmsctl policy")
 		want(t, rep, "vault round trip", Fail, "decrypt")
@@ -177,7 +154,7 @@ func TestVault(t *testing.T) {
 				continue // without it nothing can be listed: the next subtest
 			}
 			t.Run(r.Path, func(t *testing.T) {
-				rep := runVault(t, VaultOptions{Config: s.config(key, s.tokenFile(t, without(t, leastPrivilege(t, key), r.Path)))})
+				rep := runVault(t, VaultOptions{Config: s.config(key, s.tokenFile(t, harness.WithoutPolicyPath(t, leastPrivilege(t, key), r.Path)))})
 				if r.Path == "auth/token/lookup-self" {
 					want(t, rep, "vault login", Fail, "lookup-self")
 					return
@@ -189,7 +166,7 @@ func TestVault(t *testing.T) {
 
 	t.Run("policy without capabilities-self", func(t *testing.T) {
 		key := s.key("nocaps", nil)
-		rep := runVault(t, VaultOptions{Config: s.config(key, s.tokenFile(t, without(t, leastPrivilege(t, key), "sys/capabilities-self")))})
+		rep := runVault(t, VaultOptions{Config: s.config(key, s.tokenFile(t, harness.WithoutPolicyPath(t, leastPrivilege(t, key), "sys/capabilities-self")))})
 		want(t, rep, "vault capabilities", Fail, "cannot read the token's capabilities", "sys/capabilities-self")
 		want(t, rep, "vault round trip", OK) // the plugin itself works
 	})

@@ -12,8 +12,6 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -22,7 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/vault/api"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
@@ -55,7 +52,7 @@ func TestKeyIDStress(t *testing.T) {
 	v.EnableTransit(t, "transit")
 	const key = "stress"
 	v.Write(t, "transit/keys/"+key, nil)
-	tokenFile := leastPrivilegeToken(t, v, key)
+	tokenFile := leastPrivilegeToken(t, v, "transit", key)
 	lb := newLaggingBalancer(t, v.Addr, "/v1/transit/keys/"+key, 1500*time.Millisecond)
 
 	var plugins []*harness.Plugin
@@ -137,7 +134,7 @@ func TestKeyIDAfterRestart(t *testing.T) {
 	v.RotateKey(t, "transit", key)
 	lb := newLaggingBalancer(t, v.Addr, "/v1/transit/keys/"+key, 0) // no lag but what staleNext asks
 	p := harness.StartPlugin(t, "--backend=vault", "--vault-addr="+lb.URL, "--vault-transit-key="+key,
-		"--vault-auth=token", "--vault-token-file="+leastPrivilegeToken(t, v, key),
+		"--vault-auth=token", "--vault-token-file="+leastPrivilegeToken(t, v, "transit", key),
 		"--check-interval=1s", "--proof-interval=5s", "--log-level=info")
 	if got := keyIDVersion(p.KeyID(t)); got != 3 {
 		t.Fatalf("before the rotation: v%d, want v3", got)
@@ -209,25 +206,15 @@ func TestKeyIDAfterRestart(t *testing.T) {
 	t.Logf("Status across the restart: %v; %d polls answered Unavailable (no key id yet)", seen, unavailable.Load())
 }
 
-// leastPrivilegeToken writes the policy `kmsctl policy` prints for key and returns a file
-// holding a token with only that policy.
-func leastPrivilegeToken(t *testing.T, v *harness.Vault, key string) string {
+// leastPrivilegeToken writes the least-privilege policy for mount/key into v and returns a
+// file holding a token with only that policy.
+func leastPrivilegeToken(t *testing.T, v *harness.Vault, mount, key string) string {
 	t.Helper()
-	hcl, err := policy.HCL(policy.Options{Key: key})
+	hcl, err := policy.HCL(policy.Options{Mount: mount, Key: key})
 	if err != nil {
 		t.Fatal(err)
 	}
-	v.WritePolicy(t, key, hcl)
-	renewable := true
-	tok, err := v.Root.Auth().Token().Create(&api.TokenCreateRequest{Policies: []string{key}, NoDefaultPolicy: true, TTL: "1h", Renewable: &renewable})
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(path, []byte(tok.Auth.ClientToken), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
+	return v.PolicyTokenFile(t, mount+"-"+key, hcl)
 }
 
 func waitHealthz(t *testing.T, plugins []*harness.Plugin, ok func(string) bool, what string) {
@@ -537,7 +524,7 @@ func TestKeyIDRotationWithAPIServer(t *testing.T) {
 	const key, provider = "apiserver-rotation", "kms-plugin"
 	v.Write(t, "transit/keys/"+key, nil)
 	p := harness.StartPlugin(t, "--backend=vault", "--vault-addr="+v.Addr, "--vault-transit-key="+key,
-		"--vault-auth=token", "--vault-token-file="+leastPrivilegeToken(t, v, key),
+		"--vault-auth=token", "--vault-token-file="+leastPrivilegeToken(t, v, "transit", key),
 		"--check-interval=200ms", "--proof-interval=5s", "--log-level=warn")
 	c := harness.StartCluster(t, harness.APIServerOptions{
 		EncryptionConfig: harness.EncryptionConfig([]string{"secrets"}, harness.KMSv2(provider, p.Endpoint), harness.Identity()),

@@ -5,8 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -15,7 +13,6 @@ import (
 	"google.golang.org/grpc/status"
 	kmsapi "k8s.io/kms/apis/v2"
 
-	"github.com/kmsplugin/kms-plugin/backends/vault/policy"
 	"github.com/kmsplugin/kms-plugin/integration/harness"
 	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 )
@@ -86,30 +83,6 @@ func vaultPluginArgs(addr, mount, key, tokenFile string) []string {
 		"--check-interval=200ms", "--proof-interval=5s", "--log-level=warn"}
 }
 
-// tokenFor writes the least-privilege policy for mount/key into Vault (root client rootc) and
-// returns a file holding a token with only that policy.
-func tokenFor(t *testing.T, rootc *api.Client, mount, key string) string {
-	t.Helper()
-	hcl, err := policy.HCL(policy.Options{Mount: mount, Key: key})
-	if err != nil {
-		t.Fatal(err)
-	}
-	name := mount + "-" + key
-	if err := rootc.Sys().PutPolicy(name, hcl); err != nil {
-		t.Fatal(err)
-	}
-	renewable := true
-	tok, err := rootc.Auth().Token().Create(&api.TokenCreateRequest{Policies: []string{name}, NoDefaultPolicy: true, TTL: "1h", Renewable: &renewable})
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(path, []byte(tok.Auth.ClientToken), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
-
 // sourceEnvelopes writes envelopes through p under two versions of the key: before and after
 // a rotation.
 func sourceEnvelopes(t *testing.T, p *harness.Plugin, rootc *api.Client, mount, key string) []sealed {
@@ -131,7 +104,7 @@ func TestVaultDataOutlivesCluster(t *testing.T) {
 		const key = "k8s"
 		src.EnableTransit(t, "transit")
 		src.Write(t, "transit/keys/"+key, nil)
-		srcToken := tokenFor(t, src.Root, "transit", key)
+		srcToken := leastPrivilegeToken(t, src, "transit", key)
 		p := vaultPlugin(t, src.Addr, "transit", key, srcToken)
 		envs := sourceEnvelopes(t, p, src.Root, "transit", key)
 		keyID := p.KeyID(t)
@@ -150,7 +123,7 @@ func TestVaultDataOutlivesCluster(t *testing.T) {
 		dst.Write(t, "transit/keys/fresh", nil)                                   // other material
 		for _, c := range []struct{ mount, key string }{{"transit", key}, {"transit", "renamed"}, {"other", "moved"}} {
 			what := fmt.Sprintf("restored as %s/%s in another cluster", c.mount, c.key)
-			q := vaultPlugin(t, dst.Addr, c.mount, c.key, tokenFor(t, dst.Root, c.mount, c.key))
+			q := vaultPlugin(t, dst.Addr, c.mount, c.key, leastPrivilegeToken(t, dst, c.mount, c.key))
 			if id := q.KeyID(t); id != keyID {
 				t.Errorf("%s: key id %s, the source's is %s (a rotation for the apiserver)", what, id, keyID)
 			}
@@ -158,7 +131,7 @@ func TestVaultDataOutlivesCluster(t *testing.T) {
 		}
 
 		// A key with the same role but other material decrypts nothing, and says why.
-		q := vaultPlugin(t, dst.Addr, "transit", "fresh", tokenFor(t, dst.Root, "transit", "fresh"))
+		q := vaultPlugin(t, dst.Addr, "transit", "fresh", leastPrivilegeToken(t, dst, "transit", "fresh"))
 		c := plugintest.Client(t, q.Socket)
 		for _, e := range envs {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -176,7 +149,7 @@ func TestVaultDataOutlivesCluster(t *testing.T) {
 		// The plugin moves to the other cluster (--vault-addr and its token change), the source
 		// goes away: same key id, every envelope decrypts, and new ones can be written.
 		src.Process.Stop(20 * time.Second)
-		p.RestartWith(t, vaultPluginArgs(dst.Addr, "transit", key, tokenFor(t, dst.Root, "transit", key))...)
+		p.RestartWith(t, vaultPluginArgs(dst.Addr, "transit", key, leastPrivilegeToken(t, dst, "transit", key))...)
 		if id := p.KeyID(t); id != keyID {
 			t.Errorf("after --vault-addr moved to the other cluster: key id %s, was %s", id, keyID)
 		}
@@ -190,13 +163,13 @@ func TestVaultDataOutlivesCluster(t *testing.T) {
 		const key = "k8s"
 		s.EnableTransit(t, "transit")
 		s.Write(t, "transit/keys/"+key, nil) // not exportable: a snapshot needs no export
-		p := vaultPlugin(t, s.Addr, "transit", key, tokenFor(t, s.Root, "transit", key))
+		p := vaultPlugin(t, s.Addr, "transit", key, leastPrivilegeToken(t, s, "transit", key))
 		envs := sourceEnvelopes(t, p, s.Root, "transit", key)
 		keyID := p.KeyID(t)
 
 		dst.RestoreSnapshot(t, src.Snapshot(t), src)
 		d := dst.Nodes[0]
-		q := vaultPlugin(t, d.Addr, "transit", key, tokenFor(t, d.Root, "transit", key))
+		q := vaultPlugin(t, d.Addr, "transit", key, leastPrivilegeToken(t, d, "transit", key))
 		if id := q.KeyID(t); id != keyID {
 			t.Errorf("restored from a raft snapshot: key id %s, the source's is %s", id, keyID)
 		}

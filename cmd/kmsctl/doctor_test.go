@@ -7,8 +7,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/hashicorp/vault/api"
-
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
 	"github.com/kmsplugin/kms-plugin/cmd/internal/serveconfig"
 	"github.com/kmsplugin/kms-plugin/integration/harness"
@@ -39,24 +37,12 @@ func TestDoctorCommandVault(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := plugintest.ShortTempDir(t)
-	tokenWith := func(name, hcl string) string {
-		v.WritePolicy(t, name, hcl)
-		tok, err := v.Root.Auth().Token().Create(&api.TokenCreateRequest{Policies: []string{name}, NoDefaultPolicy: true, TTL: "1h"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		path := filepath.Join(dir, name+".token")
-		if err := os.WriteFile(path, []byte(tok.Auth.ClientToken), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
 	args := func(tokenFile string) []string {
 		return []string{"doctor", "--listen", filepath.Join(dir, "kms.sock"), "--backend", "vault", "--vault-addr", v.Addr,
 			"--vault-transit-key", "k8s", "--vault-token-file", tokenFile}
 	}
 
-	good := tokenWith("kms-plugin", policy)
+	good := v.PolicyTokenFile(t, "kms-plugin", policy)
 	out, err := runCLI(args(good)...)
 	t.Logf("doctor:\n%s", out)
 	if err != nil || len(lines(out, "FAIL")) > 0 || len(lines(out, "warn")) > 0 || len(lines(out, "ok")) < 10 {
@@ -70,7 +56,7 @@ func TestDoctorCommandVault(t *testing.T) {
 			kept = append(kept, b)
 		}
 	}
-	noDecrypt := tokenWith("no-decrypt", strings.Join(kept, "\n\n"))
+	noDecrypt := v.PolicyTokenFile(t, "no-decrypt", strings.Join(kept, "\n\n"))
 	out, err = runCLI(args(noDecrypt)...)
 	t.Logf("doctor:\n%s", out)
 	var failed checkFailure

@@ -292,6 +292,37 @@ func (v *Vault) WritePolicy(t testing.TB, name, hcl string) {
 	must(t, v.Root.Sys().PutPolicy(name, hcl), "write policy %s", name)
 }
 
+// PolicyTokenFile writes hcl as policy name, creates a renewable one-hour token with that
+// policy alone (not even "default"), and writes the token to a 0600 file, whose path it returns.
+func (v *Vault) PolicyTokenFile(t testing.TB, name, hcl string) string {
+	t.Helper()
+	v.WritePolicy(t, name, hcl)
+	renewable := true
+	s, err := v.Root.Auth().Token().Create(&api.TokenCreateRequest{
+		Policies: []string{name}, NoDefaultPolicy: true, TTL: "1h", Renewable: &renewable})
+	must(t, err, "create token with policy %s", name)
+	path := filepath.Join(t.TempDir(), "token")
+	must(t, os.WriteFile(path, []byte(s.Auth.ClientToken), 0o600), "write token file")
+	return path
+}
+
+// WithoutPolicyPath returns a printed policy (blocks separated by blank lines) without its
+// block for path, which it must have.
+func WithoutPolicyPath(t testing.TB, hcl, path string) string {
+	t.Helper()
+	blocks := strings.Split(hcl, "\n\n")
+	var kept []string
+	for _, b := range blocks {
+		if !strings.Contains(b, fmt.Sprintf("path %q", path)) {
+			kept = append(kept, b)
+		}
+	}
+	if len(kept) != len(blocks)-1 {
+		t.Fatalf("policy has no block for %s:\n%s", path, hcl)
+	}
+	return strings.Join(kept, "\n\n")
+}
+
 // TransitPolicy is the least-privilege policy docs/vault.md shows: encrypt and decrypt with
 // one key, read it for its versions.
 func TransitPolicy(mount, key string) string {

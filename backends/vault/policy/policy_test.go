@@ -7,12 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/hashicorp/vault/api"
 
 	"github.com/kmsplugin/kms-plugin/backends/vault"
 	"github.com/kmsplugin/kms-plugin/backends/vault/policy"
@@ -68,19 +65,9 @@ func TestPolicyInRealVault(t *testing.T) {
 			t.Fatal(herr)
 		}
 		if without != "" {
-			hcl = drop(t, hcl, without)
+			hcl = harness.WithoutPolicyPath(t, hcl, without)
 		}
-		v.WritePolicy(t, key, hcl)
-		renewable := true
-		tok, terr := v.Root.Auth().Token().Create(&api.TokenCreateRequest{
-			Policies: []string{key}, NoDefaultPolicy: true, TTL: "1h", Renewable: &renewable})
-		if terr != nil {
-			t.Fatal(terr)
-		}
-		tokenFile := filepath.Join(t.TempDir(), "token")
-		if err := os.WriteFile(tokenFile, []byte(tok.Auth.ClientToken), 0o600); err != nil {
-			t.Fatal(err)
-		}
+		tokenFile := v.PolicyTokenFile(t, key, hcl)
 		fake := clock.NewFake(time.Now())
 		cfg := vault.Config{Address: v.Addr, Key: key, Auth: &vault.TokenFile{Path: tokenFile}, Clock: fake}
 		kek, oerr := vault.Open(cfg)
@@ -123,7 +110,7 @@ func TestPolicyInRealVault(t *testing.T) {
 		if err := kek.Check(ctx); err != nil {
 			return "check at renewal", err
 		}
-		if !renewed(t, v, tok.Auth.ClientToken) {
+		if tok, err := os.ReadFile(tokenFile); err != nil || !renewed(t, v, string(tok)) {
 			return "renew", errors.New("the token was not renewed")
 		}
 		return "", nil
@@ -174,15 +161,7 @@ func exerciseDoctor(t *testing.T, v *harness.Vault, key, path string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v.WritePolicy(t, key, drop(t, hcl, path))
-	tok, err := v.Root.Auth().Token().Create(&api.TokenCreateRequest{Policies: []string{key}, NoDefaultPolicy: true, TTL: "1h"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tokenFile := filepath.Join(t.TempDir(), "token")
-	if err := os.WriteFile(tokenFile, []byte(tok.Auth.ClientToken), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	tokenFile := v.PolicyTokenFile(t, key, harness.WithoutPolicyPath(t, hcl, path))
 	rep := doctor.Report(doctor.Vault(context.Background(), doctor.VaultOptions{
 		Config: vault.Config{Address: v.Addr, Key: key, Auth: &vault.TokenFile{Path: tokenFile}}}))
 	for _, r := range rep.Find("vault capabilities") {
@@ -202,19 +181,4 @@ func renewed(t *testing.T, v *harness.Vault, token string) bool {
 	n, _ := s.Data["last_renewal_time"].(json.Number)
 	last, _ := n.Int64()
 	return last > 0
-}
-
-// drop removes the block of path from a printed policy.
-func drop(t *testing.T, hcl, path string) string {
-	blocks := strings.Split(hcl, "\n\n")
-	var kept []string
-	for _, b := range blocks {
-		if !strings.Contains(b, fmt.Sprintf("path %q", path)) {
-			kept = append(kept, b)
-		}
-	}
-	if len(kept) != len(blocks)-1 {
-		t.Fatalf("policy has no block for %s:\n%s", path, hcl)
-	}
-	return strings.Join(kept, "\n\n")
 }
