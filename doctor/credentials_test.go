@@ -15,21 +15,7 @@ import (
 // Serve and doctor judge a credential file alike: a file serve refuses, doctor reports as
 // FAIL; a file serve accepts, doctor passes (or, for a projected service-account token, warns).
 func TestServeAndDoctorJudgeCredentialFilesAlike(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, content string, mode os.FileMode) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(p, mode); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	const (
-		cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
-		key  = "-----BEGIN EC PRIVATE KEY-----\nMHcC\n-----END EC PRIVATE KEY-----\n"
-	)
+	dir, write := fileWriter(t)
 	// No Vault answers here: a login that gets past its files fails to connect.
 	client, err := api.NewClient(&api.Config{Address: "http://127.0.0.1:1", MaxRetries: 0})
 	if err != nil {

@@ -2,8 +2,6 @@ package doctor
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -11,9 +9,7 @@ import (
 	"testing"
 
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
-	"github.com/kmsplugin/kms-plugin/dek"
-	"github.com/kmsplugin/kms-plugin/internal/clock"
-	"github.com/kmsplugin/kms-plugin/plugin"
+	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 )
 
 func only(t *testing.T, rs []Result) Result {
@@ -31,19 +27,9 @@ func wantStatus(t *testing.T, r Result, want Status, substr string) {
 	}
 }
 
-// shortDir is a temp dir with a path short enough for a unix socket.
-func shortDir(t *testing.T) string {
-	dir, err := os.MkdirTemp("", "dr")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
 func TestSocket(t *testing.T) {
 	ctx := context.Background()
-	dir := shortDir(t)
+	dir := plugintest.ShortTempDir(t)
 
 	t.Run("free path in a directory to create", func(t *testing.T) {
 		wantStatus(t, only(t, Socket(ctx, filepath.Join(dir, "new", "kms.sock"), false)), OK, "no socket yet")
@@ -94,49 +80,14 @@ func TestSocket(t *testing.T) {
 	})
 	t.Run("running plugin", func(t *testing.T) {
 		path := filepath.Join(dir, "plugin.sock")
-		servePlugin(t, path)
+		plugintest.ServeLocalAES(t, plugintest.Options{Socket: path})
 		wantStatus(t, only(t, Socket(ctx, path, true)), OK, "healthz ok, key_id localaes:")
 		wantStatus(t, only(t, Socket(ctx, path, false)), Fail, "--running")
 	})
 }
 
-// servePlugin serves the plugin's real gRPC service with a localaes key on path.
-func servePlugin(t *testing.T, path string) {
-	t.Helper()
-	keyFile := filepath.Join(t.TempDir(), "keys.yaml")
-	if _, err := localaes.AddKey(keyFile, "", true); err != nil {
-		t.Fatal(err)
-	}
-	kek, err := localaes.Open(keyFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	m := plugin.NewMonitor(kek, plugin.DefaultMonitorConfig, clock.Real{}, log)
-	m.Refresh(context.Background())
-	lis, err := plugin.Listen(path, plugin.SocketOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := plugin.NewServer(plugin.NewService(dek.NewSealer(kek), m, log), plugin.ServerConfig{})
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-}
-
 func TestFiles(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name, content string, mode os.FileMode) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(p, mode); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	cert := "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
-	key := "-----BEGIN EC PRIVATE KEY-----\nMHcC\n-----END EC PRIVATE KEY-----\n"
+	dir, write := fileWriter(t)
 	for _, c := range []struct {
 		name string
 		file File
@@ -186,5 +137,26 @@ func TestReport(t *testing.T) {
 		"FAIL  c                    broken badly -- fix: fix it\n"
 	if b.String() != want || rep.Failed() != 1 {
 		t.Errorf("got\n%s(failed %d), want\n%s", b.String(), rep.Failed(), want)
+	}
+}
+
+// Placeholder PEM blocks: the files' modes are judged, not their contents.
+const (
+	cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+	key  = "-----BEGIN EC PRIVATE KEY-----\nMHcC\n-----END EC PRIVATE KEY-----\n"
+)
+
+// fileWriter returns a temp dir and a function that writes a file in it with the given mode.
+func fileWriter(t *testing.T) (dir string, write func(name, content string, mode os.FileMode) string) {
+	dir = t.TempDir()
+	return dir, func(name, content string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			t.Fatal(err)
+		}
+		return p
 	}
 }
