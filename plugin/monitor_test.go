@@ -3,6 +3,7 @@ package plugin_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -213,4 +214,82 @@ func TestMonitorConcurrentRefreshesNeverMoveTheKeyBack(t *testing.T) {
 	if id, err := m.State(); id != "B" || err != nil {
 		t.Fatalf("State = %q, %v after both refreshes; want B", id, err)
 	}
+}
+
+// Serving from memory, on the fake clock: while the backend is unreachable, memory is served
+// (and Status is healthy) for the grace since the backend last answered, then not; a refusal
+// ends it at once; a plugin that never heard the backend never serves from memory.
+func TestMonitorServesFromMemoryWithinTheGrace(t *testing.T) {
+	unreachable := fmt.Errorf("%w: connection refused", dek.ErrUnavailable)
+	denied := fmt.Errorf("%w: permission denied", dek.ErrDenied)
+	start := func(t *testing.T, checkErr error) (*countingKEK, *clock.Fake, *plugin.Monitor) {
+		k := &countingKEK{id: "k1", checkErr: checkErr}
+		clk := clock.NewFake(time.Unix(0, 0))
+		cfg := plugin.MonitorConfig{CheckInterval: 10 * time.Second, ProofInterval: time.Minute, Timeout: time.Second, Grace: time.Hour}
+		m := plugin.NewMonitor(k, cfg, clk, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		for range 2 { // a first key id is adopted after two reads that agree
+			m.Refresh(context.Background())
+		}
+		return k, clk, m
+	}
+	fail := func(k *countingKEK, err error) { k.mu.Lock(); k.checkErr = err; k.mu.Unlock() }
+
+	t.Run("never answered", func(t *testing.T) {
+		_, _, m := start(t, unreachable)
+		if err := m.FromMemory(); err == nil {
+			t.Error("FromMemory: nil before the backend ever answered")
+		}
+		if id, err := m.Health(); id != "" || err == nil {
+			t.Errorf("Health = %q, %v; want no key id and the error", id, err)
+		}
+	})
+
+	t.Run("unreachable, within then past the grace", func(t *testing.T) {
+		k, clk, m := start(t, nil)
+		clk.Advance(10 * time.Minute)
+		fail(k, unreachable)
+		m.Refresh(context.Background())
+		if err := m.FromMemory(); err != nil {
+			t.Fatalf("FromMemory within the grace: %v", err)
+		}
+		if mem := m.Memory(); !mem.Serving || mem.GraceLeft != 50*time.Minute {
+			t.Errorf("Memory = %+v, want serving with 50m left", mem)
+		}
+		if id, err := m.Health(); id != "k1" || err != nil {
+			t.Errorf("Health within the grace = %q, %v; want k1, healthy", id, err)
+		}
+		if _, err := m.State(); !errors.Is(err, dek.ErrUnavailable) {
+			t.Errorf("State within the grace: %v; want the backend's own error", err)
+		}
+
+		clk.Advance(50 * time.Minute)
+		m.Refresh(context.Background())
+		if err := m.FromMemory(); err == nil {
+			t.Error("FromMemory: nil past the grace")
+		}
+		if _, err := m.Health(); err == nil {
+			t.Error("Health: healthy past the grace")
+		}
+		if m.Memory().Serving {
+			t.Error("Memory: serving past the grace")
+		}
+
+		fail(k, nil)
+		m.Refresh(context.Background())
+		if id, err := m.Health(); id != "k1" || err != nil || m.FromMemory() != nil {
+			t.Errorf("after the backend is back: Health = %q, %v", id, err)
+		}
+	})
+
+	t.Run("a refusal ends it at once", func(t *testing.T) {
+		k, _, m := start(t, nil)
+		fail(k, denied)
+		m.Refresh(context.Background())
+		if err := m.FromMemory(); err == nil {
+			t.Error("FromMemory: nil while the backend refuses")
+		}
+		if _, err := m.Health(); !errors.Is(err, dek.ErrDenied) {
+			t.Errorf("Health while the backend refuses: %v", err)
+		}
+	})
 }
