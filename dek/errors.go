@@ -34,6 +34,14 @@ func Abandoned(err error) bool {
 	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
+// Refused reports whether err is the backend's authenticated "no": it answered and denied the
+// credentials or the operation (ErrDenied), or said the key or version is gone (ErrUnknownKey).
+// Nothing else is a refusal: an outage, an overload, a timeout, a malformed answer or a status
+// the backend does not explain (a 412, a 5xx) says nothing about whether it would say yes.
+func Refused(err error) bool {
+	return errors.Is(err, ErrDenied) || errors.Is(err, ErrUnknownKey)
+}
+
 // Class is what a failure means to the two who see it: the gRPC client (Code) and the
 // operator's metrics (Label, from a fixed set, never the error's text).
 type Class struct {

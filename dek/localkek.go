@@ -56,6 +56,7 @@ type localKEKs struct {
 
 	mu         sync.Mutex
 	generating *generation // the one generation under way, which concurrent Encrypts share
+	drops      uint64      // DropLocalKEK calls so far: a generation begun before one is discarded
 }
 
 // generation is one attempt at a new local KEK.
@@ -111,10 +112,17 @@ func (l *localKEKs) forEncrypt(ctx context.Context, kek KEK, keyID string) (*loc
 		// of each trying the backend in turn (during an outage, each for its whole timeout).
 		g = &generation{done: make(chan struct{})}
 		l.generating = g
+		drops := l.drops
 		l.mu.Unlock()
 		g.lk, g.err = l.generate(ctx, kek, keyID, old)
 		l.mu.Lock()
-		if g.err == nil {
+		switch {
+		case g.err != nil:
+		case l.drops != drops:
+			// The backend refused, or the key changed, while it wrapped this one: its answer
+			// predates that and must not be used.
+			g.lk, g.err = nil, fmt.Errorf("%w: the local KEK being made was dropped (the backend refused or the key changed meanwhile)", ErrUnavailable)
+		default:
 			l.current.Store(g.lk)
 		}
 		l.generating = nil
@@ -139,6 +147,27 @@ func (l *localKEKs) forEncrypt(ctx context.Context, kek KEK, keyID string) (*loc
 	}
 	g.lk.uses.Add(1)
 	return g.lk, nil
+}
+
+// DropLocalKEK drops the local KEK that wraps new DEKs when keep refuses its key id (nil keep:
+// always), and discards any being made, so that the next Encrypt has the backend wrap a new
+// one. serve calls it when the backend refuses and after each check, with the backend's view
+// of which key ids it still accepts. It reports whether one was dropped. A Sealer not in local
+// KEK mode has none.
+func (s *Sealer) DropLocalKEK(keep func(keyID string) error) bool {
+	l := s.local
+	if l == nil {
+		return false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lk := l.current.Load()
+	if keep != nil && (lk == nil || keep(lk.keyID) == nil) {
+		return false
+	}
+	l.drops++
+	l.current.Store(nil)
+	return lk != nil
 }
 
 // postponeFor is how long a rotation postponed by an outage waits before the next attempt.

@@ -240,3 +240,49 @@ func TestLocalKEKWaiterOutlivesTheCallerItJoined(t *testing.T) {
 		t.Fatalf("the waiter: %v", err)
 	}
 }
+
+// DropLocalKEK drops the local KEK when its key id is no longer accepted (or always, with nil),
+// and a generation under way when it is called is discarded: its backend answer predates the
+// refusal or key change that made serve drop it.
+func TestLocalKEKDrop(t *testing.T) {
+	kek := newMemKEK(t, "k1")
+	s := dek.NewLocalSealer(kek, dek.LocalKEKConfig{})
+	ctx := context.Background()
+	if _, err := s.Encrypt(ctx, "k1", []byte("seed")); err != nil {
+		t.Fatal(err)
+	}
+	accept := func(string) error { return nil }
+	if s.DropLocalKEK(accept) {
+		t.Fatal("dropped a local KEK whose key id is accepted")
+	}
+	if _, err := s.Encrypt(ctx, "k1", []byte("seed")); err != nil || kek.wrapCount() != 1 {
+		t.Fatalf("Encrypt after a kept local KEK: %v, %d backend wraps; want 1", err, kek.wrapCount())
+	}
+	if !s.DropLocalKEK(func(string) error { return errors.New("key recreated") }) {
+		t.Fatal("kept a local KEK whose key id is refused")
+	}
+	if _, err := s.Encrypt(ctx, "k1", []byte("seed")); err != nil || kek.wrapCount() != 2 {
+		t.Fatalf("Encrypt after the drop: %v, %d backend wraps; want a new local KEK (2)", err, kek.wrapCount())
+	}
+	if dek.NewSealer(kek).DropLocalKEK(nil) {
+		t.Fatal("a Sealer not in local KEK mode dropped something")
+	}
+}
+
+func TestLocalKEKGenerationBegunBeforeADropIsDiscarded(t *testing.T) {
+	kek := &blockingKEK{memKEK: newMemKEK(t, "k1"), release: make(chan struct{})}
+	s := dek.NewLocalSealer(kek, dek.LocalKEKConfig{})
+	done := make(chan error, 1)
+	go func() { _, err := s.Encrypt(context.Background(), "k1", []byte("seed")); done <- err }()
+	for kek.calls.Load() != 1 {
+		time.Sleep(time.Millisecond)
+	}
+	s.DropLocalKEK(nil) // the backend refused while it wrapped the new local KEK
+	close(kek.release)
+	if err := <-done; !errors.Is(err, dek.ErrUnavailable) {
+		t.Fatalf("Encrypt whose local KEK was dropped while being made: %v; want ErrUnavailable", err)
+	}
+	if _, err := s.Encrypt(context.Background(), "k1", []byte("seed")); err != nil || kek.calls.Load() != 2 {
+		t.Fatalf("next Encrypt: %v, %d wraps; want a local KEK of its own (2)", err, kek.calls.Load())
+	}
+}

@@ -36,7 +36,13 @@ type Monitor struct {
 	lastUnwrap time.Time // last successful unwrap (probe or real traffic)
 	checked    bool      // at least one refresh has finished
 	answered   time.Time // last time the backend answered (a refresh or a call succeeded)
+	// refused is the backend's last refusal (dek.Refused) that no successful refresh has
+	// followed yet. It outlives later errors: an outage after a "no" must not re-open the grace.
+	refused    error
+	serving    bool // the last refresh left the plugin serving from memory
+	graceEnded bool // the end of this outage's grace has been logged
 	observers  []func(keyID string, unhealthy error)
+	onRefusal  []func(error)
 }
 
 // MonitorConfig sets how often the backend is looked at.
@@ -104,7 +110,9 @@ func (m *Monitor) Refresh(ctx context.Context) {
 		err = errors.New("backend has no current key")
 	}
 	m.mu.Lock()
-	proofDue := m.err != nil || id != m.keyID || m.proofAgeLocked() >= m.cfg.ProofInterval
+	// After a refusal only a full round trip is a "yes": a key that reads is not a key that
+	// wraps and unwraps for this token.
+	proofDue := m.err != nil || m.refused != nil || id != m.keyID || m.proofAgeLocked() >= m.cfg.ProofInterval
 	m.mu.Unlock()
 	if err == nil && proofDue {
 		err = m.prove(ctx, id)
@@ -132,23 +140,17 @@ func (m *Monitor) OnRefresh(f func(keyID string, unhealthy error)) {
 // record stores the outcome of one refresh.
 func (m *Monitor) record(id string, err error, proofDue bool) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	wasHealthy, first := m.err == nil, !m.checked
-	m.checked = true
 	if err != nil {
-		m.err = err
-		if memErr := m.fromMemoryLocked(); memErr == nil {
-			since := m.clock.Now().Sub(m.answered)
-			m.log.Warn("SERVING FROM MEMORY: the backend is unreachable; Encrypt and Decrypt use the DEK cache and local KEK until it answers or the grace ends",
-				"key_id", m.keyID, "unreachable_for", since.Round(time.Second).String(), "grace_left", (m.cfg.Grace - since).Round(time.Second).String(), "error", err)
-		} else if m.keyID == "" && first {
-			m.log.Warn("backend unhealthy and no key id yet: Status answers Unavailable until the backend answers", "error", err)
-		} else if wasHealthy || first {
-			// Status keeps the key id: an outage is no rotation.
-			m.log.Warn("backend unhealthy; Status keeps the last good key id", "key_id", m.keyID, "error", err)
+		refusal := m.failedLocked(err)
+		m.mu.Unlock()
+		if refusal {
+			m.refusedNow(err)
 		}
 		return
 	}
+	defer m.mu.Unlock()
+	wasHealthy := m.err == nil && m.refused == nil
+	m.checked = true
 	m.answered = m.clock.Now()
 	if proofDue {
 		m.lastWrap, m.lastUnwrap = m.answered, m.answered
@@ -159,9 +161,83 @@ func (m *Monitor) record(id string, err error, proofDue bool) {
 		}
 		m.keyID = id
 	}
-	m.err = nil
+	m.err, m.refused, m.serving, m.graceEnded = nil, nil, false, false
 	if !wasHealthy {
 		m.log.Info("backend healthy", "key_id", id)
+	}
+}
+
+// failedLocked records a failed refresh and logs what it changes; it reports whether err is a
+// new refusal.
+func (m *Monitor) failedLocked(err error) (newRefusal bool) {
+	wasHealthy, first := m.err == nil && m.refused == nil, !m.checked
+	m.checked = true
+	m.err = err
+	if dek.Refused(err) {
+		newRefusal = m.refused == nil
+		m.refused = err
+	}
+	memErr := m.fromMemoryLocked()
+	wasServing := m.serving
+	m.serving = memErr == nil
+	switch {
+	case memErr == nil:
+		since := m.clock.Now().Sub(m.answered)
+		m.log.Warn("SERVING FROM MEMORY: the backend is unreachable; Encrypt and Decrypt use the DEK cache and local KEK until it answers or the grace ends",
+			"key_id", m.keyID, "unreachable_for", since.Round(time.Second).String(), "grace_left", (m.cfg.Grace - since).Round(time.Second).String(), "error", err)
+	case newRefusal:
+		m.log.Error("BACKEND REFUSES: nothing is served from memory (DEK cache and local KEK dropped) until a check and a round trip succeed again",
+			"key_id", m.keyID, "error", err)
+	case m.refused != nil:
+		if wasHealthy || wasServing {
+			m.log.Warn("backend unhealthy after refusing; nothing is served from memory until it accepts again", "key_id", m.keyID, "error", err)
+		}
+	case m.keyID == "" && first:
+		m.log.Warn("backend unhealthy and no key id yet: Status answers Unavailable until the backend answers", "error", err)
+	case m.cfg.Grace > 0 && !m.answered.IsZero() && !m.graceEnded:
+		// The grace ran out since the last refresh (or in it): said once per outage.
+		m.graceEnded = true
+		m.log.Error("GRACE ENDED: the backend has been unreachable past --vault-memory-grace; nothing is served from memory, Status reports the error, and requests that need the backend fail until it answers",
+			"key_id", m.keyID, "unreachable_for", m.clock.Now().Sub(m.answered).Round(time.Second).String(), "grace", m.cfg.Grace.String(), "error", err)
+	case wasHealthy || first:
+		// Status keeps the key id: an outage is no rotation.
+		m.log.Warn("backend unhealthy; Status keeps the last good key id", "key_id", m.keyID, "error", err)
+	}
+	return newRefusal
+}
+
+// Refused records that a real request was refused by the backend (dek.Refused): from then on
+// nothing is served from memory until a refresh succeeds, exactly as if a check had been
+// refused. Errors that are no refusal are ignored.
+func (m *Monitor) Refused(err error) {
+	if !dek.Refused(err) {
+		return
+	}
+	m.mu.Lock()
+	first, keyID := m.refused == nil, m.keyID
+	m.refused = err
+	m.mu.Unlock()
+	if first {
+		m.log.Error("BACKEND REFUSES a request: nothing is served from memory (DEK cache and local KEK dropped) until a check and a round trip succeed again",
+			"key_id", keyID, "error", err)
+		m.refusedNow(err)
+	}
+}
+
+// OnRefusal registers f to be called once each time the backend starts refusing, after the
+// Monitor has stopped memory from being served: serve drops its DEK cache and local KEK there.
+func (m *Monitor) OnRefusal(f func(err error)) {
+	m.mu.Lock()
+	m.onRefusal = append(m.onRefusal, f)
+	m.mu.Unlock()
+}
+
+func (m *Monitor) refusedNow(err error) {
+	m.mu.Lock()
+	fs := m.onRefusal
+	m.mu.Unlock()
+	for _, f := range fs {
+		f(err)
 	}
 }
 
@@ -183,7 +259,8 @@ func (m *Monitor) Unwrapped() {
 }
 
 // FromMemory returns nil while keys held in memory may be served: the backend is healthy, or
-// merely unreachable (not refusing) for less than the grace since it last answered.
+// failing without refusing (unreachable, sealed, an error it does not explain) for less than
+// the grace since it last answered, and has not refused since its last successful refresh.
 func (m *Monitor) FromMemory() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -192,12 +269,12 @@ func (m *Monitor) FromMemory() error {
 
 func (m *Monitor) fromMemoryLocked() error {
 	switch {
+	case m.refused != nil:
+		return fmt.Errorf("the backend refused, so nothing is served from memory until it accepts again: %w", m.refused)
 	case m.err == nil:
 		return nil
 	case m.answered.IsZero():
 		return fmt.Errorf("the backend has not answered since the plugin started: %w", m.err)
-	case !Unreachable(m.err):
-		return fmt.Errorf("the backend refuses, so nothing is served from memory: %w", m.err)
 	case m.cfg.Grace <= 0:
 		return fmt.Errorf("serving from memory is off (grace 0): %w", m.err)
 	}
@@ -205,11 +282,6 @@ func (m *Monitor) fromMemoryLocked() error {
 		return fmt.Errorf("the backend has been unreachable for %s, past the grace of %s: %w", since.Round(time.Second), m.cfg.Grace, m.err)
 	}
 	return nil
-}
-
-// Unreachable tells an outage (no answer) from a refusal (an answer).
-func Unreachable(err error) bool {
-	return errors.Is(err, dek.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // Memory describes serving from memory now: whether the plugin does, since when the backend
@@ -233,10 +305,17 @@ func (m *Monitor) Memory() Memory {
 // Health is what Status, the gRPC health service and /readyz report: the backend's state,
 // except that serving from memory within the grace counts as healthy (the apiserver keeps
 // the plugin while it can still serve; the logs and metrics say it serves from memory).
+//
+// A refusal stays in the answer until a refresh succeeds, whatever failed after it.
 func (m *Monitor) Health() (keyID string, unhealthy error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if m.err != nil && m.keyID != "" && m.fromMemoryLocked() == nil {
+	switch {
+	case m.refused != nil && (m.err == nil || m.err == m.refused):
+		return m.keyID, m.refused
+	case m.refused != nil:
+		return m.keyID, fmt.Errorf("%w; it refused before, with no successful check since: %w", m.err, m.refused)
+	case m.err != nil && m.keyID != "" && m.fromMemoryLocked() == nil:
 		return m.keyID, nil
 	}
 	return m.keyID, m.err

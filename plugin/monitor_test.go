@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -292,4 +293,158 @@ func TestMonitorServesFromMemoryWithinTheGrace(t *testing.T) {
 			t.Errorf("Health while the backend refuses: %v", err)
 		}
 	})
+}
+
+// capture is a slog handler that keeps the messages logged, for tests of what the log says.
+type capture struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (c *capture) Enabled(context.Context, slog.Level) bool { return true }
+func (c *capture) Handle(_ context.Context, r slog.Record) error {
+	c.mu.Lock()
+	c.msgs = append(c.msgs, r.Message)
+	c.mu.Unlock()
+	return nil
+}
+func (c *capture) WithAttrs([]slog.Attr) slog.Handler { return c }
+func (c *capture) WithGroup(string) slog.Handler      { return c }
+func (c *capture) count(prefix string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, m := range c.msgs {
+		if strings.HasPrefix(m, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
+// Once the backend has said no, nothing is served from memory until it says yes again: an
+// outage after the refusal does not re-open the grace, and only a refresh whose check and
+// round trip both succeed ends it.
+func TestMonitorRefusalOutlivesALaterOutage(t *testing.T) {
+	unreachable := fmt.Errorf("%w: connection refused", dek.ErrUnavailable)
+	denied := fmt.Errorf("%w: permission denied", dek.ErrDenied)
+	k := &countingKEK{id: "k1"}
+	clk := clock.NewFake(time.Unix(0, 0))
+	cfg := plugin.MonitorConfig{CheckInterval: 10 * time.Second, ProofInterval: time.Minute, Timeout: time.Second, Grace: time.Hour}
+	m := plugin.NewMonitor(k, cfg, clk, slog.New(slog.DiscardHandler))
+	var refusals []error
+	m.OnRefusal(func(err error) { refusals = append(refusals, err) })
+	m.Refresh(context.Background())
+	set := func(check, wrap error) { k.mu.Lock(); k.checkErr, k.wrapErr = check, wrap; k.mu.Unlock() }
+
+	set(denied, nil)
+	clk.Advance(10 * time.Second)
+	m.Refresh(context.Background())
+	set(unreachable, nil)
+	for range 3 {
+		clk.Advance(10 * time.Second)
+		m.Refresh(context.Background())
+		if err := m.FromMemory(); err == nil {
+			t.Fatal("FromMemory: nil during an outage that followed a refusal")
+		}
+		if mem := m.Memory(); mem.Serving {
+			t.Fatalf("Memory = %+v during an outage that followed a refusal", mem)
+		}
+		if id, err := m.Health(); id != "k1" || !errors.Is(err, dek.ErrDenied) || !errors.Is(err, dek.ErrUnavailable) {
+			t.Fatalf("Health = %q, %v; want k1, the outage and the refusal before it", id, err)
+		}
+	}
+	if len(refusals) != 1 {
+		t.Fatalf("OnRefusal called %d times; want once for the one refusal", len(refusals))
+	}
+
+	// The key reads again but the token still may not wrap: still refused.
+	set(nil, denied)
+	clk.Advance(10 * time.Second)
+	m.Refresh(context.Background())
+	if err := m.FromMemory(); err == nil {
+		t.Fatal("FromMemory: nil after a check that read the key but a wrap that was denied")
+	}
+	// A full yes ends it.
+	set(nil, nil)
+	clk.Advance(10 * time.Second)
+	m.Refresh(context.Background())
+	if err := m.FromMemory(); err != nil {
+		t.Fatalf("FromMemory after the backend accepts again: %v", err)
+	}
+	if id, err := m.Health(); id != "k1" || err != nil {
+		t.Fatalf("Health after the backend accepts again = %q, %v", id, err)
+	}
+}
+
+// A request that the backend denies ends serving from memory at once, without waiting for a
+// check; errors that are no refusal (an unexplained status, an outage) do not.
+func TestMonitorRequestRefusalEndsMemoryAtOnce(t *testing.T) {
+	k := &countingKEK{id: "k1"}
+	m := newMonitor(k, clock.NewFake(time.Unix(0, 0)))
+	refused := 0
+	m.OnRefusal(func(error) { refused++ })
+	m.Refresh(context.Background())
+	m.Refused(errors.New("vault answered 412: required index state not present"))
+	m.Refused(fmt.Errorf("%w: connection refused", dek.ErrUnavailable))
+	if err := m.FromMemory(); err != nil || refused != 0 {
+		t.Fatalf("after errors that are no refusal: FromMemory %v, %d refusals", err, refused)
+	}
+	proving := m.Proving(&countingKEK{id: "k1", wrapErr: fmt.Errorf("%w: permission denied", dek.ErrDenied)})
+	if _, err := proving.Wrap(context.Background(), "k1", []byte("dek")); err == nil {
+		t.Fatal("the denied wrap succeeded")
+	}
+	if err := m.FromMemory(); !errors.Is(err, dek.ErrDenied) || refused != 1 {
+		t.Fatalf("after a denied request: FromMemory %v, %d refusals; want the denial, 1", err, refused)
+	}
+	if _, err := m.Health(); !errors.Is(err, dek.ErrDenied) {
+		t.Fatalf("Health after a denied request: %v", err)
+	}
+}
+
+// An error that is neither an outage nor a refusal (a 412, a status the backend does not
+// explain) neither ends the grace nor extends it: memory serves until the grace, counted from
+// the backend's last real answer, runs out.
+func TestMonitorUnexplainedErrorsNeitherEndNorExtendTheGrace(t *testing.T) {
+	k := &countingKEK{id: "k1"}
+	clk := clock.NewFake(time.Unix(0, 0))
+	cfg := plugin.MonitorConfig{CheckInterval: 10 * time.Second, ProofInterval: time.Minute, Timeout: time.Second, Grace: time.Hour}
+	m := plugin.NewMonitor(k, cfg, clk, slog.New(slog.DiscardHandler))
+	m.Refresh(context.Background())
+	k.mu.Lock()
+	k.checkErr = errors.New("reading transit/keys/k: vault answered 412: required index state not present")
+	k.mu.Unlock()
+	clk.Advance(30 * time.Minute)
+	m.Refresh(context.Background())
+	if err := m.FromMemory(); err != nil {
+		t.Fatalf("FromMemory within the grace after a 412: %v", err)
+	}
+	clk.Advance(30 * time.Minute)
+	m.Refresh(context.Background())
+	if err := m.FromMemory(); err == nil {
+		t.Fatal("FromMemory: nil an hour after the last real answer, with only 412s since")
+	}
+}
+
+// The end of the grace is logged once, at the first refresh past it, as the docs say.
+func TestMonitorLogsTheEndOfTheGrace(t *testing.T) {
+	k := &countingKEK{id: "k1"}
+	clk := clock.NewFake(time.Unix(0, 0))
+	logs := &capture{}
+	cfg := plugin.MonitorConfig{CheckInterval: 10 * time.Second, ProofInterval: time.Minute, Timeout: time.Second, Grace: time.Minute}
+	m := plugin.NewMonitor(k, cfg, clk, slog.New(logs))
+	m.Refresh(context.Background())
+	k.mu.Lock()
+	k.checkErr = fmt.Errorf("%w: connection refused", dek.ErrUnavailable)
+	k.mu.Unlock()
+	for range 12 {
+		clk.Advance(10 * time.Second)
+		m.Refresh(context.Background())
+	}
+	if n := logs.count("GRACE ENDED"); n != 1 {
+		t.Fatalf("GRACE ENDED logged %d times in an outage that outlived the grace; want 1 (log: %q)", n, logs.msgs)
+	}
+	if n := logs.count("SERVING FROM MEMORY"); n != 5 {
+		t.Fatalf("SERVING FROM MEMORY logged %d times; want 5, one per refresh within the grace", n)
+	}
 }

@@ -292,14 +292,15 @@ func TestOutageKeepsKeyID(t *testing.T) {
 	p := startPlugin(t)
 	c := ctx(t)
 	good, _ := p.client.Status(c, &kmsapi.StatusRequest{})
-	p.kek.set(fmt.Errorf("vault is sealed: %w", dek.ErrUnavailable), 0)
+	p.kek.set(fmt.Errorf("vault at https://10.0.0.7:8200 is sealed: %w", dek.ErrUnavailable), 0)
 	p.monitor.Refresh(c)
 	st, err := p.client.Status(c, &kmsapi.StatusRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.KeyId != good.KeyId || st.Healthz == "ok" || !strings.Contains(st.Healthz, "sealed") {
-		t.Fatalf("during outage Status = %+v, want key id %q and a reason", st, good.KeyId)
+	// The reason is the error's kind: the address is configuration, which only the log gets.
+	if st.KeyId != good.KeyId || !strings.HasPrefix(st.Healthz, dek.ErrUnavailable.Error()) || strings.Contains(st.Healthz, "10.0.0.7") {
+		t.Fatalf("during outage Status = %+v, want key id %q and the kind of failure, no address", st, good.KeyId)
 	}
 	p.kek.set(nil, 0)
 	p.monitor.Refresh(c)
@@ -324,7 +325,7 @@ func TestLongUnhealthyReasonStaysValidUTF8(t *testing.T) {
 	c := ctx(t)
 	good, _ := p.client.Status(c, &kmsapi.StatusRequest{})
 	reason := strings.Repeat("a", 252) + strings.Repeat("é", 100) // the cut falls inside an é
-	p.kek.set(fmt.Errorf("%s: %w", reason, dek.ErrUnavailable), 0)
+	p.kek.set(dek.Public(fmt.Errorf("%s: %w", reason, dek.ErrUnavailable)), 0)
 	p.monitor.Refresh(c)
 	st, err := p.client.Status(c, &kmsapi.StatusRequest{})
 	if err != nil {
@@ -350,5 +351,48 @@ func TestClientIsNotToldLocalPaths(t *testing.T) {
 	if status.Code(err) != codes.FailedPrecondition || strings.Contains(err.Error(), other.KeyFile) ||
 		strings.Contains(err.Error(), filepath.Dir(other.KeyFile)) || !strings.Contains(err.Error(), enc.KeyId) {
 		t.Fatalf("Decrypt under an unknown key: %v; want FailedPrecondition naming the key id and no path", err)
+	}
+}
+
+// A check that finds the key gone makes Status fail, not merely answer unhealthy: only a
+// failing Status starts the apiserver's countdown after which it stops writing with its DEK
+// seed. A refusal of the credentials keeps the key id with an unhealthy healthz.
+func TestStatusFailsWhenTheKeyIsGone(t *testing.T) {
+	p := startPlugin(t)
+	c := ctx(t)
+	good, _ := p.client.Status(c, &kmsapi.StatusRequest{})
+	p.kek.set(fmt.Errorf("%w: transit key \"k\" not found on mount \"/etc/secret-mount\"", dek.ErrUnknownKey), 0)
+	p.monitor.Refresh(c)
+	st, err := p.client.Status(c, &kmsapi.StatusRequest{})
+	if status.Code(err) != codes.FailedPrecondition || strings.Contains(err.Error(), "/etc/secret-mount") {
+		t.Fatalf("Status with the key gone = %+v, %v; want FailedPrecondition without configuration", st, err)
+	}
+	p.kek.set(fmt.Errorf("%w: token file /etc/kms/token: permission denied", dek.ErrDenied), 0)
+	p.monitor.Refresh(c)
+	st, err = p.client.Status(c, &kmsapi.StatusRequest{})
+	if err != nil || st.KeyId != good.KeyId || st.Healthz == "ok" || strings.Contains(st.Healthz, "/etc/kms") {
+		t.Fatalf("Status while denied = %+v, %v; want the key id, unhealthy, no path", st, err)
+	}
+	p.kek.set(nil, 0)
+	p.monitor.Refresh(c)
+	if st, err = p.client.Status(c, &kmsapi.StatusRequest{}); err != nil || st.Healthz != "ok" {
+		t.Fatalf("Status after the backend is back = %+v, %v", st, err)
+	}
+}
+
+// Before any key id, Status and Encrypt fail with Unavailable and the kind of failure; the
+// backend's error, with its local paths, goes to the log only.
+func TestNoKeyIDYetTellsTheClientNoPath(t *testing.T) {
+	kek := &countingKEK{checkErr: fmt.Errorf("%w: token login: token file: /etc/kms/vault-token has mode 0644", dek.ErrDenied)}
+	p := plugintest.Serve(t, kek, plugintest.Options{})
+	client := plugintest.Client(t, p.Socket)
+	c := ctx(t)
+	_, serr := client.Status(c, &kmsapi.StatusRequest{})
+	_, eerr := client.Encrypt(c, &kmsapi.EncryptRequest{Plaintext: []byte("seed")})
+	for name, err := range map[string]error{"Status": serr, "Encrypt": eerr} {
+		if status.Code(err) != codes.Unavailable || strings.Contains(err.Error(), "/etc/kms") ||
+			!strings.Contains(err.Error(), "no key id yet") || !strings.Contains(err.Error(), dek.ErrDenied.Error()) {
+			t.Errorf("%s before any key id: %v; want Unavailable, no key id yet, the kind, no path", name, err)
+		}
 	}
 }

@@ -2,6 +2,8 @@ package plugin
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -32,17 +34,30 @@ func NewService(sealer *dek.Sealer, monitor *Monitor, log *slog.Logger) *Service
 	return &Service{sealer: sealer, monitor: monitor, failures: newFailureLog(log, time.Now)}
 }
 
-// Status answers from the Monitor's state; it never calls the backend.
-func (s *Service) Status(context.Context, *kmsapi.StatusRequest) (*kmsapi.StatusResponse, error) {
+// Status answers from the Monitor's state; it never calls the backend. Like every answer to
+// the client, an unhealthy one says dek.ClientMessage: the log has the whole error.
+//
+// A backend that says its key is gone (dek.ErrUnknownKey from a check: deleted) makes Status
+// fail rather than answer unhealthy: the apiserver keeps writing with its DEK seed while Status
+// answers with an unchanged key id, whatever healthz says, and only a failing Status starts
+// the countdown (3 minutes) after which it stops writing data nothing could read back.
+func (s *Service) Status(ctx context.Context, _ *kmsapi.StatusRequest) (*kmsapi.StatusResponse, error) {
 	keyID, unhealthy := s.monitor.Health()
-	if keyID == "" {
-		return nil, status.Errorf(codes.Unavailable, "no key id yet: %v", unhealthy)
+	switch {
+	case keyID == "":
+		return nil, status.Error(codes.Unavailable, noKeyIDYet(unhealthy))
+	case errors.Is(unhealthy, dek.ErrUnknownKey):
+		return nil, toStatus(ctx, unhealthy).Err()
 	}
 	healthz := "ok"
 	if unhealthy != nil {
-		healthz = textutil.Truncate(unhealthy.Error(), maxHealthzSize)
+		healthz = textutil.Truncate(dek.ClientMessage(unhealthy), maxHealthzSize)
 	}
 	return &kmsapi.StatusResponse{Version: "v2", Healthz: healthz, KeyId: keyID}, nil
+}
+
+func noKeyIDYet(unhealthy error) string {
+	return "no key id yet: " + dek.ClientMessage(unhealthy)
 }
 
 // Encrypt seals the plaintext under a fresh DEK wrapped by the key that Status reports, so the
@@ -50,7 +65,7 @@ func (s *Service) Status(context.Context, *kmsapi.StatusRequest) (*kmsapi.Status
 func (s *Service) Encrypt(ctx context.Context, req *kmsapi.EncryptRequest) (*kmsapi.EncryptResponse, error) {
 	keyID, unhealthy := s.monitor.State()
 	if keyID == "" {
-		return nil, s.fail(ctx, "Encrypt", req.Uid, "", status.Errorf(codes.Unavailable, "no key id yet: %v", unhealthy))
+		return nil, s.fail(ctx, "Encrypt", req.Uid, "", dek.Public(fmt.Errorf("%w: %s", dek.ErrUnavailable, noKeyIDYet(unhealthy))))
 	}
 	if len(req.Plaintext) == 0 {
 		return nil, s.fail(ctx, "Encrypt", req.Uid, keyID, status.Error(codes.InvalidArgument, "empty plaintext"))

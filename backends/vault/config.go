@@ -38,6 +38,10 @@ type Config struct {
 
 	Auth Auth // how to get a token
 
+	// CapabilitiesInterval is how often a check asks whether the token may still encrypt and
+	// decrypt (capabilities.go); DefaultCapabilitiesInterval when zero.
+	CapabilitiesInterval time.Duration
+
 	// Retry bounds retries of one operation; zero values take DefaultRetry's.
 	Retry RetryPolicy
 	// Clock drives renewals, login backoff and retry waits; nil is the real clock.
@@ -54,6 +58,9 @@ func (c *Config) setDefaults() {
 	c.Mount = strings.Trim(c.Mount, "/")
 	c.Namespace = strings.Trim(c.Namespace, "/")
 	c.Retry = c.Retry.withDefaults()
+	if c.CapabilitiesInterval <= 0 {
+		c.CapabilitiesInterval = DefaultCapabilitiesInterval
+	}
 	if c.Clock == nil {
 		c.Clock = clock.Real{}
 	}

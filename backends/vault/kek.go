@@ -23,11 +23,12 @@ import (
 
 // Check and proof intervals that suit this backend (the general defaults suit local keys): at
 // an idle apiserver the plugin then sends Vault at most 72 requests an hour (a key read per
-// check, a wrap and an unwrap per proof: 60 + 8, and a token renewal now and then), and a
-// rotation is adopted after two checks, within two minutes.
+// check: 60; a capabilities check every DefaultCapabilitiesInterval: 6; a wrap and an unwrap
+// per proof: 4; and a token renewal now and then), and a rotation is adopted after two
+// checks, within two minutes.
 const (
 	DefaultCheckInterval = time.Minute
-	DefaultProofInterval = 15 * time.Minute
+	DefaultProofInterval = 30 * time.Minute
 )
 
 // KEK is a transit key in Vault, seen as a dek.KEK.
@@ -43,6 +44,10 @@ type KEK struct {
 	checkMu      sync.Mutex // one Check at a time: it owns tokens, the debounce and the cluster id
 	cluster      string     // Vault's cluster id, learned from sys/health; "" after a failed check
 	clusterMoves uint64     // addrs.moves when cluster was learned
+	// capsAsked is when sys/capabilities-self last said yes (or could not be asked); zero
+	// until then, so that every check asks until it does (capabilities.go).
+	capsAsked      time.Time
+	capsUnanswered bool // the token may not ask sys/capabilities-self
 
 	mu       sync.RWMutex
 	observed *keyState // the key at the last successful check; nil before
@@ -151,6 +156,12 @@ func (k *KEK) apply(state *keyState, err error) {
 		// waiting for a second check would only make Encrypt fail meanwhile.
 		k.adoption.adopt(seen)
 		k.cfg.Log.Info("vault transit key: adopted version is below min_decryption_version; adopting the latest at once", "old_key_id", before.String(), "key_id", seen.String())
+	} else if before.lineage != "" && !state.ours(before) {
+		// The key was deleted and created anew under the same name: the adopted key id names
+		// material that no longer exists, and anything still wrapped under it (a local KEK
+		// in memory) could never be read back. No debounce: waiting would only write more.
+		k.adoption.adopt(seen)
+		k.cfg.Log.Warn("vault transit key: the adopted key id names no version of the key as it is now (deleted and recreated?); adopting the latest at once", "old_key_id", before.String(), "key_id", seen.String())
 	} else if k.adoption.observe(seen) {
 		if before.lineage != "" {
 			k.cfg.Log.Info("vault transit key: adopted new key id", "old_key_id", before.String(), "key_id", seen.String())
@@ -190,7 +201,14 @@ func (k *KEK) check(ctx context.Context) (*keyState, error) {
 	if err != nil {
 		return nil, k.explain(ctx, err)
 	}
-	return k.parseKey(k.cluster, secret)
+	state, err := k.parseKey(k.cluster, secret)
+	if err == nil && k.capabilitiesDue() {
+		if err = k.authorized(ctx); err != nil {
+			k.capsAsked = time.Time{}
+			return nil, err
+		}
+	}
+	return state, err
 }
 
 // explain follows a failed check: the cluster id is asked again at the next check (Vault may

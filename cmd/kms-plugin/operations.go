@@ -52,28 +52,37 @@ func (i instrumented) sealer(backend dek.KEK, remote bool, mem *serveconfig.Memo
 	cached := cache.New(calls, monitor, mem.CacheEntries)
 	i.metrics.WatchCache(cached)
 	i.metrics.WatchMemory(func() (bool, time.Duration) { m := monitor.Memory(); return m.Serving, m.GraceLeft })
+	var sealer *dek.Sealer
+	if mem.LocalKEK {
+		sealer = dek.NewLocalSealer(cached, dek.LocalKEKConfig{
+			MaxAge: mem.LocalKEKMaxAge, FromMemory: monitor.FromMemory,
+			Generated: i.metrics.WatchLocalKEKs(), Log: log,
+		})
+	} else {
+		sealer = dek.NewSealer(cached)
+	}
+	// A refusal (a check's or a request's) drops everything held in memory at once; the
+	// Monitor has already closed the gate, and the purges discard what calls under way return.
+	monitor.OnRefusal(func(err error) {
+		n := cached.Purge(nil)
+		dropped := sealer.DropLocalKEK(nil)
+		log.Warn("DEK cache cleared and local KEK dropped: the backend refuses", "entries", n, "local_kek", dropped, "error", err)
+	})
 	checker, _ := backend.(interface{ Usable(keyID string) error })
 	monitor.OnRefresh(func(_ string, unhealthy error) {
-		switch {
-		case unhealthy == nil && checker != nil:
-			// What the backend no longer accepts (a version below min_decryption_version, a
-			// deleted key) stops being served from memory within one check.
-			if n := cached.Purge(checker.Usable); n > 0 {
-				log.Info("DEK cache: dropped keys the backend no longer accepts", "entries", n)
-			}
-		case unhealthy != nil && !plugin.Unreachable(unhealthy):
-			if n := cached.Purge(nil); n > 0 {
-				log.Warn("DEK cache cleared: the backend refuses", "entries", n, "error", unhealthy)
-			}
+		if unhealthy != nil || checker == nil {
+			return
+		}
+		// What the backend no longer accepts (a version below min_decryption_version, a
+		// deleted or recreated key) stops being served from memory within one check.
+		if n := cached.Purge(checker.Usable); n > 0 {
+			log.Info("DEK cache: dropped keys the backend no longer accepts", "entries", n)
+		}
+		if sealer.DropLocalKEK(checker.Usable) {
+			log.Info("local KEK dropped: the backend no longer accepts its key id")
 		}
 	})
-	if !mem.LocalKEK {
-		return dek.NewSealer(cached)
-	}
-	return dek.NewLocalSealer(cached, dek.LocalKEKConfig{
-		MaxAge: mem.LocalKEKMaxAge, FromMemory: monitor.FromMemory,
-		Generated: i.metrics.WatchLocalKEKs(), Log: log,
-	})
+	return sealer
 }
 
 // serverConfig is the gRPC server's configuration with the metrics interceptor.

@@ -42,6 +42,9 @@ type KEK struct {
 	mu    sync.Mutex
 	order *list.List // of *entry, most recently used first
 	index map[entryKey]*list.Element
+	// purges counts Purge calls: what a backend call begun before one returns is not kept,
+	// since the purge may have been for the very key it used.
+	purges uint64
 
 	flights sync.Mutex
 	pending map[entryKey]*flight
@@ -75,11 +78,12 @@ func New(kek dek.KEK, gate Gate, entries int) *KEK {
 // Wrap wraps with the backend and remembers the pair, so that Decrypts of what this plugin
 // encrypted need no backend call.
 func (c *KEK) Wrap(ctx context.Context, keyID string, plain []byte) ([]byte, error) {
+	epoch := c.epoch()
 	wrapped, err := c.KEK.Wrap(ctx, keyID, plain)
 	if err != nil {
 		return nil, err
 	}
-	c.put(entryKey{keyID, string(wrapped)}, plain)
+	c.put(entryKey{keyID, string(wrapped)}, plain, epoch)
 	return wrapped, nil
 }
 
@@ -114,9 +118,10 @@ func (c *KEK) unwrapOnce(ctx context.Context, key entryKey, keyID string, wrappe
 	}
 	c.flights.Unlock()
 	if !joined {
+		epoch := c.epoch()
 		f.dek, f.err = c.KEK.Unwrap(ctx, keyID, wrapped)
 		if f.err == nil {
-			c.put(key, f.dek)
+			c.put(key, f.dek, epoch)
 		}
 		c.flights.Lock()
 		delete(c.pending, key)
@@ -140,6 +145,7 @@ func (c *KEK) unwrapOnce(ctx context.Context, key entryKey, keyID string, wrappe
 func (c *KEK) Purge(keep func(keyID string) error) int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.purges++
 	refused := map[string]bool{}
 	n := 0
 	for el := c.order.Front(); el != nil; {
@@ -184,9 +190,20 @@ func (c *KEK) get(key entryKey) []byte {
 	return clone(el.Value.(*entry).dek)
 }
 
-func (c *KEK) put(key entryKey, d []byte) {
+// epoch is the purge count before a backend call; put keeps its answer only if no purge came
+// in between.
+func (c *KEK) epoch() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.purges
+}
+
+func (c *KEK) put(key entryKey, d []byte, epoch uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.purges != epoch {
+		return
+	}
 	if el, ok := c.index[key]; ok {
 		c.order.MoveToFront(el)
 		return

@@ -224,3 +224,31 @@ func TestAWaiterOutlivesTheCallerItJoined(t *testing.T) {
 		t.Fatalf("the waiter: %q, %v; want its own call's answer", r.d, r.err)
 	}
 }
+
+// An answer to a backend call that began before a Purge is not kept: the purge may have been
+// for the very key it used (a refusal), and it must not be served once the gate opens again.
+func TestAnswersBegunBeforeAPurgeAreNotKept(t *testing.T) {
+	inner := &blockingKEK{release: make(chan struct{})}
+	c := cache.New(inner, &gate{}, 10)
+	w := []byte("k1/seed")
+	done := make(chan error, 1)
+	go func() { _, err := c.Unwrap(context.Background(), "k1", w); done <- err }()
+	for inner.unwraps.Load() != 1 {
+		time.Sleep(time.Millisecond)
+	}
+	c.Purge(nil) // the backend refused meanwhile
+	close(inner.release)
+	if err := <-done; err != nil {
+		t.Fatalf("the call itself: %v", err) // its own caller gets the backend's answer
+	}
+	if n := c.Stats().Entries; n != 0 {
+		t.Fatalf("%d entries after a purge that came during the call; want 0", n)
+	}
+	if _, err := c.Unwrap(context.Background(), "k1", w); err != nil || c.Stats().Hits != 0 {
+		t.Fatalf("the next Unwrap: %v, %+v; want a miss", err, c.Stats())
+	}
+	// Without a purge in between, the answer is kept as before.
+	if _, err := c.Unwrap(context.Background(), "k1", w); err != nil || c.Stats().Hits != 1 {
+		t.Fatalf("the one after: %v, %+v; want a hit", err, c.Stats())
+	}
+}
