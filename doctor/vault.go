@@ -212,7 +212,7 @@ func (d *vaultDoctor) capabilities(ctx context.Context) []Result {
 	}
 	ctx, cancel := d.ctx(ctx)
 	defer cancel()
-	caps, err := capabilitiesSelf(ctx, d.client, paths)
+	caps, err := vault.CapabilitiesSelf(ctx, d.client, paths)
 	if err != nil {
 		return []Result{fail(check, `grant "update" on sys/capabilities-self (kmsctl policy includes it; so does Vault's default policy)`,
 			"cannot read the token's capabilities: %s", vaultError(err))}
@@ -224,7 +224,7 @@ func (d *vaultDoctor) capabilities(ctx context.Context) []Result {
 	for _, r := range rules {
 		have := caps[r.Path]
 		for _, c := range r.Capabilities {
-			if !grants(have, c) {
+			if !vault.Grants(have, c) {
 				missing = append(missing, fmt.Sprintf("%q on %s (%s)", c, r.Path, r.Why))
 			}
 		}
@@ -267,34 +267,6 @@ func broaderProbes(mount, key string) []probe {
 		{"sys/policies/acl/kms-plugin", "change policies"},
 		{"auth/token/create", "create tokens"},
 	}
-}
-
-// capabilitiesSelf asks sys/capabilities-self for several paths at once.
-func capabilitiesSelf(ctx context.Context, c *api.Client, paths []string) (map[string][]string, error) {
-	secret, err := c.Logical().WriteWithContext(ctx, "sys/capabilities-self", map[string]any{"paths": paths})
-	if err != nil {
-		return nil, err
-	}
-	if secret == nil || secret.Data == nil {
-		return nil, errors.New("sys/capabilities-self returned nothing")
-	}
-	out := map[string][]string{}
-	for _, p := range paths {
-		raw, _ := secret.Data[p].([]any)
-		for _, v := range raw {
-			if s, ok := v.(string); ok {
-				out[p] = append(out[p], s)
-			}
-		}
-	}
-	return out, nil
-}
-
-func grants(have []string, want string) bool {
-	if slices.Contains(have, "deny") {
-		return false
-	}
-	return slices.Contains(have, want) || slices.Contains(have, "root")
 }
 
 // beyond lists capabilities in have other than need ("deny" is no capability).

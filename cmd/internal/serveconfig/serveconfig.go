@@ -72,7 +72,7 @@ func AddFlags(fs *pflag.FlagSet, o *Options, all []Backend) {
 	fs.StringVar(&o.SocketMode, "socket-mode", "0600", "permissions of the socket file")
 	fs.DurationVar(&o.Timeout, "timeout", 2*time.Second, "deadline of one Vault operation or backend check, always also bounded by the caller's deadline")
 	fs.DurationVar(&o.CheckEvery, "check-interval", plugin.DefaultMonitorConfig.CheckInterval, "how often the backend's key state is refreshed for Status (vault backend: 1m unless set)")
-	fs.DurationVar(&o.ProveEvery, "proof-interval", plugin.DefaultMonitorConfig.ProofInterval, "longest time between two wrap/unwrap health proofs, real traffic counting (vault backend: 15m unless set)")
+	fs.DurationVar(&o.ProveEvery, "proof-interval", plugin.DefaultMonitorConfig.ProofInterval, "longest time between two wrap/unwrap health proofs, real traffic counting (vault backend: 30m unless set)")
 	fs.StringVar(&o.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&o.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", 10*time.Second, "on SIGTERM, how long in-flight requests may take to finish")

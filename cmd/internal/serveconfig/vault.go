@@ -33,6 +33,7 @@ type Vault struct {
 	k8sMount, k8sRole, k8sTokenFile                 string
 	certMount, certRole, certPEM, certFile, keyFile string
 	jwtMount, jwtRole, jwtFile                      string
+	capabilitiesInterval                            time.Duration
 	memory                                          Memory
 }
 
@@ -115,6 +116,7 @@ func (b *Vault) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&b.jwtMount, "vault-jwt-mount", "jwt", "vault: jwt auth: mount path of the JWT/OIDC method")
 	fs.StringVar(&b.jwtRole, "vault-jwt-role", "", "vault: jwt auth: role to log in as (default: the method's default_role)")
 	fs.StringVar(&b.jwtFile, "vault-jwt-token-file", "", "vault: jwt auth: file holding the JWT, re-read when it changes")
+	fs.DurationVar(&b.capabilitiesInterval, "vault-capabilities-interval", vault.DefaultCapabilitiesInterval, "vault: how often a check also asks Vault (sys/capabilities-self) whether the token may still encrypt and decrypt: a policy cut is noticed within this plus one --check-interval")
 	fs.IntVar(&b.memory.CacheEntries, "vault-dek-cache-size", cache.DefaultEntries, "vault: unwrapped DEKs and local KEKs held in memory (never on disk), so repeated and restarted-apiserver Decrypts need no Vault call")
 	fs.BoolVar(&b.memory.LocalKEK, "vault-local-kek", true, "vault: wrap DEKs with a local AES-256 KEK that Vault wraps once and that travels in each envelope, so Encrypt needs no Vault call (envelope format v2; docs/vault.md for downgrades)")
 	fs.DurationVar(&b.memory.LocalKEKMaxAge, "vault-local-kek-max-age", dek.DefaultLocalKEKMaxAge, "vault: how long one local KEK wraps new DEKs before a new one is made")
@@ -145,7 +147,7 @@ func (b *Vault) Config(getenv func(string) string, log *slog.Logger) (vault.Conf
 	cfg := vault.Config{
 		Address: b.addr, CAFile: b.caFile, ClientCert: b.clientCert, ClientKey: b.clientKey,
 		TLSServerName: b.serverName, SkipVerify: b.skipVerify, Namespace: b.namespace,
-		Mount: b.mount, Key: b.key, Log: log,
+		Mount: b.mount, Key: b.key, CapabilitiesInterval: b.capabilitiesInterval, Log: log,
 	}
 	if cfg.Address == "" {
 		cfg.Address = getenv(envVaultAddr)
@@ -199,6 +201,8 @@ func (b *Vault) Config(getenv func(string) string, log *slog.Logger) (vault.Conf
 		return cfg, fmt.Errorf("--vault-dek-cache-size %d: want at least 1", b.memory.CacheEntries)
 	case b.memory.LocalKEKMaxAge < time.Minute:
 		return cfg, fmt.Errorf("--vault-local-kek-max-age %s: want at least 1m", b.memory.LocalKEKMaxAge)
+	case b.capabilitiesInterval < time.Second:
+		return cfg, fmt.Errorf("--vault-capabilities-interval %s: want at least 1s", b.capabilitiesInterval)
 	case b.memory.Grace < 0:
 		return cfg, fmt.Errorf("--vault-memory-grace %s: want 0 or more", b.memory.Grace)
 	}
