@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -45,9 +46,9 @@ func total(n map[string]int) int {
 }
 
 // TestVaultRequestBudget runs the plugin's Monitor loop with the backend's default intervals
-// on a fake clock, against a real Vault, for a simulated 10 minutes beside an idle apiserver
-// (Status is answered from memory, so it sends nothing): the backend sends Vault at most 1.5
-// requests a minute. Then a rotation: Status shows it within two minutes of simulated time.
+// on a fake clock, against a real Vault, for a simulated hour beside an idle apiserver (Status
+// is answered from memory, so it sends nothing): the backend sends Vault at most 72 requests,
+// capabilities checks included. Then a rotation: Status shows it within two minutes of simulated time.
 func TestVaultRequestBudget(t *testing.T) {
 	t.Parallel()
 	v := harness.StartVaultDev(t)
@@ -92,7 +93,7 @@ func TestVaultRequestBudget(t *testing.T) {
 		waitIdle(t, clk)
 	}
 
-	const minutes = 30
+	const minutes = 60
 	advance(minutes * time.Minute)
 	n := counter.reset()
 	if id, err := m.State(); err != nil {
@@ -106,6 +107,17 @@ func TestVaultRequestBudget(t *testing.T) {
 	t.Logf("requests in %d simulated minutes: %d (%v)", minutes, total(n), n)
 	if total(n) > minutes*72/60 {
 		t.Fatalf("%d Vault requests in %d minutes at an idle apiserver (%v); want at most 72 an hour", total(n), minutes, n)
+	}
+	caps := 0
+	for p, c := range n {
+		if strings.HasSuffix(p, "/sys/capabilities-self") {
+			caps += c
+		}
+	}
+	// A policy cut must be seen within DefaultCapabilitiesInterval (plus a check): the budget
+	// includes those requests.
+	if want := minutes * int(time.Minute) / int(DefaultCapabilitiesInterval); caps < want {
+		t.Fatalf("sys/capabilities-self asked %d times in %d minutes; want at least %d (every %s)", caps, minutes, want, DefaultCapabilitiesInterval)
 	}
 	if n["GET /v1/sys/health"] != 0 {
 		t.Fatalf("sys/health asked %d times while all was well", n["GET /v1/sys/health"])

@@ -99,6 +99,11 @@ func (p *Plugin) Status(ctx context.Context) (*kmsapi.StatusResponse, error) {
 	return kmsapi.NewKeyManagementServiceClient(p.conn).Status(ctx, &kmsapi.StatusRequest{})
 }
 
+// Client is a KMS v2 client of the plugin's socket, as kube-apiserver calls it.
+func (p *Plugin) Client() kmsapi.KeyManagementServiceClient {
+	return kmsapi.NewKeyManagementServiceClient(p.conn)
+}
+
 // KeyID returns the key id the plugin's Status reports now, failing the test if Status fails.
 func (p *Plugin) KeyID(t testing.TB) string {
 	t.Helper()
