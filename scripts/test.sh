@@ -18,9 +18,10 @@ go vet ./...
 # Every test that needs a real server runs: a missing binary fails instead of skipping.
 export KMS_PLUGIN_REQUIRE_SERVERS=1
 go test -race -timeout 60m "$@" ./...
-# deploy/monitoring/check is a module of its own (it needs Prometheus' PromQL parser, which stays
-# out of the plugin's go.mod), so ./... above does not enter it: the alert rules and the dashboard
-# checked against Prometheus' parser and a running plugin's /metrics.
+# deploy/monitoring/check is a module of its own (it needs Prometheus' PromQL parser and rule
+# engine, which stay out of the plugin's go.mod), so ./... above does not enter it: the alert rules
+# and the dashboard checked against Prometheus' parser and a running plugin's /metrics, and the
+# alerts evaluated through a Vault outage.
 (cd deploy/monitoring/check && go vet ./... && go test -race -timeout 10m "$@" ./...)
 
 # Then each fuzz target for a short bounded run, so that new divergences from the apiserver's

@@ -1,7 +1,8 @@
 // Package check tests deploy/monitoring against Prometheus' own code and a running plugin: the
 // alert rules load as Prometheus loads them (rulefmt, as `promtool check rules` does), every
 // PromQL expression in the rules and in the Grafana dashboard parses with Prometheus' parser, and
-// every metric they name is in a real /metrics scrape of kms-plugin. It is a module of its own so
+// every metric they name is in a real /metrics scrape of kms-plugin, and the alerts fire as the docs
+// say through a Vault outage (alerts_test.go, Prometheus' rule engine). It is a module of its own so
 // that the Prometheus module stays out of the plugin's go.mod; scripts/test.sh runs it.
 package check
 
