@@ -1,6 +1,7 @@
 package vault
 
 import (
+
 	"bytes"
 	"context"
 	"errors"
@@ -300,15 +301,22 @@ func TestVault(t *testing.T) {
 		if _, err := v.LookupToken(bare); err != nil {
 			t.Fatalf("the token was disturbed: %v", err)
 		}
-		// Read but no encrypt/decrypt: checks pass, wrapping is denied.
+		// Read but no encrypt/decrypt: the key reads, but the check's sys/capabilities-self
+		// (the default policy allows it) says the token may not use it: a refusal naming both
+		// paths, and the token is not logged out for it.
 		v.WritePolicy(t, "read-only-"+f.key, fmt.Sprintf(`path "%s/keys/%s" { capabilities = ["read"] }`, f.mount, f.key))
-		ro := v.CreateToken(t, harness.TokenOptions{Policies: []string{"read-only-" + f.key}, TTL: "1h"})
+		ro := v.CreateToken(t, harness.TokenOptions{Policies: []string{"read-only-" + f.key, "default"}, TTL: "1h"})
 		k = f.open(t, StaticToken{ro})
-		mustCheck(t, k)
-		if _, err := k.Wrap(ctx, k.CurrentID(), bytes.Repeat([]byte{3}, 32)); !errors.Is(err, dek.ErrDenied) {
-			t.Fatalf("Wrap without encrypt: %v; want dek.ErrDenied", err)
+		err = k.Check(ctx)
+		if !errors.Is(err, dek.ErrDenied) || !strings.Contains(err.Error(), f.mount+"/encrypt/"+f.key) || !strings.Contains(err.Error(), f.mount+"/decrypt/"+f.key) {
+			t.Fatalf("Check with read only: %v; want dek.ErrDenied naming the encrypt and decrypt paths", err)
 		}
-		mustCheck(t, k) // the denial was the policy's: the token is still good, no error
+		if id := k.CurrentID(); id != "" {
+			t.Fatalf("key id %q adopted by a check that was refused", id)
+		}
+		if _, err := v.LookupToken(ro); err != nil {
+			t.Fatalf("the token was disturbed: %v", err)
+		}
 	})
 
 	t.Run("token file", func(t *testing.T) {
