@@ -63,12 +63,16 @@ func servesNothingFromMemory(t *testing.T, p *harness.Plugin, enc *kmsapi.Encryp
 	}
 }
 
+// waitUnhealthy waits until Status fails with code, or with codes.OK until it answers with a
+// healthz that is not ok.
 func waitUnhealthy(t *testing.T, p *harness.Plugin, code codes.Code) {
 	t.Helper()
 	harness.Eventually(t, 20*time.Second, "Status reporting the refusal", func(ctx context.Context) error {
 		st, err := p.Status(ctx)
 		switch {
-		case code != codes.OK && status.Code(err) == code:
+		case code != codes.OK && status.Code(err) != code:
+			return fmt.Errorf("Status %v, %v; want it to fail with %s", st, err, code)
+		case code != codes.OK:
 			return nil
 		case err != nil:
 			return err

@@ -170,7 +170,7 @@ func (m *Monitor) record(id string, err error, proofDue bool) {
 // failedLocked records a failed refresh and logs what it changes; it reports whether err is a
 // new refusal.
 func (m *Monitor) failedLocked(err error) (newRefusal bool) {
-	wasHealthy, first := m.err == nil && m.refused == nil, !m.checked
+	wasHealthy, first, before := m.err == nil && m.refused == nil, !m.checked, m.err
 	m.checked = true
 	m.err = err
 	if dek.Refused(err) {
@@ -189,7 +189,9 @@ func (m *Monitor) failedLocked(err error) (newRefusal bool) {
 		m.log.Error("BACKEND REFUSES: nothing is served from memory (DEK cache and local KEK dropped) until a check and a round trip succeed again",
 			"key_id", m.keyID, "error", err)
 	case m.refused != nil:
-		if wasHealthy || wasServing {
+		// Said when the backend stops refusing and starts failing otherwise (unreachable, say):
+		// memory stays closed all the same.
+		if wasHealthy || wasServing || (before != nil && dek.Refused(before) && !dek.Refused(err)) {
 			m.log.Warn("backend unhealthy after refusing; nothing is served from memory until it accepts again", "key_id", m.keyID, "error", err)
 		}
 	case m.keyID == "" && first:
