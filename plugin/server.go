@@ -39,9 +39,6 @@ type Server struct {
 	peers  PeerLimits
 }
 
-// NewGRPCServer returns a Server with the defaults of ServerConfig.
-func NewGRPCServer(svc *Service) *Server { return NewServer(svc, ServerConfig{}) }
-
 // NewServer returns a Server for svc.
 func NewServer(svc *Service, cfg ServerConfig) *Server {
 	size := MaxRequestSize

@@ -6,16 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	kmsapi "k8s.io/kms/apis/v2"
 
@@ -23,8 +20,8 @@ import (
 	"github.com/kmsplugin/kms-plugin/dek/kektest"
 	"github.com/kmsplugin/kms-plugin/integration/harness"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
+	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 	"github.com/kmsplugin/kms-plugin/plugin"
-	"github.com/kmsplugin/kms-plugin/plugin/limit"
 )
 
 // These tests run against a real Vault server that the harness starts. Each subtest has its
@@ -434,27 +431,8 @@ func TestVault(t *testing.T) {
 // servePlugin serves k through the plugin's gRPC service on a real unix socket.
 func servePlugin(t *testing.T, k *KEK) (*plugin.Monitor, kmsapi.KeyManagementServiceClient) {
 	t.Helper()
-	m := plugin.NewMonitor(k, plugin.MonitorConfig{CheckInterval: time.Hour, ProofInterval: time.Hour, Timeout: 10 * time.Second}, clock.Real{}, testLogger(t))
-	m.Refresh(context.Background())
-	dir, err := os.MkdirTemp("", "kpv")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "kms.sock")
-	lis, err := plugin.Listen(sock, plugin.SocketOptions{GID: -1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := plugin.NewGRPCServer(plugin.NewService(dek.NewSealer(limit.Timeout(k, 10*time.Second)), m, testLogger(t)))
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority("localhost"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return m, kmsapi.NewKeyManagementServiceClient(conn)
+	p := plugintest.Serve(t, k, plugintest.Options{Timeout: 10 * time.Second})
+	return p.Monitor, plugintest.Client(t, p.Socket)
 }
 
 func keyCreated(t *testing.T, v *harness.Vault, f *fixture) int64 {

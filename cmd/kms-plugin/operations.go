@@ -7,91 +7,26 @@ import (
 	"log/slog"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/kmsplugin/kms-plugin/cmd/internal/serveconfig"
-	"github.com/kmsplugin/kms-plugin/dek"
-	"github.com/kmsplugin/kms-plugin/dek/cache"
 	"github.com/kmsplugin/kms-plugin/plugin"
 	"github.com/kmsplugin/kms-plugin/plugin/endpoints"
-	"github.com/kmsplugin/kms-plugin/plugin/limit"
 	"github.com/kmsplugin/kms-plugin/plugin/metrics"
 )
 
-// instrumented is the backend measured: the Monitor's view of it, never queued behind traffic.
-type instrumented struct {
-	metrics  *metrics.Metrics
-	measured dek.KEK
-}
-
-func instrument(kek dek.KEK, backend string) instrumented {
-	m := metrics.New(backend, version)
-	m.WatchTokenTTL(kek)
-	m.WatchBatches(kek)
-	return instrumented{metrics: m, measured: metrics.NewKEK(kek, m)}
-}
-
-// sealer is the envelope encryption requests use, over the backend as requests see it:
-//
-//	[cache.KEK →] [limit.Timeout → limit.KEK →] Monitor.Proving → metrics.KEK → backend
-//
-// A remote backend's calls (Vault's) are bounded in number and time; localaes' are AES in
-// memory, which needs neither. With the vault backend's memory settings, a DEK cache sits in
-// front (a hit takes no slot and is no backend call) and local KEK mode makes Encrypt need no
-// backend call.
-func (i instrumented) sealer(backend dek.KEK, remote bool, mem *serveconfig.Memory, monitor *plugin.Monitor, o *serveconfig.Options, log *slog.Logger) *dek.Sealer {
-	calls := monitor.Proving(i.measured)
-	if remote {
-		limited := limit.New(calls, o.Ops.MaxCalls, o.Ops.CallQueue)
-		i.metrics.WatchLimiter(limited, o.Ops.MaxCalls, o.Ops.CallQueue)
-		calls = limit.Timeout(limited, o.Timeout)
+// stackConfig is the serving stack serve runs: the opened backend with serve's flags.
+func stackConfig(opened serveconfig.Opened, o serveconfig.Options, m *metrics.Metrics, log *slog.Logger) plugin.Config {
+	cfg := plugin.Config{
+		KEK:     opened.KEK,
+		Memory:  opened.Memory,
+		Monitor: plugin.MonitorConfig{CheckInterval: o.CheckEvery, ProofInterval: o.ProveEvery, Timeout: o.Timeout},
+		Server:  plugin.ServerConfig{Version: version, MaxRequestSize: o.Ops.MaxRequestSize},
+		Metrics: m,
+		Log:     log,
 	}
-	if mem == nil {
-		return dek.NewSealer(calls)
+	if opened.Remote {
+		cfg.Remote = &plugin.RemoteCalls{MaxCalls: o.Ops.MaxCalls, Queue: o.Ops.CallQueue, Timeout: o.Timeout}
 	}
-	cached := cache.New(calls, monitor, mem.CacheEntries)
-	i.metrics.WatchCache(cached)
-	i.metrics.WatchMemory(func() (bool, time.Duration) { m := monitor.Memory(); return m.Serving, m.GraceLeft })
-	var sealer *dek.Sealer
-	if mem.LocalKEK {
-		sealer = dek.NewLocalSealer(cached, dek.LocalKEKConfig{
-			MaxAge: mem.LocalKEKMaxAge, FromMemory: monitor.FromMemory,
-			Generated: i.metrics.WatchLocalKEKs(), Log: log,
-		})
-	} else {
-		sealer = dek.NewSealer(cached)
-	}
-	// A refusal (a check's or a request's) drops everything held in memory at once; the
-	// Monitor has already closed the gate, and the purges discard what calls under way return.
-	monitor.OnRefusal(func(err error) {
-		n := cached.Purge(nil)
-		dropped := sealer.DropLocalKEK(nil)
-		log.Warn("DEK cache cleared and local KEK dropped: the backend refuses", "entries", n, "local_kek", dropped, "error", err)
-	})
-	checker, _ := backend.(interface{ Usable(keyID string) error })
-	monitor.OnRefresh(func(_ string, unhealthy error) {
-		if unhealthy != nil || checker == nil {
-			return
-		}
-		// What the backend no longer accepts (a version below min_decryption_version, a
-		// deleted or recreated key) stops being served from memory within one check.
-		if n := cached.Purge(checker.Usable); n > 0 {
-			log.Info("DEK cache: dropped keys the backend no longer accepts", "entries", n)
-		}
-		if sealer.DropLocalKEK(checker.Usable) {
-			log.Info("local KEK dropped: the backend no longer accepts its key id")
-		}
-	})
-	return sealer
-}
-
-// serverConfig is the gRPC server's configuration with the metrics interceptor.
-func (i instrumented) serverConfig(o serveconfig.OpsOptions) plugin.ServerConfig {
-	return plugin.ServerConfig{
-		Version:        version,
-		MaxRequestSize: o.MaxRequestSize,
-		Options:        []grpc.ServerOption{grpc.ChainUnaryInterceptor(i.metrics.UnaryInterceptor())},
-	}
+	return cfg
 }
 
 // startOps serves the HTTP endpoints when --health-addr is set; stop shuts them down. An

@@ -14,13 +14,10 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/cmd/internal/serveconfig"
 	"github.com/kmsplugin/kms-plugin/dek"
-	"github.com/kmsplugin/kms-plugin/internal/clock"
 	"github.com/kmsplugin/kms-plugin/internal/kmsclient"
 	"github.com/kmsplugin/kms-plugin/plugin"
+	"github.com/kmsplugin/kms-plugin/plugin/metrics"
 )
-
-// reloader is a backend that re-reads its configuration on SIGHUP.
-type reloader interface{ Reload() error }
 
 func newServeCommand() *cobra.Command {
 	var o serveconfig.Options
@@ -58,15 +55,6 @@ func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveconfi
 	if err != nil {
 		return err
 	}
-	if mt, ok := chosen.(serveconfig.MonitorTuner); ok {
-		check, proof := mt.MonitorIntervals()
-		if !fs.Changed("check-interval") {
-			o.CheckEvery = check
-		}
-		if !fs.Changed("proof-interval") {
-			o.ProveEvery = proof
-		}
-	}
 	if err := disableCoreDumps(); err != nil {
 		return err
 	}
@@ -77,41 +65,35 @@ func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveconfi
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	defer stop()
-	kek, err := chosen.Open(ctx, fs, log)
+	opened, err := chosen.Open(ctx, fs, log)
 	if err != nil {
 		return err
 	}
-	inst := instrument(kek, o.Backend)
-	var mem *serveconfig.Memory
-	if v, ok := chosen.(*serveconfig.Vault); ok {
-		m := v.Memory()
-		mem = &m
+	if opened.CheckInterval > 0 && !fs.Changed("check-interval") {
+		o.CheckEvery = opened.CheckInterval
 	}
-	cfg := plugin.MonitorConfig{CheckInterval: o.CheckEvery, ProofInterval: o.ProveEvery, Timeout: o.Timeout}
-	if mem != nil {
-		cfg.Grace = mem.Grace
+	if opened.ProofInterval > 0 && !fs.Changed("proof-interval") {
+		o.ProveEvery = opened.ProofInterval
 	}
-	monitor := plugin.NewMonitor(inst.measured, cfg, clock.Real{}, log)
-	sealer := inst.sealer(kek, chosen.Remote(), mem, monitor, &o, log)
-	monitor.OnRefresh(inst.metrics.ObserveBackend)
-	monitor.Refresh(ctx)
-	go monitor.Run(ctx)
+	m := metrics.New(o.Backend, version)
+	stack := plugin.New(stackConfig(opened, o, m, log))
+	stack.Start(ctx)
 	// The socket first: a plugin that cannot serve it must not announce its endpoints.
 	lis, err := plugin.Listen(path, sockOpts)
 	if err != nil {
 		return err
 	}
 	defer lis.Close()
-	stopOps, err := startOps(o.Ops, monitor, inst.metrics, log)
+	stopOps, err := startOps(o.Ops, stack.Monitor, m, log)
 	if err != nil {
 		return err
 	}
 	defer stopOps()
-	srv := plugin.NewServer(plugin.NewService(sealer, monitor, log), inst.serverConfig(o.Ops))
+	srv, monitor := stack.Server, stack.Monitor
 	keyID, unhealthy := monitor.State()
 	log.Info("serving KMS v2", "socket", path, "backend", o.Backend, "key_id", keyID, "healthy", unhealthy == nil, "version", version)
 
-	go reloadOnHUP(ctx, hup, kek, monitor, log)
+	go reloadOnHUP(ctx, hup, opened.KEK, monitor, log)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
 
@@ -135,7 +117,7 @@ func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveconfi
 // reloadOnHUP re-reads the backend's configuration on SIGHUP. A failed reload keeps the keys
 // in use and says why.
 func reloadOnHUP(ctx context.Context, hup <-chan os.Signal, kek dek.KEK, monitor *plugin.Monitor, log *slog.Logger) {
-	r, ok := kek.(reloader)
+	r, ok := kek.(dek.Reloader)
 	for {
 		select {
 		case <-ctx.Done():

@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -13,8 +11,6 @@ import (
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
-	"github.com/kmsplugin/kms-plugin/dek"
-	"github.com/kmsplugin/kms-plugin/internal/clock"
 	"github.com/kmsplugin/kms-plugin/internal/kmsclient"
 	"github.com/kmsplugin/kms-plugin/plugin"
 	"github.com/kmsplugin/kms-plugin/storage/compare"
@@ -81,16 +77,14 @@ func startThrowawayPlugin() (string, func(), error) {
 		cleanup()
 		return "", nil, err
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	monitor := plugin.NewMonitor(backend, plugin.DefaultMonitorConfig, clock.Real{}, log)
-	monitor.Refresh(context.Background())
+	stack := plugin.New(plugin.Config{KEK: backend}) // serve's stack for localaes
+	stack.Monitor.Refresh(context.Background())
 	socket := filepath.Join(dir, "kms.sock")
 	lis, err := plugin.Listen(socket, plugin.SocketOptions{GID: -1})
 	if err != nil {
 		cleanup()
 		return "", nil, fmt.Errorf("throwaway plugin: %w", err)
 	}
-	srv := plugin.NewGRPCServer(plugin.NewService(dek.NewSealer(backend), monitor, log))
-	go srv.Serve(lis)
-	return socket, func() { srv.Stop(); cleanup() }, nil
+	go stack.Server.Serve(lis)
+	return socket, func() { stack.Server.Stop(); cleanup() }, nil
 }

@@ -8,8 +8,8 @@
 // are exactly the entries a restarted apiserver needs. Whether memory may be served at all is
 // the Gate's decision (a grace while the backend is unreachable, none once it refuses).
 //
-// In serve it sits above everything else on the way to the backend (the chain is in
-// cmd/kms-plugin/operations.go): a hit takes no backend slot and is not a backend call.
+// In the serving stack it sits above everything else on the way to the backend (plugin.New
+// orders it): a hit takes no backend slot and is not a backend call.
 package cache
 
 import (

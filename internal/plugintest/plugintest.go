@@ -4,8 +4,6 @@ package plugintest
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
@@ -15,7 +13,6 @@ import (
 	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
 	"github.com/kmsplugin/kms-plugin/plugin"
-	"github.com/kmsplugin/kms-plugin/plugin/limit"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	kmsapi "k8s.io/kms/apis/v2"
@@ -39,7 +36,7 @@ func (p *Plugin) Stop() { p.srv.Stop() }
 type Options struct {
 	Socket  string        // where to listen; a fresh short path when empty
 	Clock   clock.Clock   // for the Monitor; the real clock when nil
-	Timeout time.Duration // per backend operation (limit.Timeout, as serve has for vault); 2 s when zero
+	Timeout time.Duration // per backend operation (plugin.RemoteCalls, as serve has for vault); 2 s when zero
 	KEKName string        // ServeLocalAES: the first key's name; "one" when empty
 	Peers   plugin.PeerLimits
 }
@@ -56,17 +53,22 @@ func Serve(t testing.TB, kek dek.KEK, opts Options) *Plugin {
 	if opts.Timeout == 0 {
 		opts.Timeout = 2 * time.Second
 	}
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	monitor := plugin.NewMonitor(kek, plugin.DefaultMonitorConfig, opts.Clock, log)
-	monitor.Refresh(context.Background())
+	// The stack serve builds, with a remote backend's bounds (a test's fault-injecting KEK may
+	// hang); the Monitor refreshes only when the test says.
+	stack := plugin.New(plugin.Config{
+		KEK:    kek,
+		Remote: &plugin.RemoteCalls{Timeout: opts.Timeout},
+		Server: plugin.ServerConfig{Peers: opts.Peers},
+		Clock:  opts.Clock,
+	})
+	stack.Monitor.Refresh(context.Background())
 	lis, err := plugin.Listen(opts.Socket, plugin.SocketOptions{GID: -1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := plugin.NewServer(plugin.NewService(dek.NewSealer(limit.Timeout(monitor.Proving(kek), opts.Timeout)), monitor, log), plugin.ServerConfig{Peers: opts.Peers})
-	go srv.Serve(lis)
-	t.Cleanup(srv.Stop)
-	return &Plugin{Socket: opts.Socket, Monitor: monitor, srv: srv}
+	go stack.Server.Serve(lis)
+	t.Cleanup(stack.Server.Stop)
+	return &Plugin{Socket: opts.Socket, Monitor: stack.Monitor, srv: stack.Server}
 }
 
 // ServeLocalAES makes a key file with one new key, beside the socket, and serves it.

@@ -7,7 +7,7 @@
 // them, and reads fail meanwhile). A waiting call gives up when its context ends: the caller's
 // deadline, or --timeout. Only when the queue itself is full is a call refused at once.
 //
-// In serve (the chain is in cmd/kms-plugin/operations.go) the limiter sits above metrics.KEK,
+// In the serving stack (plugin.New orders it) the limiter sits above metrics.KEK,
 // so the backend's latency metrics do not include the wait for a slot. The plugin's Monitor
 // calls metrics.KEK directly: its health checks are never queued behind traffic.
 package limit

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/dek/cache"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -122,17 +123,10 @@ func (m *Metrics) ObserveBackend(keyID string, unhealthy error) {
 	}
 }
 
-// TokenTTLReporter is implemented by a backend whose credentials expire, such as a Vault
-// token. TokenTTL answers from memory (a scrape must never reach the backend): the time left
-// on the credentials in use, and false while none are held or they do not expire.
-type TokenTTLReporter interface {
-	TokenTTL() (time.Duration, bool)
-}
-
 // WatchTokenTTL exports kms_plugin_backend_token_ttl_seconds when backend implements
-// TokenTTLReporter; it reports whether it does.
-func (m *Metrics) WatchTokenTTL(backend any) bool {
-	r, ok := backend.(TokenTTLReporter)
+// dek.TokenTTLReporter; it reports whether it does.
+func (m *Metrics) WatchTokenTTL(backend dek.KEK) bool {
+	r, ok := backend.(dek.TokenTTLReporter)
 	if ok {
 		m.wrapped.MustRegister(&tokenTTLCollector{r: r, desc: prometheus.NewDesc(namespace+"_backend_token_ttl_seconds",
 			"Time left on the backend's credentials (a Vault token); absent while they do not expire.", nil, nil)})
@@ -141,7 +135,7 @@ func (m *Metrics) WatchTokenTTL(backend any) bool {
 }
 
 type tokenTTLCollector struct {
-	r    TokenTTLReporter
+	r    dek.TokenTTLReporter
 	desc *prometheus.Desc
 }
 
@@ -233,10 +227,8 @@ func (m *Metrics) WatchMemory(state func() (serving bool, graceLeft time.Duratio
 
 // WatchBatches exports the backend's batching of unwraps, if it batches (vault): requests
 // sent and the unwraps they carried; their ratio is the mean batch size.
-func (m *Metrics) WatchBatches(backend any) bool {
-	b, ok := backend.(interface {
-		DecryptBatches() (requests, items uint64)
-	})
+func (m *Metrics) WatchBatches(backend dek.KEK) bool {
+	b, ok := backend.(dek.UnwrapBatcher)
 	if !ok {
 		return false
 	}

@@ -126,6 +126,7 @@ func TestBackendCallResults(t *testing.T) {
 }
 
 type ttlBackend struct {
+	errKEK
 	ttl     time.Duration
 	expires bool
 }

@@ -10,7 +10,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
-	"github.com/kmsplugin/kms-plugin/dek"
 )
 
 // DefaultKeyFile is where the embedded default keeps its key. Only at this default path does
@@ -22,25 +21,28 @@ type LocalAES struct{ KeyFile string }
 
 func (*LocalAES) Name() string { return "localaes" }
 
-func (*LocalAES) Remote() bool { return false }
-
 func (b *LocalAES) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&b.KeyFile, "localaes-key-file", DefaultKeyFile, "localaes: YAML key file (keys: [{name, secret}]), mode 0600; the first key wraps, all unwrap; SIGHUP reloads it")
 }
 
-func (b *LocalAES) Open(_ context.Context, fs *pflag.FlagSet, log *slog.Logger) (dek.KEK, error) {
+// Open opens the key file. Its calls are AES in memory: neither bounded nor served from memory.
+func (b *LocalAES) Open(_ context.Context, fs *pflag.FlagSet, log *slog.Logger) (Opened, error) {
 	if _, err := os.Stat(b.KeyFile); errors.Is(err, os.ErrNotExist) && !fs.Changed("localaes-key-file") {
 		// CreateKeyFile looks again under the key file's lock and creates it only if it is
 		// still missing: of plugins starting at once, one creates the file and the others find
 		// it. Each then loads what the file holds, so every plugin wraps with a key in it.
 		id, created, err := localaes.CreateKeyFile(b.KeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("creating the default key file: %w", err)
+			return Opened{}, fmt.Errorf("creating the default key file: %w", err)
 		}
 		if created {
 			log.Warn("##### NO KEY FILE: CREATED A NEW KEY. Back up this file: without it nothing encrypted with it can be read again. For production, create and distribute keys with 'kmsctl keygen' and pass --localaes-key-file. #####",
 				"key_file", b.KeyFile, "key_id", id)
 		}
 	}
-	return localaes.Open(b.KeyFile)
+	kek, err := localaes.Open(b.KeyFile)
+	if err != nil {
+		return Opened{}, err
+	}
+	return Opened{KEK: kek}, nil
 }

@@ -28,12 +28,12 @@ func TestDefaultKeyFileConcurrentFirstStart(t *testing.T) {
 			b := &LocalAES{}
 			b.AddFlags(fs)
 			b.KeyFile = path // the default as far as the flag set knows: not Changed
-			kek, err := b.Open(context.Background(), fs, slog.New(slog.DiscardHandler))
+			opened, err := b.Open(context.Background(), fs, slog.New(slog.DiscardHandler))
 			if err != nil {
 				t.Error(err)
 				return
 			}
-			using[i] = kek.(*localaes.KEK).CurrentID()
+			using[i] = opened.KEK.CurrentID()
 		}()
 	}
 	wg.Wait()

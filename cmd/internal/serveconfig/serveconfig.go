@@ -24,17 +24,23 @@ import (
 type Backend interface {
 	Name() string
 	AddFlags(fs *pflag.FlagSet)
-	Open(ctx context.Context, fs *pflag.FlagSet, log *slog.Logger) (dek.KEK, error)
-	// Remote says whether a call waits on another process (Vault). Only such calls are bounded
-	// in number and time (--max-concurrent-backend-calls, --backend-call-queue, --timeout);
-	// AES in memory is bounded by the requests the socket admits.
-	Remote() bool
+	// Open builds the backend from its flags, with what serving it takes.
+	Open(ctx context.Context, fs *pflag.FlagSet, log *slog.Logger) (Opened, error)
 }
 
-// MonitorTuner is a backend with its own default check and proof intervals (a remote one that
-// must not be polled as often as local keys); explicit flags still win.
-type MonitorTuner interface {
-	MonitorIntervals() (check, proof time.Duration)
+// Opened is a backend ready to serve, and what the serving stack needs to know of it.
+type Opened struct {
+	KEK dek.KEK
+	// Remote is set for a backend whose calls wait on another process (Vault): only such calls
+	// are bounded in number and time (--max-concurrent-backend-calls, --backend-call-queue,
+	// --timeout); AES in memory is bounded by the requests the socket admits.
+	Remote bool
+	// Memory is what the plugin keeps to serve through the backend's outage; nil: nothing.
+	Memory *plugin.MemoryConfig
+	// CheckInterval and ProofInterval are the backend's own defaults of --check-interval and
+	// --proof-interval (a remote backend must not be polled as often as local keys); zero:
+	// the general ones. Explicit flags still win.
+	CheckInterval, ProofInterval time.Duration
 }
 
 // Backends returns one of each backend, ready for AddFlags.

@@ -14,6 +14,7 @@ import (
 	"github.com/kmsplugin/kms-plugin/backends/vault"
 	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/dek/cache"
+	"github.com/kmsplugin/kms-plugin/plugin"
 )
 
 // The only environment variables the vault backend honours, read here and nowhere else
@@ -34,16 +35,7 @@ type Vault struct {
 	certMount, certRole, certPEM, certFile, keyFile string
 	jwtMount, jwtRole, jwtFile                      string
 	capabilitiesInterval                            time.Duration
-	memory                                          Memory
-}
-
-// Memory is what the vault backend keeps in memory to serve through a Vault outage
-// (docs/vault.md, "Serving through a Vault outage").
-type Memory struct {
-	CacheEntries   int           // unwrapped DEKs (and local KEKs) held
-	LocalKEK       bool          // local KEK mode: Encrypt needs no Vault call
-	LocalKEKMaxAge time.Duration // how long one local KEK wraps new DEKs
-	Grace          time.Duration // serving from memory after Vault last answered
+	memory                                          plugin.MemoryConfig
 }
 
 // DefaultGrace covers an outage of a working day's first hours, so an on-call engineer can
@@ -51,15 +43,6 @@ type Memory struct {
 // that cannot be reached anymore was, for example, meant to revoke the plugin (a Vault that
 // answers with a refusal ends it at once).
 const DefaultGrace = 4 * time.Hour
-
-// Memory returns the memory settings.
-func (b *Vault) Memory() Memory { return b.memory }
-
-// MonitorIntervals are the vault backend's own defaults of --check-interval and
-// --proof-interval: few Vault requests at an idle apiserver, rotations within two minutes.
-func (*Vault) MonitorIntervals() (check, proof time.Duration) {
-	return vault.DefaultCheckInterval, vault.DefaultProofInterval
-}
 
 // addrList is --vault-addr: repeated, or a comma-separated list, kept comma-joined.
 type addrList struct{ s *string }
@@ -86,8 +69,6 @@ func splitAddrs(s string) []string {
 }
 
 func (*Vault) Name() string { return "vault" }
-
-func (*Vault) Remote() bool { return true }
 
 func (b *Vault) AddFlags(fs *pflag.FlagSet) {
 	fs.Var(addrList{&b.addr}, "vault-addr", "vault: address, https://host:8200; repeat it or list several, comma-separated, for failover between nodes of one cluster, preferred first (default $"+envVaultAddr+")")
@@ -123,10 +104,12 @@ func (b *Vault) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&b.memory.Grace, "vault-memory-grace", DefaultGrace, "vault: how long after Vault last answered the DEK cache and local KEK keep serving while Vault is unreachable (0: never)")
 }
 
-func (b *Vault) Open(_ context.Context, _ *pflag.FlagSet, log *slog.Logger) (dek.KEK, error) {
+// Open builds the backend (it does not contact Vault: the first check does). Its calls are
+// remote and bounded; what it serves from memory and its intervals are its flags'.
+func (b *Vault) Open(_ context.Context, _ *pflag.FlagSet, log *slog.Logger) (Opened, error) {
 	cfg, err := b.Config(os.Getenv, log)
 	if err != nil {
-		return nil, err
+		return Opened{}, err
 	}
 	if cfg.SkipVerify {
 		log.Warn("##### --vault-skip-verify: Vault's certificate is NOT verified; anyone on the network path can read every DEK. Use --vault-ca-file instead. #####")
@@ -136,10 +119,11 @@ func (b *Vault) Open(_ context.Context, _ *pflag.FlagSet, log *slog.Logger) (dek
 	}
 	kek, err := vault.Open(cfg)
 	if err != nil {
-		return nil, err
+		return Opened{}, err
 	}
 	log.Info("vault backend", "vault_addr", cfg.Address, "failover_addrs", cfg.FailoverAddresses, "namespace", cfg.Namespace, "transit_mount", cfg.Mount, "transit_key", cfg.Key, "auth", cfg.Auth.Method())
-	return kek, nil
+	mem := b.memory
+	return Opened{KEK: kek, Remote: true, Memory: &mem, CheckInterval: vault.DefaultCheckInterval, ProofInterval: vault.DefaultProofInterval}, nil
 }
 
 // config turns flags and the documented environment variables into the backend's Config.

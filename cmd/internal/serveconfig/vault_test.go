@@ -113,11 +113,6 @@ func TestVaultConfigAddressesAndNewAuthMethods(t *testing.T) {
 			t.Errorf("%v: accepted", bad)
 		}
 	}
-
-	var tuner MonitorTuner = &Vault{}
-	if check, proof := tuner.MonitorIntervals(); check != time.Minute || proof != 15*time.Minute {
-		t.Fatalf("vault's default intervals %s, %s; want 1m, 15m", check, proof)
-	}
 }
 
 func TestVaultSkipVerifyWarns(t *testing.T) {
@@ -125,8 +120,14 @@ func TestVaultSkipVerifyWarns(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(&buf, nil))
 	b := parseVaultFlags(t, "--vault-addr", "https://vault.example:8200", "--vault-transit-key", "k", "--vault-skip-verify")
 	t.Setenv("VAULT_TOKEN", "s.x")
-	if _, err := b.Open(context.Background(), nil, log); err != nil {
+	opened, err := b.Open(context.Background(), nil, log)
+	if err != nil {
 		t.Fatal(err)
+	}
+	// What serving it takes comes with it: bounded remote calls, memory, its own intervals.
+	if !opened.Remote || opened.Memory == nil || opened.Memory.Grace != DefaultGrace ||
+		opened.CheckInterval != time.Minute || opened.ProofInterval != 30*time.Minute {
+		t.Fatalf("opened vault backend: %+v; want remote, memory with the default grace, 1m and 30m", opened)
 	}
 	if !strings.Contains(buf.String(), "level=WARN") || !strings.Contains(buf.String(), "NOT verified") {
 		t.Fatalf("--vault-skip-verify logged no warning:\n%s", buf.String())
