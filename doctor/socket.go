@@ -102,7 +102,7 @@ func pluginStatus(ctx context.Context, path string) Result {
 		return fail(check, "", "%s: %v", path, err)
 	}
 	defer conn.Close()
-	st, err := kmsclient.CheckStatus(ctx, conn, 3*time.Second) // the apiserver's default timeout
+	st, err := kmsclient.CheckStatus(ctx, conn, kmsclient.APIServerTimeout)
 	switch {
 	case err != nil && st.Version != "" && st.Version != "v2":
 		return fail(check, "run a KMS v2 plugin on this socket", "Status over %s: %v", path, err)

@@ -39,6 +39,10 @@ func Dial(endpoint string) (*grpc.ClientConn, error) {
 		grpc.WithAuthority("localhost"))
 }
 
+// APIServerTimeout is kube-apiserver's timeout of one call to a KMS plugin when its
+// EncryptionConfiguration's kms provider sets no `timeout`.
+const APIServerTimeout = 3 * time.Second
+
 // MaxKeyIDSize is the apiserver's limit on a key id (kmsv2.KeyIDMaxSize), in Status answers
 // and in stored EncryptedObjects alike.
 const MaxKeyIDSize = 1024

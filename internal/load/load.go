@@ -45,7 +45,7 @@ const (
 	DefaultPayloadSize = 32 // a kube-apiserver DEK seed
 	DefaultDistinct    = 300
 	DefaultMixRatio    = 0.125 // 1 Encrypt to 7 Decrypts
-	DefaultTimeout     = 3 * time.Second
+	DefaultTimeout     = kmsclient.APIServerTimeout
 	MaxPayloadSize     = 1 << 20
 )
 

@@ -1,4 +1,4 @@
-// Package ops serves the operator's HTTP endpoints beside the gRPC socket: /healthz (the
+// Package endpoints serves the operator's HTTP endpoints beside the gRPC socket: /healthz (the
 // process is alive), /readyz (the backend is usable now), /metrics and /version.
 //
 // /healthz never depends on the backend: a liveness probe that failed with Vault would make

@@ -230,7 +230,7 @@ func kmsTimeout(k *kmsConfig) time.Duration {
 	if k.Timeout != nil {
 		return k.Timeout.Duration
 	}
-	return 3 * time.Second
+	return kmsclient.APIServerTimeout
 }
 
 func providerLink(p providerConfig, dial func(string) (*grpc.ClientConn, error)) (providers.Link, error) {

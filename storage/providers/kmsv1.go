@@ -11,6 +11,8 @@ import (
 	"time"
 
 	kmsv1 "k8s.io/kms/apis/v1beta1"
+
+	"github.com/kmsplugin/kms-plugin/internal/kmsclient"
 )
 
 // KMSv1 reads "k8s:enc:kms:v1:<name>:" values, left by apiservers that used the deprecated
@@ -30,7 +32,7 @@ type KMSv1 struct {
 // NewKMSv1Provider returns the "k8s:enc:kms:v1:<name>:" link.
 func NewKMSv1Provider(name string, client kmsv1.KeyManagementServiceClient, timeout time.Duration) Link {
 	if timeout <= 0 {
-		timeout = 3 * time.Second
+		timeout = kmsclient.APIServerTimeout
 	}
 	return Link{Prefix: KMSv1Prefix + name + ":", Transformer: &KMSv1{name: name, client: client, timeout: timeout, deks: map[string][]byte{}}}
 }

@@ -18,6 +18,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	kmstypes "k8s.io/apiserver/pkg/storage/value/encrypt/envelope/kmsv2/v2"
 	kmsapi "k8s.io/kms/apis/v2"
+
+	"github.com/kmsplugin/kms-plugin/internal/kmsclient"
 )
 
 const (
@@ -53,7 +55,7 @@ type kmsWriteState struct {
 // client; timeout bounds each plugin call (the provider's `timeout`, 3 s by default).
 func NewKMSv2(name string, client kmsapi.KeyManagementServiceClient, timeout time.Duration) *KMSv2 {
 	if timeout <= 0 {
-		timeout = 3 * time.Second
+		timeout = kmsclient.APIServerTimeout
 	}
 	return &KMSv2{name: name, client: client, timeout: timeout, seeds: map[string][]byte{}}
 }

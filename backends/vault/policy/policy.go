@@ -1,4 +1,4 @@
-// Package vaultpolicy is the least-privilege Vault policy of the plugin's Vault backend: the
+// Package policy is the least-privilege Vault policy of the plugin's Vault backend: the
 // paths and capabilities it needs, as rules that `kmsctl doctor` checks a token against and
 // as the HCL that `kmsctl policy` prints. Both come from one list, so they cannot drift.
 package policy
