@@ -54,16 +54,10 @@ type localKEKs struct {
 	// again (unix nanoseconds): Encrypts keep the current local KEK meanwhile.
 	postponed atomic.Int64
 
-	mu         sync.Mutex
-	generating *generation // the one generation under way, which concurrent Encrypts share
-	drops      uint64      // DropLocalKEK calls so far: a generation begun before one is discarded
-}
+	generations Flights[struct{}, *localKEK] // the one generation under way, which concurrent Encrypts share
 
-// generation is one attempt at a new local KEK.
-type generation struct {
-	done chan struct{}
-	lk   *localKEK
-	err  error
+	mu    sync.Mutex
+	drops uint64 // DropLocalKEK calls so far: a generation begun before one is discarded
 }
 
 type localKEK struct {
@@ -100,53 +94,38 @@ func (l *localKEKs) forEncrypt(ctx context.Context, kek KEK, keyID string) (*loc
 			return lk, nil
 		}
 	}
-	l.mu.Lock()
-	old := l.current.Load()
-	if l.usable(old, keyID) && old.uses.Add(1) <= l.cfg.MaxUses {
-		l.mu.Unlock()
-		return old, nil // another Encrypt generated one meanwhile
-	}
-	g := l.generating
-	if g == nil {
-		// One generation for all the Encrypts that need it: they wait for its result instead
-		// of each trying the backend in turn (during an outage, each for its whole timeout).
-		g = &generation{done: make(chan struct{})}
-		l.generating = g
-		drops := l.drops
-		l.mu.Unlock()
-		g.lk, g.err = l.generate(ctx, kek, keyID, old)
+	// One generation for all the Encrypts that need it: they wait for its result instead of
+	// each trying the backend in turn (during an outage, each for its whole timeout).
+	lk, err, joined := l.generations.Do(ctx, struct{}{}, func() (*localKEK, error) {
 		l.mu.Lock()
-		switch {
-		case g.err != nil:
-		case l.drops != drops:
+		old, drops := l.current.Load(), l.drops
+		l.mu.Unlock()
+		if l.usable(old, keyID) && old.uses.Load() < l.cfg.MaxUses {
+			return old, nil // another Encrypt generated one meanwhile
+		}
+		lk, err := l.generate(ctx, kek, keyID, old)
+		if err != nil {
+			return nil, err
+		}
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		if l.drops != drops {
 			// The backend refused, or the key changed, while it wrapped this one: its answer
 			// predates that and must not be used.
-			g.lk, g.err = nil, fmt.Errorf("%w: the local KEK being made was dropped (the backend refused or the key changed meanwhile)", ErrUnavailable)
-		default:
-			l.current.Store(g.lk)
+			return nil, fmt.Errorf("%w: the local KEK being made was dropped (the backend refused or the key changed meanwhile)", ErrUnavailable)
 		}
-		l.generating = nil
-		l.mu.Unlock()
-		close(g.done)
-	} else {
-		l.mu.Unlock()
-		select {
-		case <-g.done:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("%w: waiting for a new local KEK: %w", ErrUnavailable, ctx.Err())
-		}
-		if g.err != nil && Abandoned(g.err) && ctx.Err() == nil {
-			return l.forEncrypt(ctx, kek, keyID) // its caller gave up, we did not: try ourselves
-		}
+		l.current.Store(lk)
+		return lk, nil
+	})
+	switch {
+	case joined && err != nil && errors.Is(err, ctx.Err()):
+		return nil, fmt.Errorf("%w: waiting for a new local KEK: %w", ErrUnavailable, err)
+	case err != nil:
+		return nil, err
+	case lk.keyID != keyID || lk.uses.Add(1) > l.cfg.MaxUses:
+		return l.forEncrypt(ctx, kek, keyID) // made for another key id, or used up meanwhile: again
 	}
-	if g.err != nil {
-		return nil, g.err
-	}
-	if g.lk.keyID != keyID {
-		return l.forEncrypt(ctx, kek, keyID) // it was made for another key id: try again
-	}
-	g.lk.uses.Add(1)
-	return g.lk, nil
+	return lk, nil
 }
 
 // DropLocalKEK drops the local KEK that wraps new DEKs when keep refuses its key id (nil keep:

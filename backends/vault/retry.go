@@ -43,10 +43,14 @@ func (p RetryPolicy) withDefaults() RetryPolicy {
 // wait is the jittered wait after the given failed attempt (1-based): uniformly within
 // [d/2, d) where d = Base * 2^(attempt-1), capped at Max, so that plugins on every
 // control-plane node do not retry in step.
-func (p RetryPolicy) wait(attempt int) time.Duration {
-	d := p.Base << (attempt - 1)
-	if d > p.Max || d <= 0 {
-		d = p.Max
+func (p RetryPolicy) wait(attempt int) time.Duration { return backoff(p.Base, p.Max, attempt) }
+
+// backoff is the one jittered exponential backoff of this package (retries, logins): after the
+// n-th failure (1-based), uniformly within [d/2, d] where d = base * 2^(n-1), capped at limit.
+func backoff(base, limit time.Duration, n int) time.Duration {
+	d := base << min(n-1, 30)
+	if d > limit || d <= 0 {
+		d = limit
 	}
 	return d/2 + rand.N(d/2+1)
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sync/atomic"
 	"time"
 
@@ -206,10 +205,4 @@ func (t *tokens) ttlLeft() (time.Duration, bool) {
 }
 
 // loginBackoff is the jittered wait after n consecutive failed logins.
-func loginBackoff(n int) time.Duration {
-	d := loginBackoffBase << min(n-1, 16)
-	if d > loginBackoffMax {
-		d = loginBackoffMax
-	}
-	return d/2 + rand.N(d/2+1)
-}
+func loginBackoff(n int) time.Duration { return backoff(loginBackoffBase, loginBackoffMax, n) }

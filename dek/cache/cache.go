@@ -46,8 +46,7 @@ type KEK struct {
 	// since the purge may have been for the very key it used.
 	purges uint64
 
-	flights sync.Mutex
-	pending map[entryKey]*flight
+	flights dek.Flights[entryKey, []byte] // backend Unwraps that identical concurrent misses share
 
 	hits, misses, evictions atomic.Uint64
 }
@@ -59,20 +58,12 @@ type entry struct {
 	dek []byte
 }
 
-// flight is one backend Unwrap that identical concurrent misses wait for.
-type flight struct {
-	done chan struct{}
-	dek  []byte
-	err  error
-}
-
 // New returns kek with a cache of at most entries DEKs (DefaultEntries when not positive).
 func New(kek dek.KEK, gate Gate, entries int) *KEK {
 	if entries <= 0 {
 		entries = DefaultEntries
 	}
-	return &KEK{KEK: kek, gate: gate, entries: entries, order: list.New(),
-		index: map[entryKey]*list.Element{}, pending: map[entryKey]*flight{}}
+	return &KEK{KEK: kek, gate: gate, entries: entries, order: list.New(), index: map[entryKey]*list.Element{}}
 }
 
 // Wrap wraps with the backend and remembers the pair, so that Decrypts of what this plugin
@@ -98,46 +89,18 @@ func (c *KEK) Unwrap(ctx context.Context, keyID string, wrapped []byte) ([]byte,
 		}
 	}
 	c.misses.Add(1)
-	for {
-		d, err, joined := c.unwrapOnce(ctx, key, keyID, wrapped)
-		// The call this one joined ended with its own caller's context: no answer for us.
-		if joined && err != nil && dek.Abandoned(err) && ctx.Err() == nil {
-			continue
+	d, err, _ := c.flights.Do(ctx, key, func() ([]byte, error) {
+		epoch := c.epoch()
+		d, err := c.KEK.Unwrap(ctx, keyID, wrapped)
+		if err == nil {
+			c.put(key, d, epoch)
 		}
 		return d, err
+	})
+	if err != nil {
+		return nil, err
 	}
-}
-
-// unwrapOnce makes the backend call for key, or joins the one under way.
-func (c *KEK) unwrapOnce(ctx context.Context, key entryKey, keyID string, wrapped []byte) (_ []byte, _ error, joined bool) {
-	c.flights.Lock()
-	f, joined := c.pending[key]
-	if !joined {
-		f = &flight{done: make(chan struct{})}
-		c.pending[key] = f
-	}
-	c.flights.Unlock()
-	if !joined {
-		epoch := c.epoch()
-		f.dek, f.err = c.KEK.Unwrap(ctx, keyID, wrapped)
-		if f.err == nil {
-			c.put(key, f.dek, epoch)
-		}
-		c.flights.Lock()
-		delete(c.pending, key)
-		c.flights.Unlock()
-		close(f.done)
-	} else {
-		select {
-		case <-f.done:
-		case <-ctx.Done():
-			return nil, ctx.Err(), joined
-		}
-	}
-	if f.err != nil {
-		return nil, f.err, joined
-	}
-	return clone(f.dek), nil, joined
+	return clone(d), nil // every caller gets its own copy to clear
 }
 
 // Purge drops every entry whose key id keep refuses (nil keep: every entry), clearing the DEKs.
