@@ -1,21 +1,19 @@
 package vault
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/api"
 
 	"github.com/kmsplugin/kms-plugin/internal/clock"
+	"github.com/kmsplugin/kms-plugin/internal/tlsfiles"
 )
 
 // Config is everything the backend needs. The cmd layer fills it from flags and the few
@@ -142,25 +140,11 @@ func cleartext(address string) bool {
 // reused. No proxy: only the documented settings shape where requests go. It has no timeout
 // of its own; every request carries its caller's deadline.
 func (c *Config) newTransport() (*http.Transport, error) {
-	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: c.TLSServerName, InsecureSkipVerify: c.SkipVerify}
-	if c.CAFile != "" {
-		pem, err := os.ReadFile(c.CAFile)
-		if err != nil {
-			return nil, fmt.Errorf("vault CA file: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("vault CA file %s: no PEM certificates in it", c.CAFile)
-		}
-		tlsCfg.RootCAs = pool
+	tlsCfg, err := tlsfiles.Files{CAFile: c.CAFile, CertFile: c.ClientCert, KeyFile: c.ClientKey}.Client()
+	if err != nil {
+		return nil, fmt.Errorf("vault TLS: %w", err)
 	}
-	if c.ClientCert != "" {
-		cert, err := tls.LoadX509KeyPair(c.ClientCert, c.ClientKey)
-		if err != nil {
-			return nil, fmt.Errorf("vault client certificate: %w", err)
-		}
-		tlsCfg.Certificates = []tls.Certificate{cert}
-	}
+	tlsCfg.ServerName, tlsCfg.InsecureSkipVerify = c.TLSServerName, c.SkipVerify
 	transport := &http.Transport{
 		Proxy:                 nil,
 		DialContext:           (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
