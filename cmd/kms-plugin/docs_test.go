@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -40,4 +41,18 @@ func TestREADMECoversCommandsAndDocs(t *testing.T) {
 			t.Errorf("README does not name docs/%s", d.Name())
 		}
 	}
+}
+
+// Every relative link in README.md and docs/*.md leads to a file that exists, and every
+// #anchor to a heading of its file (GitHub's anchors): a renamed heading breaks its links.
+func TestDocLinks(t *testing.T) {
+	docs, err := filepath.Glob("../../docs/*.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	paths := []string{"README.md"}
+	for _, d := range docs {
+		paths = append(paths, "docs/"+filepath.Base(d))
+	}
+	clitest.Links(t, "../..", paths)
 }
