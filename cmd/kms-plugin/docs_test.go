@@ -3,8 +3,11 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/spf13/pflag"
 
 	"github.com/kmsplugin/kms-plugin/internal/clitest"
 )
@@ -55,4 +58,42 @@ func TestDocLinks(t *testing.T) {
 		paths = append(paths, "docs/"+filepath.Base(d))
 	}
 	clitest.Links(t, "../..", paths)
+}
+
+// Every serve flag has a row in a flag table: the vault backend's in docs/vault.md's, every
+// other one in the README's. A new flag without a row fails here.
+func TestFlagTablesCoverServeFlags(t *testing.T) {
+	rows := func(doc string) map[string]bool {
+		raw, err := os.ReadFile("../../" + doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		flags := map[string]bool{}
+		for _, line := range strings.Split(string(raw), "\n") {
+			if !strings.HasPrefix(line, "| `--") {
+				continue
+			}
+			first := strings.Split(line, "|")[1] // "`--socket-mode`, `--socket-group`"
+			for _, m := range regexp.MustCompile("`--([a-z0-9-]+)`").FindAllStringSubmatch(first, -1) {
+				flags[m[1]] = true
+			}
+		}
+		if len(flags) == 0 {
+			t.Fatalf("%s has no flag table", doc)
+		}
+		return flags
+	}
+	tables := map[string]map[string]bool{"README.md": rows("README.md"), "docs/vault.md": rows("docs/vault.md")}
+	newRootCommand().Flags().VisitAll(func(f *pflag.Flag) {
+		if f.Name == "help" || f.Name == "version" {
+			return
+		}
+		doc := "README.md"
+		if strings.HasPrefix(f.Name, "vault-") {
+			doc = "docs/vault.md"
+		}
+		if !tables[doc][f.Name] {
+			t.Errorf("%s's flag table has no row for --%s", doc, f.Name)
+		}
+	})
 }
