@@ -3,6 +3,7 @@ package integration
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"os"
 	"strings"
@@ -87,12 +88,16 @@ func TestRewriteGuard(t *testing.T) {
 	}
 	denied := func(err error) bool { return err != nil && strings.Contains(err.Error(), policy.Name) }
 	// The policy takes effect once the apiserver has loaded it: until then the probe's patch
-	// goes through (on a Secret that nothing else checks).
+	// goes through (on a Secret that nothing else checks), so each try writes a new value.
 	createSecrets(t, cs, "e2e", "probe", 1)
+	try := 0
 	harness.Eventually(t, time.Minute, "the guard denies the rewriter's change of a Secret's data", func(ctx context.Context) error {
-		if err := patch(ctx, rewriter, "probe-00000", `{"data":{"value":"bWluZQ=="}}`); !denied(err) {
+		try++
+		err := patch(ctx, rewriter, "probe-00000", fmt.Sprintf(`{"data":{"value":%q}}`, base64.StdEncoding.EncodeToString(fmt.Appendf(nil, "try %d", try))))
+		if !denied(err) {
 			return fmt.Errorf("the rewriter's data patch: %v", err)
 		}
+		t.Logf("denied: %v", err)
 		return nil
 	})
 
