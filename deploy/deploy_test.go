@@ -15,11 +15,13 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/runtime/serializer/json"
-	"k8s.io/apiserver/pkg/server/options/encryptionconfig"
+	apiserverconfig "k8s.io/apiserver/pkg/server/options/encryptionconfig"
 	"k8s.io/apiserver/pkg/storage/value"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kmsplugin/kms-plugin/internal/plugintest"
+	ourconfig "github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
+	"github.com/kmsplugin/kms-plugin/storage/providers"
 )
 
 const dir = "static-pod"
@@ -183,13 +185,15 @@ func startPlugin(t *testing.T, socket string) {
 type loadedConfig struct {
 	name     string
 	secrets  value.Transformer
-	prefixes []string // the storage prefix of each provider, in order ("" for identity)
+	ours     *providers.Chain // the same Secrets chain, by storage/encryptionconfig
+	prefixes []string         // the storage prefix of each provider, in order ("" for identity)
 }
 
-// Every EncryptionConfiguration example loads with kube-apiserver's own loader, encrypts and
-// decrypts Secrets through a real plugin on the socket it names (moved to a temp dir), and
-// reads exactly what the other examples write when it lists their write provider: so the
-// migration steps, applied one node at a time, never leave a node unable to read.
+// Every EncryptionConfiguration example loads with kube-apiserver's own loader and with ours
+// (storage/encryptionconfig, strict), encrypts and decrypts Secrets through a real plugin on
+// the socket it names (moved to a temp dir), and reads exactly what the other examples write
+// when it lists their write provider, by both readers: so the migration steps, applied one
+// node at a time, never leave a node unable to read, and kmsctl reads what the apiserver does.
 func TestEncryptionConfigs(t *testing.T) {
 	sockets := t.TempDir()
 	started := map[string]bool{}
@@ -210,7 +214,7 @@ func TestEncryptionConfigs(t *testing.T) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		t.Cleanup(cancel)
-		cfg, err := encryptionconfig.LoadEncryptionConfig(ctx, path, true, "deploy-test")
+		cfg, err := apiserverconfig.LoadEncryptionConfig(ctx, path, true, "deploy-test")
 		if err != nil {
 			t.Fatalf("%s: kube-apiserver's loader: %v", name, err)
 		}
@@ -218,7 +222,14 @@ func TestEncryptionConfigs(t *testing.T) {
 		if tr == nil {
 			t.Fatalf("%s does not configure secrets", name)
 		}
-		loaded = append(loaded, loadedConfig{name: name, secrets: tr, prefixes: prefixes(t, []byte(text))})
+		ours, err := ourconfig.Load(path)
+		if err != nil {
+			t.Fatalf("%s: storage/encryptionconfig: %v", name, err)
+		}
+		t.Cleanup(func() { ours.Close() })
+		secrets := ourconfig.GroupResource{Resource: "secrets"}
+		loaded = append(loaded, loadedConfig{name: name, secrets: tr, ours: ours.TransformerFor(secrets),
+			prefixes: prefixes(t, name, ours.ProvidersFor(secrets))})
 	}
 	if !started["kms.sock"] {
 		t.Fatal("no example names the plugin's default socket")
@@ -252,6 +263,10 @@ func TestEncryptionConfigs(t *testing.T) {
 			case !want && err == nil:
 				t.Errorf("%s reads what %s wrote without listing its provider", reader.name, writer.name)
 			}
+			ours, err := reader.ours.Decrypt(context.Background(), written[writer.name], []byte(key))
+			if want != (err == nil && string(ours) == "hunter2") {
+				t.Errorf("storage/encryptionconfig: %s reading what %s wrote: %q, %v; want it read: %v", reader.name, writer.name, ours, err, want)
+			}
 		}
 		// identity, where listed, reads what was stored before encryption was turned on.
 		plain, _, err := reader.secrets.TransformFromStorage(context.Background(), []byte("k8s\x00old"), value.DefaultContext(key))
@@ -261,42 +276,27 @@ func TestEncryptionConfigs(t *testing.T) {
 	}
 }
 
-// prefixes lists the storage prefix of each provider of the Secrets rule.
-func prefixes(t *testing.T, raw []byte) []string {
-	var cfg struct {
-		Resources []struct {
-			Resources []string
-			Providers []struct {
-				Identity *struct{}
-				AESCBC   *struct{ Keys []struct{ Name string } }
-				KMS      *struct{ Name, APIVersion string }
-			}
-		}
-	}
-	if err := yaml.Unmarshal(raw, &cfg); err != nil {
-		t.Fatal(err)
-	}
+// prefixes lists the storage prefix of each provider of the Secrets rule, as our reader
+// describes them ("" for identity).
+func prefixes(t *testing.T, name string, chain []ourconfig.Provider) []string {
+	t.Helper()
 	var out []string
-	for _, r := range cfg.Resources {
-		if !slices.Contains(r.Resources, "secrets") {
-			continue
+	for _, p := range chain {
+		switch p.Prefix {
+		case "":
+			out = append(out, "")
+		case providers.AESCBCPrefix:
+			out = append(out, p.Prefix+p.Keys[0]+":")
+		case providers.KMSv2Prefix:
+			out = append(out, p.Prefix+p.Name+":")
+		default:
+			t.Fatalf("%s uses a provider this test does not know: %+v", name, p)
 		}
-		for _, p := range r.Providers {
-			switch {
-			case p.Identity != nil:
-				out = append(out, "")
-			case p.AESCBC != nil:
-				out = append(out, "k8s:enc:aescbc:v1:"+p.AESCBC.Keys[0].Name+":")
-			case p.KMS != nil && p.KMS.APIVersion == "v2":
-				out = append(out, "k8s:enc:kms:v2:"+p.KMS.Name+":")
-			default:
-				t.Fatalf("an example uses a provider this test does not know: %+v", p)
-			}
-		}
-		return out
 	}
-	t.Fatal("no rule for secrets")
-	return nil
+	if len(out) == 0 {
+		t.Fatalf("%s: no providers for secrets", name)
+	}
+	return out
 }
 
 // Every plugin manifest sets a Go memory limit under its container's memory limit, so the

@@ -1,5 +1,6 @@
-// Package deploy holds the operator-facing deployment files (static-pod/) and the tests that
-// keep them loadable by the real Kubernetes code: every manifest decodes strictly as its
-// k8s.io/api type, and every EncryptionConfiguration loads with kube-apiserver's own loader
-// and encrypts and decrypts through a real plugin.
+// Package deploy holds the operator-facing deployment files (static-pod/, rbac/) and the tests
+// that keep them loadable by the real Kubernetes code: every manifest decodes strictly as its
+// k8s.io/api type, every EncryptionConfiguration loads with kube-apiserver's own loader (and
+// ours) and encrypts and decrypts through a real plugin, and rewrite's admission guard runs
+// through the apiserver's CEL admission compiler.
 package deploy

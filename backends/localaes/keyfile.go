@@ -14,10 +14,14 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
+	"strings"
 	"syscall"
+	"time"
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/kmsplugin/kms-plugin/internal/clock"
 	"github.com/kmsplugin/kms-plugin/internal/privatefile"
 )
 
@@ -142,13 +146,47 @@ func isZero(b []byte) bool {
 	return acc == 0
 }
 
+// DefaultLockWait bounds how long a change to a key file waits for the key file's lock while
+// another writer holds it (Editor.Wait).
+const DefaultLockWait = time.Minute
+
+// Editor changes key files (AddKey, CreateKeyFile, RemoveKey) under the key file's lock,
+// waiting a bounded time for it while another writer — a kmsctl keygen, a plugin creating the
+// default file — holds it. The zero Editor waits DefaultLockWait and says nothing while it
+// waits; the package's functions of the same names use it.
+type Editor struct {
+	// Wait bounds the wait for the lock: past it the change fails, naming the lock and who
+	// holds it. DefaultLockWait if zero.
+	Wait time.Duration
+	// Waiting, if set, is told once, when the lock is found held, what is waited for: the lock
+	// file, its holder (the process, when /proc/locks names it) and the bound.
+	Waiting func(msg string)
+	// Clock times the wait; the system clock if nil.
+	Clock clock.Clock
+}
+
+// AddKey is Editor{}.AddKey.
+func AddKey(path, name string, asWriteKey bool) (string, error) {
+	return Editor{}.AddKey(path, name, asWriteKey)
+}
+
+// CreateKeyFile is Editor{}.CreateKeyFile.
+func CreateKeyFile(path string) (id string, created bool, err error) {
+	return Editor{}.CreateKeyFile(path)
+}
+
+// RemoveKey is Editor{}.RemoveKey.
+func RemoveKey(path, name string, inUse func(id string) error) (string, error) {
+	return Editor{}.RemoveKey(path, name, inUse)
+}
+
 // AddKey adds a freshly generated key to the key file at path, creating the file (mode 0600)
 // if it does not exist. The new key is the write key when asWriteKey is true (or the file is
 // new), otherwise a decrypt-only key at the end of the list. It returns the new key's id.
 // Concurrent calls, in one process or several, each add their key: see update.
-func AddKey(path, name string, asWriteKey bool) (string, error) {
+func (e Editor) AddKey(path, name string, asWriteKey bool) (string, error) {
 	var id string
-	err := update(path, func(f *File, _ bool) (bool, error) {
+	err := e.update(path, func(f *File, _ bool) (bool, error) {
 		var err error
 		id, err = addKey(f, name, asWriteKey)
 		return true, err
@@ -160,8 +198,8 @@ func AddKey(path, name string, asWriteKey bool) (string, error) {
 // reports whether it created the file and, if so, the new key's id. Plugins starting at once
 // on one path end with one file: one of them creates it, the others find it; each then loads
 // what the file holds.
-func CreateKeyFile(path string) (id string, created bool, err error) {
-	err = update(path, func(f *File, exists bool) (bool, error) {
+func (e Editor) CreateKeyFile(path string) (id string, created bool, err error) {
+	err = e.update(path, func(f *File, exists bool) (bool, error) {
 		if exists {
 			return false, nil
 		}
@@ -201,7 +239,7 @@ func addKey(f *File, name string, asWriteKey bool) (string, error) {
 // appeared meanwhile: then it is read again and edited). The new content reaches the disk
 // before the rename, and the rename before update returns. edit gets the file's keys and
 // whether the file exists, and reports whether to write.
-func update(path string, edit func(f *File, exists bool) (bool, error)) error {
+func (e Editor) update(path string, edit func(f *File, exists bool) (bool, error)) error {
 	// A symlinked key file is edited where the link points; the link stays.
 	if target, err := filepath.EvalSymlinks(path); err == nil {
 		path = target
@@ -209,7 +247,7 @@ func update(path string, edit func(f *File, exists bool) (bool, error)) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("key file: %w", err)
 	}
-	unlock, err := lock(path + ".lock")
+	unlock, err := e.lock(path + ".lock")
 	if err != nil {
 		return err
 	}
@@ -253,24 +291,107 @@ func update(path string, edit func(f *File, exists bool) (bool, error)) error {
 }
 
 // lock takes an exclusive flock of the lock file at path, creating it (mode 0600). The lock
-// file is never removed: a writer that removed it could let a later writer lock a new file
-// while another still holds the old one.
-func lock(path string) (unlock func(), err error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW, 0o600)
+// file is judged like the key file (internal/privatefile: a regular file, owned by root or
+// us, mode 0600 or stricter, through the open descriptor), and must not be a symlink: whoever
+// can replace it can hold a lock no keygen sees, or point it elsewhere. While another writer
+// holds the lock, lock tries again every lockPoll until e.Wait has passed, then fails. The
+// lock file is never removed: a writer that removed it could let a later writer lock a new
+// file while another still holds the old one.
+func (e Editor) lock(path string) (unlock func(), err error) {
+	// O_NONBLOCK: a FIFO put in its place must not hang the open; a regular file ignores it.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|syscall.O_NOFOLLOW|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0o600)
+	if errors.Is(err, syscall.ELOOP) {
+		err = &privatefile.Error{Path: path, Problem: "is a symlink: the lock must be a file of its own beside the key file", Fix: "rm " + path}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("key file lock: %w", err)
 	}
-	for {
-		err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
-		if err != syscall.EINTR {
-			break
+	if err := privatefile.JudgeOpen(f, path, privatefile.Secret); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("key file lock: %w", err)
+	}
+	clk, wait := e.Clock, e.Wait
+	if clk == nil {
+		clk = clock.Real{}
+	}
+	if wait <= 0 {
+		wait = DefaultLockWait
+	}
+	err = flock(f, syscall.LOCK_EX|syscall.LOCK_NB)
+	if err == nil {
+		return func() { f.Close() }, nil // closing the last descriptor releases the lock
+	}
+	if !errors.Is(err, syscall.EWOULDBLOCK) {
+		f.Close()
+		return nil, fmt.Errorf("key file lock %s: %w", path, err)
+	}
+	if e.Waiting != nil {
+		e.Waiting(fmt.Sprintf("waiting for the lock on %s, held by %s; giving up after %s", path, lockHolder(f), wait))
+	}
+	// A blocking flock, in the kernel's queue with the other waiters, bounded by the clock.
+	got := make(chan error, 1)
+	go func() { got <- flock(f, syscall.LOCK_EX) }()
+	select {
+	case err = <-got:
+	case <-clk.After(wait):
+		select {
+		case err = <-got: // taken just now
+		default:
+			holder := lockHolder(f)
+			// The flock returns when the holder lets go: release the lock at once.
+			go func() { <-got; f.Close() }()
+			return nil, fmt.Errorf("key file lock %s: still held by %s after %s; try again once it is done (keygen --remove holds it while it scans etcd)", path, holder, wait)
 		}
 	}
 	if err != nil {
 		f.Close()
 		return nil, fmt.Errorf("key file lock %s: %w", path, err)
 	}
-	return func() { f.Close() }, nil // closing the last descriptor releases the lock
+	return func() { f.Close() }, nil
+}
+
+func flock(f *os.File, how int) error {
+	for {
+		err := syscall.Flock(int(f.Fd()), how)
+		if err != syscall.EINTR {
+			return err
+		}
+	}
+}
+
+// lockHolder names who holds the flock of the open file f, as /proc/locks tells (the process
+// that took it, by pid and command name), or says what usually holds it.
+func lockHolder(f *os.File) string {
+	const usual = "another writer (a kmsctl keygen, or a plugin creating the key file)"
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		return usual
+	}
+	dev := uint64(st.Dev)
+	major := (dev>>8)&0xfff | (dev>>32)&^0xfff
+	minor := dev&0xff | (dev>>12)&^0xff
+	file := fmt.Sprintf("%02x:%02x:%d", major, minor, st.Ino)
+	locks, err := os.ReadFile("/proc/locks")
+	if err != nil {
+		return usual
+	}
+	// "1: FLOCK  ADVISORY  WRITE 4242 fd:01:1234 0 EOF"; waiters' lines have "->" after the number.
+	for _, line := range strings.Split(string(locks), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) < 6 || fields[1] != "FLOCK" || fields[5] != file {
+			continue
+		}
+		pid, err := strconv.Atoi(fields[4])
+		if err != nil || pid <= 0 {
+			break
+		}
+		comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+		if name := strings.TrimSpace(string(comm)); name != "" {
+			return fmt.Sprintf("pid %d (%s), %s", pid, name, "another kmsctl keygen or a plugin creating the key file")
+		}
+		return fmt.Sprintf("pid %d, %s", pid, "another kmsctl keygen or a plugin creating the key file")
+	}
+	return usual
 }
 
 func taken(f File, name string) bool {
@@ -286,9 +407,9 @@ func taken(f File, name string) bool {
 // write key (the first) cannot be removed: make another key the write key first. Before the
 // file is changed, inUse is called with the key's id (under the file's lock); an error from
 // it keeps the key. Plugins keep serving the removed key until they reload the file (SIGHUP).
-func RemoveKey(path, name string, inUse func(id string) error) (string, error) {
+func (e Editor) RemoveKey(path, name string, inUse func(id string) error) (string, error) {
 	var id string
-	err := update(path, func(f *File, exists bool) (bool, error) {
+	err := e.update(path, func(f *File, exists bool) (bool, error) {
 		if !exists {
 			return false, fmt.Errorf("key file %s does not exist", path)
 		}

@@ -1,8 +1,10 @@
 package localaes_test
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,10 +12,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
+	"github.com/kmsplugin/kms-plugin/internal/clock"
 )
 
 // The child processes of the concurrency tests are this test binary run again: the variables
@@ -36,6 +40,17 @@ func TestHelperProcess(t *testing.T) {
 	time.Sleep(time.Until(time.Unix(0, start)))
 	path := os.Getenv(pathEnv)
 	switch what {
+	case "hold": // hold the key file's lock until stdin closes
+		f, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+		if err == nil {
+			err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
+		}
+		if err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		fmt.Println("held")
+		io.Copy(io.Discard, os.Stdin)
 	case "addkey":
 		id, err := localaes.AddKey(path, "", false)
 		if err != nil {
@@ -325,5 +340,150 @@ func TestRemoveKey(t *testing.T) {
 	k, err := localaes.Open(path)
 	if err != nil || strings.Join(k.KeyIDs(), ",") != first {
 		t.Fatalf("after removal: %v, %v", k, err)
+	}
+}
+
+// holdLock takes the key file's lock on a descriptor of its own, as another writer would, and
+// returns its release.
+func holdLock(t *testing.T, path string) (release func()) {
+	t.Helper()
+	f, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return func() { f.Close() }
+}
+
+// waitingEditor is an Editor on a fake clock that reports on waiting when it starts to wait.
+func waitingEditor(wait time.Duration) (localaes.Editor, *clock.Fake, chan string) {
+	fake := clock.NewFake(time.Unix(1e9, 0))
+	waiting := make(chan string, 1)
+	return localaes.Editor{Wait: wait, Clock: fake, Waiting: func(msg string) { waiting <- msg }}, fake, waiting
+}
+
+// untilTimer returns once the editor waits on the fake clock.
+func untilTimer(fake *clock.Fake) {
+	for fake.Waiters() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// A writer that finds the lock held says what it waits for, and gives up with an error naming
+// the lock and its holder once the bound has passed; the file is left as it was.
+func TestLockHeldPastTheBoundFails(t *testing.T) {
+	path := newKeyFile(t)
+	before, _ := os.ReadFile(path)
+	holdLock(t, path)
+	e, fake, waiting := waitingEditor(time.Minute)
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.AddKey(path, "", false)
+		done <- err
+	}()
+	msg := <-waiting
+	holder := fmt.Sprintf("held by pid %d", os.Getpid())
+	for _, want := range []string{"waiting for the lock on " + path + ".lock", holder, "giving up after 1m0s"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("waiting message %q does not say %q", msg, want)
+		}
+	}
+	untilTimer(fake)
+	fake.Advance(time.Minute)
+	err := <-done
+	if err == nil || !strings.Contains(err.Error(), path+".lock") || !strings.Contains(err.Error(), "still held") || !strings.Contains(err.Error(), holder) {
+		t.Fatalf("AddKey past the bound: %v; want an error naming the lock and its holder", err)
+	}
+	if after, _ := os.ReadFile(path); string(after) != string(before) {
+		t.Fatal("a writer that gave up changed the file")
+	}
+}
+
+// A lock released within the bound is taken, and the change made.
+func TestLockReleasedWithinTheBoundIsTaken(t *testing.T) {
+	path := newKeyFile(t)
+	release := holdLock(t, path)
+	e, _, waiting := waitingEditor(time.Minute)
+	done := make(chan error, 1)
+	go func() {
+		_, err := e.AddKey(path, "later", false)
+		done <- err
+	}()
+	<-waiting
+	release()
+	if err := <-done; err != nil {
+		t.Fatalf("AddKey after the lock was released: %v", err)
+	}
+	if got := fileKeyIDs(t, path); len(got) != 2 {
+		t.Fatalf("the file holds %d keys, want 2", len(got))
+	}
+}
+
+// Another process holding the lock: the error names it, within a short bound on the real clock.
+func TestLockHeldByAnotherProcess(t *testing.T) {
+	path := newKeyFile(t)
+	child := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$")
+	child.Env = append(os.Environ(), helperEnv+"=hold", pathEnv+"="+path)
+	stdin, err := child.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := child.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer child.Wait()
+	defer stdin.Close()
+	if line, _ := bufio.NewReader(stdout).ReadString('\n'); line != "held\n" {
+		t.Fatalf("the child printed %q", line)
+	}
+	_, err = localaes.Editor{Wait: 50 * time.Millisecond}.AddKey(path, "", false)
+	if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("still held by pid %d", child.Process.Pid)) {
+		t.Fatalf("AddKey while another process holds the lock: %v; want an error naming pid %d", err, child.Process.Pid)
+	}
+}
+
+// The lock file is judged like the key file: a lock file that others may write, that another
+// user owns, or that is a symlink is refused, and the key file is left alone.
+func TestBadLockFileIsRefused(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		bad  func(t *testing.T, lock string)
+		says string // after the key file's path
+	}{
+		{"mode", func(t *testing.T, lock string) { os.Chmod(lock, 0o666) }, ".lock has mode 0666"},
+		{"owner", func(t *testing.T, lock string) {
+			if os.Geteuid() != 0 {
+				t.Skip("changing a file's owner needs root")
+			}
+			os.Chown(lock, 4321, 4321)
+		}, ".lock is owned by uid 4321"},
+		{"symlink", func(t *testing.T, lock string) {
+			os.Remove(lock)
+			os.Symlink(filepath.Join(t.TempDir(), "elsewhere"), lock)
+		}, ".lock is a symlink"},
+		{"directory", func(t *testing.T, lock string) {
+			os.Remove(lock)
+			os.Mkdir(lock, 0o700)
+		}, ".lock: is a directory"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			path := newKeyFile(t)
+			before, _ := os.ReadFile(path)
+			c.bad(t, path+".lock")
+			_, err := localaes.AddKey(path, "", false)
+			if err == nil || !strings.Contains(err.Error(), path+c.says) {
+				t.Fatalf("AddKey with a bad lock file: %v; want it refused: %q", err, c.says)
+			}
+			if after, _ := os.ReadFile(path); string(after) != string(before) {
+				t.Fatal("the key file changed")
+			}
+		})
 	}
 }

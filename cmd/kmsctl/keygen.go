@@ -13,6 +13,15 @@ import (
 	"github.com/kmsplugin/kms-plugin/storage/scan"
 )
 
+// keygenLockWait bounds keygen's wait for the key file's lock; tests shorten it.
+var keygenLockWait = localaes.DefaultLockWait
+
+// keyFileEditor is how keygen changes the key file: waiting at most keygenLockWait for the
+// key file's lock, and saying on stderr what it waits for.
+func keyFileEditor(cmd *cobra.Command) localaes.Editor {
+	return localaes.Editor{Wait: keygenLockWait, Waiting: func(msg string) { fmt.Fprintln(cmd.ErrOrStderr(), msg) }}
+}
+
 func newKeygenCommand() *cobra.Command {
 	var path, name, remove, root string
 	var write, force bool
@@ -29,7 +38,10 @@ each plugin), then make it the write key on every node. See docs/localaes.md.
 
 --remove NAME retires a key: it first scans etcd (the etcd flags, as for scan) and refuses
 while any object is stored under that key (rewrite them first: kmsctl rewrite), unless --force.
-The write key cannot be removed. See docs/rotation.md.`,
+The write key cannot be removed. See docs/rotation.md.
+
+While another keygen (or a plugin creating the key file) holds the key file's lock
+(<file>.lock), keygen says so and waits for it, at most a minute; then it fails.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if path == "" {
@@ -38,7 +50,7 @@ The write key cannot be removed. See docs/rotation.md.`,
 			if remove != "" {
 				return removeKey(cmd, path, remove, root, etcd, force)
 			}
-			id, err := localaes.AddKey(path, name, write)
+			id, err := keyFileEditor(cmd).AddKey(path, name, write)
 			if err != nil {
 				return err
 			}
@@ -100,7 +112,7 @@ func removeKey(cmd *cobra.Command, path, name, root string, etcd etcdFlags, forc
 		return checkFailure{fmt.Sprintf("not removing %s: %d objects are stored under it (%s); rewrite them first (kmsctl rewrite), or --force",
 			id, n, strings.Join(where, ", "))}
 	}
-	id, err := localaes.RemoveKey(path, name, inUse)
+	id, err := keyFileEditor(cmd).RemoveKey(path, name, inUse)
 	if err != nil {
 		var cf checkFailure
 		if errors.As(err, &cf) {

@@ -4,7 +4,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 )
@@ -39,4 +41,40 @@ func runKmsctl(t *testing.T, args ...string) string {
 		t.Fatalf("%v: %v\n%s", args, err, out)
 	}
 	return out
+}
+
+// keygen on a key file whose lock another writer holds says what it waits for, and fails with
+// an error once the bound passes, instead of hanging.
+func TestKeygenWaitsForTheLockWithinABound(t *testing.T) {
+	keys := filepath.Join(plugintest.ShortTempDir(t), "keys.yaml")
+	runKmsctl(t, "keygen", "--localaes-key-file", keys)
+	lock, err := os.OpenFile(keys+".lock", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		t.Fatal(err)
+	}
+	defer func(wait time.Duration) { keygenLockWait = wait }(keygenLockWait)
+	keygenLockWait = 50 * time.Millisecond
+	out, err := runCLI("keygen", "--localaes-key-file", keys)
+	if err == nil || !strings.Contains(err.Error(), keys+".lock: still held by pid") {
+		t.Fatalf("keygen while another writer holds the lock: %v; want an error naming the lock and its holder", err)
+	}
+	if !strings.Contains(out, "waiting for the lock on "+keys+".lock, held by pid") || !strings.Contains(out, "giving up after 50ms") {
+		t.Fatalf("keygen did not say what it waits for: %q", out)
+	}
+}
+
+// keygen refuses a lock file that others may write, as it refuses such a key file.
+func TestKeygenRefusesABadLockFile(t *testing.T) {
+	keys := filepath.Join(plugintest.ShortTempDir(t), "keys.yaml")
+	runKmsctl(t, "keygen", "--localaes-key-file", keys)
+	if err := os.Chmod(keys+".lock", 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runCLI("keygen", "--localaes-key-file", keys); err == nil || !strings.Contains(err.Error(), keys+".lock has mode 0666") || !strings.Contains(err.Error(), "chmod 600 "+keys+".lock") {
+		t.Fatalf("keygen with a 0666 lock file: %v; want it refused with the fix", err)
+	}
 }

@@ -22,7 +22,7 @@ func newPolicyCommand() *cobra.Command {
 <mount>/encrypt/<key> and <mount>/decrypt/<key>, read on <mount>/keys/<key>, renewal and
 lookup of its own token, and sys/capabilities-self for 'kmsctl doctor'. It takes the same
 flags (and --config file) as serve and uses only --vault-transit-mount, --vault-transit-key and
---vault-namespace. Write it with: kmsctl policy ... > policy.hcl; vault policy write kmsctl policy.hcl`,
+--vault-namespace. Write it with: kmsctl policy ... > policy.hcl; vault policy write kms-plugin policy.hcl`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := serveconfig.ApplyConfigFile(cmd.Flags()); err != nil {

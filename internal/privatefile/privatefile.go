@@ -79,7 +79,7 @@ func Judge(path string, rule Rule) ([]byte, fs.FileInfo, error) {
 		return nil, nil, err
 	}
 	if !info.Mode().IsRegular() {
-		return nil, nil, &Error{Path: path, Problem: "is not a regular file", Fix: "name a regular file"}
+		return nil, nil, notRegular(path)
 	}
 	b, err := io.ReadAll(io.LimitReader(f, MaxSize+1))
 	if err != nil {
@@ -94,6 +94,24 @@ func Judge(path string, rule Rule) ([]byte, fs.FileInfo, error) {
 		rule = Secret
 	}
 	return b, info, check(path, info, rule)
+}
+
+// JudgeOpen judges a file that is already open, by rule, through its descriptor (fstat) and
+// without reading it: for a file opened for another use than its content, such as a lock file.
+// path names it in the *Error.
+func JudgeOpen(f *os.File, path string, rule Rule) error {
+	info, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !info.Mode().IsRegular() {
+		return notRegular(path)
+	}
+	return check(path, info, rule)
+}
+
+func notRegular(path string) error {
+	return &Error{Path: path, Problem: "is not a regular file", Fix: "name a regular file"}
 }
 
 // HoldsPrivateKey reports whether b holds a PEM private key.

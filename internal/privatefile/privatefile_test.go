@@ -145,3 +145,28 @@ func TestTooLarge(t *testing.T) {
 	_, err := Read(path)
 	wantRefused(t, err, path, "larger than", "right file")
 }
+
+// JudgeOpen applies the same rule to a file already open, without reading it.
+func TestJudgeOpen(t *testing.T) {
+	dir := t.TempDir()
+	path := write(t, filepath.Join(dir, "f.lock"), "", 0o600)
+	open := func(p string) *os.File {
+		f, err := os.Open(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	if err := JudgeOpen(open(path), path, Secret); err != nil {
+		t.Fatalf("a 0600 file of our own: %v", err)
+	}
+	os.Chmod(path, 0o644)
+	wantRefused(t, JudgeOpen(open(path), path, Secret), path, "mode 0644", "chmod 600")
+	wantRefused(t, JudgeOpen(open(dir), dir, Secret), dir, "not a regular file", "regular file")
+	if os.Geteuid() == 0 {
+		os.Chmod(path, 0o600)
+		os.Chown(path, 4321, 4321)
+		wantRefused(t, JudgeOpen(open(path), path, Secret), path, "owned by uid 4321", "chown root "+path)
+	}
+}

@@ -31,7 +31,8 @@ func (b *LocalAES) Open(_ context.Context, fs *pflag.FlagSet, log *slog.Logger) 
 		// CreateKeyFile looks again under the key file's lock and creates it only if it is
 		// still missing: of plugins starting at once, one creates the file and the others find
 		// it. Each then loads what the file holds, so every plugin wraps with a key in it.
-		id, created, err := localaes.CreateKeyFile(b.KeyFile)
+		waiting := func(msg string) { log.Warn(msg) }
+		id, created, err := localaes.Editor{Waiting: waiting}.CreateKeyFile(b.KeyFile)
 		if err != nil {
 			return Opened{}, fmt.Errorf("creating the default key file: %w", err)
 		}
