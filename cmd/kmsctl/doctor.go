@@ -93,6 +93,9 @@ func runDoctor(cmd *cobra.Command, o serveconfig.Options, d doctorOptions, all [
 		if len(d.etcd.endpoints) > 0 {
 			vo.KeyIDsInUse = d.keyIDsInUse
 		}
+		if d.running {
+			vo.PluginKeyID = doctor.PluginKeyID(ctx, path)
+		}
 		rep = append(rep, doctor.Vault(ctx, vo)...)
 	}
 	if err := rep.Write(cmd.OutOrStdout()); err != nil {
