@@ -407,7 +407,7 @@ func (d *vaultDoctor) versionsInUse(ctx context.Context, path string, k vault.Ke
 	if older > 0 {
 		detail += fmt.Sprintf("; %d under versions below the latest (v%d): min_decryption_version may not be raised above v%d until they are rewritten (kmsctl rewrite)", older, latest, versions[0])
 	} else {
-		detail += fmt.Sprintf("; all under the latest version v%d", latest)
+		detail += fmt.Sprintf("; all under the latest version v%d: min_decryption_version may be raised up to v%d", latest, latest)
 	}
 	return ok(check, "%s", detail)
 }
