@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -10,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/kmsplugin/kms-plugin/backends/vault"
+	"github.com/kmsplugin/kms-plugin/integration/harness"
 	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 	"github.com/kmsplugin/kms-plugin/storage/rollout"
 )
@@ -112,4 +115,83 @@ resources:
 	if err != nil || strings.Contains(out, "old-plugin") {
 		t.Errorf("a provider the file lacks, on an apiserver that runs the file: %v\n%s", err, out)
 	}
+}
+
+// With serve's --vault-* flags rollout-status reads the transit key's latest version: an
+// apiserver still writing under the version before a rotation keeps it waiting (exit 3), even
+// though no plugin socket is reachable here to say otherwise, and the table names every
+// version's key id beside its hash.
+func TestRolloutStatusVault(t *testing.T) {
+	t.Parallel()
+	v := harness.StartVaultDev(t)
+	v.EnableTransit(t, "transit")
+	v.Write(t, "transit/keys/k8s", nil)
+	v1 := latestVaultKeyID(t, v, "k8s")
+	v.RotateKey(t, "transit", "k8s")
+	v2 := latestVaultKeyID(t, v, "k8s")
+	token := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(token, []byte(v.RootToken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	config := filepath.Join(dir, "enc.yaml")
+	data := []byte(`apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+- resources: [secrets]
+  providers:
+  - kms: {apiVersion: v2, name: vault-plugin, endpoint: unix://` + filepath.Join(dir, "absent.sock") + `}
+  - identity: {}
+`)
+	if err := os.WriteFile(config, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var metrics atomic.Value
+	on := func(id string) string {
+		return apiserverMetrics(rollout.HashConfig(data), 0, map[string]string{"vault-plugin": rollout.HashKeyID(id)},
+			map[string]float64{"vault-plugin": 100})
+	}
+	url, kubeconfig := fakeAPIServer(t, &metrics)
+	args := []string{"rollout-status", "--kubeconfig", kubeconfig, "--apiservers", url, "--encryption-config", config,
+		"--timeout=3s", "--interval=1s", "--vault-addr", v.Addr, "--vault-transit-key", "k8s", "--vault-token-file", token}
+
+	metrics.Store(on(v1))
+	out, err := runCLI(args...)
+	t.Logf("on v1:\n%s", out)
+	var failed checkFailure
+	if !errors.As(err, &failed) || !strings.Contains(out, `writes "vault-plugin" under key id `+v1+" (") ||
+		!strings.Contains(out, "not the latest "+v2+" (") || !strings.Contains(out, "transit key transit/keys/k8s: latest version v2") {
+		t.Errorf("an apiserver on v1 after the rotation to v2: %v", err)
+	}
+	// Without the Vault flags nothing here knows of v2: that is what they are for.
+	if out, err := runCLI(args[:9]...); err != nil {
+		t.Errorf("without the Vault flags: %v\n%s", err, out)
+	}
+
+	metrics.Store(on(v2))
+	out, err = runCLI(args...)
+	t.Logf("on v2:\n%s", out)
+	if err != nil || !strings.Contains(out, v2+" (") {
+		t.Errorf("an apiserver on the latest version: %v", err)
+	}
+
+	if _, err := runCLI(append(args, "--kms-provider", "other")...); err == nil || !strings.Contains(err.Error(), `--kms-provider "other"`) {
+		t.Errorf("--kms-provider not in the file: %v", err)
+	}
+}
+
+// latestVaultKeyID is the key id of the transit key's latest version, as the plugin reports
+// it once adopted.
+func latestVaultKeyID(t *testing.T, v *harness.Vault, key string) string {
+	t.Helper()
+	secret, err := vault.ReadKey(t.Context(), v.Root, "transit", key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := vault.ParseKey(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := k.KeyID(k.LatestVersion)
+	return id
 }
