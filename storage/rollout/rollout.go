@@ -291,7 +291,7 @@ func (w *Want) Learn(keyIDs ...string) {
 }
 
 // Name shows a key id hash as the operator needs it: the key id with its short hash,
-// "vault:0123456789abcdef:v2 (sha256 9f86d081884c)", when the key id is known here; the short
+// "vault:0123456789abcdef:v2 (9f86d081884c)", when the key id is known here; the short
 // hash alone otherwise.
 func (w Want) Name(hash string) string {
 	id := w.names[hash]
