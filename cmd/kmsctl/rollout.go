@@ -31,7 +31,8 @@ rejected, and per KMS v2 provider which key id it writes with (compared across a
 where the plugin's socket is reachable, with the key id the plugin reports). It waits, printing
 the table each round, until all agree or --timeout passes.
 
-With serve's --vault-* flags (those of the Vault plugin: address, TLS, transit key, auth) it
+With serve's --vault-* flags (those of the Vault plugin: address, TLS, transit key, auth;
+or --plugin-config, the plugin's serve --config file, for those not given) it
 also reads the transit key's latest version and waits until the plugin of that provider
 (--kms-provider, default the file's only KMS v2 write provider) reports it and every apiserver
 writes under it: after a rotation the plugins keep the version before it until two consecutive
@@ -64,7 +65,11 @@ Exit status: 0 when all agree; 3 when they did not within --timeout; 1 when it c
 				return err
 			}
 			var key *transitKey
-			if vaultKey.given() {
+			withVault, err := vaultKey.given()
+			if err != nil {
+				return err
+			}
+			if withVault {
 				if key, err = vaultKey.open(cmd.Context(), cfg); err != nil {
 					return err
 				}

@@ -175,6 +175,18 @@ resources:
 		t.Errorf("an apiserver on the latest version: %v", err)
 	}
 
+	// The same from the plugin's serve --config file, whose other settings are serve's.
+	metrics.Store(on(v1))
+	pluginConfig := filepath.Join(dir, "serve.yaml")
+	if err := os.WriteFile(pluginConfig, []byte("backend: vault\nlisten: /run/kms.sock\ntimeout: 1m\nvault-addr: "+v.Addr+
+		"\nvault-transit-key: k8s\nvault-token-file: "+token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err = runCLI(append(args[:9], "--plugin-config", pluginConfig)...)
+	if !errors.As(err, &failed) || !strings.Contains(out, "not the latest "+v2+" (") {
+		t.Errorf("--plugin-config, an apiserver on v1: %v\n%s", err, out)
+	}
+
 	if _, err := runCLI(append(args, "--kms-provider", "other")...); err == nil || !strings.Contains(err.Error(), `--kms-provider "other"`) {
 		t.Errorf("--kms-provider not in the file: %v", err)
 	}

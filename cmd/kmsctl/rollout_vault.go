@@ -29,9 +29,10 @@ import (
 // rollout-status reads the key's latest version and waits until the plugin and every apiserver
 // use it.
 type rolloutVault struct {
-	backend  *serveconfig.Vault
-	provider string
-	fs       *pflag.FlagSet
+	backend      *serveconfig.Vault
+	provider     string
+	pluginConfig string
+	fs           *pflag.FlagSet
 }
 
 // memoryFlags are serve's settings of what it keeps in memory: accepted, so that the plugin's
@@ -45,14 +46,20 @@ func (v *rolloutVault) addFlags(fs *pflag.FlagSet) {
 	for _, name := range memoryFlags {
 		_ = fs.MarkHidden(name)
 	}
+	fs.StringVar(&v.pluginConfig, "plugin-config", "", "the Vault plugin's serve --config file: its --vault-* settings, for those not given here")
 	fs.StringVar(&v.provider, "kms-provider", "", "with the --vault-* flags: the KMS v2 provider of --encryption-config that the Vault plugin serves (default: the file's only KMS v2 write provider)")
 }
 
-// given reports whether any --vault-* flag is set.
-func (v *rolloutVault) given() bool {
+// given reports whether any --vault-* flag is set, on the command line or by --plugin-config.
+func (v *rolloutVault) given() (bool, error) {
+	if v.pluginConfig != "" {
+		if err := serveconfig.ApplyVaultSettings(v.fs, v.pluginConfig, "--plugin-config"); err != nil {
+			return false, err
+		}
+	}
 	set := false
 	v.fs.Visit(func(f *pflag.Flag) { set = set || strings.HasPrefix(f.Name, "vault-") })
-	return set
+	return set, nil
 }
 
 // transitKey is a logged-in view of the transit key, for one rollout-status run.
