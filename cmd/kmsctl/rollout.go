@@ -100,7 +100,11 @@ Exit status: 0 when all agree; 3 when they did not within --timeout; 1 when it c
 				bad = append(bad, rollout.Disagreements(states, want)...)
 				writeRollout(out, states, want)
 				if len(bad) == 0 {
-					fmt.Fprintf(out, "all %d apiservers run %s (%s) and write under the same key ids\n", len(states), configFile, rollout.Short(want.ConfigHash))
+					agree := "the same key ids"
+					if key != nil {
+						agree += ", " + key.provider + " under the latest version of " + key.path()
+					}
+					fmt.Fprintf(out, "all %d apiservers run %s (%s) and write under %s\n", len(states), configFile, rollout.Short(want.ConfigHash), agree)
 					return nil
 				}
 				fmt.Fprintf(out, "waiting (round %d, %s left):\n  %s\n", round, time.Until(deadline(ctx)).Round(time.Second), strings.Join(bad, "\n  "))
