@@ -70,7 +70,7 @@ Exit status: 0 when all agree; 3 when they did not within --timeout; 1 when it c
 				return err
 			}
 			if withVault {
-				if key, err = vaultKey.open(cmd.Context(), cfg); err != nil {
+				if key, err = vaultKey.open(cmd.Context(), cfg, cmd.ErrOrStderr()); err != nil {
 					return err
 				}
 				defer key.close()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"slices"
@@ -70,10 +71,13 @@ type transitKey struct {
 }
 
 // open logs in to Vault as serve would, and picks the KMS provider the key is behind.
-func (v *rolloutVault) open(ctx context.Context, cfg *encryptionconfig.Config) (*transitKey, error) {
+func (v *rolloutVault) open(ctx context.Context, cfg *encryptionconfig.Config, log io.Writer) (*transitKey, error) {
 	vcfg, err := v.backend.Config(os.Getenv, slog.New(slog.DiscardHandler))
 	if err != nil {
 		return nil, err
+	}
+	if vcfg.SkipVerify {
+		fmt.Fprintln(log, "warning: --vault-skip-verify: Vault's certificate is NOT verified; use --vault-ca-file instead")
 	}
 	if vcfg.Mount == "" {
 		vcfg.Mount = "transit"
