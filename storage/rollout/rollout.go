@@ -45,8 +45,10 @@ const (
 
 // probeSlack is how long before a successful reload the apiserver may have asked the plugins
 // of the new configuration for their Status: it probes each KMS v2 provider while loading the
-// file, then records the reload.
-const probeSlack = 30 * time.Second
+// file (a Status and an Encrypt each, usually well under a second), then records the reload.
+// A kept provider taken for removed (a load slower than this) shows again at its next Status
+// poll, a minute later; a removed one whose last poll fell within it keeps its row.
+const probeSlack = 10 * time.Second
 
 // HashKeyID is how the apiserver's metrics name a key id.
 func HashKeyID(keyID string) string { return fmt.Sprintf("sha256:%x", sha256.Sum256([]byte(keyID))) }
