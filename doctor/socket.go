@@ -94,15 +94,30 @@ func socketDir(dir string) (Result, bool) {
 	return Result{}, false
 }
 
+// status asks the plugin at path for its Status, as the apiserver does.
+func status(ctx context.Context, path string) (kmsclient.Status, error) {
+	conn, err := kmsclient.Dial(path)
+	if err != nil {
+		return kmsclient.Status{}, err
+	}
+	defer conn.Close()
+	return kmsclient.CheckStatus(ctx, conn, kmsclient.APIServerTimeout)
+}
+
+// PluginKeyID is the key id the plugin serving at path reports by Status now ("" if it does
+// not answer well: the socket check says why).
+func PluginKeyID(ctx context.Context, path string) string {
+	st, err := status(ctx, path)
+	if err != nil {
+		return ""
+	}
+	return st.KeyID
+}
+
 // pluginStatus asks a running plugin's Status, as the apiserver does.
 func pluginStatus(ctx context.Context, path string) Result {
 	const check = "plugin status"
-	conn, err := kmsclient.Dial(path)
-	if err != nil {
-		return fail(check, "", "%s: %v", path, err)
-	}
-	defer conn.Close()
-	st, err := kmsclient.CheckStatus(ctx, conn, kmsclient.APIServerTimeout)
+	st, err := status(ctx, path)
 	switch {
 	case err != nil && st.Version != "" && st.Version != "v2":
 		return fail(check, "run a KMS v2 plugin on this socket", "Status over %s: %v", path, err)

@@ -26,6 +26,9 @@ type VaultOptions struct {
 	// KeyIDsInUse, if set, returns the KMS v2 key ids of the objects stored in etcd, with how
 	// many objects use each; the check of min_decryption_version needs them.
 	KeyIDsInUse func(ctx context.Context) (map[string]int, error)
+	// PluginKeyID, if set, is the key id a running plugin reports by Status (--running): it
+	// is compared with the transit key's latest version.
+	PluginKeyID string
 }
 
 // Vault runs the Vault checks in order. A failure that leaves nothing to check further (Vault
@@ -132,26 +135,18 @@ func (d *vaultDoctor) login(ctx context.Context) ([]Result, bool) {
 		return []Result{fail(check, "choose --vault-auth and its credentials", "no auth method configured")}, false
 	}
 	method := d.cfg.Auth.Method()
-	anon, err := vault.NewClient(d.cfg, d.cfg.Namespace, "")
-	if err != nil {
-		return []Result{fail(check, "", "%v", err)}, false
-	}
 	lctx, cancel := d.ctx(ctx)
-	token, lease, err := d.cfg.Auth.Login(lctx, anon)
+	session, err := vault.Login(lctx, d.cfg)
 	cancel()
 	if err != nil {
 		return []Result{fail(check, loginFix(method), "%s login: %s", method, vaultError(err))}, false
 	}
-	if d.client, err = vault.NewClient(d.cfg, d.cfg.Namespace, token); err != nil {
-		return []Result{fail(check, "", "%v", err)}, false
-	}
-	if lease != nil { // doctor's own login made this token: do not leave it behind
-		client := d.client
-		d.revoke = func() {
-			rctx, cancel := context.WithTimeout(context.Background(), d.o.Timeout)
-			defer cancel()
-			_ = client.Auth().Token().RevokeSelfWithContext(rctx, "")
-		}
+	d.client = session.Client
+	lease := session.Lease
+	d.revoke = func() { // doctor's own login made a token: do not leave it behind
+		rctx, cancel := context.WithTimeout(context.Background(), d.o.Timeout)
+		defer cancel()
+		session.Logout(rctx)
 	}
 	lctx, cancel = d.ctx(ctx)
 	self, err := d.client.Auth().Token().LookupSelfWithContext(lctx)
@@ -322,19 +317,24 @@ func (d *vaultDoctor) key(ctx context.Context) []Result {
 	} else {
 		out = append(out, ok("vault key deletion", "%s cannot be deleted (deletion_allowed false)", path))
 	}
-	return append(out, d.versionsInUse(ctx, path, latest, minDecrypt))
+	out = append(out, d.versionsInUse(ctx, path, k))
+	if d.o.PluginKeyID != "" {
+		out = append(out, d.pluginKey(path, k))
+	}
+	return out
 }
 
 // versionsInUse checks min_decryption_version against the key versions that objects in etcd
-// are stored under.
-func (d *vaultDoctor) versionsInUse(ctx context.Context, path string, latest, minDecrypt int) Result {
+// are stored under, and counts the objects under each version.
+func (d *vaultDoctor) versionsInUse(ctx context.Context, path string, k vault.Key) Result {
 	const check = "vault key versions"
+	latest, minDecrypt := k.LatestVersion, k.MinDecryptionVersion
 	if d.o.KeyIDsInUse == nil {
 		if minDecrypt > 1 {
 			return warn(check, "pass --etcd-endpoints (and --etcd-cacert/--etcd-cert/--etcd-key) to check them against etcd",
 				"versions below %d of %s are retired; not checked against the objects in etcd", minDecrypt, path)
 		}
-		return ok(check, "%s: every version decrypts (min_decryption_version %d)", path, minDecrypt)
+		return ok(check, "%s: every version decrypts (min_decryption_version %d); objects in etcd not counted (no --etcd-endpoints)", path, minDecrypt)
 	}
 	inUse, err := d.o.KeyIDsInUse(ctx)
 	if err != nil {
@@ -351,8 +351,13 @@ func (d *vaultDoctor) versionsInUse(ctx context.Context, path string, latest, mi
 		versions = append(versions, v)
 	}
 	sort.Ints(versions)
-	var retired, unknown []string
+	var retired, unknown, counts []string
+	older := 0 // objects under versions below the latest
 	for _, v := range versions {
+		counts = append(counts, fmt.Sprintf("v%d: %d objects", v, byVersion[v]))
+		if v < latest {
+			older += byVersion[v]
+		}
 		switch {
 		case v < minDecrypt:
 			retired = append(retired, fmt.Sprintf("v%d (%d objects)", v, byVersion[v]))
@@ -362,7 +367,7 @@ func (d *vaultDoctor) versionsInUse(ctx context.Context, path string, latest, mi
 	}
 	switch {
 	case len(retired) > 0:
-		return fail(check, fmt.Sprintf("vault write %s/config min_decryption_version=%d, then migrate the objects (kubectl get secrets -A -o json | kubectl replace -f -) before raising it again", path, versions[0]),
+		return fail(check, fmt.Sprintf("vault write %s/config min_decryption_version=%d, then migrate the objects (kmsctl rewrite, docs/rotation.md) before raising it again", path, versions[0]),
 			"min_decryption_version of %s is %d, but objects in etcd are still stored under %s: they cannot be decrypted", path, minDecrypt, strings.Join(retired, ", "))
 	case len(unknown) > 0:
 		return warn(check, "check that etcd's Vault key ids belong to this key (another key, or a deleted and recreated one?)",
@@ -370,7 +375,36 @@ func (d *vaultDoctor) versionsInUse(ctx context.Context, path string, latest, mi
 	case len(versions) == 0:
 		return ok(check, "%s: no object in etcd is stored under a Vault key id", path)
 	}
-	return ok(check, "%s: every version in use in etcd (v%d to v%d) is at or above min_decryption_version %d", path, versions[0], versions[len(versions)-1], minDecrypt)
+	detail := fmt.Sprintf("%s: objects in etcd per key version: %s; all at or above min_decryption_version %d", path, strings.Join(counts, ", "), minDecrypt)
+	if older > 0 {
+		detail += fmt.Sprintf("; %d under versions below the latest (v%d): min_decryption_version may not be raised above v%d until they are rewritten (kmsctl rewrite)", older, latest, versions[0])
+	} else {
+		detail += fmt.Sprintf("; all under the latest version v%d: min_decryption_version may be raised up to v%d", latest, latest)
+	}
+	return ok(check, "%s", detail)
+}
+
+// pluginKey compares the key id a running plugin reports with the transit key's latest
+// version. After a rotation the plugin adopts the new version only once two consecutive checks
+// have seen it, and each apiserver follows at its next Status poll: until then new objects are
+// still written under the older version, which must not be retired.
+func (d *vaultDoctor) pluginKey(path string, k vault.Key) Result {
+	const check = "plugin key id"
+	id := d.o.PluginKeyID
+	latestID, _ := k.KeyID(k.LatestVersion)
+	keyVer, err := vault.ParseKeyID(id)
+	if err != nil {
+		return warn(check, "give doctor the --listen of the Vault plugin", "the running plugin's key id %q is not a Vault key id", id)
+	}
+	if own, listed := k.KeyID(keyVer.Version()); !listed || own != id {
+		return warn(check, "check --vault-transit-key and --vault-transit-mount against the plugin's flags",
+			"the running plugin's key id %s names no version of %s that can still decrypt", id, path)
+	}
+	if keyVer.Version() < k.LatestVersion {
+		return warn(check, fmt.Sprintf("wait: the plugin adopts a new version once two consecutive checks (--check-interval) have seen it; kmsctl rollout-status with the --vault-* flags returns 0 once every apiserver writes under %s", latestID),
+			"the running plugin's key id %s names v%d, but the latest version of %s is v%d (%s): new objects are still stored under v%d; do not raise min_decryption_version", id, keyVer.Version(), path, k.LatestVersion, latestID, keyVer.Version())
+	}
+	return ok(check, "the running plugin's key id %s names the latest version v%d of %s", id, k.LatestVersion, path)
 }
 
 // roundTrip wraps and unwraps a random DEK through the plugin's own Vault backend.

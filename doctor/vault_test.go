@@ -251,25 +251,54 @@ path "transit/*" { capabilities = ["create", "read", "update", "delete", "list",
 			}
 		}
 
+		// The line counts the objects under each version, and says which raise is unsafe.
 		rep := runVault(t, VaultOptions{Config: cfg, KeyIDsInUse: inUse("")})
-		want(t, rep, "vault key versions", OK, "v1 to v3", "min_decryption_version 1")
+		want(t, rep, "vault key versions", OK, "v1: 2 objects, v3: 2 objects", "min_decryption_version 1",
+			"2 under versions below the latest (v3)", "may not be raised above v1")
 
 		v.SetMinDecryptionVersion(t, "transit", key, 2)
 		rep = runVault(t, VaultOptions{Config: cfg, KeyIDsInUse: inUse("kms-plugin")})
 		want(t, rep, "vault key versions", Fail, "min_decryption_version of transit/keys/retired is 2", "v1 (1 objects)",
-			"min_decryption_version=1")
+			"min_decryption_version=1", "kmsctl rewrite")
+		for _, r := range rep.Find("vault key versions") {
+			if strings.Contains(r.Fix, "kubectl") {
+				t.Errorf("the fix points at the kubectl pipeline, not kmsctl rewrite: %s", r)
+			}
+		}
 		rep = runVault(t, VaultOptions{Config: cfg})
 		want(t, rep, "vault key versions", Warn, "--etcd-endpoints")
 
 		// Once the old object is rewritten under v3, raising it is safe.
 		putKMSv2(t, e, "/registry/secrets/default/old", "kms-plugin", v3)
 		rep = runVault(t, VaultOptions{Config: cfg, KeyIDsInUse: inUse("kms-plugin")})
-		want(t, rep, "vault key versions", OK, "v3 to v3")
+		want(t, rep, "vault key versions", OK, "v3: 3 objects", "all under the latest version v3")
 
 		rep = runVault(t, VaultOptions{Config: cfg, KeyIDsInUse: func(context.Context) (map[string]int, error) {
 			return nil, fmt.Errorf("etcd down")
 		}})
 		want(t, rep, "vault key versions", Fail, "etcd down", "--etcd-endpoints")
+	})
+
+	// Right after a rotation the running plugin still reports the version before it (it adopts
+	// a new one after two consecutive checks): doctor says so, so that nobody retires that
+	// version while new objects are still written under it.
+	t.Run("plugin behind the latest version", func(t *testing.T) {
+		key := s.key("behind", nil)
+		cfg := s.config(key, s.tokenFile(t, leastPrivilege(t, key)))
+		v1 := currentKeyID(t, cfg)
+		v.RotateKey(t, "transit", key)
+		v2 := currentKeyID(t, cfg)
+		rep := runVault(t, VaultOptions{Config: cfg, PluginKeyID: v1})
+		want(t, rep, "plugin key id", Warn, v1, "names v1", "latest version of transit/keys/behind is v2", v2,
+			"do not raise min_decryption_version", "kmsctl rollout-status")
+		rep = runVault(t, VaultOptions{Config: cfg, PluginKeyID: v2})
+		want(t, rep, "plugin key id", OK, v2, "latest version v2")
+		rep = runVault(t, VaultOptions{Config: cfg, PluginKeyID: "localaes:k1:abc"})
+		want(t, rep, "plugin key id", Warn, "not a Vault key id")
+		rep = runVault(t, VaultOptions{Config: cfg})
+		if got := rep.Find("plugin key id"); len(got) != 0 {
+			t.Errorf("no running plugin, yet: %v", got)
+		}
 	})
 
 	t.Run("unreachable", func(t *testing.T) {

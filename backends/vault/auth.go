@@ -357,3 +357,41 @@ func leaseOf(secret *api.Secret) (*api.SecretAuth, error) {
 	}
 	return &api.SecretAuth{LeaseDuration: int(ttl / time.Second), Renewable: renewable}, nil
 }
+
+// Session is a token of one login by Login.
+type Session struct {
+	// Client carries the token and works in the configuration's namespace.
+	Client *api.Client
+	// Lease is the token's lease when the login created the token; nil for a supplied token
+	// (token auth), which the caller may look up.
+	Lease *api.SecretAuth
+}
+
+// Login logs in once with cfg.Auth, as the backend does, for a tool that asks Vault a few
+// things and exits (kmsctl doctor, rollout-status). Logout afterwards, so that no run leaves a
+// live token behind.
+func Login(ctx context.Context, cfg Config) (*Session, error) {
+	if cfg.Auth == nil {
+		return nil, &localError{"no auth method configured"}
+	}
+	anon, err := NewClient(cfg, cfg.Namespace, "")
+	if err != nil {
+		return nil, err
+	}
+	token, lease, err := cfg.Auth.Login(ctx, anon)
+	if err != nil {
+		return nil, err
+	}
+	client, err := NewClient(cfg, cfg.Namespace, token)
+	if err != nil {
+		return nil, err
+	}
+	return &Session{Client: client, Lease: lease}, nil
+}
+
+// Logout revokes the token if Login created it; a supplied token is left alone.
+func (s *Session) Logout(ctx context.Context) {
+	if s.Lease != nil {
+		_ = s.Client.Auth().Token().RevokeSelfWithContext(ctx, "")
+	}
+}

@@ -101,6 +101,17 @@ func ParseKey(secret *api.Secret) (Key, error) {
 	return key, nil
 }
 
+// KeyID is the key id (format 2) that names version v of the key: what the backend reports by
+// Status once it has adopted v. False when v is not listed (retired below
+// min_decryption_version, or never created).
+func (k Key) KeyID(v int) (string, bool) {
+	created, ok := k.Created[v]
+	if !ok {
+		return "", false
+	}
+	return KeyVersion{lineage: lineage(created), version: v}.String(), true
+}
+
 // AEADTypes are the transit key types whose ciphertexts authenticate associated data: the
 // backend binds the key id into every DEK it wraps with them (see bound).
 var AEADTypes = []string{"aes256-gcm96", "aes128-gcm96", "chacha20-poly1305"}

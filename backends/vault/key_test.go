@@ -82,3 +82,18 @@ func TestParseKey(t *testing.T) {
 		t.Error("ParseKey(nil) succeeded")
 	}
 }
+
+// Key.KeyID names a listed version as the backend's Status does once it adopts it.
+func TestKeyKeyID(t *testing.T) {
+	k := Key{LatestVersion: 2, MinDecryptionVersion: 2, Created: map[int]int64{2: 1700000000}}
+	id, ok := k.KeyID(2)
+	if want := (KeyVersion{lineage: lineage(1700000000), version: 2}).String(); !ok || id != want {
+		t.Errorf("KeyID(2) = %q, %v; want %q", id, ok, want)
+	}
+	if kv, err := ParseKeyID(id); err != nil || kv.Version() != 2 {
+		t.Errorf("ParseKeyID(%q) = %v, %v", id, kv, err)
+	}
+	if id, ok := k.KeyID(1); ok || id != "" {
+		t.Errorf("KeyID of a retired version = %q, %v", id, ok)
+	}
+}

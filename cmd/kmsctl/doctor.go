@@ -37,8 +37,9 @@ are private, and for --backend vault: Vault is reachable and unsealed, the login
 token's capabilities are exactly what 'kmsctl policy' prints (missing ones fail, extra ones
 warn), the transit key is safely configured (authenticated cipher, not exportable, not
 deletable, min_decryption_version not above a version still used in etcd, with
---etcd-endpoints), and an encrypt/decrypt round trip works; for --backend localaes: the key
-file loads. It takes the same flags (and --config file) as serve.
+--etcd-endpoints, which also counts the objects under each version; with --running, the
+plugin's key id names the key's latest version), and an encrypt/decrypt round trip works; for
+--backend localaes: the key file loads. It takes the same flags (and --config file) as serve.
 
 Each line starts with ok, warn or FAIL, then what was checked, what was found and how to fix
 it. Exit status 3 if any check failed.`,
@@ -92,6 +93,9 @@ func runDoctor(cmd *cobra.Command, o serveconfig.Options, d doctorOptions, all [
 		vo := doctor.VaultOptions{Config: cfg, Timeout: o.Timeout}
 		if len(d.etcd.endpoints) > 0 {
 			vo.KeyIDsInUse = d.keyIDsInUse
+		}
+		if d.running {
+			vo.PluginKeyID = doctor.PluginKeyID(ctx, path)
 		}
 		rep = append(rep, doctor.Vault(ctx, vo)...)
 	}

@@ -19,6 +19,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -39,7 +40,15 @@ const (
 	statusKeyMetric  = "apiserver_envelope_encryption_key_id_hash_status_last_timestamp_seconds"
 	writeKeyMetric   = "apiserver_envelope_encryption_key_id_hash_last_timestamp_seconds"
 	reloadsMetric    = "apiserver_encryption_config_controller_automatic_reloads_total"
+	reloadedAtMetric = "apiserver_encryption_config_controller_automatic_reload_last_timestamp_seconds"
 )
+
+// probeSlack is how long before a successful reload the apiserver may have asked the plugins
+// of the new configuration for their Status: it probes each KMS v2 provider while loading the
+// file (a Status and an Encrypt each, usually well under a second), then records the reload.
+// A kept provider taken for removed (a load slower than this) shows again at its next Status
+// poll, a minute later; a removed one whose last poll fell within it keeps its row.
+const probeSlack = 10 * time.Second
 
 // HashKeyID is how the apiserver's metrics name a key id.
 func HashKeyID(keyID string) string { return fmt.Sprintf("sha256:%x", sha256.Sum256([]byte(keyID))) }
@@ -55,9 +64,15 @@ type State struct {
 	ConfigHash string `json:"configHash,omitempty"`
 	// ReloadFailures counts rejected automatic reloads since it started: after one, it still
 	// runs the previous configuration.
-	ReloadFailures float64                 `json:"reloadFailures,omitempty"`
-	Providers      map[string]ProviderKeys `json:"providers,omitempty"`
-	Err            string                  `json:"error,omitempty"`
+	ReloadFailures float64 `json:"reloadFailures,omitempty"`
+	// ReloadedAt is the time of its last successful automatic reload (zero if none).
+	ReloadedAt time.Time `json:"reloadedAt,omitzero"`
+	// Providers are the KMS v2 providers it runs. The apiserver keeps a provider's series
+	// after a reload removed it, with their last times: Parse leaves out the providers that
+	// no Status has answered since the last reload (Removed lists them).
+	Providers map[string]ProviderKeys `json:"providers,omitempty"`
+	Removed   []string                `json:"removedProviders,omitempty"`
+	Err       string                  `json:"error,omitempty"`
 }
 
 // ProviderKeys is, for one KMS v2 provider of one apiserver, the key id hash of its latest
@@ -186,6 +201,13 @@ func Parse(r io.Reader) (State, error) {
 			}
 		}
 	}
+	if f := families[reloadedAtMetric]; f != nil {
+		for _, m := range f.Metric {
+			if at := seconds(m); label(m, "status") == "success" && at.After(st.ReloadedAt) {
+				st.ReloadedAt = at
+			}
+		}
+	}
 	if f := families[statusKeyMetric]; f != nil {
 		for _, m := range f.Metric {
 			name, at := label(m, "provider_name"), seconds(m)
@@ -208,6 +230,17 @@ func Parse(r io.Reader) (State, error) {
 			}
 			st.Providers[name] = pk
 		}
+	}
+	// Every KMS v2 provider of a configuration is asked for its Status as the file loads and
+	// every minute after: one not asked since the last reload is no longer configured.
+	if !st.ReloadedAt.IsZero() {
+		for name, pk := range st.Providers {
+			if pk.StatusAt.Before(st.ReloadedAt.Add(-probeSlack)) {
+				delete(st.Providers, name)
+				st.Removed = append(st.Removed, name)
+			}
+		}
+		sort.Strings(st.Removed)
 	}
 	return st, nil
 }
@@ -233,8 +266,70 @@ func seconds(m *dto.Metric) time.Time {
 type Want struct {
 	// ConfigHash is HashConfig of the EncryptionConfiguration file every apiserver should run.
 	ConfigHash string
+	// Providers, if set, are the names of the file's KMS v2 providers: an apiserver that runs
+	// the file runs no other (its metrics may still show one it ran before).
+	Providers []string
 	// KeyIDs are, per KMS v2 provider name, the key id its plugin's Status reports now.
 	KeyIDs map[string]string
+	// Latest are, per KMS v2 provider name, the key id its plugin must report once it has
+	// caught up with its backend: for Vault, the key id of the transit key's latest version,
+	// which the plugin adopts only after two consecutive checks have seen it.
+	Latest map[string]string
+	// names maps the hashes of the key ids known here back to the key ids, for display.
+	names map[string]string
+}
+
+// Learn records key ids (of old key versions, say) so that Name can show them for their
+// hashes; the key ids of KeyIDs and Latest are known without it.
+func (w *Want) Learn(keyIDs ...string) {
+	if w.names == nil {
+		w.names = map[string]string{}
+	}
+	for _, id := range keyIDs {
+		if id != "" {
+			w.names[HashKeyID(id)] = id
+		}
+	}
+}
+
+// Name shows a key id hash as the operator needs it: the key id with its short hash,
+// "vault:0123456789abcdef:v2 (9f86d081884c)", when the key id is known here; the short
+// hash alone otherwise.
+func (w Want) Name(hash string) string {
+	id := w.names[hash]
+	if id == "" {
+		for _, m := range []map[string]string{w.KeyIDs, w.Latest} {
+			for _, k := range m {
+				if HashKeyID(k) == hash {
+					id = k
+				}
+			}
+		}
+	}
+	if id == "" || hash == "" {
+		return Short(hash)
+	}
+	return id + " (" + Short(hash) + ")"
+}
+
+// Prune drops from each state that runs want's configuration the providers it does not have:
+// the apiserver's metrics keep a removed provider's series until it restarts.
+func Prune(states []State, want Want) {
+	if want.ConfigHash == "" || want.Providers == nil {
+		return
+	}
+	for i, s := range states {
+		if s.ConfigHash != want.ConfigHash {
+			continue
+		}
+		for name := range s.Providers {
+			if !slices.Contains(want.Providers, name) {
+				delete(states[i].Providers, name)
+				states[i].Removed = append(states[i].Removed, name)
+			}
+		}
+		sort.Strings(states[i].Removed)
+	}
 }
 
 // Disagreements lists what keeps the apiservers from agreeing: an apiserver that did not
@@ -262,15 +357,24 @@ func Disagreements(states []State, want Want) []string {
 	for name := range want.KeyIDs {
 		providers[name] = true
 	}
+	for name := range want.Latest {
+		providers[name] = true
+	}
 	names := make([]string, 0, len(providers))
 	for n := range providers {
 		names = append(names, n)
 	}
 	sort.Strings(names)
 	for _, name := range names {
-		wantHash := ""
+		wantHash, what := "", "the plugin's current"
 		if id, ok := want.KeyIDs[name]; ok {
 			wantHash = HashKeyID(id)
+		}
+		if latest, ok := want.Latest[name]; ok {
+			if id, ok := want.KeyIDs[name]; ok && id != latest {
+				out = append(out, fmt.Sprintf("the plugin of %q reports key id %s, not the latest %s yet", name, want.Name(HashKeyID(id)), want.Name(HashKeyID(latest))))
+			}
+			wantHash, what = HashKeyID(latest), "the latest"
 		}
 		seen := map[string][]string{}
 		for _, s := range states {
@@ -287,13 +391,13 @@ func Disagreements(states []State, want Want) []string {
 			w := pk.WritesWith()
 			seen[w] = append(seen[w], s.Endpoint)
 			if wantHash != "" && w != wantHash {
-				out = append(out, fmt.Sprintf("%s writes %q under key id %s, not the plugin's current %s", s.Endpoint, name, Short(w), Short(wantHash)))
+				out = append(out, fmt.Sprintf("%s writes %q under key id %s, not %s %s", s.Endpoint, name, want.Name(w), what, want.Name(wantHash)))
 			}
 		}
 		if len(seen) > 1 && wantHash == "" {
 			var parts []string
 			for h, eps := range seen {
-				parts = append(parts, fmt.Sprintf("%s (%s)", Short(h), strings.Join(eps, ", ")))
+				parts = append(parts, fmt.Sprintf("%s at %s", want.Name(h), strings.Join(eps, ", ")))
 			}
 			sort.Strings(parts)
 			out = append(out, fmt.Sprintf("KMS provider %q: the apiservers write under different key ids: %s", name, strings.Join(parts, "; ")))

@@ -14,25 +14,34 @@ func (r *Report) WriteJSON(w io.Writer) error {
 	return enc.Encode(r)
 }
 
-// WriteTable writes one line per resource and storage, then the totals. STATUS is "current"
-// for objects on their resource's write key, "STALE" for the others, and "-" without a config.
+// WriteTable writes one line per resource and storage, then the totals. With a config, STATUS
+// is "current" for objects on their resource's write key and "STALE" for the others. Without
+// one, scan cannot know the write keys: the table has no STATUS column, and one line says so.
 func (r *Report) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "RESOURCE\tSTORAGE\tPROVIDER\tKEY\tOBJECTS\tSTATUS")
+	if r.Checked {
+		fmt.Fprintln(tw, "RESOURCE\tSTORAGE\tPROVIDER\tKEY\tOBJECTS\tSTATUS")
+	} else {
+		fmt.Fprintln(tw, "RESOURCE\tSTORAGE\tPROVIDER\tKEY\tOBJECTS")
+	}
 	for _, res := range r.Resources {
 		name := res.Resource
 		if !res.Known {
 			name += " (" + res.Prefix + ")"
 		}
 		for _, s := range res.Storage {
-			status := "-"
-			if s.Current != nil {
-				status = "current"
-				if !*s.Current {
-					status = "STALE"
+			line := fmt.Sprintf("%s\t%s\t%s\t%s\t%d", name, s.Class, dash(s.Provider), dash(s.Key), s.Objects)
+			if r.Checked {
+				status := "-"
+				if s.Current != nil {
+					status = "current"
+					if !*s.Current {
+						status = "STALE"
+					}
 				}
+				line += "\t" + status
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", name, s.Class, dash(s.Provider), dash(s.Key), s.Objects, status)
+			fmt.Fprintln(tw, line)
 		}
 	}
 	if err := tw.Flush(); err != nil {
@@ -42,12 +51,14 @@ func (r *Report) WriteTable(w io.Writer) error {
 	for _, k := range r.KMS {
 		fmt.Fprintf(w, "kms provider %s (%s): current key id %s, healthz %s\n", k.Provider, k.Endpoint, k.KeyID, k.Healthz)
 	}
-	stale := "not checked (no --encryption-config)"
-	if r.Checked {
-		stale = fmt.Sprint(r.Stale)
+	if !r.Checked {
+		_, err := fmt.Fprintf(w, "%d objects under %s at revision %d: %d plaintext\n"+
+			"write keys not checked: without --encryption-config scan cannot know which provider and key new writes use, so it flags nothing as stale\n",
+			r.Objects, r.Root, r.Revision, r.Plaintext)
+		return err
 	}
-	_, err := fmt.Fprintf(w, "%d objects under %s at revision %d: %d plaintext, %s not on the write key\n",
-		r.Objects, r.Root, r.Revision, r.Plaintext, stale)
+	_, err := fmt.Fprintf(w, "%d objects under %s at revision %d: %d plaintext, %d not on the write key\n",
+		r.Objects, r.Root, r.Revision, r.Plaintext, r.Stale)
 	return err
 }
 

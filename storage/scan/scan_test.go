@@ -194,6 +194,36 @@ resources:
 		}
 	})
 
+	// Without a config scan cannot know the write keys: it says so once, and no row or total
+	// claims a status it did not check.
+	t.Run("table without a config", func(t *testing.T) {
+		rep, err := scan.Scan(context.Background(), etcd, scan.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out bytes.Buffer
+		if err := rep.WriteTable(&out); err != nil {
+			t.Fatal(err)
+		}
+		table := out.String()
+		for _, line := range []string{
+			fmt.Sprintf("14 objects under /registry/ at revision %d: 4 plaintext\n", rep.Revision),
+			"write keys not checked: without --encryption-config scan cannot know which provider and key new writes use",
+		} {
+			if !strings.Contains(table, line) {
+				t.Errorf("table lacks %q:\n%s", line, table)
+			}
+		}
+		if n := strings.Count(table, "not checked"); n != 1 {
+			t.Errorf("%d mentions of what was not checked, want one:\n%s", n, table)
+		}
+		for _, bad := range []string{"STATUS", "not on the write key", "current", "STALE"} {
+			if strings.Contains(table, bad) {
+				t.Errorf("without a config the table says %q:\n%s", bad, table)
+			}
+		}
+	})
+
 	t.Run("json", func(t *testing.T) {
 		rep, err := scan.Scan(context.Background(), etcd, scan.Options{Config: cfg})
 		if err != nil {

@@ -19,15 +19,37 @@ func ApplyConfigFile(fs *pflag.FlagSet) error {
 	if err != nil || path == "" {
 		return err
 	}
+	return applyFile(fs, path, "--config", func(name string) (apply, known bool) {
+		return true, fs.Lookup(name) != nil && name != "config" && name != "help" && name != "version"
+	})
+}
+
+// ApplyVaultSettings is ApplyConfigFile for a command that takes serve's --vault-* flags but
+// not its others (kmsctl rollout-status): from serve's --config file at path, named by the
+// command's flag, it sets the --vault-* flags of fs that the command line left unset, and leaves
+// the file's other settings aside (its timeout is serve's, not the command's). A setting serve
+// does not know is an error, as for serve.
+func ApplyVaultSettings(fs *pflag.FlagSet, path, flag string) error {
+	serve := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+	AddFlags(serve, &Options{}, Backends())
+	return applyFile(fs, path, flag, func(name string) (apply, known bool) {
+		known = serve.Lookup(name) != nil && name != "config"
+		return known && strings.HasPrefix(name, "vault-") && fs.Lookup(name) != nil, known
+	})
+}
+
+// applyFile sets flags of fs from the YAML file at path (named by flag): those filter says to
+// apply; a setting filter does not know is an error.
+func applyFile(fs *pflag.FlagSet, path, flag string, filter func(name string) (apply, known bool)) error {
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("--config: %w", err)
+		return fmt.Errorf("%s: %w", flag, err)
 	}
 	// Nodes keep each value as written: decoded, an unquoted 0660 would be YAML's octal 432,
 	// which --socket-mode then reads as 0432.
 	var settings map[string]yaml.Node
 	if err := yaml.Unmarshal(raw, &settings); err != nil {
-		return fmt.Errorf("--config %s: %w", path, err)
+		return fmt.Errorf("%s %s: %w", flag, path, err)
 	}
 	names := make([]string, 0, len(settings))
 	for name := range settings {
@@ -36,13 +58,14 @@ func ApplyConfigFile(fs *pflag.FlagSet) error {
 	sort.Strings(names)
 	var problems []string
 	for _, name := range names {
-		f := fs.Lookup(name)
-		if f == nil || name == "config" || name == "help" || name == "version" {
+		apply, known := filter(name)
+		if !known {
 			problems = append(problems, fmt.Sprintf("unknown setting %q (settings are the flags' names without --)", name))
 			continue
 		}
-		if f.Changed {
-			continue // the command line wins
+		f := fs.Lookup(name)
+		if !apply || f.Changed {
+			continue // another command's setting, or the command line wins
 		}
 		value, err := scalar(settings[name])
 		if err == nil {
@@ -53,7 +76,7 @@ func ApplyConfigFile(fs *pflag.FlagSet) error {
 		}
 	}
 	if len(problems) > 0 {
-		return fmt.Errorf("--config %s: %s", path, strings.Join(problems, "; "))
+		return fmt.Errorf("%s %s: %s", flag, path, strings.Join(problems, "; "))
 	}
 	return nil
 }
