@@ -1,12 +1,16 @@
 // Package hostile is a misbehaving peer of the plugin's socket, for the tests and the
-// measurements of docs/security.md: it opens HTTP/2 streams whose request never arrives, and
-// connections that never speak.
+// measurements of docs/security.md: it opens HTTP/2 streams whose request never arrives or
+// arrives a few bytes short, connections that never speak, and connections that look busy
+// without ever sending a request.
 package hostile
 
 import (
 	"bytes"
+	"context"
+	"encoding/binary"
 	"fmt"
 	"net"
+	"sync"
 	"time"
 
 	"golang.org/x/net/http2"
@@ -55,8 +59,20 @@ func Dial(socket string) (*Peer, error) {
 
 // OpenStreams sends n requests' headers for method and never their message.
 func (p *Peer) OpenStreams(n int, method string) error {
+	return p.OpenRequests(n, method, 0, 0)
+}
+
+// OpenRequests sends n requests for method whose gRPC message announces size bytes and stops
+// short bytes before its end, so the server holds what arrived while it waits for the rest.
+// size 0 sends the headers alone.
+func (p *Peer) OpenRequests(n int, method string, size, short int) error {
 	var buf bytes.Buffer
 	enc := hpack.NewEncoder(&buf)
+	var body []byte
+	if size > 0 {
+		body = make([]byte, 5+size-short) // gRPC's prefix: not compressed, then the length
+		binary.BigEndian.PutUint32(body[1:5], uint32(size))
+	}
 	for i := 0; i < n; i++ {
 		buf.Reset()
 		for _, h := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", method},
@@ -66,10 +82,25 @@ func (p *Peer) OpenStreams(n int, method string) error {
 		if err := p.framer.WriteHeaders(http2.HeadersFrameParam{StreamID: p.next, BlockFragment: buf.Bytes(), EndHeaders: true}); err != nil {
 			return err
 		}
+		for rest := body; len(rest) > 0; {
+			chunk := rest[:min(len(rest), maxFrame)]
+			if err := p.framer.WriteData(p.next, false, chunk); err != nil {
+				return err
+			}
+			rest = rest[len(chunk):]
+		}
 		p.next += 2
 	}
 	return nil
 }
+
+// maxFrame is HTTP/2's default (and gRPC's) largest frame payload.
+const maxFrame = 16 << 10
+
+// Nudge sends a connection-level WINDOW_UPDATE of one byte: 13 bytes on the wire that make a
+// connection look active, which the server neither answers nor counts against the peer (a
+// PING would be answered, and gRPC closes connections that ping too often).
+func (p *Peer) Nudge() error { return p.framer.WriteWindowUpdate(0, 1) }
 
 // Ended reads frames until every stream opened so far has ended (refused, reset or closed by
 // the server) or until deadline, and returns how many ended. It answers pings, as a hostile
@@ -111,3 +142,74 @@ func (p *Peer) Close() error { return p.conn.Close() }
 
 // Silent opens a connection that never sends a byte.
 func Silent(socket string) (net.Conn, error) { return net.DialTimeout("unix", socket, 5*time.Second) }
+
+// Busy is the eviction flood of docs/operations.md: connections that nudge every interval,
+// never sending a request, plus one new such connection every interval, so that a server
+// choosing whom to evict by recent traffic finds them all busier than a real client waiting on
+// a slow answer.
+type Busy struct {
+	mu      sync.Mutex
+	opened  int
+	evicted int
+	done    chan struct{}
+}
+
+// StartBusy holds conns busy connections and adds one every interval until ctx ends; Wait
+// then closes them all.
+func StartBusy(ctx context.Context, socket string, conns int, every time.Duration) *Busy {
+	b := &Busy{done: make(chan struct{})}
+	go b.run(ctx, socket, conns, every)
+	return b
+}
+
+func (b *Busy) run(ctx context.Context, socket string, conns int, every time.Duration) {
+	defer close(b.done)
+	var live []*Peer
+	defer func() {
+		for _, p := range live {
+			p.Close()
+		}
+	}()
+	dial := func() {
+		if p, err := Dial(socket); err == nil {
+			live = append(live, p)
+			b.mu.Lock()
+			b.opened++
+			b.mu.Unlock()
+		}
+	}
+	for range conns {
+		dial()
+	}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		kept := live[:0]
+		for _, p := range live {
+			if err := p.Nudge(); err != nil { // closed by the server
+				p.Close()
+				b.mu.Lock()
+				b.evicted++
+				b.mu.Unlock()
+				continue
+			}
+			kept = append(kept, p)
+		}
+		live = kept
+		dial()
+	}
+}
+
+// Wait waits for the flood to end and returns how many connections it opened and how many
+// of them the server closed meanwhile.
+func (b *Busy) Wait() (opened, closed int) {
+	<-b.done
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.opened, b.evicted
+}
