@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/tap"
 )
 
@@ -17,9 +18,10 @@ import (
 // does not help: such a peer answers pings). The zero value takes DefaultPeerLimits.
 type PeerLimits struct {
 	// MaxConnections is the number of open connections. At the cap a new connection evicts
-	// one: first a connection that has not yet sent HTTP/2's preface (the oldest), else the
-	// one that has read nothing for longest. So silent connections can never lock a real
-	// client (kube-apiserver) out.
+	// one that has no request in flight, chosen by connLimiter.victimLocked: silent ones
+	// first, then ones that never completed a request, then the least recently served. So
+	// neither silent nor busy-looking connections can lock a real client (kube-apiserver)
+	// out, or cut it off in the middle of a request.
 	MaxConnections int
 	// MaxStreams is the number of concurrent requests on one connection; a client queues the
 	// ones beyond it (gRPC's clients do) or has them refused.
@@ -32,8 +34,9 @@ type PeerLimits struct {
 	HandshakeTimeout time.Duration
 }
 
-// DefaultPeerLimits hold the plugin's memory to about 64 MiB of streams in the worst case
-// (128 connections of 32 streams of ~16 KiB), under the static pod's 256 MiB limit.
+// DefaultPeerLimits with MaxRequestSize hold what peers' unfinished requests can make the
+// plugin keep to 64 MiB (128 connections of 32 streams of 16 KiB; HeldBytes), a quarter of the
+// static pod's 256 MiB limit.
 var DefaultPeerLimits = PeerLimits{MaxConnections: 128, MaxStreams: 32, RequestTimeout: 30 * time.Second, HandshakeTimeout: 5 * time.Second}
 
 func (p PeerLimits) withDefaults() PeerLimits {
@@ -53,11 +56,29 @@ func (p PeerLimits) withDefaults() PeerLimits {
 	return d
 }
 
+// StreamWindow is HTTP/2's flow-control window, for each stream and for each connection, that
+// the plugin grants its peers: the smallest gRPC accepts, and fixed. Left unset, gRPC's
+// bandwidth estimator grows both to 16 MiB on a peer's say-so (it times its own pings), and a
+// stream could then hold that much that its handler has not read yet; requests are a few
+// hundred bytes.
+const StreamWindow = 64 << 10
+
+// HeldBytes is the most the peers' unfinished requests can make the server hold: every
+// stream of every connection waiting for the last bytes of a message of maxRequest bytes. A
+// stream's handler reads what arrives as it arrives, up to the announced length, and a length
+// above maxRequest is refused before any of its bytes are read.
+func (p PeerLimits) HeldBytes(maxRequest int) int64 {
+	return int64(p.MaxConnections) * int64(p.MaxStreams) * int64(maxRequest)
+}
+
 // serverOptions are the gRPC options that enforce p, but MaxConnections (connLimiter).
 func (p PeerLimits) serverOptions() []grpc.ServerOption {
 	timeout := p.RequestTimeout
 	return []grpc.ServerOption{
 		grpc.MaxConcurrentStreams(p.MaxStreams),
+		grpc.StaticStreamWindowSize(StreamWindow),
+		grpc.StaticConnWindowSize(StreamWindow),
+		grpc.ChainUnaryInterceptor(trackRequests),
 		grpc.ConnectionTimeout(p.HandshakeTimeout),
 		// The stream's context, which a request waiting for its message also waits on.
 		grpc.InTapHandle(func(ctx context.Context, _ *tap.Info) (context.Context, error) {
@@ -92,43 +113,101 @@ func newConnLimiter(lis net.Listener, max int) *connLimiter {
 }
 
 func (l *connLimiter) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		tc := &trackedConn{Conn: c, limiter: l, accepted: time.Now()}
+		l.mu.Lock()
+		var victim *trackedConn
+		full := len(l.conns) >= l.max
+		if full {
+			victim = l.victimLocked()
+			if victim != nil {
+				delete(l.conns, victim)
+			}
+		}
+		if !full || victim != nil {
+			l.conns[tc] = struct{}{}
+		}
+		l.mu.Unlock()
+		if victim != nil {
+			victim.Conn.Close() // its reader sees the error and gRPC drops the transport
+		}
+		if full && victim == nil {
+			c.Close() // every connection has a request in flight: the newcomer waits for the next try
+			continue
+		}
+		return tc, nil
 	}
-	tc := &trackedConn{Conn: c, limiter: l, accepted: time.Now()}
-	tc.lastRead.Store(tc.accepted.UnixNano())
-	l.mu.Lock()
-	var victim *trackedConn
-	if len(l.conns) >= l.max {
-		victim = l.victimLocked()
-		delete(l.conns, victim)
-	}
-	l.conns[tc] = struct{}{}
-	l.mu.Unlock()
-	if victim != nil {
-		victim.Conn.Close() // its reader sees the error and gRPC drops the transport
-	}
-	return tc, nil
 }
 
-// victimLocked is the connection to evict: the oldest one without a preface, else the one
-// that has read nothing for longest.
+// victimLocked is the connection to evict for a new one, nil when every connection has a
+// request in flight (then the newcomer is refused: in-flight requests end within their
+// deadline). Never one with a request in flight; of the others:
+//  1. the oldest that has not sent HTTP/2's preface;
+//  2. else the oldest that has never completed a request;
+//  3. else the one whose last completed request is the oldest.
+//
+// Traffic that is not a served request (pings, window updates, requests that never arrive)
+// earns a connection nothing, so a peer that only looks busy goes before any client that was
+// served. A newcomer goes only after every connection older than it that has never completed
+// a request, which leaves it time to send its first.
 func (l *connLimiter) victimLocked() *trackedConn {
-	var silent, idle *trackedConn
+	var best *trackedConn
+	var bestRank int
+	var bestAt int64
 	for c := range l.conns {
-		if !c.prefaced.Load() {
-			if silent == nil || c.accepted.Before(silent.accepted) {
-				silent = c
-			}
-		} else if idle == nil || c.lastRead.Load() < idle.lastRead.Load() {
-			idle = c
+		if c.inFlight.Load() > 0 {
+			continue
+		}
+		rank, at := 3, c.lastDone.Load() // the rank's order, then the oldest first
+		switch {
+		case !c.prefaced.Load():
+			rank, at = 1, c.accepted.UnixNano()
+		case at == 0:
+			rank, at = 2, c.accepted.UnixNano()
+		}
+		if best == nil || rank < bestRank || rank == bestRank && at < bestAt {
+			best, bestRank, bestAt = c, rank, at
 		}
 	}
-	if silent != nil {
-		return silent
+	return best
+}
+
+// trackRequests marks a request's connection busy while its handler runs, and records when
+// the connection last completed a request: what victimLocked protects.
+func trackRequests(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return handler(ctx, req)
 	}
-	return idle
+	a, ok := p.Addr.(connAddr)
+	if !ok {
+		return handler(ctx, req)
+	}
+	a.conn.inFlight.Add(1)
+	resp, err := handler(ctx, req)
+	a.conn.lastDone.Store(time.Now().UnixNano())
+	a.conn.inFlight.Add(-1)
+	return resp, err
+}
+
+// connAddr is a tracked connection's remote address, through which gRPC's peer information
+// leads a request back to its connection.
+type connAddr struct {
+	net.Addr
+	conn *trackedConn
+}
+
+func (a connAddr) Network() string { return "unix" }
+
+func (a connAddr) String() string {
+	if a.Addr == nil {
+		return ""
+	}
+	return a.Addr.String()
 }
 
 // trackedConn records what the limiter needs to choose whom to evict.
@@ -136,22 +215,23 @@ type trackedConn struct {
 	net.Conn
 	limiter  *connLimiter
 	accepted time.Time
-	lastRead atomic.Int64 // unix nanoseconds
 	read     atomic.Int64 // bytes, until the preface is complete
 	prefaced atomic.Bool
+	inFlight atomic.Int32 // requests whose handler runs
+	lastDone atomic.Int64 // unix nanoseconds of the last completed request; 0: none yet
 	closed   sync.Once
 }
 
 func (c *trackedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
-	if n > 0 {
-		c.lastRead.Store(time.Now().UnixNano())
-		if !c.prefaced.Load() && c.read.Add(int64(n)) >= int64(len(http2Preface)) {
-			c.prefaced.Store(true)
-		}
+	if n > 0 && !c.prefaced.Load() && c.read.Add(int64(n)) >= int64(len(http2Preface)) {
+		c.prefaced.Store(true)
 	}
 	return n, err
 }
+
+// RemoteAddr carries the connection to trackRequests.
+func (c *trackedConn) RemoteAddr() net.Addr { return connAddr{Addr: c.Conn.RemoteAddr(), conn: c} }
 
 func (c *trackedConn) Close() error {
 	c.closed.Do(func() {

@@ -10,9 +10,13 @@ import (
 	kmsapi "k8s.io/kms/apis/v2"
 )
 
-// MaxRequestSize bounds one request on the wire. It sits above dek.MaxCiphertextSize so that
-// an oversized ciphertext gets our InvalidArgument; anything larger is gRPC's ResourceExhausted.
-const MaxRequestSize = 64 << 10
+// MaxRequestSize bounds one request on the wire, and so what a peer's unfinished request can
+// make the plugin hold (PeerLimits.HeldBytes). It sits above dek.MaxCiphertextSize (8,539)
+// so that an oversized ciphertext gets our InvalidArgument, with 7,845 bytes to spare for the
+// request's other fields (uid, key id, annotations: the apiserver's are the few bytes our
+// Encrypt returned) and for later growth of the envelope; anything larger is gRPC's
+// ResourceExhausted.
+const MaxRequestSize = 16 << 10
 
 // healthServices are the names the gRPC health service answers for, besides the whole server ("").
 var healthServices = []string{"", kmsapi.KeyManagementService_ServiceDesc.ServiceName, kmsv1.KeyManagementService_ServiceDesc.ServiceName}

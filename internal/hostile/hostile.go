@@ -23,7 +23,13 @@ type Peer struct {
 	framer *http2.Framer
 	// MaxStreams is what the server's SETTINGS allow (0: not announced).
 	MaxStreams uint32
-	next       uint32
+	// Window is the stream flow-control window the server's SETTINGS grant (0: not announced,
+	// HTTP/2's default of 65,535 bytes).
+	Window uint32
+	// Pings counts the PINGs the server sent while Ended read (gRPC's bandwidth estimator
+	// sends one when data arrives, unless the server's windows are fixed).
+	Pings int
+	next  uint32
 }
 
 // Dial connects to a unix socket and exchanges HTTP/2 settings.
@@ -52,6 +58,9 @@ func Dial(socket string) (*Peer, error) {
 		if v, ok := s.Value(http2.SettingMaxConcurrentStreams); ok {
 			p.MaxStreams = v
 		}
+		if v, ok := s.Value(http2.SettingInitialWindowSize); ok {
+			p.Window = v
+		}
 		p.framer.WriteSettingsAck()
 	}
 	return p, nil
@@ -59,23 +68,34 @@ func Dial(socket string) (*Peer, error) {
 
 // OpenStreams sends n requests' headers for method and never their message.
 func (p *Peer) OpenStreams(n int, method string) error {
-	return p.OpenRequests(n, method, 0, 0)
+	return p.OpenRequests(n, Request{Method: method})
 }
 
-// OpenRequests sends n requests for method whose gRPC message announces size bytes and stops
-// short bytes before its end, so the server holds what arrived while it waits for the rest.
-// size 0 sends the headers alone.
-func (p *Peer) OpenRequests(n int, method string, size, short int) error {
+// Request is what OpenRequests sends on each stream.
+type Request struct {
+	Method string
+	// Size is the length the gRPC message announces (0: the headers alone); the message stops
+	// Short bytes before its end, so the server holds what arrived while it waits for the rest.
+	Size, Short int
+	// AfterOne sends a complete message of Size bytes (a valid Decrypt request) before that
+	// unfinished one: a unary server decodes the first, then waits for the stream's end.
+	AfterOne bool
+}
+
+// OpenRequests sends n requests as r says.
+func (p *Peer) OpenRequests(n int, r Request) error {
 	var buf bytes.Buffer
 	enc := hpack.NewEncoder(&buf)
 	var body []byte
-	if size > 0 {
-		body = make([]byte, 5+size-short) // gRPC's prefix: not compressed, then the length
-		binary.BigEndian.PutUint32(body[1:5], uint32(size))
+	if r.AfterOne && r.Size > 0 {
+		body = append(body, grpcMessage(r.Size, r.Size)...)
+	}
+	if r.Size > 0 {
+		body = append(body, grpcMessage(r.Size, r.Size-r.Short)...)
 	}
 	for i := 0; i < n; i++ {
 		buf.Reset()
-		for _, h := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", method},
+		for _, h := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", r.Method},
 			{":authority", "localhost"}, {"content-type", "application/grpc"}, {"te", "trailers"}} {
 			enc.WriteField(hpack.HeaderField{Name: h[0], Value: h[1]})
 		}
@@ -92,6 +112,17 @@ func (p *Peer) OpenRequests(n int, method string, size, short int) error {
 		p.next += 2
 	}
 	return nil
+}
+
+// grpcMessage is gRPC's 5-byte prefix announcing size bytes, then the first sent of them: a
+// protobuf whose field 1 (a Decrypt request's ciphertext) fills the message.
+func grpcMessage(size, sent int) []byte {
+	m := make([]byte, 5+size)
+	binary.BigEndian.PutUint32(m[1:5], uint32(size))
+	field := binary.AppendUvarint([]byte{0x0a}, uint64(size))
+	field = binary.AppendUvarint([]byte{0x0a}, uint64(size-len(field)))
+	copy(m[5:], field)
+	return m[:5+sent]
 }
 
 // maxFrame is HTTP/2's default (and gRPC's) largest frame payload.
@@ -128,6 +159,7 @@ func (p *Peer) Ended(deadline time.Time) (int, error) {
 			}
 		case *http2.PingFrame:
 			if !f.IsAck() {
+				p.Pings++
 				p.framer.WritePing(true, f.Data)
 			}
 		case *http2.GoAwayFrame:
@@ -154,33 +186,36 @@ type Busy struct {
 	done    chan struct{}
 }
 
-// StartBusy holds conns busy connections and adds one every interval until ctx ends; Wait
-// then closes them all.
+// StartBusy opens conns busy connections, then returns; until ctx ends, they nudge and one
+// more is opened every interval. Wait then closes them all.
 func StartBusy(ctx context.Context, socket string, conns int, every time.Duration) *Busy {
 	b := &Busy{done: make(chan struct{})}
-	go b.run(ctx, socket, conns, every)
+	var live []*Peer
+	for range conns {
+		live = b.dial(socket, live)
+	}
+	go b.run(ctx, socket, live, every)
 	return b
 }
 
-func (b *Busy) run(ctx context.Context, socket string, conns int, every time.Duration) {
+func (b *Busy) dial(socket string, live []*Peer) []*Peer {
+	p, err := Dial(socket)
+	if err != nil {
+		return live
+	}
+	b.mu.Lock()
+	b.opened++
+	b.mu.Unlock()
+	return append(live, p)
+}
+
+func (b *Busy) run(ctx context.Context, socket string, live []*Peer, every time.Duration) {
 	defer close(b.done)
-	var live []*Peer
 	defer func() {
 		for _, p := range live {
 			p.Close()
 		}
 	}()
-	dial := func() {
-		if p, err := Dial(socket); err == nil {
-			live = append(live, p)
-			b.mu.Lock()
-			b.opened++
-			b.mu.Unlock()
-		}
-	}
-	for range conns {
-		dial()
-	}
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
@@ -200,8 +235,7 @@ func (b *Busy) run(ctx context.Context, socket string, conns int, every time.Dur
 			}
 			kept = append(kept, p)
 		}
-		live = kept
-		dial()
+		live = b.dial(socket, kept)
 	}
 }
 

@@ -1,7 +1,7 @@
 // Command flood is the hostile peer of docs/security.md's and docs/operations.md's
 // measurements. It opens -conns connections with -streams streams each, whose Decrypt request
 // never arrives (-body 0: headers only) or arrives -short bytes short of the -body bytes its
-// message announces; -silent connections that never speak; and -busy connections that send a
+// message announces (-after-one: after one complete message); -silent connections that never speak; and -busy connections that send a
 // tiny frame every -every, plus one new one every -every (the eviction flood). It holds
 // everything for -hold and reports how many streams the plugin ended meanwhile. With
 // -good-every, a well-behaved client sends one Decrypt every so often throughout, as
@@ -33,6 +33,7 @@ func main() {
 	streams := flag.Int("streams", 10000, "such streams per connection")
 	body := flag.Int("body", 0, "bytes each stream's message announces (0: headers only)")
 	short := flag.Int("short", 3, "bytes of that message never sent")
+	afterOne := flag.Bool("after-one", false, "send one complete message of -body bytes before the unfinished one")
 	silent := flag.Int("silent", 0, "connections that never send a byte")
 	busy := flag.Int("busy", 0, "connections that send a tiny frame every -every, plus one new one every -every")
 	every := flag.Duration("every", 100*time.Millisecond, "interval of the busy connections")
@@ -65,7 +66,7 @@ func main() {
 		if err != nil {
 			log.Fatal(err)
 		}
-		if err := p.OpenRequests(*streams, "/v2.KeyManagementService/Decrypt", *body, *short); err != nil {
+		if err := p.OpenRequests(*streams, hostile.Request{Method: "/v2.KeyManagementService/Decrypt", Size: *body, Short: *short, AfterOne: *afterOne}); err != nil {
 			log.Printf("opening streams: %v", err)
 		}
 		peers = append(peers, p)
