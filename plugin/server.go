@@ -18,6 +18,11 @@ import (
 // ResourceExhausted.
 const MaxRequestSize = 16 << 10
 
+// MaxRequestSizeCeiling is the largest ServerConfig.MaxRequestSize that serve accepts: with
+// DefaultPeerLimits, peers' unfinished requests then hold up to 160 MiB (HeldBytes), still
+// under the static pod's 256 MiB limit.
+const MaxRequestSizeCeiling = 32 << 10
+
 // healthServices are the names the gRPC health service answers for, besides the whole server ("").
 var healthServices = []string{"", kmsapi.KeyManagementService_ServiceDesc.ServiceName, kmsv1.KeyManagementService_ServiceDesc.ServiceName}
 

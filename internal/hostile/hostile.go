@@ -119,9 +119,12 @@ func (p *Peer) OpenRequests(n int, r Request) error {
 func grpcMessage(size, sent int) []byte {
 	m := make([]byte, 5+size)
 	binary.BigEndian.PutUint32(m[1:5], uint32(size))
-	field := binary.AppendUvarint([]byte{0x0a}, uint64(size))
-	field = binary.AppendUvarint([]byte{0x0a}, uint64(size-len(field)))
-	copy(m[5:], field)
+	for n := 1; ; n++ { // n: the length's own length
+		if field := binary.AppendUvarint([]byte{0x0a}, uint64(size-1-n)); len(field) == 1+n {
+			copy(m[5:], field)
+			break
+		}
+	}
 	return m[:5+sent]
 }
 
