@@ -59,13 +59,13 @@ func (p PeerLimits) withDefaults() PeerLimits {
 // StreamWindow is HTTP/2's flow-control window, for each stream and for each connection, that
 // the plugin grants its peers: the smallest gRPC accepts, and fixed. Left unset, gRPC's
 // bandwidth estimator grows both to 16 MiB on a peer's say-so (it times its own pings), and a
-// stream could then hold that much that its handler has not read yet; requests are a few
-// hundred bytes.
+// stream could then buffer that much before its handler reads it; requests are a few hundred
+// bytes.
 const StreamWindow = 64 << 10
 
 // streamCost is what an open stream costs the server before any of its message arrives (its
-// goroutine, state and timer): 13.5 KiB measured with 4,096 header-only streams
-// (docs/performance.md), rounded up.
+// goroutine, state and timer): 13.6 KiB measured with 2,048 header-only streams
+// (docs/operations.md, Hostile socket peers), rounded up.
 const streamCost = 16 << 10
 
 // HeldBytes is the most the peers' unfinished requests can make the server hold: every stream

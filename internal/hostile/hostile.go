@@ -82,7 +82,8 @@ type Request struct {
 	AfterOne bool
 }
 
-// OpenRequests sends n requests as r says.
+// OpenRequests sends n requests as r says. It does not wait for window updates: what one
+// stream sends must fit the server's stream window (64 KiB for the plugin).
 func (p *Peer) OpenRequests(n int, r Request) error {
 	var buf bytes.Buffer
 	enc := hpack.NewEncoder(&buf)
