@@ -77,6 +77,8 @@ type Request struct {
 	// Size is the length the gRPC message announces (0: the headers alone); the message stops
 	// Short bytes before its end, so the server holds what arrived while it waits for the rest.
 	Size, Short int
+	// Frame is the largest DATA frame to send the message in (0: 16 KiB, HTTP/2's default).
+	Frame int
 	// AfterOne sends a complete message of Size bytes (a valid Decrypt request) before that
 	// unfinished one: a unary server decodes the first, then waits for the stream's end.
 	AfterOne bool
@@ -94,6 +96,10 @@ func (p *Peer) OpenRequests(n int, r Request) error {
 	if r.Size > 0 {
 		body = append(body, grpcMessage(r.Size, r.Size-r.Short)...)
 	}
+	frame := maxFrame
+	if r.Frame > 0 {
+		frame = min(r.Frame, maxFrame)
+	}
 	for i := 0; i < n; i++ {
 		buf.Reset()
 		for _, h := range [][2]string{{":method", "POST"}, {":scheme", "http"}, {":path", r.Method},
@@ -104,7 +110,7 @@ func (p *Peer) OpenRequests(n int, r Request) error {
 			return err
 		}
 		for rest := body; len(rest) > 0; {
-			chunk := rest[:min(len(rest), maxFrame)]
+			chunk := rest[:min(len(rest), frame)]
 			if err := p.framer.WriteData(p.next, false, chunk); err != nil {
 				return err
 			}

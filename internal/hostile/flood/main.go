@@ -33,6 +33,7 @@ func main() {
 	streams := flag.Int("streams", 10000, "such streams per connection")
 	body := flag.Int("body", 0, "bytes each stream's message announces (0: headers only)")
 	short := flag.Int("short", 3, "bytes of that message never sent")
+	frame := flag.Int("frame", 0, "largest DATA frame the messages are sent in (0: 16 KiB)")
 	afterOne := flag.Bool("after-one", false, "send one complete message of -body bytes before the unfinished one")
 	silent := flag.Int("silent", 0, "connections that never send a byte")
 	busy := flag.Int("busy", 0, "connections that send a tiny frame every -every, plus one new one every -every")
@@ -66,7 +67,7 @@ func main() {
 		if err != nil {
 			log.Fatal(err)
 		}
-		if err := p.OpenRequests(*streams, hostile.Request{Method: "/v2.KeyManagementService/Decrypt", Size: *body, Short: *short, AfterOne: *afterOne}); err != nil {
+		if err := p.OpenRequests(*streams, hostile.Request{Method: "/v2.KeyManagementService/Decrypt", Size: *body, Short: *short, Frame: *frame, AfterOne: *afterOne}); err != nil {
 			log.Printf("opening streams: %v", err)
 		}
 		peers = append(peers, p)
