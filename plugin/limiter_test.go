@@ -24,7 +24,7 @@ func TestLimiterNeverEvictsARequestInFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lis.Close()
-	l := newConnLimiter(lis, 1)
+	l := newConnLimiter(lis, PeerLimits{MaxConnections: 1}.withDefaults())
 	accepted := make(chan *trackedConn, 2)
 	go func() {
 		for {

@@ -116,13 +116,14 @@ const http2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 // connLimiter is a listener that holds at most max connections, evicting one for a new one.
 type connLimiter struct {
 	net.Listener
+	peers PeerLimits
 	max   int
 	mu    sync.Mutex
 	conns map[*trackedConn]struct{}
 }
 
-func newConnLimiter(lis net.Listener, max int) *connLimiter {
-	return &connLimiter{Listener: lis, max: max, conns: make(map[*trackedConn]struct{})}
+func newConnLimiter(lis net.Listener, peers PeerLimits) *connLimiter {
+	return &connLimiter{Listener: lis, peers: peers, max: peers.MaxConnections, conns: make(map[*trackedConn]struct{})}
 }
 
 func (l *connLimiter) Accept() (net.Conn, error) {
@@ -131,7 +132,7 @@ func (l *connLimiter) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		tc := &trackedConn{Conn: c, limiter: l, accepted: time.Now()}
+		tc := &trackedConn{Conn: c, limiter: l, accepted: time.Now(), guard: newFrameGuard(l.peers)}
 		l.mu.Lock()
 		var victim *trackedConn
 		full := len(l.conns) >= l.max
@@ -232,6 +233,7 @@ type trackedConn struct {
 	prefaced atomic.Bool
 	inFlight atomic.Int32 // requests whose handler runs
 	lastDone atomic.Int64 // unix nanoseconds of the last completed request; 0: none yet
+	guard    frameGuard   // only Read, on gRPC's one reader of the connection, uses it
 	closed   sync.Once
 }
 
@@ -239,6 +241,12 @@ func (c *trackedConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if n > 0 && !c.prefaced.Load() && c.read.Add(int64(n)) >= int64(len(http2Preface)) {
 		c.prefaced.Store(true)
+	}
+	if n > 0 {
+		if gerr := c.guard.read(b[:n]); gerr != nil {
+			c.Conn.Close()
+			return 0, gerr
+		}
 	}
 	return n, err
 }

@@ -2,6 +2,7 @@ package plugin_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -10,10 +11,14 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/status"
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
@@ -252,4 +257,47 @@ func newcomer(socket string, enc *kmsapi.EncryptResponse) error {
 	defer cancelCall()
 	_, err = kmsapi.NewKeyManagementServiceClient(conn).Decrypt(call, &kmsapi.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: enc.KeyId})
 	return err
+}
+
+// A peer that cuts a request's message into many small DATA frames, each of which gRPC would
+// keep as a buffer of its own, has its connection closed; clients that send large requests
+// many at a time over one connection, whose frames the flow-control windows split, do not.
+func TestSmallFramesCloseTheConnection(t *testing.T) {
+	p := plugintest.ServeLocalAES(t, plugintest.Options{Peers: plugin.PeerLimits{RequestTimeout: time.Hour}})
+	for _, frame := range []int{1, 16, 1023} {
+		hp, err := hostile.Dial(p.Socket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer hp.Close()
+		err = hp.OpenRequests(1, hostile.Request{Method: "/v2.KeyManagementService/Decrypt", Size: 8 << 10, Short: 3, Frame: frame})
+		if err == nil { // all sent before the server closed the connection
+			_, err = hp.Ended(time.Now().Add(5 * time.Second))
+		}
+		if !errors.Is(err, io.EOF) && !errors.Is(err, syscall.EPIPE) && !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("a message in frames of %d bytes: the connection is still open (%v)", frame, err)
+		}
+	}
+
+	client := dial(t, p.Socket)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var failed []string
+	for i := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			size := []int{plugin.MaxRequestSize - 100, dek.MaxCiphertextSize, 3000, 1500}[i%4]
+			_, err := client.Decrypt(ctx(t), &kmsapi.DecryptRequest{Ciphertext: make([]byte, size)})
+			if status.Code(err) != codes.InvalidArgument { // served: the ciphertext is not an envelope
+				mu.Lock()
+				failed = append(failed, fmt.Sprintf("%d bytes: %v", size, err))
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if len(failed) > 0 {
+		t.Errorf("%d of 64 concurrent large requests were not served:\n%s", len(failed), strings.Join(failed, "\n"))
+	}
 }

@@ -93,7 +93,7 @@ func (s *Server) follow(keyID string, unhealthy error) {
 
 // Serve serves on lis, holding at most Peers.MaxConnections connections.
 func (s *Server) Serve(lis net.Listener) error {
-	return s.Server.Serve(newConnLimiter(lis, s.peers.MaxConnections))
+	return s.Server.Serve(newConnLimiter(lis, s.peers))
 }
 
 // GracefulStop reports NOT_SERVING from now on, then lets in-flight requests finish.
