@@ -21,8 +21,9 @@ var errSmallFrames = errors.New("peer cut a message into many small DATA frames;
 // frameGuard follows the HTTP/2 frames a peer sends, by their 9-byte headers, to refuse what no
 // client sends: a request's message cut into many small DATA frames. gRPC keeps each DATA frame
 // as a buffer of its own until the message is whole, about 100 bytes besides the payload, so a
-// message sent a byte a frame made a stream hold a hundred times its size: 4,096 such streams
-// held 230 MiB (docs/operations.md). It counts, per stream that has not ended, the small DATA
+// message sent a byte a frame can make a stream hold a hundred times its size: 2,048 streams of
+// 16 KiB messages sent so held 230 MiB before the request timeout ended them
+// (docs/operations.md). It counts, per stream that has not ended, the small DATA
 // frames it sent; a stream with more than maxSmallFrames, or more such streams than a
 // connection can hold open twice over, closes the connection. A stream the server ended
 // (refused, timed out) may never end from the peer's side: its count is forgotten once it is
