@@ -10,9 +10,18 @@ import (
 	kmsapi "k8s.io/kms/apis/v2"
 )
 
-// MaxRequestSize bounds one request on the wire. It sits above dek.MaxCiphertextSize so that
-// an oversized ciphertext gets our InvalidArgument; anything larger is gRPC's ResourceExhausted.
-const MaxRequestSize = 64 << 10
+// MaxRequestSize bounds one request on the wire, and so what a peer's unfinished request can
+// make the plugin hold (PeerLimits.HeldBytes). It sits above dek.MaxCiphertextSize (8,539)
+// so that an oversized ciphertext gets our InvalidArgument, with 7,845 bytes to spare for the
+// request's other fields (uid, key id, annotations: the apiserver's are the few bytes our
+// Encrypt returned) and for later growth of the envelope; anything larger is gRPC's
+// ResourceExhausted.
+const MaxRequestSize = 16 << 10
+
+// MaxRequestSizeCeiling is the largest ServerConfig.MaxRequestSize that serve accepts: with
+// DefaultPeerLimits, peers' unfinished requests then hold up to 160 MiB (HeldBytes), still
+// under the static pod's 256 MiB limit.
+const MaxRequestSizeCeiling = 32 << 10
 
 // healthServices are the names the gRPC health service answers for, besides the whole server ("").
 var healthServices = []string{"", kmsapi.KeyManagementService_ServiceDesc.ServiceName, kmsv1.KeyManagementService_ServiceDesc.ServiceName}
@@ -81,7 +90,7 @@ func (s *Server) follow(keyID string, unhealthy error) {
 
 // Serve serves on lis, holding at most Peers.MaxConnections connections.
 func (s *Server) Serve(lis net.Listener) error {
-	return s.Server.Serve(newConnLimiter(lis, s.peers.MaxConnections))
+	return s.Server.Serve(newConnLimiter(lis, s.peers))
 }
 
 // GracefulStop reports NOT_SERVING from now on, then lets in-flight requests finish.

@@ -272,6 +272,7 @@ func TestInvalidCombinationsAreRefused(t *testing.T) {
 		{[]string{"--max-concurrent-backend-calls", "0", "--backend-call-queue", "-1", "--health-addr", "8095"},
 			[]string{"--max-concurrent-backend-calls 0", "--backend-call-queue -1", "--health-addr \"8095\""}},
 		{[]string{"--max-request-size", "10"}, []string{"--max-request-size"}},
+		{[]string{"--max-request-size", "65536"}, []string{"--max-request-size 65536: want 1024 to 32768"}},
 	} {
 		args := append([]string{"--localaes-key-file", keys, "--listen", filepath.Join(dir, "k.sock")}, tc.args...)
 		stop, _ := runInProcess(t, args...)

@@ -158,8 +158,8 @@ func (o *OpsOptions) problems() []string {
 	if o.CallQueue < 0 {
 		p = append(p, fmt.Sprintf("--backend-call-queue %d: want 0 or more", o.CallQueue))
 	}
-	if o.MaxRequestSize < 1<<10 || o.MaxRequestSize > 16<<20 {
-		p = append(p, fmt.Sprintf("--max-request-size %d: want 1024 to 16777216 bytes (a DEK seed is 32)", o.MaxRequestSize))
+	if o.MaxRequestSize < 1<<10 || o.MaxRequestSize > plugin.MaxRequestSizeCeiling {
+		p = append(p, fmt.Sprintf("--max-request-size %d: want 1024 to %d bytes (a DEK seed is 32; each stream of each connection can hold twice this)", o.MaxRequestSize, plugin.MaxRequestSizeCeiling))
 	}
 	return p
 }
