@@ -77,8 +77,8 @@ type Options struct {
 	Judge *scan.Judge
 	Root  string // etcd key prefix of the apiserver's objects; scan.DefaultRoot if empty; "/" added if missing
 
-	// Checkpoint, when set, is saved after each finished page; a Checkpoint loaded from a
-	// previous run's file resumes it.
+	// Checkpoint, when set, is saved after each finished page, and marked finished when every
+	// target is done; a Checkpoint loaded from a previous run's file resumes it.
 	Checkpoint *Checkpoint
 	// Progress is told about every object handled; nil for none.
 	Progress Progress
@@ -222,6 +222,11 @@ func Run(ctx context.Context, opts Options) (*Summary, error) {
 		if err != nil {
 			runErr = fmt.Errorf("%s: %w", t, err)
 			break
+		}
+	}
+	if cp := opts.Checkpoint; cp != nil && runErr == nil {
+		if err := cp.finish(); err != nil {
+			runErr = err
 		}
 	}
 	sum.Duration = time.Since(start)

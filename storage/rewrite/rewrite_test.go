@@ -179,7 +179,7 @@ func TestRunPatchesEveryObject(t *testing.T) {
 	f.objs["ns/obj-003"].stale = false
 	f.conflictOnce["ns/obj-007"] = true
 	f.deleteBefore["ns/obj-011"] = true
-	cp := NewCheckpoint(filepath.Join(t.TempDir(), "cp.json"))
+	cp := NewCheckpoint(filepath.Join(t.TempDir(), "cp.json"), clusterA)
 	sum, err := Run(t.Context(), Options{Client: f, Targets: []Target{secrets}, PageSize: 10, Parallel: 3, Checkpoint: cp})
 	if err != nil {
 		t.Fatal(err)
@@ -238,7 +238,7 @@ func TestRunStepsOverUnreadableObject(t *testing.T) {
 func TestResumeAfterExpiredToken(t *testing.T) {
 	f := newFakeAPI(30)
 	path := filepath.Join(t.TempDir(), "cp.json")
-	cp := NewCheckpoint(path)
+	cp := NewCheckpoint(path, clusterA)
 	if err := cp.begin("api", []Target{secrets}); err != nil {
 		t.Fatal(err)
 	}
@@ -247,7 +247,7 @@ func TestResumeAfterExpiredToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.expired[saved] = true
-	loaded, err := LoadCheckpoint(path)
+	loaded, err := LoadCheckpoint(path, clusterA)
 	if err != nil {
 		t.Fatal(err)
 	}
