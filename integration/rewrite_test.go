@@ -313,7 +313,8 @@ func TestRewriteViaStorageVersionMigration(t *testing.T) {
 // The hostile review on real servers. --resume of a finished run, of a run made before
 // a new rotation, and of another cluster's checkpoint each exited 0 having examined nothing,
 // every Secret left on the old key: each is refused (exit 1, saying why), and a fresh run then
-// rewrites everything.
+// rewrites everything. Before that: apiservers whose metrics cannot be reached are said to be
+// unreachable, with exit 1 and the --apiservers flag named, not blamed for writing another key.
 func TestRewriteResumeRefusesStaleCheckpoint(t *testing.T) {
 	t.Parallel()
 	a, keysA, _, idA := rotated(t, 40)
@@ -330,7 +331,14 @@ func TestRewriteResumeRefusesStaleCheckpoint(t *testing.T) {
 		}
 	}
 
-	out, errOut, code := rewrite(a)
+	dead := fmt.Sprintf("https://127.0.0.1:%d", harness.FreePort(t))
+	out, errOut, code := kmsctl(t, "rewrite", "--kubeconfig", a.APIServer.Kubeconfig(t, ""), "--resources", "secrets", "--apiservers", dead)
+	refused("metrics unreachable", "unreachable", out, errOut, code)
+	if !strings.Contains(errOut, "--apiservers") || strings.Contains(errOut, "do not all write") {
+		t.Errorf("metrics unreachable: the message should name --apiservers and not blame the keys:\n%s", errOut)
+	}
+
+	out, errOut, code = rewrite(a)
 	if code != 0 {
 		t.Fatalf("rewrite on cluster A: exit %d\n%s\n%s", code, out, errOut)
 	}

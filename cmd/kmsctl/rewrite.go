@@ -83,9 +83,10 @@ version migrator: Kubernetes 1.37 on by default) it creates one StorageVersionMi
 resource instead and follows each until it succeeds or fails; the controller does the patching.
 The pre-check and, with the etcd flags, the verifying scan are the same; there is no checkpoint.
 
-Exit status: 0 when every object was rewritten; 3 when some failed (listed with why) or the
-verifying scan still finds stale objects; 1 when it could not run (a checkpoint that
---resume refuses among others).`,
+Exit status: 0 when every object was rewritten; 3 when some failed (listed with why), the
+apiservers do not all write under the same key, or the verifying scan still finds stale
+objects; 1 when it could not run (bad flags, the cluster or the apiservers' metrics
+unreachable, a checkpoint --resume refuses).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runRewrite(cmd, o) },
 	}
@@ -350,7 +351,8 @@ func failuresError(failures []rewrite.Failure, what string) error {
 }
 
 // preCheck refuses to rewrite while the apiservers do not all write under the same key id,
-// and returns what they write under, which a checkpoint records.
+// and returns what they write under, which a checkpoint records. Metrics it cannot read are
+// an error (exit 1: the check could not run), apart from apiservers that disagree (exit 3).
 // With --force it checks nothing, but still reads the metrics for the checkpoint of --via
 // patch, and returns nil when they cannot be read or disagree.
 func preCheck(ctx context.Context, o rewriteOptions, kcfg *rest.Config, cfg *encryptionconfig.Config, log io.Writer) (*rewrite.Writes, error) {
@@ -368,6 +370,22 @@ func preCheck(ctx context.Context, o rewriteOptions, kcfg *rest.Config, cfg *enc
 	states, err := o.kube.states(ctx, kcfg)
 	if err != nil {
 		return nil, fmt.Errorf("checking the apiservers' write keys: %w (--force skips the check)", err)
+	}
+	var unread []string
+	for _, s := range states {
+		if s.Err != "" {
+			unread = append(unread, fmt.Sprintf("%s: %s", s.Endpoint, s.Err))
+		}
+	}
+	if len(unread) > 0 {
+		from := "the kubernetes Service's endpoints"
+		if len(o.kube.apiservers) > 0 {
+			from = "from --apiservers"
+		}
+		return nil, fmt.Errorf("not rewriting: the metrics of %d of %d apiservers (%s) are unreachable or refused, so which key they write under is unknown:\n  %s\n"+
+			"name apiservers whose /metrics this machine can reach with --apiservers https://HOST:PORT,...; "+
+			"a 403 needs the kmsctl-rollout-check role (deploy/rbac/kmsctl-rewrite.yaml); --force skips the check",
+			len(unread), len(states), from, strings.Join(unread, "\n  "))
 	}
 	want := rollout.Want{KeyIDs: pluginKeyIDs(ctx, cfg, log)}
 	if bad := rollout.Disagreements(states, want); len(bad) > 0 {
