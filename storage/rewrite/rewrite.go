@@ -97,7 +97,7 @@ type Progress interface {
 
 // Summary is what a run did, per resource and in total.
 type Summary struct {
-	Source    string            `json:"source"` // "api" or "etcd"
+	Source    string            `json:"source"` // "api", "etcd" or SourceMigration
 	Resources []ResourceSummary `json:"resources"`
 	Failures  []Failure         `json:"failures,omitempty"`
 	Duration  time.Duration     `json:"-"`
@@ -125,6 +125,9 @@ type ResourceSummary struct {
 	Pages        int  `json:"pages"`
 	ResumedPages int  `json:"resumedPages,omitempty"`
 	Resumed      bool `json:"resumed,omitempty"`
+	// NotCounted, for a StorageVersionMigration, says why Examined is no count of its objects
+	// (their LIST was refused, the migration failed); "" when it is.
+	NotCounted string `json:"notCounted,omitempty"`
 }
 
 // Failure is one object that was not rewritten, and why.

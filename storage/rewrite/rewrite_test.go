@@ -37,6 +37,7 @@ type fakeAPI struct {
 	// conflictOnce makes the first patch of these objects meet a concurrent update.
 	conflictOnce map[string]bool
 	deleteBefore map[string]bool // deleted just before their first patch
+	compacted    string          // a resourceVersion etcd has compacted: a LIST at it answers 410
 	lists        []metav1.ListOptions
 	patched      map[string]int
 }
@@ -78,6 +79,9 @@ func (g fakeGetter) List(_ context.Context, opts metav1.ListOptions) (*metav1.Pa
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.lists = append(f.lists, opts)
+	if opts.ResourceVersion != "" && opts.ResourceVersion == f.compacted {
+		return nil, apierrors.NewResourceExpired("too old resource version: " + opts.ResourceVersion)
+	}
 	if f.expired[opts.Continue] {
 		st := apierrors.NewResourceExpired("The provided continue parameter is too old")
 		var tok struct{ Start string }
