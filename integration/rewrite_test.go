@@ -304,8 +304,76 @@ func TestRewriteViaStorageVersionMigration(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit status %d", code)
 	}
-	if sum := parseSummary(t, out); sum.Source != "storage-version-migration" || len(sum.Resources) != 1 || sum.Resources[0].Failed != 0 {
+	sum := parseSummary(t, out)
+	if sum.Source != "storage-version-migration" || len(sum.Resources) != 1 || sum.Resources[0].Failed != 0 {
 		t.Fatalf("summary %+v", sum)
 	}
+	// The migrator reports no count: rewrite counts the objects at the migration's
+	// resourceVersion. Nothing wrote Secrets meanwhile, so that is every Secret in etcd.
+	if got, want := sum.Resources[0].Examined, int64(len(c.Etcd.List(t, "/registry/secrets/"))); got != want || want < n {
+		t.Errorf("the summary counts %d secrets; etcd holds %d", got, want)
+	}
 	checkAllKMSStored(t, c.Etcd, newID, "secrets")
+}
+
+// The hostile review on real servers. --resume of a finished run, of a run made before
+// a new rotation, and of another cluster's checkpoint each exited 0 having examined nothing,
+// every Secret left on the old key: each is refused (exit 1, saying why), and a fresh run then
+// rewrites everything. Before that: apiservers whose metrics cannot be reached are said to be
+// unreachable, with exit 1 and the --apiservers flag named, not blamed for writing another key.
+func TestRewriteResumeRefusesStaleCheckpoint(t *testing.T) {
+	t.Parallel()
+	a, keysA, _, idA := rotated(t, 40)
+	b, _, _, idB := rotated(t, 30)
+	checkpoint := filepath.Join(t.TempDir(), "checkpoint.json")
+	rewrite := func(c *harness.EncryptedCluster, extra ...string) (string, string, int) {
+		return kmsctl(t, append([]string{"rewrite", "--kubeconfig", c.APIServer.Kubeconfig(t, ""), "--resources", "secrets",
+			"--apiservers", c.APIServer.URL, "--checkpoint", checkpoint, "-o", "json"}, extra...)...)
+	}
+	refused := func(what, want string, out, errOut string, code int) {
+		t.Helper()
+		if code != 1 || !strings.Contains(errOut, want) {
+			t.Errorf("%s: exit %d, want 1 and %q\nstdout: %s\nstderr: %s", what, code, want, out, errOut)
+		}
+	}
+
+	dead := fmt.Sprintf("https://127.0.0.1:%d", harness.FreePort(t))
+	out, errOut, code := kmsctl(t, "rewrite", "--kubeconfig", a.APIServer.Kubeconfig(t, ""), "--resources", "secrets", "--apiservers", dead)
+	refused("metrics unreachable", "unreachable", out, errOut, code)
+	if !strings.Contains(errOut, "--apiservers") || strings.Contains(errOut, "do not all write") {
+		t.Errorf("metrics unreachable: the message should name --apiservers and not blame the keys:\n%s", errOut)
+	}
+
+	out, errOut, code = rewrite(a)
+	if code != 0 {
+		t.Fatalf("rewrite on cluster A: exit %d\n%s\n%s", code, out, errOut)
+	}
+	checkAllKMSStored(t, a.Etcd, idA, "secrets")
+	out, errOut, code = rewrite(a, "--resume")
+	refused("--resume of a finished run", "finished", out, errOut, code)
+
+	// A new rotation on A: the finished pages are stale again.
+	probe := create(t, a.APIServer.Clientset, "configmaps", "e2e", "probe-2")
+	idA2 := keysA.rotate(t, a.Plugin)
+	waitForWrites(t, &a.Cluster, 3*time.Minute, "A writes under its newest key", probe, func(raw []byte) error {
+		return kmsStored(raw, probe, idA2)
+	})
+	out, errOut, code = rewrite(a, "--resume")
+	refused("--resume after a new rotation", "stale again", out, errOut, code)
+
+	// A's checkpoint on cluster B.
+	out, errOut, code = rewrite(b, "--resume")
+	refused("--resume of another cluster's checkpoint", "another cluster", out, errOut, code)
+
+	// Fresh runs rewrite everything.
+	for _, c := range []struct {
+		cluster *harness.EncryptedCluster
+		keyID   string
+	}{{a, idA2}, {b, idB}} {
+		out, errOut, code = rewrite(c.cluster)
+		if code != 0 {
+			t.Fatalf("fresh rewrite: exit %d\n%s\n%s", code, out, errOut)
+		}
+		checkAllKMSStored(t, c.cluster.Etcd, c.keyID, "secrets")
+	}
 }

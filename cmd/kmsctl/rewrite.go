@@ -72,15 +72,24 @@ With the etcd flags (as for scan) it reads each resource's values from etcd and 
 the objects that are not on their write key, then runs a verifying scan.
 
 A checkpoint file is saved after every finished page; --resume continues an interrupted run
-from it without redoing finished pages.
+from it without redoing finished pages. The checkpoint records the cluster (the kube-system
+namespace's UID) and what the apiservers write under (per KMS v2 provider the key id hash, and
+the EncryptionConfiguration hashes, from their metrics); --resume refuses a checkpoint of
+another cluster, of a run that rewrote to another key (a rotation since), or of a run that
+finished: run without --resume then.
 
 With --via storage-version-migration (clusters whose kube-controller-manager runs the storage
 version migrator: Kubernetes 1.37 on by default) it creates one StorageVersionMigration per
 resource instead and follows each until it succeeds or fails; the controller does the patching.
 The pre-check and, with the etcd flags, the verifying scan are the same; there is no checkpoint.
+The migrator reports no counts: the summary counts each resource's objects at its migration's
+resourceVersion (a metadata-only LIST, which needs list on the resource) and cannot say which
+were rewritten and which were already current.
 
-Exit status: 0 when every object was rewritten; 3 when some failed (listed with why) or the
-verifying scan still finds stale objects; 1 when it could not run.`,
+Exit status: 0 when every object was rewritten; 3 when some failed (listed with why), the
+apiservers do not all write under the same key, or the verifying scan still finds stale
+objects; 1 when it could not run (bad flags, the cluster or the apiservers' metrics
+unreachable, a checkpoint --resume refuses).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runRewrite(cmd, o) },
 	}
@@ -205,8 +214,14 @@ func runRewrite(cmd *cobra.Command, o rewriteOptions) error {
 		defer cfg.Close()
 	}
 
-	if !o.force {
-		if err := preCheck(ctx, o, kcfg, cfg, stderr); err != nil {
+	writes, err := preCheck(ctx, o, kcfg, cfg, stderr)
+	if err != nil {
+		return err
+	}
+	// The checkpoint first: a --resume it refuses ends the run before any work.
+	var checkpoint *rewrite.Checkpoint
+	if o.via == "patch" {
+		if checkpoint, err = openCheckpoint(ctx, o, kcfg, writes); err != nil {
 			return err
 		}
 	}
@@ -255,7 +270,7 @@ func runRewrite(cmd *cobra.Command, o rewriteOptions) error {
 		sum, err = viaMigrations(ctx, client, targets, stderr)
 		notDone = "migrations failed"
 	} else {
-		sum, err = viaPatches(ctx, o, client, cfg, targets, etcd, stderr)
+		sum, err = viaPatches(ctx, o, client, cfg, targets, etcd, checkpoint, stderr)
 	}
 	if sum != nil {
 		if err := writeSummary(cmd.OutOrStdout(), o.output, sum); err != nil {
@@ -273,28 +288,39 @@ func runRewrite(cmd *cobra.Command, o rewriteOptions) error {
 	return failuresError(sum.Failures, notDone)
 }
 
+// openCheckpoint identifies the cluster and loads the checkpoint to resume (refused unless it
+// was made on this cluster, for what the apiservers write under now, and is unfinished), or
+// starts a fresh one.
+func openCheckpoint(ctx context.Context, o rewriteOptions, kcfg *rest.Config, writes *rewrite.Writes) (*rewrite.Checkpoint, error) {
+	cs, err := kubernetes.NewForConfig(kcfg)
+	if err != nil {
+		return nil, err
+	}
+	cluster, err := rewrite.ClusterOf(ctx, cs, kcfg.Host, writes)
+	if err != nil {
+		return nil, err
+	}
+	if o.resume {
+		return rewrite.LoadCheckpoint(o.checkpoint, cluster)
+	}
+	return rewrite.NewCheckpoint(o.checkpoint, cluster), nil
+}
+
 // viaPatches is rewrite --via patch: kmsctl lists and patches every object itself, from the
-// API or, when etcd is set, from etcd.
-func viaPatches(ctx context.Context, o rewriteOptions, client *rest.Config, cfg *encryptionconfig.Config, targets []rewrite.Target, etcd *clientv3.Client, stderr io.Writer) (*rewrite.Summary, error) {
+// API or, when etcd is set, from etcd, saving its progress in cp.
+func viaPatches(ctx context.Context, o rewriteOptions, client *rest.Config, cfg *encryptionconfig.Config, targets []rewrite.Target, etcd *clientv3.Client, cp *rewrite.Checkpoint, stderr io.Writer) (*rewrite.Summary, error) {
 	mc, err := metadata.NewForConfig(client)
 	if err != nil {
 		return nil, err
 	}
 	opts := rewrite.Options{Client: mc, Targets: targets, PageSize: o.pageSize, Parallel: o.parallel, Root: o.root,
-		Logf: func(format string, args ...any) { fmt.Fprintf(stderr, "rewrite: "+format+"\n", args...) }}
+		Checkpoint: cp, Logf: func(format string, args ...any) { fmt.Fprintf(stderr, "rewrite: "+format+"\n", args...) }}
 	if etcd != nil {
 		judge, err := scan.NewJudge(ctx, cfg)
 		if err != nil {
 			return nil, err
 		}
 		opts.Etcd, opts.Judge = etcd, judge
-	}
-	if o.resume {
-		if opts.Checkpoint, err = rewrite.LoadCheckpoint(o.checkpoint); err != nil {
-			return nil, err
-		}
-	} else {
-		opts.Checkpoint = rewrite.NewCheckpoint(o.checkpoint)
 	}
 	var finish func()
 	if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
@@ -327,19 +353,50 @@ func failuresError(failures []rewrite.Failure, what string) error {
 	return checkFailure{fmt.Sprintf("%d %s:\n%s", len(failures), what, strings.Join(lines, "\n"))}
 }
 
-// preCheck refuses to rewrite while the apiservers do not all write under the same key id.
-func preCheck(ctx context.Context, o rewriteOptions, kcfg *rest.Config, cfg *encryptionconfig.Config, log io.Writer) error {
+// preCheck refuses to rewrite while the apiservers do not all write under the same key id,
+// and returns what they write under, which a checkpoint records. Metrics it cannot read are
+// an error (exit 1: the check could not run), apart from apiservers that disagree (exit 3).
+// With --force it checks nothing, but still reads the metrics for the checkpoint of --via
+// patch, and returns nil when they cannot be read or disagree.
+func preCheck(ctx context.Context, o rewriteOptions, kcfg *rest.Config, cfg *encryptionconfig.Config, log io.Writer) (*rewrite.Writes, error) {
+	if o.force {
+		if o.via != "patch" {
+			return nil, nil
+		}
+		states, err := o.kube.states(ctx, kcfg)
+		writes := rewrite.WritesOf(states)
+		if err != nil || writes == nil {
+			fmt.Fprintln(log, "note: --force, and the apiservers' metrics could not be read or disagree: the checkpoint records no write key, and --resume will refuse it")
+		}
+		return writes, nil
+	}
 	states, err := o.kube.states(ctx, kcfg)
 	if err != nil {
-		return fmt.Errorf("checking the apiservers' write keys: %w (--force skips the check)", err)
+		return nil, fmt.Errorf("checking the apiservers' write keys: %w (--force skips the check)", err)
+	}
+	var unread []string
+	for _, s := range states {
+		if s.Err != "" {
+			unread = append(unread, fmt.Sprintf("%s: %s", s.Endpoint, s.Err))
+		}
+	}
+	if len(unread) > 0 {
+		from := "the kubernetes Service's endpoints"
+		if len(o.kube.apiservers) > 0 {
+			from = "from --apiservers"
+		}
+		return nil, fmt.Errorf("not rewriting: the metrics of %d of %d apiservers (%s) are unreachable or refused, so which key they write under is unknown:\n  %s\n"+
+			"name apiservers whose /metrics this machine can reach with --apiservers https://HOST:PORT,...; "+
+			"a 403 needs the kmsctl-rollout-check role (deploy/rbac/kmsctl-rewrite.yaml); --force skips the check",
+			len(unread), len(states), from, strings.Join(unread, "\n  "))
 	}
 	want := rollout.Want{KeyIDs: pluginKeyIDs(ctx, cfg, log)}
 	if bad := rollout.Disagreements(states, want); len(bad) > 0 {
-		return checkFailure{fmt.Sprintf("not rewriting: the apiservers do not all write under the current key, so objects rewritten now could stay stale:\n  %s\nwait for them (kmsctl rollout-status), or --force",
+		return nil, checkFailure{fmt.Sprintf("not rewriting: the apiservers do not all write under the current key, so objects rewritten now could stay stale:\n  %s\nwait for them (kmsctl rollout-status), or --force",
 			strings.Join(bad, "\n  "))}
 	}
 	fmt.Fprintf(log, "rewrite: %d apiservers write under the same key ids\n", len(states))
-	return nil
+	return rewrite.WritesOf(states), nil
 }
 
 // verify scans etcd after an etcd-sourced run: every rewritten resource must be on its write
@@ -385,6 +442,9 @@ func writeSummary(w io.Writer, format string, sum *rewrite.Summary) error {
 			Seconds float64 `json:"seconds"`
 		}{sum, sum.Duration.Seconds()})
 	}
+	if sum.Source == rewrite.SourceMigration {
+		return writeMigrationSummary(w, sum)
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "RESOURCE\tEXAMINED\tREWRITTEN\tCURRENT\tSKIPPED\tDELETED\tCONFLICTS\tFAILED\tPAGES")
 	row := func(r rewrite.ResourceSummary) {
@@ -416,6 +476,39 @@ func viaMigrations(ctx context.Context, client *rest.Config, targets []rewrite.T
 	if err != nil {
 		return nil, err
 	}
-	return rewrite.ViaMigrations(ctx, cs, targets, 2*time.Second,
+	md, err := metadata.NewForConfig(client)
+	if err != nil {
+		return nil, err
+	}
+	return rewrite.ViaMigrations(ctx, cs, md, targets, 2*time.Second,
 		func(format string, args ...any) { fmt.Fprintf(stderr, "rewrite: "+format+"\n", args...) })
+}
+
+// writeMigrationSummary is the table of a run through StorageVersionMigrations: per resource
+// the objects its migration had to migrate (counted at its resourceVersion) or why they are
+// not counted. The migrator does not say which objects it rewrote and which were current, so
+// those columns are not printed.
+func writeMigrationSummary(w io.Writer, sum *rewrite.Summary) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "RESOURCE\tOBJECTS\tFAILED\tNOT COUNTED")
+	var notCounted []string
+	for _, r := range sum.Resources {
+		objects := fmt.Sprint(r.Examined)
+		if r.NotCounted != "" {
+			objects = "-"
+			notCounted = append(notCounted, r.Resource)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", r.Resource, objects, r.Failed, r.NotCounted)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	total := sum.Total()
+	msg := fmt.Sprintf("%d objects in %d StorageVersionMigrations, done by kube-controller-manager's migrator in %s (counted at each migration's resourceVersion; the migrator does not say which it rewrote and which were already current)",
+		total.Examined, len(sum.Resources), sum.Duration.Round(time.Millisecond))
+	if len(notCounted) > 0 {
+		msg += "; not counted: " + strings.Join(notCounted, ", ")
+	}
+	_, err := fmt.Fprintln(w, msg)
+	return err
 }

@@ -77,8 +77,8 @@ type Options struct {
 	Judge *scan.Judge
 	Root  string // etcd key prefix of the apiserver's objects; scan.DefaultRoot if empty; "/" added if missing
 
-	// Checkpoint, when set, is saved after each finished page; a Checkpoint loaded from a
-	// previous run's file resumes it.
+	// Checkpoint, when set, is saved after each finished page, and marked finished when every
+	// target is done; a Checkpoint loaded from a previous run's file resumes it.
 	Checkpoint *Checkpoint
 	// Progress is told about every object handled; nil for none.
 	Progress Progress
@@ -97,7 +97,7 @@ type Progress interface {
 
 // Summary is what a run did, per resource and in total.
 type Summary struct {
-	Source    string            `json:"source"` // "api" or "etcd"
+	Source    string            `json:"source"` // "api", "etcd" or SourceMigration
 	Resources []ResourceSummary `json:"resources"`
 	Failures  []Failure         `json:"failures,omitempty"`
 	Duration  time.Duration     `json:"-"`
@@ -125,6 +125,9 @@ type ResourceSummary struct {
 	Pages        int  `json:"pages"`
 	ResumedPages int  `json:"resumedPages,omitempty"`
 	Resumed      bool `json:"resumed,omitempty"`
+	// NotCounted, for a StorageVersionMigration, says why Examined is no count of its objects
+	// (their LIST was refused, the migration failed); "" when it is.
+	NotCounted string `json:"notCounted,omitempty"`
 }
 
 // Failure is one object that was not rewritten, and why.
@@ -222,6 +225,11 @@ func Run(ctx context.Context, opts Options) (*Summary, error) {
 		if err != nil {
 			runErr = fmt.Errorf("%s: %w", t, err)
 			break
+		}
+	}
+	if cp := opts.Checkpoint; cp != nil && runErr == nil {
+		if err := cp.finish(); err != nil {
+			runErr = err
 		}
 	}
 	sum.Duration = time.Since(start)

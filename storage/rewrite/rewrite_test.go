@@ -37,6 +37,7 @@ type fakeAPI struct {
 	// conflictOnce makes the first patch of these objects meet a concurrent update.
 	conflictOnce map[string]bool
 	deleteBefore map[string]bool // deleted just before their first patch
+	compacted    string          // a resourceVersion etcd has compacted: a LIST at it answers 410
 	lists        []metav1.ListOptions
 	patched      map[string]int
 }
@@ -78,6 +79,9 @@ func (g fakeGetter) List(_ context.Context, opts metav1.ListOptions) (*metav1.Pa
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.lists = append(f.lists, opts)
+	if opts.ResourceVersion != "" && opts.ResourceVersion == f.compacted {
+		return nil, apierrors.NewResourceExpired("too old resource version: " + opts.ResourceVersion)
+	}
 	if f.expired[opts.Continue] {
 		st := apierrors.NewResourceExpired("The provided continue parameter is too old")
 		var tok struct{ Start string }
@@ -179,7 +183,7 @@ func TestRunPatchesEveryObject(t *testing.T) {
 	f.objs["ns/obj-003"].stale = false
 	f.conflictOnce["ns/obj-007"] = true
 	f.deleteBefore["ns/obj-011"] = true
-	cp := NewCheckpoint(filepath.Join(t.TempDir(), "cp.json"))
+	cp := NewCheckpoint(filepath.Join(t.TempDir(), "cp.json"), clusterA)
 	sum, err := Run(t.Context(), Options{Client: f, Targets: []Target{secrets}, PageSize: 10, Parallel: 3, Checkpoint: cp})
 	if err != nil {
 		t.Fatal(err)
@@ -238,7 +242,7 @@ func TestRunStepsOverUnreadableObject(t *testing.T) {
 func TestResumeAfterExpiredToken(t *testing.T) {
 	f := newFakeAPI(30)
 	path := filepath.Join(t.TempDir(), "cp.json")
-	cp := NewCheckpoint(path)
+	cp := NewCheckpoint(path, clusterA)
 	if err := cp.begin("api", []Target{secrets}); err != nil {
 		t.Fatal(err)
 	}
@@ -247,7 +251,7 @@ func TestResumeAfterExpiredToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.expired[saved] = true
-	loaded, err := LoadCheckpoint(path)
+	loaded, err := LoadCheckpoint(path, clusterA)
 	if err != nil {
 		t.Fatal(err)
 	}
