@@ -240,3 +240,13 @@ func (e *allFailed) Error() string {
 }
 
 func (e *allFailed) Unwrap() []error { return e.errs }
+
+// through is f handing requests on to change(f.next) instead of f.next, with the same
+// addresses and failover state: cert auth uses it to present a client certificate.
+func (f failover) through(change func(next http.RoundTripper) (http.RoundTripper, error)) (http.RoundTripper, error) {
+	next, err := change(f.next)
+	if err != nil {
+		return nil, err
+	}
+	return failover{next: next, addrs: f.addrs}, nil
+}
