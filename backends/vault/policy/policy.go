@@ -13,7 +13,8 @@ type Rule struct {
 	Path         string
 	Capabilities []string
 	Why          string
-	// DoctorOnly marks a path the serving plugin never uses but `kmsctl doctor` does.
+	// DoctorOnly marks a path the serving plugin can do without (it does less well) but
+	// `kmsctl doctor` cannot.
 	DoctorOnly bool
 }
 
@@ -34,7 +35,7 @@ func Required(mount, key string) []Rule {
 		{Path: "auth/token/renew-self", Capabilities: []string{"update"},
 			Why: "renew the token before it expires"},
 		{Path: "sys/capabilities-self", Capabilities: []string{"update"},
-			Why: "let `kmsctl doctor` check this policy (the server itself never calls it)", DoctorOnly: true},
+			Why: "let the plugin notice a policy cut within --vault-capabilities-interval, and `kmsctl doctor` check this policy", DoctorOnly: true},
 	}
 }
 
