@@ -9,14 +9,14 @@ import (
 	"testing"
 
 	"github.com/kmsplugin/kms-plugin/dek"
-	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
 )
 
 // A cold-cache burst of distinct Unwraps against a real Vault goes in a few batch requests,
 // not one per DEK, and one tampered envelope fails alone: the requests batched with it succeed.
 func TestDecryptsAreBatched(t *testing.T) {
 	t.Parallel()
-	v := harness.StartVaultDev(t)
+	v := vaultd.StartVaultDev(t)
 	v.EnableTransit(t, "transit")
 	f := newFixture(t, v)
 	counter := &countingTransport{n: map[string]int{}}

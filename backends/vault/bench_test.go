@@ -5,17 +5,17 @@ import (
 	"context"
 	"testing"
 
-	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
 )
 
 // BenchmarkVault measures Wrap and Unwrap against a real dev-mode Vault on loopback, one
 // transit call each: the cost any DEK cache or batching must be compared with.
 func BenchmarkVault(b *testing.B) {
-	v := harness.StartVaultDev(b)
+	v := vaultd.StartVaultDev(b)
 	v.EnableTransit(b, "transit")
 	v.CreateKey(b, "transit", "bench")
-	v.WritePolicy(b, "bench", harness.TransitPolicy("transit", "bench"))
-	token := v.CreateToken(b, harness.TokenOptions{Policies: []string{"bench"}, TTL: "1h"})
+	v.WritePolicy(b, "bench", vaultd.TransitPolicy("transit", "bench"))
+	token := v.CreateToken(b, vaultd.TokenOptions{Policies: []string{"bench"}, TTL: "1h"})
 	k, err := Open(Config{Address: v.Addr, Key: "bench", Auth: StaticToken{token}})
 	if err != nil {
 		b.Fatal(err)

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
 	"github.com/kmsplugin/kms-plugin/plugin"
 )
@@ -51,7 +51,7 @@ func total(n map[string]int) int {
 // capabilities checks included. Then a rotation: Status shows it within two minutes of simulated time.
 func TestVaultRequestBudget(t *testing.T) {
 	t.Parallel()
-	v := harness.StartVaultDev(t)
+	v := vaultd.StartVaultDev(t)
 	v.EnableTransit(t, "transit")
 	f := newFixture(t, v)
 	v.EnableAuth(t, "approle", "approle")

@@ -16,7 +16,8 @@ import (
 	"github.com/hashicorp/vault/api"
 
 	"github.com/kmsplugin/kms-plugin/dek"
-	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/integration/harness/run"
+	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
 )
 
@@ -28,7 +29,7 @@ import (
 // backend returns to it.
 func TestVaultFailoverRaft(t *testing.T) {
 	t.Parallel()
-	cluster := harness.StartVaultRaftCluster(t, 3)
+	cluster := vaultd.StartVaultRaftCluster(t, 3)
 	first := cluster.Nodes[0]
 	first.EnableTransit(t, "transit")
 	f := newFixture(t, first)
@@ -109,7 +110,7 @@ func TestVaultFailoverRaft(t *testing.T) {
 		}
 	}
 
-	harness.Eventually(t, 30*time.Second, "load running", func(context.Context) error {
+	run.Eventually(t, 30*time.Second, "load running", func(context.Context) error {
 		if ok.Load() < 20 {
 			return errors.New("not yet")
 		}
@@ -117,7 +118,7 @@ func TestVaultFailoverRaft(t *testing.T) {
 	})
 	first.Process.Kill() // no graceful step-down: the others must elect a new active node
 	killed.Store(true)
-	harness.Eventually(t, 90*time.Second, "requests served after the first node died", func(context.Context) error {
+	run.Eventually(t, 90*time.Second, "requests served after the first node died", func(context.Context) error {
 		mu.Lock()
 		defer mu.Unlock()
 		if len(unexpected) > 0 {
@@ -142,7 +143,7 @@ func TestVaultFailoverRaft(t *testing.T) {
 	// The first node comes back (sealed, then unsealed: it rejoins as a standby); the next
 	// check goes back to it, and requests keep succeeding through it.
 	cluster.StartAndRejoin(t, first)
-	harness.Eventually(t, 60*time.Second, "back to the first address", func(ctx context.Context) error {
+	run.Eventually(t, 60*time.Second, "back to the first address", func(ctx context.Context) error {
 		if err := k.Check(ctx); err != nil {
 			return err
 		}
@@ -152,7 +153,7 @@ func TestVaultFailoverRaft(t *testing.T) {
 		return nil
 	})
 	n := ok.Load()
-	harness.Eventually(t, 30*time.Second, "requests through the first address again", func(context.Context) error {
+	run.Eventually(t, 30*time.Second, "requests through the first address again", func(context.Context) error {
 		if ok.Load() < n+20 {
 			return errors.New("not yet")
 		}
@@ -259,7 +260,7 @@ func TestFailoverUnit(t *testing.T) {
 	}
 	clk.Advance(preferredCoolDown)
 	encrypt(c) // starts a background probe
-	harness.Eventually(t, 10*time.Second, "back to the preferred address after the cool-down", func(context.Context) error {
+	run.Eventually(t, 10*time.Second, "back to the preferred address after the cool-down", func(context.Context) error {
 		if as.inUse() != srvA.URL {
 			return errors.New("not yet")
 		}

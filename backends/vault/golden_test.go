@@ -10,7 +10,7 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/dek/kektest"
-	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
 )
 
 // Golden files: envelopes written by released versions of the plugin under one transit key,
@@ -51,7 +51,7 @@ func TestVaultGolden(t *testing.T) {
 	if backup == "" || len(envs) == 0 {
 		t.Fatal("no golden files in " + goldenDir)
 	}
-	v := harness.StartVaultDev(t)
+	v := vaultd.StartVaultDev(t)
 	// Another mount and key name than the key had when the envelopes were written, in another
 	// Vault cluster: none of them may matter.
 	const mount, key = "restored-transit", "restored-golden"
@@ -112,7 +112,7 @@ func keyCreatedAt(t *testing.T, k *KEK, version int) int64 {
 // writeGolden appends envelopes written by this version under every version of the golden key.
 func writeGolden(t *testing.T, label string) {
 	backup, envs := readGolden(t)
-	v := harness.StartVaultDev(t)
+	v := vaultd.StartVaultDev(t)
 	v.EnableTransit(t, "transit")
 	const key = "golden"
 	if backup == "" {

@@ -19,7 +19,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/integration/harness/run"
+	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
 )
 
@@ -29,7 +30,7 @@ import (
 // expired or unrenewable token leads to a fresh login with backoff, never to an exit.
 func TestVaultLoginMethods(t *testing.T) {
 	t.Parallel()
-	v := harness.StartVaultDevTLS(t)
+	v := vaultd.StartVaultDevTLS(t)
 	v.EnableTransit(t, "transit")
 	ctx := context.Background()
 
@@ -197,7 +198,7 @@ func TestVaultLoginMethods(t *testing.T) {
 		}
 		mustCheck(t, ks)
 		expired := ks.tokens.token
-		harness.Eventually(t, 30*time.Second, "the 1 s token expired", func(context.Context) error {
+		run.Eventually(t, 30*time.Second, "the 1 s token expired", func(context.Context) error {
 			if _, err := v.LookupToken(expired); err == nil {
 				return os.ErrExist
 			}
@@ -242,7 +243,7 @@ func roundTrip(t *testing.T, k *KEK) {
 }
 
 // wantMeta checks a token's metadata, which says what credential the login used.
-func wantMeta(t *testing.T, v *harness.Vault, token, key, want string) {
+func wantMeta(t *testing.T, v *vaultd.Vault, token, key, want string) {
 	t.Helper()
 	s, err := v.LookupToken(token)
 	if err != nil {

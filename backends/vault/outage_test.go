@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/kmsplugin/kms-plugin/dek"
-	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
 	"github.com/kmsplugin/kms-plugin/plugin"
 )
@@ -19,7 +19,7 @@ import (
 // recovers without restarting the plugin and without losing data.
 func TestVaultOutage(t *testing.T) {
 	t.Parallel()
-	v := harness.StartVaultFile(t)
+	v := vaultd.StartVaultFile(t)
 	v.EnableTransit(t, "transit")
 	f := newFixture(t, v)
 	k := f.open(t, StaticToken{f.token})

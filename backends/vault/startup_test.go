@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/kmsplugin/kms-plugin/dek"
-	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
 )
 
 // staleReads answers the next n GETs of the key with an older body of it, as a replica behind
@@ -50,7 +50,7 @@ func (s *staleReads) RoundTrip(r *http.Request) (*http.Response, error) {
 // its first check, at the cost of one more key read.
 func TestVaultStartBehindLaggingReplica(t *testing.T) {
 	t.Parallel()
-	v := harness.StartVaultDev(t)
+	v := vaultd.StartVaultDev(t)
 	v.EnableTransit(t, "transit")
 	f := newFixture(t, v)
 	v.RotateKey(t, f.mount, f.key)

@@ -9,14 +9,14 @@ import (
 	"testing"
 
 	"github.com/kmsplugin/kms-plugin/dek"
-	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
 )
 
 // TestVaultTLS runs the backend against a real Vault serving HTTPS: the CA file, the server
 // name and skip-verify do what they say, and an unverified certificate is a clear error.
 func TestVaultTLS(t *testing.T) {
 	t.Parallel()
-	v := harness.StartVaultDevTLS(t)
+	v := vaultd.StartVaultDevTLS(t)
 	v.EnableTransit(t, "transit")
 	f := newFixture(t, v)
 	ctx := context.Background()
@@ -85,7 +85,7 @@ func TestVaultTLS(t *testing.T) {
 // the configured one is presented, and without it Vault cannot be reached.
 func TestVaultClientCertificate(t *testing.T) {
 	t.Parallel()
-	v := harness.StartVaultFileMTLS(t)
+	v := vaultd.StartVaultFileMTLS(t)
 	v.EnableTransit(t, "transit")
 	f := newFixture(t, v)
 	ctx := context.Background()

@@ -18,7 +18,7 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/dek/kektest"
-	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
 	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 	"github.com/kmsplugin/kms-plugin/plugin"
@@ -31,19 +31,19 @@ var keySeq atomic.Int64
 
 // fixture is one transit key in a running Vault, with a token limited to it.
 type fixture struct {
-	v          *harness.Vault
+	v          *vaultd.Vault
 	mount, key string
 	token      string // least-privilege token for the key
 }
 
-func newFixture(t *testing.T, v *harness.Vault) *fixture {
+func newFixture(t *testing.T, v *vaultd.Vault) *fixture {
 	t.Helper()
 	n := keySeq.Add(1)
 	f := &fixture{v: v, mount: "transit", key: fmt.Sprintf("kek-%d", n)}
 	v.CreateKey(t, f.mount, f.key)
 	policy := fmt.Sprintf("kms-%d", n)
-	v.WritePolicy(t, policy, harness.TransitPolicy(f.mount, f.key))
-	f.token = v.CreateToken(t, harness.TokenOptions{Policies: []string{policy}, TTL: "1h", Renewable: true})
+	v.WritePolicy(t, policy, vaultd.TransitPolicy(f.mount, f.key))
+	f.token = v.CreateToken(t, vaultd.TokenOptions{Policies: []string{policy}, TTL: "1h", Renewable: true})
 	return f
 }
 
@@ -79,7 +79,7 @@ func mustCheck(t *testing.T, k *KEK) {
 }
 
 func TestVault(t *testing.T) {
-	v := harness.StartVaultDev(t)
+	v := vaultd.StartVaultDev(t)
 	v.EnableTransit(t, "transit")
 	ctx := context.Background()
 
@@ -288,7 +288,7 @@ func TestVault(t *testing.T) {
 		t.Parallel()
 		f := newFixture(t, v)
 		// A token with only the default policy cannot read the key.
-		bare := v.CreateToken(t, harness.TokenOptions{Policies: []string{"default"}, TTL: "1h"})
+		bare := v.CreateToken(t, vaultd.TokenOptions{Policies: []string{"default"}, TTL: "1h"})
 		k := f.open(t, StaticToken{bare})
 		err := k.Check(ctx)
 		if !errors.Is(err, dek.ErrDenied) || !strings.Contains(err.Error(), f.mount+"/keys/"+f.key) {
@@ -301,7 +301,7 @@ func TestVault(t *testing.T) {
 		// (the default policy allows it) says the token may not use it: a refusal naming both
 		// paths, and the token is not logged out for it.
 		v.WritePolicy(t, "read-only-"+f.key, fmt.Sprintf(`path "%s/keys/%s" { capabilities = ["read"] }`, f.mount, f.key))
-		ro := v.CreateToken(t, harness.TokenOptions{Policies: []string{"read-only-" + f.key, "default"}, TTL: "1h"})
+		ro := v.CreateToken(t, vaultd.TokenOptions{Policies: []string{"read-only-" + f.key, "default"}, TTL: "1h"})
 		k = f.open(t, StaticToken{ro})
 		err = k.Check(ctx)
 		if !errors.Is(err, dek.ErrDenied) || !strings.Contains(err.Error(), f.mount+"/encrypt/"+f.key) || !strings.Contains(err.Error(), f.mount+"/decrypt/"+f.key) {
@@ -340,7 +340,7 @@ func TestVault(t *testing.T) {
 		}
 
 		// Rotation of the token in the file: the new token is picked up, the old one revoked.
-		second := v.CreateToken(t, harness.TokenOptions{Policies: policies, TTL: "1h"})
+		second := v.CreateToken(t, vaultd.TokenOptions{Policies: policies, TTL: "1h"})
 		writeFile(t, file, second)
 		v.RevokeToken(t, f.token)
 		healthy(true)
@@ -362,7 +362,7 @@ func TestVault(t *testing.T) {
 		}
 
 		// A good token written to the file: recovered without a restart.
-		writeFile(t, file, v.CreateToken(t, harness.TokenOptions{Policies: policies, TTL: "1h"}))
+		writeFile(t, file, v.CreateToken(t, vaultd.TokenOptions{Policies: policies, TTL: "1h"}))
 		healthy(true)
 		if got, err := k.Unwrap(ctx, id, w); err != nil || len(got) != 32 {
 			t.Fatalf("Unwrap after recovery: %v", err)
@@ -435,7 +435,7 @@ func servePlugin(t *testing.T, k *KEK) (*plugin.Monitor, kmsapi.KeyManagementSer
 	return p.Monitor, plugintest.Client(t, p.Socket)
 }
 
-func keyCreated(t *testing.T, v *harness.Vault, f *fixture) int64 {
+func keyCreated(t *testing.T, v *vaultd.Vault, f *fixture) int64 {
 	t.Helper()
 	keys, _ := v.Read(t, f.mount+"/keys/"+f.key).Data["keys"].(map[string]any)
 	n, err := creationTime(keys["1"])
@@ -445,7 +445,7 @@ func keyCreated(t *testing.T, v *harness.Vault, f *fixture) int64 {
 	return n
 }
 
-func policiesOf(t *testing.T, v *harness.Vault, token string) []string {
+func policiesOf(t *testing.T, v *vaultd.Vault, token string) []string {
 	t.Helper()
 	s, err := v.LookupToken(token)
 	if err != nil {
@@ -461,7 +461,7 @@ func policiesOf(t *testing.T, v *harness.Vault, token string) []string {
 }
 
 // renewals reads from Vault how often a token has been renewed (0 or 1 is all tests need).
-func renewals(t *testing.T, v *harness.Vault, token string) int {
+func renewals(t *testing.T, v *vaultd.Vault, token string) int {
 	t.Helper()
 	s, err := v.LookupToken(token)
 	if err != nil {

@@ -14,13 +14,14 @@ import (
 	grpcstatus "google.golang.org/grpc/status"
 	kmsapi "k8s.io/kms/apis/v2"
 
-	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/integration/harness/run"
+	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
 	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 )
 
 // vaultPlugin serves the vault backend in process against a real file-storage Vault, with a
 // short check interval and the given extra flags.
-func vaultPlugin(t *testing.T, v *harness.Vault, token string, extra ...string) *servedPlugin {
+func vaultPlugin(t *testing.T, v *vaultd.Vault, token string, extra ...string) *servedPlugin {
 	t.Helper()
 	tokenFile := filepath.Join(plugintest.ShortTempDir(t), "token")
 	if err := os.WriteFile(tokenFile, []byte(token), 0o600); err != nil {
@@ -30,13 +31,13 @@ func vaultPlugin(t *testing.T, v *harness.Vault, token string, extra ...string) 
 		"--vault-token-file", tokenFile, "--check-interval", "100ms", "--timeout", "1s"}, extra...)...)
 }
 
-func vaultWithKey(t *testing.T) (*harness.Vault, string) {
+func vaultWithKey(t *testing.T) (*vaultd.Vault, string) {
 	t.Helper()
-	v := harness.StartVaultFile(t)
+	v := vaultd.StartVaultFile(t)
 	v.EnableTransit(t, "transit")
 	v.CreateKey(t, "transit", "kek")
-	v.WritePolicy(t, "kms", harness.TransitPolicy("transit", "kek"))
-	return v, v.CreateToken(t, harness.TokenOptions{Policies: []string{"kms"}, TTL: "1h", Renewable: true})
+	v.WritePolicy(t, "kms", vaultd.TransitPolicy("transit", "kek"))
+	return v, v.CreateToken(t, vaultd.TokenOptions{Policies: []string{"kms"}, TTL: "1h", Renewable: true})
 }
 
 // Vault stopped: within the grace the plugin keeps Status healthy with its key id, encrypts
@@ -63,7 +64,7 @@ func TestServingFromMemoryThroughAVaultOutage(t *testing.T) {
 
 	v.Stop(t)
 	stopped := time.Now()
-	harness.Eventually(t, 10*time.Second, "serving from memory", func(context.Context) error {
+	run.Eventually(t, 10*time.Second, "serving from memory", func(context.Context) error {
 		_, text := p.get(t, "/metrics")
 		if got, _ := metric(text, `kms_plugin_serving_from_memory{backend="vault"}`); got != 1 {
 			return fmt.Errorf("kms_plugin_serving_from_memory %v", got)
@@ -97,7 +98,7 @@ func TestServingFromMemoryThroughAVaultOutage(t *testing.T) {
 
 	// Past the grace: nothing from memory, and every probe says why.
 	time.Sleep(time.Until(stopped.Add(grace)))
-	harness.Eventually(t, 10*time.Second, "not ready past the grace", func(context.Context) error {
+	run.Eventually(t, 10*time.Second, "not ready past the grace", func(context.Context) error {
 		if code, body := p.get(t, "/readyz"); code != 503 {
 			return fmt.Errorf("/readyz %d %q", code, body)
 		}
@@ -116,7 +117,7 @@ func TestServingFromMemoryThroughAVaultOutage(t *testing.T) {
 	// Vault back: what was written during the outage reads, through a fresh plugin too.
 	v.Start(t)
 	v.Unseal(t)
-	harness.Eventually(t, 30*time.Second, "ready after Vault is back", func(context.Context) error {
+	run.Eventually(t, 30*time.Second, "ready after Vault is back", func(context.Context) error {
 		if code, body := p.get(t, "/readyz"); code != 200 || strings.Contains(body, "memory") {
 			return fmt.Errorf("/readyz %d %q", code, body)
 		}
@@ -145,7 +146,7 @@ func TestVaultRefusalsEndServingFromMemory(t *testing.T) {
 		t.Fatal(err) // now in the cache
 	}
 	v.RotateKey(t, "transit", "kek")
-	harness.Eventually(t, 20*time.Second, "the rotation adopted", func(ctx context.Context) error {
+	run.Eventually(t, 20*time.Second, "the rotation adopted", func(ctx context.Context) error {
 		st, err := client.Status(ctx, &kmsapi.StatusRequest{})
 		if err != nil || st.KeyId == old.KeyId {
 			return fmt.Errorf("Status %v, %v", st, err)
@@ -153,7 +154,7 @@ func TestVaultRefusalsEndServingFromMemory(t *testing.T) {
 		return nil
 	})
 	v.SetMinDecryptionVersion(t, "transit", "kek", 2)
-	harness.Eventually(t, 10*time.Second, "v1 retired, also in memory", func(ctx context.Context) error {
+	run.Eventually(t, 10*time.Second, "v1 retired, also in memory", func(ctx context.Context) error {
 		if _, err := client.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: old.Ciphertext}); grpcstatus.Code(err) != codes.FailedPrecondition {
 			return fmt.Errorf("Decrypt under the retired version: %v", err)
 		}
@@ -165,7 +166,7 @@ func TestVaultRefusalsEndServingFromMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	v.RevokeToken(t, token)
-	harness.Eventually(t, 10*time.Second, "a revoked token ends serving from memory", func(ctx context.Context) error {
+	run.Eventually(t, 10*time.Second, "a revoked token ends serving from memory", func(ctx context.Context) error {
 		if _, err := client.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: current.Ciphertext}); grpcstatus.Code(err) != codes.PermissionDenied {
 			return fmt.Errorf("Decrypt with a revoked token: %v", err)
 		}

@@ -24,7 +24,8 @@ import (
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kmsplugin/kms-plugin/cmd/internal/serveconfig"
-	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/integration/harness/run"
+	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
 	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 )
 
@@ -44,7 +45,7 @@ func serveInProcess(t *testing.T, args ...string) *servedPlugin {
 	stop, log := runInProcess(t, append([]string{"--listen", socket, "--health-addr", "127.0.0.1:0"}, args...)...)
 	waitStatus(t, socket)
 	var base string
-	harness.Eventually(t, 10*time.Second, "health address in the log", func(context.Context) error {
+	run.Eventually(t, 10*time.Second, "health address in the log", func(context.Context) error {
 		m := healthAddrRE.FindStringSubmatch(log.String())
 		if m == nil {
 			return fmt.Errorf("not logged yet:\n%s", log)
@@ -289,12 +290,12 @@ func TestInvalidCombinationsAreRefused(t *testing.T) {
 // (while /healthz stays ok and Status keeps its key id), and both recover after the unseal.
 // The token's TTL is exported.
 func TestReadinessFollowsRealVault(t *testing.T) {
-	v := harness.StartVaultFile(t)
+	v := vaultd.StartVaultFile(t)
 	v.EnableTransit(t, "transit")
 	v.CreateKey(t, "transit", "kek")
-	v.WritePolicy(t, "kms", harness.TransitPolicy("transit", "kek"))
+	v.WritePolicy(t, "kms", vaultd.TransitPolicy("transit", "kek"))
 	tokenFile := filepath.Join(plugintest.ShortTempDir(t), "token")
-	os.WriteFile(tokenFile, []byte(v.CreateToken(t, harness.TokenOptions{Policies: []string{"kms"}, TTL: "1h", Renewable: true})), 0o600)
+	os.WriteFile(tokenFile, []byte(v.CreateToken(t, vaultd.TokenOptions{Policies: []string{"kms"}, TTL: "1h", Renewable: true})), 0o600)
 
 	p := serveInProcess(t, "--backend", "vault", "--vault-addr", v.Addr, "--vault-transit-key", "kek",
 		"--vault-token-file", tokenFile, "--check-interval", "100ms", "--proof-interval", "100ms", "--timeout", "1s",
@@ -322,13 +323,13 @@ func TestReadinessFollowsRealVault(t *testing.T) {
 			return nil
 		}
 	}
-	harness.Eventually(t, 30*time.Second, "ready with Vault up", ready(true))
+	run.Eventually(t, 30*time.Second, "ready with Vault up", ready(true))
 	_, text := p.get(t, "/metrics")
 	wantMetric(t, text, `kms_plugin_backend_token_ttl_seconds{backend="vault"}`, func(v float64) bool { return v > 0 && v <= 3600 })
 	wantMetric(t, text, fmt.Sprintf(`kms_plugin_key_info{backend="vault",key_id=%q}`, before.KeyId), eq(1))
 
 	v.Seal(t)
-	harness.Eventually(t, 30*time.Second, "not ready with Vault sealed", ready(false))
+	run.Eventually(t, 30*time.Second, "not ready with Vault sealed", ready(false))
 	if code, _ := p.get(t, "/healthz"); code != 200 {
 		t.Fatalf("/healthz %d while Vault is sealed: liveness must not depend on the backend", code)
 	}
@@ -340,7 +341,7 @@ func TestReadinessFollowsRealVault(t *testing.T) {
 	wantMetric(t, text, `kms_plugin_backend_calls_total{backend="vault",operation="check",result="unavailable"}`, atLeast(1))
 
 	v.Unseal(t)
-	harness.Eventually(t, 60*time.Second, "ready again after unseal", ready(true))
+	run.Eventually(t, 60*time.Second, "ready again after unseal", ready(true))
 }
 
 // Every flag and config-file setting that docs/operations.md and the README's flag table show

@@ -12,16 +12,17 @@ import (
 	"github.com/spf13/pflag"
 	kmsapi "k8s.io/kms/apis/v2"
 
-	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/integration/harness/run"
+	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
 	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 )
 
 func TestServeVault(t *testing.T) {
-	v := harness.StartVaultDev(t)
+	v := vaultd.StartVaultDev(t)
 	v.EnableTransit(t, "transit")
 	v.CreateKey(t, "transit", "kek")
-	v.WritePolicy(t, "kms", harness.TransitPolicy("transit", "kek"))
-	token := v.CreateToken(t, harness.TokenOptions{Policies: []string{"kms"}, TTL: "1h", Renewable: true})
+	v.WritePolicy(t, "kms", vaultd.TransitPolicy("transit", "kek"))
+	token := v.CreateToken(t, vaultd.TokenOptions{Policies: []string{"kms"}, TTL: "1h", Renewable: true})
 	t.Setenv("VAULT_TOKEN", token)
 	t.Setenv("VAULT_SKIP_VERIFY", "true") // ignored: only the documented variables count
 
@@ -43,7 +44,7 @@ func TestServeVault(t *testing.T) {
 	}
 
 	v.RotateKey(t, "transit", "kek")
-	harness.Eventually(t, 30*time.Second, "key id after rotation", func(ctx context.Context) error {
+	run.Eventually(t, 30*time.Second, "key id after rotation", func(ctx context.Context) error {
 		st2, err := client.Status(ctx, &kmsapi.StatusRequest{})
 		if err == nil && (st2.KeyId == st.KeyId || !strings.HasSuffix(st2.KeyId, ":v2")) {
 			return os.ErrNotExist
@@ -90,12 +91,12 @@ func TestVaultDocFlagsExist(t *testing.T) {
 // certificate-and-key PEM file laid out like kubelet's kubelet-client-current.pem, against a
 // real Vault serving HTTPS whose auth/cert method trusts the certificate's CA.
 func TestServeVaultCertAuth(t *testing.T) {
-	v := harness.StartVaultDevTLS(t)
+	v := vaultd.StartVaultDevTLS(t)
 	v.EnableTransit(t, "transit")
 	v.CreateKey(t, "transit", "kek")
-	v.WritePolicy(t, "kms", harness.TransitPolicy("transit", "kek"))
+	v.WritePolicy(t, "kms", vaultd.TransitPolicy("transit", "kek"))
 	dir := t.TempDir()
-	pki := harness.NewTestPKI(t, dir)
+	pki := run.NewTestPKI(t, dir)
 	ca, err := os.ReadFile(pki.CAFile)
 	if err != nil {
 		t.Fatal(err)

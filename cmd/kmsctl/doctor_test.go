@@ -9,7 +9,7 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
 	"github.com/kmsplugin/kms-plugin/cmd/internal/serveconfig"
-	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
 	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 )
 
@@ -29,7 +29,7 @@ func lines(out, status string) []string {
 // status 3, and doctor takes serve's --config file.
 func TestDoctorCommandVault(t *testing.T) {
 	t.Parallel()
-	v := harness.StartVaultDev(t)
+	v := vaultd.StartVaultDev(t)
 	v.EnableTransit(t, "transit")
 	v.Write(t, "transit/keys/k8s", nil)
 	policy, err := runCLI("policy", "--vault-transit-key", "k8s", "--vault-addr", v.Addr)

@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/kmsplugin/kms-plugin/backends/vault"
-	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
 	"github.com/kmsplugin/kms-plugin/internal/plugintest"
 	"github.com/kmsplugin/kms-plugin/storage/rollout"
 )
@@ -123,7 +123,7 @@ resources:
 // version's key id beside its hash.
 func TestRolloutStatusVault(t *testing.T) {
 	t.Parallel()
-	v := harness.StartVaultDev(t)
+	v := vaultd.StartVaultDev(t)
 	v.EnableTransit(t, "transit")
 	v.Write(t, "transit/keys/k8s", nil)
 	v1 := latestVaultKeyID(t, v, "k8s")
@@ -194,7 +194,7 @@ resources:
 
 // latestVaultKeyID is the key id of the transit key's latest version, as the plugin reports
 // it once adopted.
-func latestVaultKeyID(t *testing.T, v *harness.Vault, key string) string {
+func latestVaultKeyID(t *testing.T, v *vaultd.Vault, key string) string {
 	t.Helper()
 	secret, err := vault.ReadKey(t.Context(), v.Root, "transit", key)
 	if err != nil {

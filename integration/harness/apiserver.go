@@ -22,6 +22,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/kmsplugin/kms-plugin/integration/harness/run"
 )
 
 // APIServerOptions configure StartKubeAPIServer.
@@ -47,7 +49,7 @@ type APIServer struct {
 	URL       string               // https://127.0.0.1:<port>
 	Config    *rest.Config         // admin (system:masters) over verified TLS
 	Clientset kubernetes.Interface // built from Config
-	Process   *Process
+	Process   *run.Process
 
 	t       testing.TB
 	bin     string
@@ -67,26 +69,26 @@ func StartKubeAPIServer(t testing.TB, opts APIServerOptions) *APIServer {
 	if len(opts.EtcdServers) == 0 {
 		t.Fatal("StartKubeAPIServer: no EtcdServers")
 	}
-	bin := Binary(t, "kube-apiserver")
+	bin := run.Binary(t, "kube-apiserver")
 	dir := t.TempDir()
 	token := writeAuthFiles(t, dir)
 	a := &APIServer{t: t, dir: dir, bin: bin}
 	if o := opts.SameAuthAs; o != nil {
 		b, err := os.ReadFile(filepath.Join(o.dir, "tokens.csv"))
-		must(t, err, "token file")
-		must(t, os.WriteFile(filepath.Join(dir, "tokens.csv"), b, 0o600), "token file")
+		run.Must(t, err, "token file")
+		run.Must(t, os.WriteFile(filepath.Join(dir, "tokens.csv"), b, 0o600), "token file")
 		token = o.token
-		must(t, os.MkdirAll(filepath.Join(dir, "certs"), 0o700), "cert dir")
+		run.Must(t, os.MkdirAll(filepath.Join(dir, "certs"), 0o700), "cert dir")
 		for _, f := range []string{"apiserver.crt", "apiserver.key"} {
 			b, err := os.ReadFile(filepath.Join(o.dir, "certs", f))
-			must(t, err, "serving certificate")
-			must(t, os.WriteFile(filepath.Join(dir, "certs", f), b, 0o600), "serving certificate")
+			run.Must(t, err, "serving certificate")
+			run.Must(t, os.WriteFile(filepath.Join(dir, "certs", f), b, 0o600), "serving certificate")
 		}
 	}
 	if opts.EncryptionConfig != "" {
 		a.WriteEncryptionConfig(opts.EncryptionConfig)
 	}
-	retryOnPortClash(t, "kube-apiserver", func(attempt int) (*Process, error) {
+	retryOnPortClash(t, "kube-apiserver", func(attempt int) (*run.Process, error) {
 		port := FreePort(t)
 		a.URL = fmt.Sprintf("https://127.0.0.1:%d", port)
 		a.Config, a.http = nil, nil
@@ -109,11 +111,11 @@ func StartKubeAPIServer(t testing.TB, opts APIServerOptions) *APIServer {
 			a.args = append(a.args, "--encryption-provider-config-automatic-reload")
 		}
 		a.args = append(a.args, opts.ExtraArgs...)
-		a.Process = Start(t, fmt.Sprintf("kube-apiserver-%d", attempt), a.bin, a.args)
+		a.Process = run.Start(t, fmt.Sprintf("kube-apiserver-%d", attempt), a.bin, a.args)
 		return a.Process, a.waitReadyz(token)
 	})
 	cs, err := kubernetes.NewForConfig(a.Config)
-	must(t, err, "clientset")
+	run.Must(t, err, "clientset")
 	a.Clientset = cs
 	return a
 }
@@ -127,8 +129,8 @@ func (a *APIServer) EncryptionConfigPath() string { return filepath.Join(a.dir, 
 func (a *APIServer) WriteEncryptionConfig(yaml string) {
 	a.t.Helper()
 	tmp := a.EncryptionConfigPath() + ".tmp"
-	must(a.t, os.WriteFile(tmp, []byte(yaml), 0o600), "writing encryption config")
-	must(a.t, os.Rename(tmp, a.EncryptionConfigPath()), "writing encryption config")
+	run.Must(a.t, os.WriteFile(tmp, []byte(yaml), 0o600), "writing encryption config")
+	run.Must(a.t, os.Rename(tmp, a.EncryptionConfigPath()), "writing encryption config")
 }
 
 // Stop ends the apiserver (SIGTERM, then SIGKILL after 30 s).
@@ -140,9 +142,9 @@ func (a *APIServer) Restart(t testing.TB) {
 	t.Helper()
 	a.Stop()
 	a.restart++
-	a.Process = Start(t, fmt.Sprintf("kube-apiserver-restart-%d", a.restart), a.bin, a.args)
+	a.Process = run.Start(t, fmt.Sprintf("kube-apiserver-restart-%d", a.restart), a.bin, a.args)
 	if err := a.waitReadyz(a.token); err != nil {
-		a.Process.dumpLog(t)
+		a.Process.DumpLog(t)
 		t.Fatalf("kube-apiserver after restart: %v", err)
 	}
 }
@@ -177,7 +179,7 @@ func (a *APIServer) KMSHealth(ctx context.Context) (ok bool, body string, err er
 // WaitReady waits (up to 3 minutes) until path answers 200.
 func (a *APIServer) WaitReady(t testing.TB, path string) {
 	t.Helper()
-	Eventually(t, 3*time.Minute, "kube-apiserver "+path, func(ctx context.Context) error {
+	run.Eventually(t, 3*time.Minute, "kube-apiserver "+path, func(ctx context.Context) error {
 		ok, body, err := a.Health(ctx, path)
 		if err != nil {
 			return err
@@ -252,18 +254,18 @@ func wholeCertificate(b []byte) bool {
 func writeAuthFiles(t testing.TB, dir string) string {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	must(t, err, "service-account key")
+	run.Must(t, err, "service-account key")
 	der, err := x509.MarshalECPrivateKey(key)
-	must(t, err, "service-account key")
+	run.Must(t, err, "service-account key")
 	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})
-	must(t, os.WriteFile(filepath.Join(dir, "sa.key"), keyPEM, 0o600), "service-account key")
+	run.Must(t, os.WriteFile(filepath.Join(dir, "sa.key"), keyPEM, 0o600), "service-account key")
 
 	raw := make([]byte, 32)
 	_, err = rand.Read(raw)
-	must(t, err, "token")
+	run.Must(t, err, "token")
 	token := hex.EncodeToString(raw)
 	line := token + ",admin,admin-uid,system:masters\n"
-	must(t, os.WriteFile(filepath.Join(dir, "tokens.csv"), []byte(line), 0o600), "token file")
+	run.Must(t, os.WriteFile(filepath.Join(dir, "tokens.csv"), []byte(line), 0o600), "token file")
 	return token
 }
 
@@ -277,16 +279,16 @@ func (a *APIServer) Kubeconfig(t testing.TB, as string) string {
 	cfg.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "test"}
 	cfg.CurrentContext = "test"
 	path := filepath.Join(t.TempDir(), "kubeconfig")
-	must(t, clientcmd.WriteToFile(*cfg, path), "writing kubeconfig")
+	run.Must(t, clientcmd.WriteToFile(*cfg, path), "writing kubeconfig")
 	return path
 }
 
 // StartKubeControllerManager runs the real kube-controller-manager (the kube-apiserver build's
 // second command) against a, with the controllers named (for example the storage version
 // migrator and the garbage collector it needs). It is stopped when the test ends.
-func StartKubeControllerManager(t testing.TB, a *APIServer, controllers ...string) *Process {
+func StartKubeControllerManager(t testing.TB, a *APIServer, controllers ...string) *run.Process {
 	t.Helper()
-	return Start(t, "kube-controller-manager", Binary(t, "kube-apiserver"), []string{
+	return run.Start(t, "kube-controller-manager", run.Binary(t, "kube-apiserver"), []string{
 		"kube-controller-manager",
 		"--kubeconfig=" + a.Kubeconfig(t, ""),
 		"--controllers=" + strings.Join(controllers, ","),

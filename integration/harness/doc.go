@@ -2,6 +2,25 @@
 // kube-apiserver, Vault, and the plugin itself — on loopback, one process each, stopped when
 // the test ends. Every integration test starts its servers through this package.
 //
+// # Split by server
+//
+// The harness is three packages, so that a package's tests link only the clients of the
+// servers they start (internal/boundaries checks the light ones):
+//
+//   - integration/harness/run: the process plumbing, with no server's client: ServersDir,
+//     Binary, FreePort, Start and Process, Eventually, the test PKI (NewTestPKI) and Must.
+//   - integration/harness/vaultd: Vault (vault.go, vaultraft.go), importing only run and
+//     Vault's API client. backends/vault, its policy and the commands' Vault tests use it
+//     (with run), and so link neither client-go nor the etcd client.
+//   - this package: etcd, kube-apiserver, the clusters made of them, and the plugin; it links
+//     client-go and the etcd client.
+//
+// For the many tests of package integration (and the few elsewhere that start etcd too),
+// moved.go keeps what moved under its old names here — type aliases (Vault, VaultCluster,
+// TokenOptions, Process, TestPKI) and function values (StartVaultDev, Eventually, ...) — so
+// that they need no edits. Those aliases are only for such callers: a package that starts no
+// etcd or kube-apiserver imports run and vaultd, never this package.
+//
 // The servers are built before `go test` starts, by integration/servers/build.sh (which
 // scripts/test.sh runs), never inside a test: a build would count against the test's timeout.
 // The kms-plugin binary is built from this checkout once per source tree (PluginBinary), or
@@ -38,11 +57,11 @@
 //     path; Endpoint for the EncryptionConfiguration; Status and KeyID over the socket;
 //     Stop, Resume, Restart, Reload (SIGHUP) and WaitKeyID. A data race the plugin (built
 //     with -race) reports fails the test.
-//   - StartVaultDev / StartVaultFile (vault.go): a real Vault, with helpers for transit keys,
+//   - StartVaultDev / StartVaultFile (vaultd): a real Vault, with helpers for transit keys,
 //     policies, tokens and auth methods; the Vault variants of the scenarios use them.
 //   - EncryptionConfig, KMSv2, Identity, AESCBC, AESGCM, Secretbox build EncryptionConfiguration
 //     YAML from k8s.io/apiserver's own types.
 //   - ParseKMSv2 reads a raw KMS v2 value's key id and encrypted DEK source, independently
 //     of the plugin's code.
-//   - Binary, FreePort, Start/Process and Eventually are the process plumbing beneath.
+//   - Binary, FreePort, Start/Process and Eventually (run) are the process plumbing beneath.
 package harness

@@ -15,13 +15,15 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+
+	"github.com/kmsplugin/kms-plugin/integration/harness/run"
 )
 
 // Etcd is a single-member etcd on loopback, with a client for reading raw values.
 type Etcd struct {
 	Endpoints []string // client URLs, for --etcd-servers
 	Client    *clientv3.Client
-	Process   *Process
+	Process   *run.Process
 	CAFile    string // the CA that verifies etcd's certificate, when it serves TLS
 	// ClientCert and ClientKey: a client certificate etcd requires (StartEtcdMTLS).
 	ClientCert, ClientKey string
@@ -46,7 +48,7 @@ func StartEtcdMTLS(t testing.TB) *Etcd {
 // operator restores a backup with etcdutl, and starts a new etcd on it.
 func StartEtcdFromSnapshot(t testing.TB, snapshot string) *Etcd {
 	t.Helper()
-	bin := Binary(t, "etcd")
+	bin := run.Binary(t, "etcd")
 	return startEtcd(t, func(dataDir, peerURL string) error {
 		out, err := exec.Command(bin, "snapshot", "restore", snapshot, "--data-dir="+dataDir, "--name=default",
 			"--initial-cluster=default="+peerURL, "--initial-advertise-peer-urls="+peerURL).CombinedOutput()
@@ -63,36 +65,36 @@ func (e *Etcd) Snapshot(t testing.TB, path string) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	rc, err := e.Client.Snapshot(ctx)
-	must(t, err, "etcd snapshot")
+	run.Must(t, err, "etcd snapshot")
 	defer rc.Close()
 	f, err := os.Create(path)
-	must(t, err, "snapshot file")
+	run.Must(t, err, "snapshot file")
 	defer f.Close()
 	_, err = io.Copy(f, rc)
-	must(t, err, "etcd snapshot")
-	must(t, f.Sync(), "snapshot file")
+	run.Must(t, err, "etcd snapshot")
+	run.Must(t, f.Sync(), "snapshot file")
 }
 
 // startEtcd starts etcd; prepare, if set, fills its data dir first; mtls serves clients over
 // TLS with client certificates.
 func startEtcd(t testing.TB, prepare func(dataDir, peerURL string) error, mtls bool) *Etcd {
 	t.Helper()
-	bin := Binary(t, "etcd")
+	bin := run.Binary(t, "etcd")
 	dataDir := t.TempDir()
 	e := &Etcd{}
 	scheme, tlsArgs := "http", []string(nil)
 	var tlsConfig *tls.Config
 	if mtls {
-		pki := NewTestPKI(t, t.TempDir())
+		pki := run.NewTestPKI(t, t.TempDir())
 		e.CAFile, e.ClientCert, e.ClientKey = pki.CAFile, pki.ClientCert, pki.ClientKey
-		tlsConfig = pki.clientTLS(t)
+		tlsConfig = pki.ClientTLS(t)
 		scheme = "https"
 		tlsArgs = []string{"--cert-file=" + pki.ServerCert, "--key-file=" + pki.ServerKey,
 			"--trusted-ca-file=" + pki.CAFile, "--client-cert-auth"}
 	}
 	// A port that FreePort returned can be taken by another test's server before etcd binds
 	// it: then etcd exits at once, and a second pair of ports is tried.
-	retryOnPortClash(t, "etcd", func(attempt int) (*Process, error) {
+	retryOnPortClash(t, "etcd", func(attempt int) (*run.Process, error) {
 		client, peer := FreePort(t), FreePort(t)
 		clientURL := fmt.Sprintf("%s://127.0.0.1:%d", scheme, client)
 		peerURL := fmt.Sprintf("http://127.0.0.1:%d", peer)
@@ -102,7 +104,7 @@ func startEtcd(t testing.TB, prepare func(dataDir, peerURL string) error, mtls b
 				t.Fatal(err)
 			}
 		}
-		p := Start(t, fmt.Sprintf("etcd-%d", attempt), bin, append([]string{
+		p := run.Start(t, fmt.Sprintf("etcd-%d", attempt), bin, append([]string{
 			"--name=default",
 			"--data-dir=" + dir,
 			"--listen-client-urls=" + clientURL, "--advertise-client-urls=" + clientURL,
@@ -118,7 +120,7 @@ func startEtcd(t testing.TB, prepare func(dataDir, peerURL string) error, mtls b
 	client, err := clientv3.New(clientv3.Config{
 		Endpoints: e.Endpoints, TLS: tlsConfig, DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
 	})
-	must(t, err, "etcd client")
+	run.Must(t, err, "etcd client")
 	t.Cleanup(func() { client.Close() })
 	e.Client = client
 	return e
@@ -130,7 +132,7 @@ func (e *Etcd) Get(t testing.TB, key string) []byte {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	resp, err := e.Client.Get(ctx, key)
-	must(t, err, "etcd get %s", key)
+	run.Must(t, err, "etcd get %s", key)
 	if len(resp.Kvs) == 0 {
 		return nil
 	}
@@ -143,7 +145,7 @@ func (e *Etcd) List(t testing.TB, prefix string) map[string][]byte {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	resp, err := e.Client.Get(ctx, prefix, clientv3.WithPrefix())
-	must(t, err, "etcd list %s", prefix)
+	run.Must(t, err, "etcd list %s", prefix)
 	out := make(map[string][]byte, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
 		out[string(kv.Key)] = kv.Value
@@ -159,7 +161,7 @@ func Key(resource, namespace, name string) string {
 
 // waitHTTP waits until url answers 200, failing early if p exits; tlsConfig, if set, is the
 // client's for an https url.
-func waitHTTP(p *Process, timeout time.Duration, url string, tlsConfig *tls.Config) error {
+func waitHTTP(p *run.Process, timeout time.Duration, url string, tlsConfig *tls.Config) error {
 	deadline := time.Now().Add(timeout)
 	client := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsConfig}}
 	var last error
@@ -185,7 +187,7 @@ var errExited = fmt.Errorf("exited during start-up")
 
 // retryOnPortClash runs start up to three times while the process it starts exits during
 // start-up with a log that says its address was in use; any other failure ends the test.
-func retryOnPortClash(t testing.TB, what string, start func(attempt int) (*Process, error)) {
+func retryOnPortClash(t testing.TB, what string, start func(attempt int) (*run.Process, error)) {
 	t.Helper()
 	for attempt := 1; ; attempt++ {
 		p, err := start(attempt)
@@ -197,7 +199,7 @@ func retryOnPortClash(t testing.TB, what string, start func(attempt int) (*Proce
 			t.Logf("%s: port taken, retrying", what)
 			continue
 		}
-		p.dumpLog(t)
+		p.DumpLog(t)
 		t.Fatalf("%s did not start: %v", what, err)
 	}
 }

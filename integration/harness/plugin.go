@@ -22,19 +22,21 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	kmsapi "k8s.io/kms/apis/v2"
+
+	"github.com/kmsplugin/kms-plugin/integration/harness/run"
 )
 
 // Plugin is our kms-plugin binary serving on a unix socket in a short temp dir.
 type Plugin struct {
 	Socket   string // socket path
 	Endpoint string // unix:///<Socket>, for an EncryptionConfiguration
-	Process  *Process
+	Process  *run.Process
 
 	bin      string
 	args     []string
 	conn     *grpc.ClientConn
 	restarts int
-	all      []*Process // every process run, for the race check
+	all      []*run.Process // every process run, for the race check
 }
 
 // StartPlugin runs `kms-plugin serve --listen <socket> args...` and waits until the socket
@@ -46,7 +48,7 @@ func StartPlugin(t testing.TB, args ...string) *Plugin {
 	// unix socket paths are limited to 108 bytes; t.TempDir() paths, named after the test,
 	// can be longer.
 	dir, err := os.MkdirTemp("", "kp")
-	must(t, err, "socket dir")
+	run.Must(t, err, "socket dir")
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	p := &Plugin{Socket: filepath.Join(dir, "kms.sock"), bin: bin}
 	p.Endpoint = "unix://" + p.Socket
@@ -56,7 +58,7 @@ func StartPlugin(t testing.TB, args ...string) *Plugin {
 	}
 	p.conn, err = grpc.NewClient(p.Endpoint,
 		grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority("localhost"))
-	must(t, err, "plugin client")
+	run.Must(t, err, "plugin client")
 	t.Cleanup(func() { p.conn.Close() })
 	// Registered before the processes start, so it runs after they are killed: a race found
 	// during shutdown is in the logs by then.
@@ -73,13 +75,13 @@ func StartPlugin(t testing.TB, args ...string) *Plugin {
 
 func (p *Plugin) start(t testing.TB, name string) {
 	t.Helper()
-	p.Process = Start(t, name, p.bin, p.args)
+	p.Process = run.Start(t, name, p.bin, p.args)
 	p.all = append(p.all, p.Process)
 	deadline := time.Now().Add(time.Minute)
 	var last error
 	for time.Now().Before(deadline) {
 		if p.Process.Exited() {
-			p.Process.dumpLog(t)
+			p.Process.DumpLog(t)
 			t.Fatalf("kms-plugin exited during start-up")
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -90,7 +92,7 @@ func (p *Plugin) start(t testing.TB, name string) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	p.Process.dumpLog(t)
+	p.Process.DumpLog(t)
 	t.Fatalf("kms-plugin: Status did not answer within a minute: %v", last)
 }
 
@@ -110,7 +112,7 @@ func (p *Plugin) KeyID(t testing.TB) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	st, err := p.Status(ctx)
-	must(t, err, "plugin Status")
+	run.Must(t, err, "plugin Status")
 	return st.KeyId
 }
 
@@ -150,13 +152,13 @@ func (p *Plugin) Resume(t testing.TB) {
 // key file). Wait for the result with WaitKeyID.
 func (p *Plugin) Reload(t testing.TB) {
 	t.Helper()
-	must(t, p.Process.Signal(syscall.SIGHUP), "SIGHUP to the plugin")
+	run.Must(t, p.Process.Signal(syscall.SIGHUP), "SIGHUP to the plugin")
 }
 
 // WaitKeyID waits until the plugin's Status reports keyID.
 func (p *Plugin) WaitKeyID(t testing.TB, keyID string) {
 	t.Helper()
-	Eventually(t, time.Minute, "plugin key id "+keyID, func(ctx context.Context) error {
+	run.Eventually(t, time.Minute, "plugin key id "+keyID, func(ctx context.Context) error {
 		st, err := p.Status(ctx)
 		if err != nil {
 			return err

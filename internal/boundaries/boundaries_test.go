@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -84,6 +85,44 @@ func TestServingBinaryDependencies(t *testing.T) {
 		for _, b := range banned {
 			if strings.HasPrefix(dep, b) {
 				t.Errorf("cmd/kms-plugin depends on %s", dep)
+			}
+		}
+	}
+}
+
+// lightTests are packages whose tests start Vault alone, or no server: with their test
+// dependencies (go list -deps -test) they must not link what they do not start, here the
+// prefixes listed. A test that needs a kube-apiserver or etcd lives in a package of its own
+// (backends/vault/k8sauth, integration) that imports integration/harness.
+var lightTests = map[string][]string{
+	"backends/vault":             {"k8s.io/client-go/", "go.etcd.io/etcd/client/"},
+	"integration/harness/vaultd": {"k8s.io/client-go/", "go.etcd.io/etcd/client/"},
+	"integration/harness/run":    {"k8s.io/client-go/", "go.etcd.io/etcd/client/", "github.com/hashicorp/vault/"},
+}
+
+// The Vault backend's tests, and the harness packages they use, link no Kubernetes or etcd
+// client: the harness is split by server so that a package's tests link only the servers
+// they start.
+func TestLightTestDependencies(t *testing.T) {
+	for pkg, banned := range lightTests {
+		out, err := exec.Command("go", "list", "-deps", "-test", module+pkg).CombinedOutput()
+		if err != nil {
+			t.Fatalf("go list -deps -test %s: %v\n%s", pkg, err, out)
+		}
+		var deps []string // import paths, without the " [pkg.test]" of a test variant
+		for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			dep, _, _ := strings.Cut(line, " ")
+			deps = append(deps, dep)
+		}
+		tests, _ := filepath.Glob(filepath.Join("..", "..", filepath.FromSlash(pkg), "*_test.go"))
+		if !slices.Contains(deps, module+pkg) || (len(tests) > 0 && !slices.Contains(deps, module+pkg+".test")) {
+			t.Fatalf("go list -deps -test %s lists neither the package nor its test binary: the listing is broken\n%s", pkg, out)
+		}
+		for _, dep := range deps {
+			for _, b := range banned {
+				if strings.HasPrefix(dep, b) {
+					t.Errorf("%s's tests depend on %s", pkg, dep)
+				}
 			}
 		}
 	}

@@ -15,7 +15,7 @@ import (
 	"github.com/kmsplugin/kms-plugin/backends/vault/policy"
 	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/doctor"
-	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
 )
 
@@ -55,7 +55,7 @@ func TestHCL(t *testing.T) {
 // token; and every rule in it is needed: without any one, something fails.
 func TestPolicyInRealVault(t *testing.T) {
 	t.Parallel()
-	v := harness.StartVaultDev(t)
+	v := vaultd.StartVaultDev(t)
 	v.EnableTransit(t, "transit")
 
 	exercise := func(t *testing.T, key string, without string) (step string, err error) {
@@ -65,7 +65,7 @@ func TestPolicyInRealVault(t *testing.T) {
 			t.Fatal(herr)
 		}
 		if without != "" {
-			hcl = harness.WithoutPolicyPath(t, hcl, without)
+			hcl = vaultd.WithoutPolicyPath(t, hcl, without)
 		}
 		tokenFile := v.PolicyTokenFile(t, key, hcl)
 		fake := clock.NewFake(time.Now())
@@ -156,13 +156,13 @@ func TestPolicyInRealVault(t *testing.T) {
 	}
 }
 
-func exerciseDoctor(t *testing.T, v *harness.Vault, key, path string) {
+func exerciseDoctor(t *testing.T, v *vaultd.Vault, key, path string) {
 	v.Write(t, "transit/keys/"+key, nil)
 	hcl, err := policy.HCL(policy.Options{Key: key})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tokenFile := v.PolicyTokenFile(t, key, harness.WithoutPolicyPath(t, hcl, path))
+	tokenFile := v.PolicyTokenFile(t, key, vaultd.WithoutPolicyPath(t, hcl, path))
 	rep := doctor.Report(doctor.Vault(context.Background(), doctor.VaultOptions{
 		Config: vault.Config{Address: v.Addr, Key: key, Auth: &vault.TokenFile{Path: tokenFile}}}))
 	for _, r := range rep.Find("vault capabilities") {
@@ -174,7 +174,7 @@ func exerciseDoctor(t *testing.T, v *harness.Vault, key, path string) {
 }
 
 // renewed reports whether Vault has renewed the token since it was created.
-func renewed(t *testing.T, v *harness.Vault, token string) bool {
+func renewed(t *testing.T, v *vaultd.Vault, token string) bool {
 	s, err := v.LookupToken(token)
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package harness
+package vaultd
 
 import (
 	"bytes"
@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/kmsplugin/kms-plugin/integration/harness/run"
 )
 
 // VaultCluster is a Vault HA cluster of Raft nodes on loopback, each its own process with its
@@ -26,14 +28,14 @@ type VaultCluster struct {
 // unseals every node and waits until the others have joined as standbys.
 func StartVaultRaftCluster(t testing.TB, n int) *VaultCluster {
 	t.Helper()
-	bin, dir := Binary(t, "vault"), t.TempDir()
+	bin, dir := run.Binary(t, "vault"), t.TempDir()
 	c := &VaultCluster{}
 	var leader string
 	for i := 0; i < n; i++ {
 		v := &Vault{bin: bin}
 		nodeDir := filepath.Join(dir, fmt.Sprintf("node-%d", i))
-		must(t, os.MkdirAll(filepath.Join(nodeDir, "raft"), 0o700), "raft dir")
-		clusterPort := FreePort(t)
+		run.Must(t, os.MkdirAll(filepath.Join(nodeDir, "raft"), 0o700), "raft dir")
+		clusterPort := run.FreePort(t)
 		v.startOnFreePort(t, func(port int) []string {
 			v.Addr = fmt.Sprintf("http://127.0.0.1:%d", port)
 			join := ""
@@ -57,7 +59,7 @@ cluster_addr  = "https://127.0.0.1:%d"
 disable_mlock = true
 log_level     = "warn"
 `, filepath.Join(nodeDir, "raft"), i, join, port, clusterPort, v.Addr, clusterPort)
-			must(t, os.WriteFile(v.configPath, []byte(config), 0o600), "vault config")
+			run.Must(t, os.WriteFile(v.configPath, []byte(config), 0o600), "vault config")
 			return []string{"server", "-config=" + v.configPath}
 		}, nodeDir)
 		if i == 0 {
@@ -69,7 +71,7 @@ log_level     = "warn"
 	first := c.Nodes[0]
 	first.waitHealth(t, func(*api.HealthResponse) bool { return true })
 	init, err := first.Client(t, "").Sys().Init(&api.InitRequest{SecretShares: 1, SecretThreshold: 1})
-	must(t, err, "vault init")
+	run.Must(t, err, "vault init")
 	c.RootToken = init.RootToken
 	for _, v := range c.Nodes {
 		v.RootToken, v.unsealKey = init.RootToken, init.KeysB64[0]
@@ -85,7 +87,7 @@ log_level     = "warn"
 	for _, v := range c.Nodes[1:] {
 		v.unsealJoined(t)
 	}
-	Eventually(t, 60*time.Second, "every raft node a voter", func(ctx context.Context) error {
+	run.Eventually(t, 60*time.Second, "every raft node a voter", func(ctx context.Context) error {
 		s, err := first.Root.Logical().ReadWithContext(ctx, "sys/storage/raft/configuration")
 		if err != nil {
 			return err
@@ -111,7 +113,7 @@ log_level     = "warn"
 func (v *Vault) unsealJoined(t testing.TB) {
 	t.Helper()
 	anon := v.Client(t, "")
-	Eventually(t, 60*time.Second, "raft node "+v.Addr+" joined and unsealed", func(ctx context.Context) error {
+	run.Eventually(t, 60*time.Second, "raft node "+v.Addr+" joined and unsealed", func(ctx context.Context) error {
 		st, err := anon.Sys().SealStatusWithContext(ctx)
 		if err == nil && st.Sealed {
 			st, err = anon.Sys().UnsealWithContext(ctx, v.unsealKey)
@@ -137,7 +139,7 @@ func (v *Vault) unsealJoined(t testing.TB) {
 func (c *VaultCluster) Active(t testing.TB) *Vault {
 	t.Helper()
 	var active *Vault
-	Eventually(t, 60*time.Second, "an active vault node", func(ctx context.Context) error {
+	run.Eventually(t, 60*time.Second, "an active vault node", func(ctx context.Context) error {
 		for _, v := range c.Nodes {
 			if v.Process.Exited() {
 				continue
@@ -156,7 +158,7 @@ func (c *VaultCluster) Active(t testing.TB) *Vault {
 // WaitActive waits until v is the active node.
 func (c *VaultCluster) WaitActive(t testing.TB, v *Vault) {
 	t.Helper()
-	Eventually(t, 60*time.Second, "vault node "+v.Addr+" active", func(ctx context.Context) error {
+	run.Eventually(t, 60*time.Second, "vault node "+v.Addr+" active", func(ctx context.Context) error {
 		h, err := v.Client(t, "").Sys().HealthWithContext(ctx)
 		if err != nil {
 			return err
@@ -182,7 +184,7 @@ func (c *VaultCluster) Addrs() []string {
 // StartAndRejoin starts a stopped node again and unseals it; it rejoins as a standby.
 func (c *VaultCluster) StartAndRejoin(t testing.TB, v *Vault) {
 	t.Helper()
-	v.Process.start(t, v.bin, []string{"server", "-config=" + v.configPath}, vaultEnv(filepath.Dir(v.configPath)))
+	v.Process.StartAgain(t, v.bin, []string{"server", "-config=" + v.configPath}, vaultEnv(filepath.Dir(v.configPath))...)
 	if !v.waitListening(30 * time.Second) {
 		t.Fatalf("vault node %s did not listen again:\n%s", v.Addr, lastLines(v.Process.Log(), 20))
 	}
@@ -201,7 +203,7 @@ func lastLines(s string, n int) string {
 func (c *VaultCluster) Snapshot(t testing.TB) []byte {
 	t.Helper()
 	var buf bytes.Buffer
-	must(t, c.Active(t).Root.Sys().RaftSnapshot(&buf), "raft snapshot")
+	run.Must(t, c.Active(t).Root.Sys().RaftSnapshot(&buf), "raft snapshot")
 	return buf.Bytes()
 }
 
@@ -212,14 +214,14 @@ func (c *VaultCluster) Snapshot(t testing.TB) []byte {
 func (c *VaultCluster) RestoreSnapshot(t testing.TB, snap []byte, src *VaultCluster) {
 	t.Helper()
 	active := c.Active(t)
-	must(t, active.Root.Sys().RaftSnapshotRestore(bytes.NewReader(snap), true), "raft snapshot restore")
+	run.Must(t, active.Root.Sys().RaftSnapshotRestore(bytes.NewReader(snap), true), "raft snapshot restore")
 	c.RootToken = src.RootToken
 	for _, v := range c.Nodes {
 		v.RootToken, v.unsealKey = src.RootToken, src.Nodes[0].unsealKey
 		v.Root = v.Client(t, v.RootToken)
 	}
 	anon := active.Client(t, "")
-	Eventually(t, 60*time.Second, "vault serving the restored snapshot", func(ctx context.Context) error {
+	run.Eventually(t, 60*time.Second, "vault serving the restored snapshot", func(ctx context.Context) error {
 		st, err := anon.Sys().SealStatusWithContext(ctx)
 		if err == nil && st.Sealed {
 			_, err = anon.Sys().UnsealWithContext(ctx, active.unsealKey)

@@ -1,4 +1,4 @@
-package harness
+package run
 
 import (
 	"bytes"
@@ -76,10 +76,17 @@ func Start(t testing.TB, name, bin string, args []string, env ...string) *Proces
 	t.Cleanup(func() {
 		p.Kill()
 		if t.Failed() {
-			p.dumpLog(t)
+			p.DumpLog(t)
 		}
 	})
 	return p
+}
+
+// StartAgain runs bin with args and env again as this process, logging to the same file,
+// after the process has ended (Stop or Kill): a server restarted on its own data and address.
+func (p *Process) StartAgain(t testing.TB, bin string, args []string, env ...string) {
+	t.Helper()
+	p.start(t, bin, args, env)
 }
 
 func (p *Process) start(t testing.TB, bin string, args, env []string) {
@@ -153,7 +160,9 @@ func (p *Process) Log() string {
 	return string(b)
 }
 
-func (p *Process) dumpLog(t testing.TB) {
+// DumpLog writes the last 64 KiB of the process's log to the test's log (Start does when
+// the test fails).
+func (p *Process) DumpLog(t testing.TB) {
 	b, _ := os.ReadFile(p.LogPath)
 	if len(b) > 64<<10 {
 		b = append([]byte("...\n"), b[len(b)-64<<10:]...)
@@ -183,8 +192,9 @@ func Eventually(t testing.TB, timeout time.Duration, what string, f func(context
 	}
 }
 
-// must is fmt.Errorf for harness setup errors that end a test.
-func must(t testing.TB, err error, format string, args ...any) {
+// Must ends the test with a message built like fmt.Sprintf's when err, a harness setup
+// error, is not nil.
+func Must(t testing.TB, err error, format string, args ...any) {
 	t.Helper()
 	if err != nil {
 		t.Fatalf("%s: %v", fmt.Sprintf(format, args...), err)

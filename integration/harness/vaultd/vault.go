@@ -1,4 +1,4 @@
-package harness
+package vaultd
 
 import (
 	"context"
@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
+
+	"github.com/kmsplugin/kms-plugin/integration/harness/run"
 )
 
 // Vault is a real Vault server on loopback with a root client. A dev-mode Vault keeps
@@ -24,7 +26,7 @@ type Vault struct {
 	Addr      string      // http://127.0.0.1:PORT
 	RootToken string      // never logged
 	Root      *api.Client // authenticated as root
-	Process   *Process
+	Process   *run.Process
 	CAFile    string // the CA that verifies Vault's certificate, when it serves TLS
 	// ClientCert and ClientKey: a client certificate Vault requires (StartVaultFileMTLS).
 	ClientCert, ClientKey string
@@ -36,7 +38,7 @@ type Vault struct {
 // lose every key: tests that restart Vault use StartVaultFile.
 func StartVaultDev(t testing.TB) *Vault {
 	t.Helper()
-	v := &Vault{bin: Binary(t, "vault"), RootToken: randomToken(t)}
+	v := &Vault{bin: run.Binary(t, "vault"), RootToken: randomToken(t)}
 	home := t.TempDir()
 	v.startOnFreePort(t, func(port int) []string {
 		return []string{"server", "-dev", "-dev-root-token-id=" + v.RootToken,
@@ -51,7 +53,7 @@ func StartVaultDev(t testing.TB) *Vault {
 // localhost and 127.0.0.1, signed by the CA in CAFile.
 func StartVaultDevTLS(t testing.TB) *Vault {
 	t.Helper()
-	v := &Vault{bin: Binary(t, "vault"), RootToken: randomToken(t)}
+	v := &Vault{bin: run.Binary(t, "vault"), RootToken: randomToken(t)}
 	home, certDir := t.TempDir(), t.TempDir()
 	v.CAFile = filepath.Join(certDir, "vault-ca.pem")
 	v.startOnFreePort(t, func(port int) []string {
@@ -80,11 +82,11 @@ func StartVaultFileMTLS(t testing.TB) *Vault {
 
 func startVaultFile(t testing.TB, mtls bool) *Vault {
 	t.Helper()
-	v := &Vault{bin: Binary(t, "vault")}
+	v := &Vault{bin: run.Binary(t, "vault")}
 	dir := t.TempDir()
 	listener := "tls_disable = true"
 	if mtls {
-		pki := NewTestPKI(t, dir)
+		pki := run.NewTestPKI(t, dir)
 		v.CAFile, v.ClientCert, v.ClientKey = pki.CAFile, pki.ClientCert, pki.ClientKey
 		listener = fmt.Sprintf(`tls_cert_file = %q
   tls_key_file = %q
@@ -107,12 +109,12 @@ api_addr      = "%s"
 disable_mlock = true
 log_level     = "warn"
 `, filepath.Join(dir, "data"), port, listener, v.Addr)
-		must(t, os.WriteFile(v.configPath, []byte(config), 0o600), "vault config")
+		run.Must(t, os.WriteFile(v.configPath, []byte(config), 0o600), "vault config")
 		return []string{"server", "-config=" + v.configPath}
 	}, dir)
 	v.waitHealth(t, func(*api.HealthResponse) bool { return true })
 	init, err := v.Client(t, "").Sys().Init(&api.InitRequest{SecretShares: 1, SecretThreshold: 1})
-	must(t, err, "vault init")
+	run.Must(t, err, "vault init")
 	v.RootToken, v.unsealKey = init.RootToken, init.KeysB64[0]
 	v.Root = v.Client(t, v.RootToken)
 	v.Unseal(t)
@@ -125,9 +127,9 @@ func (v *Vault) startOnFreePort(t testing.TB, args func(port int) []string, home
 	t.Helper()
 	var lastLog string
 	for attempt := 0; attempt < 3; attempt++ {
-		port := FreePort(t)
+		port := run.FreePort(t)
 		v.Addr = fmt.Sprintf("http://127.0.0.1:%d", port)
-		v.Process = Start(t, fmt.Sprintf("vault-%d", port), v.bin, args(port), vaultEnv(home)...) // args may set an https Addr
+		v.Process = run.Start(t, fmt.Sprintf("vault-%d", port), v.bin, args(port), vaultEnv(home)...) // args may set an https Addr
 		if v.waitListening(10 * time.Second) {
 			return
 		}
@@ -163,7 +165,7 @@ func (v *Vault) waitListening(timeout time.Duration) bool {
 func (v *Vault) waitHealth(t testing.TB, ok func(*api.HealthResponse) bool) {
 	t.Helper()
 	c := v.Client(t, "")
-	Eventually(t, 60*time.Second, "vault health", func(ctx context.Context) error {
+	run.Eventually(t, 60*time.Second, "vault health", func(ctx context.Context) error {
 		h, err := c.Sys().HealthWithContext(ctx)
 		if err != nil {
 			return err
@@ -181,11 +183,11 @@ func (v *Vault) Client(t testing.TB, token string) *api.Client {
 	t.Helper()
 	cfg := &api.Config{Address: v.Addr, HttpClient: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{}}}, MaxRetries: 0}
 	if v.CAFile != "" {
-		Eventually(t, 30*time.Second, "vault dev CA file", func(context.Context) error { _, err := os.Stat(v.CAFile); return err })
-		must(t, cfg.ConfigureTLS(&api.TLSConfig{CACert: v.CAFile, ClientCert: v.ClientCert, ClientKey: v.ClientKey}), "vault client TLS")
+		run.Eventually(t, 30*time.Second, "vault dev CA file", func(context.Context) error { _, err := os.Stat(v.CAFile); return err })
+		run.Must(t, cfg.ConfigureTLS(&api.TLSConfig{CACert: v.CAFile, ClientCert: v.ClientCert, ClientKey: v.ClientKey}), "vault client TLS")
 	}
 	c, err := api.NewClient(cfg)
-	must(t, err, "vault client")
+	run.Must(t, err, "vault client")
 	c.SetToken(token)
 	c.ClearNamespace()
 	return c
@@ -203,7 +205,7 @@ func (v *Vault) Start(t testing.TB) {
 	if v.configPath == "" {
 		t.Fatal("Start: a dev-mode Vault cannot be restarted; use StartVaultFile")
 	}
-	v.Process.start(t, v.bin, []string{"server", "-config=" + v.configPath}, vaultEnv(filepath.Dir(v.configPath)))
+	v.Process.StartAgain(t, v.bin, []string{"server", "-config=" + v.configPath}, vaultEnv(filepath.Dir(v.configPath))...)
 	v.waitHealth(t, func(*api.HealthResponse) bool { return true })
 }
 
@@ -218,7 +220,7 @@ func (v *Vault) Restart(t testing.TB) {
 // Seal seals Vault; it keeps running and answers every request with 503.
 func (v *Vault) Seal(t testing.TB) {
 	t.Helper()
-	must(t, v.Root.Sys().Seal(), "vault seal")
+	run.Must(t, v.Root.Sys().Seal(), "vault seal")
 }
 
 // Unseal unseals a file-storage Vault with its one key share and waits until it serves.
@@ -228,10 +230,10 @@ func (v *Vault) Unseal(t testing.TB) {
 		t.Fatal("Unseal: a dev-mode Vault has no unseal key; use StartVaultFile")
 	}
 	_, err := v.Client(t, "").Sys().Unseal(v.unsealKey)
-	must(t, err, "vault unseal")
+	run.Must(t, err, "vault unseal")
 	v.waitHealth(t, func(h *api.HealthResponse) bool { return h.Initialized && !h.Sealed })
 	// The core answers health before the mounts are loaded; wait for a mounted path too.
-	Eventually(t, 30*time.Second, "vault mounts after unseal", func(ctx context.Context) error {
+	run.Eventually(t, 30*time.Second, "vault mounts after unseal", func(ctx context.Context) error {
 		_, err := v.Root.Sys().ListMountsWithContext(ctx)
 		return err
 	})
@@ -241,7 +243,7 @@ func (v *Vault) Unseal(t testing.TB) {
 func (v *Vault) Write(t testing.TB, path string, data map[string]any) *api.Secret {
 	t.Helper()
 	s, err := v.Root.Logical().Write(path, data)
-	must(t, err, "vault write %s", path)
+	run.Must(t, err, "vault write %s", path)
 	return s
 }
 
@@ -249,14 +251,14 @@ func (v *Vault) Write(t testing.TB, path string, data map[string]any) *api.Secre
 func (v *Vault) Read(t testing.TB, path string) *api.Secret {
 	t.Helper()
 	s, err := v.Root.Logical().Read(path)
-	must(t, err, "vault read %s", path)
+	run.Must(t, err, "vault read %s", path)
 	return s
 }
 
 // EnableTransit mounts the transit engine at mount.
 func (v *Vault) EnableTransit(t testing.TB, mount string) {
 	t.Helper()
-	must(t, v.Root.Sys().Mount(mount, &api.MountInput{Type: "transit"}), "enable transit at %s", mount)
+	run.Must(t, v.Root.Sys().Mount(mount, &api.MountInput{Type: "transit"}), "enable transit at %s", mount)
 }
 
 // CreateKey creates a transit key of the default type (aes256-gcm96), deletable so tests can
@@ -283,13 +285,13 @@ func (v *Vault) SetMinDecryptionVersion(t testing.TB, mount, name string, min in
 func (v *Vault) DeleteKey(t testing.TB, mount, name string) {
 	t.Helper()
 	_, err := v.Root.Logical().Delete(mount + "/keys/" + name)
-	must(t, err, "delete key %s/%s", mount, name)
+	run.Must(t, err, "delete key %s/%s", mount, name)
 }
 
 // WritePolicy writes an ACL policy.
 func (v *Vault) WritePolicy(t testing.TB, name, hcl string) {
 	t.Helper()
-	must(t, v.Root.Sys().PutPolicy(name, hcl), "write policy %s", name)
+	run.Must(t, v.Root.Sys().PutPolicy(name, hcl), "write policy %s", name)
 }
 
 // PolicyTokenFile writes hcl as policy name, creates a renewable one-hour token with that
@@ -300,9 +302,9 @@ func (v *Vault) PolicyTokenFile(t testing.TB, name, hcl string) string {
 	renewable := true
 	s, err := v.Root.Auth().Token().Create(&api.TokenCreateRequest{
 		Policies: []string{name}, NoDefaultPolicy: true, TTL: "1h", Renewable: &renewable})
-	must(t, err, "create token with policy %s", name)
+	run.Must(t, err, "create token with policy %s", name)
 	path := filepath.Join(t.TempDir(), "token")
-	must(t, os.WriteFile(path, []byte(s.Auth.ClientToken), 0o600), "write token file")
+	run.Must(t, os.WriteFile(path, []byte(s.Auth.ClientToken), 0o600), "write token file")
 	return path
 }
 
@@ -345,14 +347,14 @@ func (v *Vault) CreateToken(t testing.TB, o TokenOptions) string {
 	t.Helper()
 	renewable := o.Renewable
 	s, err := v.Root.Auth().Token().Create(&api.TokenCreateRequest{Policies: o.Policies, TTL: o.TTL, Renewable: &renewable})
-	must(t, err, "create token")
+	run.Must(t, err, "create token")
 	return s.Auth.ClientToken
 }
 
 // RevokeToken revokes a token (and its children) as root.
 func (v *Vault) RevokeToken(t testing.TB, token string) {
 	t.Helper()
-	must(t, v.Root.Auth().Token().RevokeTree(token), "revoke token")
+	run.Must(t, v.Root.Auth().Token().RevokeTree(token), "revoke token")
 }
 
 // LookupToken returns what Vault knows of a token, or an error if it is not valid.
@@ -363,7 +365,7 @@ func (v *Vault) LookupToken(token string) (*api.Secret, error) {
 // EnableAuth enables an auth method of type kind at mount.
 func (v *Vault) EnableAuth(t testing.TB, mount, kind string) {
 	t.Helper()
-	must(t, v.Root.Sys().EnableAuthWithOptions(mount, &api.EnableAuthOptions{Type: kind}), "enable auth %s at %s", kind, mount)
+	run.Must(t, v.Root.Sys().EnableAuthWithOptions(mount, &api.EnableAuthOptions{Type: kind}), "enable auth %s at %s", kind, mount)
 }
 
 // AppRole creates (or updates) an AppRole role and returns its role id and a fresh secret id.
@@ -390,6 +392,6 @@ func (v *Vault) SecretID(t testing.TB, mount, role string) string {
 func randomToken(t testing.TB) string {
 	b := make([]byte, 16)
 	_, err := rand.Read(b)
-	must(t, err, "random")
+	run.Must(t, err, "random")
 	return "root-" + hex.EncodeToString(b)
 }

@@ -1,4 +1,4 @@
-package harness
+package run
 
 import (
 	"crypto/ecdsa"
@@ -28,22 +28,22 @@ type TestPKI struct {
 func NewTestPKI(t testing.TB, dir string) TestPKI {
 	t.Helper()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	must(t, err, "CA key")
+	Must(t, err, "CA key")
 	caTmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "kms-plugin test CA"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
 	}
 	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	must(t, err, "CA certificate")
+	Must(t, err, "CA certificate")
 	ca, err := x509.ParseCertificate(caDER)
-	must(t, err, "CA certificate")
+	Must(t, err, "CA certificate")
 	p := TestPKI{CAFile: filepath.Join(dir, "ca.pem")}
 	writePEMFile(t, p.CAFile, "CERTIFICATE", caDER)
 
 	issue := func(name string, serial int64, usage x509.ExtKeyUsage) (certFile, keyFile string) {
 		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		must(t, err, "key")
+		Must(t, err, "key")
 		tmpl := &x509.Certificate{
 			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
 			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
@@ -51,9 +51,9 @@ func NewTestPKI(t testing.TB, dir string) TestPKI {
 			DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
 		}
 		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
-		must(t, err, "certificate")
+		Must(t, err, "certificate")
 		keyDER, err := x509.MarshalECPrivateKey(key)
-		must(t, err, "key")
+		Must(t, err, "key")
 		certFile, keyFile = filepath.Join(dir, name+".pem"), filepath.Join(dir, name+"-key.pem")
 		writePEMFile(t, certFile, "CERTIFICATE", der)
 		writePEMFile(t, keyFile, "EC PRIVATE KEY", keyDER)
@@ -64,21 +64,21 @@ func NewTestPKI(t testing.TB, dir string) TestPKI {
 	return p
 }
 
-// clientTLS is a client's TLS config that trusts the CA and presents the client certificate.
-func (p TestPKI) clientTLS(t testing.TB) *tls.Config {
+// ClientTLS is a client's TLS config that trusts the CA and presents the client certificate.
+func (p TestPKI) ClientTLS(t testing.TB) *tls.Config {
 	t.Helper()
 	ca, err := os.ReadFile(p.CAFile)
-	must(t, err, "CA file")
+	Must(t, err, "CA file")
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(ca) {
 		t.Fatalf("%s: no PEM certificate", p.CAFile)
 	}
 	cert, err := tls.LoadX509KeyPair(p.ClientCert, p.ClientKey)
-	must(t, err, "client certificate")
+	Must(t, err, "client certificate")
 	return &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 }
 
 func writePEMFile(t testing.TB, path, typ string, der []byte) {
 	t.Helper()
-	must(t, os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600), "writing %s", path)
+	Must(t, os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600), "writing %s", path)
 }
