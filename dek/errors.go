@@ -89,28 +89,45 @@ func Classify(ctx context.Context, err error) Class {
 	return Class{codes.Internal, "error"}
 }
 
-// publicError is an error whose text may reach the gRPC client as it is.
-type publicError struct{ error }
+// publicError is an error that the gRPC client may be told of: its own text, or client.
+type publicError struct {
+	error
+	client string // what the client is told; "" for the error's own text
+}
 
 func (e publicError) Unwrap() error { return e.error }
 
 // Public marks err's text as fit for the gRPC client: it names only what the request itself
 // carried (sizes, format versions, key ids) or a fix the apiserver's operator needs, never a
 // local path, address or other configuration.
-func Public(err error) error { return publicError{err} }
+func Public(err error) error { return publicError{error: err} }
 
-// ClientMessage is what the gRPC client is told of err: the text of the public error in its
-// chain, or else its kind alone. The whole text goes to the plugin's log, which is where local
-// paths and configuration belong.
+// PublicAs gives err a text fit for the gRPC client: its kind and summary ("backend
+// unavailable: vault is sealed"), where err's own text names what only the log may (an address,
+// a path). err's own text is unchanged.
+func PublicAs(err error, summary string) error {
+	return publicError{error: err, client: kindText(err) + ": " + summary}
+}
+
+// ClientMessage is what the gRPC client is told of err: the public text in its chain, or else
+// its kind alone. The whole text goes to the plugin's log, which is where local paths and
+// configuration belong.
 func ClientMessage(err error) string {
 	var pub publicError
 	if errors.As(err, &pub) {
+		if pub.client != "" {
+			return pub.client
+		}
 		return pub.Error()
 	}
+	return kindText(err) + " (details in the plugin's log)"
+}
+
+func kindText(err error) string {
 	for _, c := range classes {
 		if errors.Is(err, c.kind) {
-			return c.kind.Error() + " (details in the plugin's log)"
+			return c.kind.Error()
 		}
 	}
-	return "request failed (details in the plugin's log)"
+	return "request failed"
 }

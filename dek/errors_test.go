@@ -55,3 +55,15 @@ func TestClassify(t *testing.T) {
 		}
 	}
 }
+
+// PublicAs tells the client the kind and a summary, and the log the whole text.
+func TestPublicAs(t *testing.T) {
+	err := PublicAs(fmt.Errorf("%w: vault at https://10.0.0.7:8200 is sealed", ErrUnavailable), "vault is sealed")
+	wrapped := fmt.Errorf("probe wrap with k: %w", err)
+	if got := ClientMessage(wrapped); got != "backend unavailable: vault is sealed" {
+		t.Fatalf("ClientMessage = %q", got)
+	}
+	if !strings.Contains(wrapped.Error(), "10.0.0.7") || !errors.Is(wrapped, ErrUnavailable) {
+		t.Fatalf("the log's text or the kind was lost: %v", wrapped)
+	}
+}

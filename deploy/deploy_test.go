@@ -19,7 +19,7 @@ import (
 	"k8s.io/apiserver/pkg/storage/value"
 	"sigs.k8s.io/yaml"
 
-	"github.com/kmsplugin/kms-plugin/internal/plugintest"
+	"github.com/kmsplugin/kms-plugin/internal/testing/plugintest"
 	ourconfig "github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
 	"github.com/kmsplugin/kms-plugin/storage/providers"
 )

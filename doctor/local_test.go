@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
-	"github.com/kmsplugin/kms-plugin/internal/plugintest"
+	"github.com/kmsplugin/kms-plugin/internal/testing/plugintest"
 )
 
 func only(t *testing.T, rs []Result) Result {

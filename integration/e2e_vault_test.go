@@ -53,7 +53,7 @@ func (b *vaultBackend) rotate(t *testing.T, plugins ...*harness.Plugin) string {
 	var ids []string
 	for _, p := range plugins {
 		var id string
-		harness.Eventually(t, 2*time.Minute, "plugin adopts the rotated Vault key", func(ctx context.Context) error {
+		harness.Eventually(t, 3*time.Minute, "plugin adopts the rotated Vault key", func(ctx context.Context) error {
 			st, err := p.Status(ctx)
 			if err != nil {
 				return err

@@ -29,7 +29,7 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/backends/vault/policy"
 	"github.com/kmsplugin/kms-plugin/integration/harness"
-	"github.com/kmsplugin/kms-plugin/internal/plugintest"
+	"github.com/kmsplugin/kms-plugin/internal/testing/plugintest"
 )
 
 // The stress proof of what the Vault backend promises about key ids. Three plugin processes

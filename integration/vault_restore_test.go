@@ -14,7 +14,7 @@ import (
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kmsplugin/kms-plugin/integration/harness"
-	"github.com/kmsplugin/kms-plugin/internal/plugintest"
+	"github.com/kmsplugin/kms-plugin/internal/testing/plugintest"
 )
 
 // Data outlives its Vault cluster: whether an envelope decrypts depends on the transit key's

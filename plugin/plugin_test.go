@@ -22,7 +22,7 @@ import (
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
 	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
-	"github.com/kmsplugin/kms-plugin/internal/plugintest"
+	"github.com/kmsplugin/kms-plugin/internal/testing/plugintest"
 	"github.com/kmsplugin/kms-plugin/plugin"
 )
 

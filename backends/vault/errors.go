@@ -21,7 +21,7 @@ func classify(what string, err error) error {
 		return nil
 	}
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		return fmt.Errorf("%w: %s: vault did not answer in time: %w", dek.ErrUnavailable, what, err)
+		return dek.PublicAs(fmt.Errorf("%w: %s: vault did not answer in time: %w", dek.ErrUnavailable, what, err), "vault did not answer in time")
 	}
 	var local *localError
 	if errors.As(err, &local) {
@@ -33,16 +33,17 @@ func classify(what string, err error) error {
 		if errors.As(err, &ue) {
 			err = ue.Err // the URL (with sys/health's query) would crowd healthz's 256 bytes
 		}
-		return fmt.Errorf("%w: %s: vault unreachable: %v", dek.ErrUnavailable, what, err)
+		return dek.PublicAs(fmt.Errorf("%w: %s: vault unreachable: %v", dek.ErrUnavailable, what, err), "vault unreachable")
 	}
 	msg := vaultMessage(re.Errors)
 	switch {
 	case re.StatusCode == http.StatusForbidden:
-		return fmt.Errorf("%w: %s: vault denied it (token revoked or expired, or the policy lacks this path): %s", dek.ErrDenied, what, msg)
+		return dek.PublicAs(fmt.Errorf("%w: %s: vault denied it (token revoked or expired, or the policy lacks this path): %s", dek.ErrDenied, what, msg),
+			"vault denied it (token revoked or expired, or the policy lacks the path)")
 	case re.StatusCode == http.StatusServiceUnavailable && strings.Contains(msg, "sealed"):
-		return fmt.Errorf("%w: %s: vault is sealed", dek.ErrUnavailable, what)
+		return dek.PublicAs(fmt.Errorf("%w: %s: vault is sealed", dek.ErrUnavailable, what), "vault is sealed")
 	case re.StatusCode >= 500 || re.StatusCode == http.StatusTooManyRequests:
-		return fmt.Errorf("%w: %s: vault answered %d: %s", dek.ErrUnavailable, what, re.StatusCode, msg)
+		return dek.PublicAs(fmt.Errorf("%w: %s: vault answered %d: %s", dek.ErrUnavailable, what, re.StatusCode, msg), fmt.Sprintf("vault answered %d", re.StatusCode))
 	case re.StatusCode == http.StatusNotFound:
 		return fmt.Errorf("%w: %s: not found in vault: %s", dek.ErrUnknownKey, what, msg)
 	case re.StatusCode == http.StatusBadRequest && strings.Contains(msg, "(too old)"):

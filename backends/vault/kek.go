@@ -248,9 +248,9 @@ func (k *KEK) clusterID(ctx context.Context) (string, error) {
 	case err != nil:
 		return "", classify("vault health check at "+addr, err)
 	case !h.Initialized:
-		return "", fmt.Errorf("%w: vault at %s is not initialized", dek.ErrUnavailable, addr)
+		return "", dek.PublicAs(fmt.Errorf("%w: vault at %s is not initialized", dek.ErrUnavailable, addr), "vault is not initialized")
 	case h.Sealed:
-		return "", fmt.Errorf("%w: vault at %s is sealed", dek.ErrUnavailable, addr)
+		return "", dek.PublicAs(fmt.Errorf("%w: vault at %s is sealed", dek.ErrUnavailable, addr), "vault is sealed")
 	case h.ClusterID == "":
 		return "", fmt.Errorf("%w: vault at %s reports no cluster id", dek.ErrUnavailable, addr)
 	}

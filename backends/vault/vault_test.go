@@ -20,7 +20,7 @@ import (
 	"github.com/kmsplugin/kms-plugin/dek/kektest"
 	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
-	"github.com/kmsplugin/kms-plugin/internal/plugintest"
+	"github.com/kmsplugin/kms-plugin/internal/testing/plugintest"
 	"github.com/kmsplugin/kms-plugin/plugin"
 )
 

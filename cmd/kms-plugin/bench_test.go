@@ -10,7 +10,7 @@ import (
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
-	"github.com/kmsplugin/kms-plugin/internal/plugintest"
+	"github.com/kmsplugin/kms-plugin/internal/testing/plugintest"
 )
 
 // benchPlugin serves the plugin in-process as `kms-plugin serve` would (localaes backend,

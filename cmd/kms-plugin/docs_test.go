@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/kmsplugin/kms-plugin/internal/clitest"
+	"github.com/kmsplugin/kms-plugin/internal/testing/clitest"
 )
 
 // Every flag on a kms-plugin command line in the operator docs exists on the subcommand it is

@@ -16,7 +16,7 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/integration/harness/run"
 	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
-	"github.com/kmsplugin/kms-plugin/internal/plugintest"
+	"github.com/kmsplugin/kms-plugin/internal/testing/plugintest"
 )
 
 // vaultPlugin serves the vault backend in process against a real file-storage Vault, with a

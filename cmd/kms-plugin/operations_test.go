@@ -26,7 +26,7 @@ import (
 	"github.com/kmsplugin/kms-plugin/cmd/internal/serveconfig"
 	"github.com/kmsplugin/kms-plugin/integration/harness/run"
 	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
-	"github.com/kmsplugin/kms-plugin/internal/plugintest"
+	"github.com/kmsplugin/kms-plugin/internal/testing/plugintest"
 )
 
 var healthAddrRE = regexp.MustCompile(`health_addr=(127\.0\.0\.1:\d+)`)

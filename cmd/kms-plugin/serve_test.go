@@ -18,7 +18,7 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
 	"github.com/kmsplugin/kms-plugin/cmd/internal/serveconfig"
-	"github.com/kmsplugin/kms-plugin/internal/plugintest"
+	"github.com/kmsplugin/kms-plugin/internal/testing/plugintest"
 	"github.com/kmsplugin/kms-plugin/plugin/endpoints"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"

@@ -14,7 +14,7 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/integration/harness/run"
 	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
-	"github.com/kmsplugin/kms-plugin/internal/plugintest"
+	"github.com/kmsplugin/kms-plugin/internal/testing/plugintest"
 )
 
 func TestServeVault(t *testing.T) {

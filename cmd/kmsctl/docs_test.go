@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kmsplugin/kms-plugin/internal/clitest"
+	"github.com/kmsplugin/kms-plugin/internal/testing/clitest"
 )
 
 // Every flag on a kmsctl command line in the operator docs and the README exists on the

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kmsplugin/kms-plugin/internal/plugintest"
+	"github.com/kmsplugin/kms-plugin/internal/testing/plugintest"
 )
 
 func TestKeygen(t *testing.T) {

@@ -10,8 +10,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/kmsplugin/kms-plugin/cmd/kmsctl/internal/load"
 	"github.com/kmsplugin/kms-plugin/internal/kmsclient"
-	"github.com/kmsplugin/kms-plugin/internal/load"
 )
 
 func newLoadCommand() *cobra.Command {

@@ -9,9 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kmsplugin/kms-plugin/cmd/kmsctl/internal/load"
 	"github.com/kmsplugin/kms-plugin/internal/kmsclient"
-	"github.com/kmsplugin/kms-plugin/internal/load"
-	"github.com/kmsplugin/kms-plugin/internal/plugintest"
+	"github.com/kmsplugin/kms-plugin/internal/testing/plugintest"
 )
 
 // kmsctl load against the real plugin, with the floor beside it, as JSON and as a table; and

@@ -13,7 +13,7 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/backends/vault"
 	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
-	"github.com/kmsplugin/kms-plugin/internal/plugintest"
+	"github.com/kmsplugin/kms-plugin/internal/testing/plugintest"
 	"github.com/kmsplugin/kms-plugin/storage/rollout"
 )
 

@@ -1,7 +1,8 @@
 // Package boundaries holds tests that fail when a package reaches across a boundary of the
 // design: the data path is cmd/kms-plugin -> plugin -> dek -> backends; the serving side never
 // depends on the toolbox (storage/, doctor/, cmd/kmsctl), so the serving binary stays small;
-// and only the command layer reads the environment.
+// no production package imports the test layer (internal/testing); and only the command layer
+// reads the environment.
 package boundaries
 
 import (
@@ -38,11 +39,26 @@ var forbidden = map[string][]string{
 	"storage/": {module + "plugin", module + "backends", module + "cmd", module + "doctor", module + "integration"},
 }
 
+// testLayer is test and measurement code: only tests, the test layer itself and the programs
+// that exist to test (the flood) may import it.
+const testLayer = module + "internal/testing/"
+
+// testPrograms may import the test layer although they are not tests.
+var testPrograms = []string{"internal/testing/", "cmd/kms-flood/"}
+
 // envReaders are the calls that read the process environment.
 var envReaders = map[string]bool{"os.Getenv": true, "os.LookupEnv": true, "os.Environ": true, "syscall.Getenv": true}
 
 func TestImportBoundaries(t *testing.T) {
 	for path, file := range sources(t) {
+		// Production code never imports test or measurement code (sources skips _test.go).
+		if !slices.ContainsFunc(testPrograms, func(p string) bool { return strings.HasPrefix(path, p) }) {
+			for _, imp := range file.Imports {
+				if p, _ := strconv.Unquote(imp.Path.Value); strings.HasPrefix(p, testLayer) {
+					t.Errorf("%s imports %s: production code must not depend on the test layer", path, p)
+				}
+			}
+		}
 		for prefix, bad := range forbidden {
 			if !strings.HasPrefix(path, prefix) {
 				continue

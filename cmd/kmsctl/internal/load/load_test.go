@@ -18,7 +18,7 @@ import (
 	kmsapi "k8s.io/kms/apis/v2"
 
 	"github.com/kmsplugin/kms-plugin/internal/kmsclient"
-	"github.com/kmsplugin/kms-plugin/internal/plugintest"
+	"github.com/kmsplugin/kms-plugin/internal/testing/plugintest"
 )
 
 func TestPercentilesOfAKnownDistribution(t *testing.T) {

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/kmsplugin/kms-plugin/internal/plugintest"
+	"github.com/kmsplugin/kms-plugin/internal/testing/plugintest"
 	kmsapi "k8s.io/kms/apis/v2"
 )
 

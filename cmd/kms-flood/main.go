@@ -7,9 +7,9 @@
 // -good-every, a well-behaved client sends one Decrypt every so often throughout, as
 // kube-apiserver would, and reports its failures.
 //
-//	go run ./internal/hostile/flood -socket /var/run/kmsplugin/kms.sock -conns 4 -streams 10000 -silent 200
-//	go run ./internal/hostile/flood -socket /var/run/kmsplugin/kms.sock -conns 128 -streams 32 -body 16380
-//	go run ./internal/hostile/flood -socket /var/run/kmsplugin/kms.sock -conns 0 -busy 200 -good-every 2s
+//	go run ./cmd/kms-flood -socket /var/run/kmsplugin/kms.sock -conns 4 -streams 10000 -silent 200
+//	go run ./cmd/kms-flood -socket /var/run/kmsplugin/kms.sock -conns 128 -streams 32 -body 16380
+//	go run ./cmd/kms-flood -socket /var/run/kmsplugin/kms.sock -conns 0 -busy 200 -good-every 2s
 package main
 
 import (
@@ -23,8 +23,8 @@ import (
 
 	kmsapi "k8s.io/kms/apis/v2"
 
-	"github.com/kmsplugin/kms-plugin/internal/hostile"
 	"github.com/kmsplugin/kms-plugin/internal/kmsclient"
+	"github.com/kmsplugin/kms-plugin/internal/testing/hostile"
 )
 
 func main() {
