@@ -14,14 +14,12 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/term"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/metadata"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
 	"github.com/kmsplugin/kms-plugin/storage/rewrite"
@@ -110,53 +108,6 @@ unreachable, a checkpoint --resume refuses).`,
 	fs.DurationVar(&o.progressInterval, "progress-interval", 10*time.Second, "time between progress lines when stderr is not a terminal")
 	fs.StringVar(&o.via, "via", "patch", "patch (kmsctl patches every object itself, any Kubernetes version) or storage-version-migration (kube-controller-manager's migrator does, where it runs)")
 	return cmd
-}
-
-// kubeFlags reach the apiserver: a kubeconfig file and, for the rollout checks, the list of
-// apiservers when the kubernetes Service's endpoints are not reachable from here.
-type kubeFlags struct {
-	kubeconfig string
-	context    string
-	apiservers []string
-}
-
-// add registers the flags, as etcdFlags.add does.
-func (k *kubeFlags) add(fs *pflag.FlagSet) {
-	fs.StringVar(&k.kubeconfig, "kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, then ~/.kube/config)")
-	fs.StringVar(&k.context, "context", "", "kubeconfig context (default: its current context)")
-	fs.StringSliceVar(&k.apiservers, "apiservers", nil, "apiserver URLs whose /metrics to check (default: the endpoints of the kubernetes Service)")
-}
-
-func (k *kubeFlags) config() (*rest.Config, error) {
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = k.kubeconfig
-	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules,
-		&clientcmd.ConfigOverrides{CurrentContext: k.context}).ClientConfig()
-	if err != nil {
-		return nil, fmt.Errorf("kubeconfig: %w", err)
-	}
-	return cfg, nil
-}
-
-// states reads every apiserver's metrics.
-func (k *kubeFlags) states(ctx context.Context, cfg *rest.Config) ([]rollout.State, error) {
-	endpoints := k.apiservers
-	if len(endpoints) == 0 {
-		cs, err := kubernetes.NewForConfig(cfg)
-		if err != nil {
-			return nil, err
-		}
-		if endpoints, err = rollout.Endpoints(ctx, cs); err != nil {
-			return nil, fmt.Errorf("%w (name the apiservers with --apiservers)", err)
-		}
-	}
-	var out []rollout.State
-	for _, e := range endpoints {
-		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		out = append(out, rollout.Read(rctx, cfg, e))
-		cancel()
-	}
-	return out, nil
 }
 
 // pluginKeyIDs asks the KMS v2 plugin of every rule's write provider for its key id, over

@@ -2,18 +2,13 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
-	"github.com/kmsplugin/kms-plugin/internal/tlsfiles"
 	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
 	"github.com/kmsplugin/kms-plugin/storage/scan"
 )
@@ -108,49 +103,4 @@ func runScan(cmd *cobra.Command, o scanOptions) error {
 		}
 	}
 	return nil
-}
-
-// etcdFlags are the flags that reach etcd, shared by every command that reads it.
-type etcdFlags struct {
-	endpoints                 []string
-	caFile, certFile, keyFile string
-}
-
-// add registers the flags; defaultEndpoints is nil where etcd access is optional.
-func (e *etcdFlags) add(fs *pflag.FlagSet, defaultEndpoints []string) {
-	fs.StringSliceVar(&e.endpoints, "etcd-endpoints", defaultEndpoints, "etcd client URLs (comma-separated)")
-	fs.StringVar(&e.caFile, "etcd-cacert", "", "CA bundle that signed etcd's server certificate (kubeadm: /etc/kubernetes/pki/etcd/ca.crt)")
-	fs.StringVar(&e.certFile, "etcd-cert", "", "client certificate for etcd (kubeadm: /etc/kubernetes/pki/apiserver-etcd-client.crt)")
-	fs.StringVar(&e.keyFile, "etcd-key", "", "client key for etcd (kubeadm: /etc/kubernetes/pki/apiserver-etcd-client.key)")
-}
-
-// client connects to etcd; ctx bounds the dial and every request.
-func (e *etcdFlags) client(ctx context.Context) (*clientv3.Client, error) {
-	tlsConfig, err := etcdTLS(e.caFile, e.certFile, e.keyFile)
-	if err != nil {
-		return nil, err
-	}
-	client, err := clientv3.New(clientv3.Config{
-		Endpoints: e.endpoints, TLS: tlsConfig, DialTimeout: 10 * time.Second,
-		Logger: zap.NewNop(), Context: ctx,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("etcd client: %w", err)
-	}
-	return client, nil
-}
-
-// etcdTLS builds the client TLS config; none of the files means plain http endpoints.
-func etcdTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
-	if caFile == "" && certFile == "" && keyFile == "" {
-		return nil, nil
-	}
-	if (certFile == "") != (keyFile == "") {
-		return nil, fmt.Errorf("--etcd-cert and --etcd-key go together")
-	}
-	cfg, err := tlsfiles.Files{CAFile: caFile, CertFile: certFile, KeyFile: keyFile}.Client()
-	if err != nil {
-		return nil, fmt.Errorf("--etcd-cacert, --etcd-cert, --etcd-key: %w", err)
-	}
-	return cfg, nil
 }
