@@ -75,7 +75,7 @@ func TestSocket(t *testing.T) {
 				c.Close()
 			}
 		}()
-		wantStatus(t, only(t, Socket(ctx, path, false)), Fail, "served by a live process")
+		wantStatus(t, only(t, Socket(ctx, path, false)), Fail, "served by another live process")
 		wantStatus(t, only(t, Socket(ctx, path, true)), Fail, "Status over")
 	})
 	t.Run("running plugin", func(t *testing.T) {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -74,9 +73,10 @@ func runDoctor(cmd *cobra.Command, o serveconfig.Options, d doctorOptions, all [
 	}
 	ctx := cmd.Context()
 	rep := doctor.Report(doctor.Socket(ctx, path, d.running))
+	rep = append(rep, doctor.HealthAddr(ctx, o.Ops.HealthAddr, d.running))
 	switch b := chosen.(type) {
 	case *serveconfig.LocalAES:
-		if _, err := os.Stat(b.KeyFile); errors.Is(err, os.ErrNotExist) && !cmd.Flags().Changed("localaes-key-file") {
+		if b.CreatesKeyFile(cmd.Flags()) {
 			rep = append(rep, doctor.Result{Status: doctor.Warn, Check: "localaes key file",
 				Detail: b.KeyFile + " does not exist: serve will create a new key there",
 				Fix:    "create keys with 'kmsctl keygen', back them up, and pass --localaes-key-file"})
