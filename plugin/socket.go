@@ -96,7 +96,7 @@ func CheckSocketPath(path string) (SocketPathState, error) {
 			Problem: fmt.Sprintf("socket path %s: %d bytes is longer than a unix socket address holds (%d)", path, len(path), MaxSocketPath)}
 	}
 	dir := filepath.Dir(path)
-	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+	if _, err := os.Stat(dir); missing(err) {
 		state.CreateDir = true
 		return state, creatable(dir)
 	}
@@ -156,7 +156,7 @@ func creatable(dir string) error {
 			}
 			break
 		}
-		if !errors.Is(err, os.ErrNotExist) {
+		if !missing(err) {
 			return fmt.Errorf("socket directory: %w", err)
 		}
 		parent := filepath.Dir(existing)
@@ -171,3 +171,6 @@ func creatable(dir string) error {
 	}
 	return nil
 }
+
+// missing reports a path that does not exist, or that a file stands in the way of.
+func missing(err error) bool { return errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) }

@@ -82,7 +82,7 @@ func runDoctor(cmd *cobra.Command, o serveconfig.Options, d doctorOptions, all [
 				Fix:    "create keys with 'kmsctl keygen', back them up, and pass --localaes-key-file"})
 			break
 		}
-		rep = append(rep, doctor.Files([]doctor.File{{What: "localaes key file", Path: b.KeyFile, Secret: true}})...)
+		rep = append(rep, doctor.Files([]doctor.File{doctor.KeyFile(b.KeyFile)})...)
 		rep = append(rep, doctor.LocalAES(b.KeyFile))
 	case *serveconfig.Vault:
 		cfg, err := b.Config(os.Getenv, slog.New(slog.DiscardHandler))
