@@ -2,14 +2,8 @@ package doctor
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
+	"crypto/tls"
 	"fmt"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -20,6 +14,7 @@ import (
 	"time"
 
 	"github.com/kmsplugin/kms-plugin/backends/vault"
+	"github.com/kmsplugin/kms-plugin/integration/harness/run"
 	"github.com/kmsplugin/kms-plugin/internal/testing/plugintest"
 	"github.com/kmsplugin/kms-plugin/plugin"
 	"github.com/kmsplugin/kms-plugin/plugin/endpoints"
@@ -139,9 +134,10 @@ func TestDoctorAgreesWithServe(t *testing.T) {
 	})
 
 	t.Run("vault files", func(t *testing.T) {
-		stand := standInVault(t)
 		dir, write := fileWriter(t)
-		certPEM, keyPEM := clientCertificate(t)
+		pki := run.NewTestPKI(t, t.TempDir())
+		stand := standInVault(t, pki)
+		certPEM, keyPEM := readFile(t, pki.ClientCert), readFile(t, pki.ClientKey)
 		link := func(name, target string) string {
 			p := filepath.Join(dir, name)
 			if err := os.Symlink(target, p); err != nil {
@@ -303,35 +299,27 @@ func acceptAndClose(l net.Listener) {
 
 type standIn struct{ addr, caPEM string }
 
-// standInVault is an https server that gives every login a token: a login fails only on our
-// side of the wire, over the files.
-func standInVault(t *testing.T) standIn {
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+// standInVault is an https server, with pki's server certificate, that gives every login a
+// token: a login fails only on our side of the wire, over the files.
+func standInVault(t *testing.T, pki run.TestPKI) standIn {
+	cert, err := tls.LoadX509KeyPair(pki.ServerCert, pki.ServerKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		fmt.Fprint(w, `{"auth":{"client_token":"hvs.stand-in","lease_duration":3600,"renewable":true}}`)
 	}))
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
-	return standIn{addr: srv.URL, caPEM: string(ca)}
+	return standIn{addr: srv.URL, caPEM: readFile(t, pki.CAFile)}
 }
 
-// clientCertificate is a self-signed client certificate and its key, in PEM.
-func clientCertificate(t *testing.T) (certPEM, keyPEM string) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+func readFile(t *testing.T, path string) string {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "kms-plugin"},
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})),
-		string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}))
+	return string(b)
 }

@@ -3,6 +3,7 @@ package doctor
 import (
 	"context"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
 	"github.com/kmsplugin/kms-plugin/internal/privatefile"
 	"github.com/kmsplugin/kms-plugin/internal/testing/plugintest"
+	"github.com/kmsplugin/kms-plugin/plugin/endpoints"
 )
 
 func only(t *testing.T, rs []Result) Result {
@@ -85,6 +87,27 @@ func TestSocket(t *testing.T) {
 		wantStatus(t, only(t, Socket(ctx, path, true)), OK, "healthz ok, key_id localaes:")
 		wantStatus(t, only(t, Socket(ctx, path, false)), Fail, "--running")
 	})
+}
+
+// Beside a running plugin, the health address is expected to answer its /healthz.
+func TestHealthAddrRunning(t *testing.T) {
+	srv, err := endpoints.Listen("127.0.0.1:0", endpoints.Config{Ready: func() error { return nil }, Metrics: http.NotFoundHandler()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve()
+	defer srv.Shutdown(context.Background())
+	ctx := context.Background()
+	wantStatus(t, HealthAddr(ctx, srv.Addr(), true), OK, "/healthz: ok")
+	wantStatus(t, HealthAddr(ctx, srv.Addr(), false), Fail, "cannot be bound") // taken, by the plugin
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	free := l.Addr().String()
+	l.Close()
+	wantStatus(t, HealthAddr(ctx, free, true), Fail, "--health-addr")
+	wantStatus(t, HealthAddr(ctx, "", true), OK, "endpoints off")
 }
 
 func TestFiles(t *testing.T) {

@@ -31,8 +31,10 @@ func newDoctorCommand() *cobra.Command {
 		Use:   "doctor",
 		Short: "Check what serve needs (socket, file permissions, Vault, key, policy); one line per check",
 		Long: `Runs the checks that tell, before the plugin serves (or beside a running one), whether it
-can: the socket path is usable (with --running: a plugin answers Status there), credential files
-are private, and for --backend vault: Vault is reachable and unsealed, the login works, the
+can, each check that serve also makes being serve's own: the socket path is usable (with
+--running: a plugin answers Status there), --health-addr can be bound (with --running: the
+plugin's /healthz answers there), credential files are private, and for --backend vault: the
+backend opens with these settings, Vault is reachable and unsealed, the login works, the
 token's capabilities are exactly what 'kmsctl policy' prints (missing ones fail, extra ones
 warn), the transit key is safely configured (authenticated cipher, not exportable, not
 deletable, min_decryption_version not above a version still used in etcd, with
