@@ -69,6 +69,9 @@ func runDoctor(cmd *cobra.Command, o serveconfig.Options, d doctorOptions, all [
 	if err != nil {
 		return err
 	}
+	if _, err := serveconfig.SocketOptions(o.SocketMode, o.SocketGroup); err != nil {
+		return err // as serve refuses them
+	}
 	chosen, err := serveconfig.Choose(cmd.Flags(), o, all)
 	if err != nil {
 		return err

@@ -129,6 +129,12 @@ func TestDoctorCommandLocalAES(t *testing.T) {
 	if err == nil || !strings.Contains(out, "FAIL  socket               socket directory "+open+" has mode 0777") {
 		t.Errorf("socket directory of mode 0777: %v\n%s", err, out)
 	}
+	for _, flags := range [][]string{{"--socket-mode", "0999"}, {"--socket-group", "no-such-group-kms"}} {
+		args := append([]string{"doctor", "--listen", socket, "--localaes-key-file", keys, "--health-addr", ""}, flags...)
+		if _, err := runCLI(args...); err == nil || !strings.Contains(err.Error(), flags[0]) {
+			t.Errorf("%v, which serve refuses: %v", flags, err)
+		}
+	}
 	taken, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
