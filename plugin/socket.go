@@ -173,4 +173,6 @@ func creatable(dir string) error {
 }
 
 // missing reports a path that does not exist, or that a file stands in the way of.
-func missing(err error) bool { return errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) }
+func missing(err error) bool {
+	return errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)
+}
