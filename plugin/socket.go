@@ -135,7 +135,7 @@ func checkSocketDir(dir string) error {
 	}
 	var bad *privatefile.Error
 	if err := privatefile.JudgeInfo(dir, info, privatefile.Public); errors.As(err, &bad) {
-		return &SocketPathError{Fix: bad.Fix + ", or use a directory only its owner can write",
+		return &SocketPathError{Fix: "choose a --listen path in a directory only its owner can write, or " + bad.Fix,
 			Problem: "socket directory " + dir + " " + bad.Problem}
 	} else if err != nil {
 		return err
