@@ -3,24 +3,40 @@ package doctor
 import (
 	"errors"
 	"io/fs"
+	"os"
 
+	"github.com/kmsplugin/kms-plugin/backends/vault"
 	"github.com/kmsplugin/kms-plugin/internal/privatefile"
 )
 
-// File is a file the plugin reads.
+// File is a file serve reads, with serve's own reading of it.
 type File struct {
-	What string // "localaes key file", "vault token file", ...
+	What string // "localaes key file", "token file", ...
 	Path string
-	// Secret files must be readable by their owner only. A file that is not secret (a CA
-	// bundle, a certificate) must still not be writable by others: whoever can replace a CA
-	// can impersonate Vault. A certificate file holding a private key counts as secret.
-	Secret bool
-	// Lenient marks secrets whose usual deployments make them group- or world-readable inside
-	// the container (a projected service-account token): that is a warning, not a failure.
-	Lenient bool
+	// Rule is internal/privatefile's rule serve reads it by. Any marks a projected
+	// service-account token, which kubelet usually mounts readable by all: serve takes it,
+	// doctor warns unless it is private.
+	Rule privatefile.Rule
+	Read func() ([]byte, error) // serve's reading: a refusal here is a refusal there
 }
 
-// Files checks each file's existence and permissions.
+// VaultFiles are the files the Vault backend reads with cfg: its TLS files and its auth
+// method's credentials, at their default paths where cfg names none (vault.Files).
+func VaultFiles(cfg vault.Config) []File {
+	var out []File
+	for _, f := range vault.Files(cfg) {
+		out = append(out, File{What: f.What, Path: f.Path, Rule: f.Rule, Read: f.Read})
+	}
+	return out
+}
+
+// KeyFile is the localaes key file, read as localaes reads it.
+func KeyFile(path string) File {
+	return File{What: "localaes key file", Path: path, Rule: privatefile.Secret,
+		Read: func() ([]byte, error) { return privatefile.Read(path) }}
+}
+
+// Files checks each file by reading it as serve does.
 func Files(files []File) []Result {
 	var out []Result
 	for _, f := range files {
@@ -29,27 +45,34 @@ func Files(files []File) []Result {
 	return out
 }
 
-// checkFile gives the verdict serve acts on: the rule of internal/privatefile, which serve
-// applies when it reads the same file (a refusal here is a refusal there). Only a Lenient
-// file's mode or owner is a warning, since serve accepts whatever mode kubelet gives it.
+// checkFile gives serve's verdict: the file read by serve's own reading of it. A file serve
+// takes whatever its mode (Rule Any) warns when group or others may read it.
 func checkFile(f File) Result {
 	const check = "file permissions"
-	rule := privatefile.Public // a file holding a private key is held to Secret
-	if f.Secret {
-		rule = privatefile.Secret
-	}
-	b, info, err := privatefile.Judge(f.Path, rule)
+	b, err := f.Read()
 	clear(b)
 	var bad *privatefile.Error
+	var pathErr *fs.PathError
 	switch {
-	case errors.As(err, &bad) && bad.Permissions && f.Lenient:
-		return warn(check, bad.Fix+" (for a projected token: defaultMode 0400)", "%s %s", f.What, bad.Problem)
 	case errors.As(err, &bad):
 		return fail(check, bad.Fix, "%s %s %s", f.What, f.Path, bad.Problem)
 	case errors.Is(err, fs.ErrNotExist):
-		return fail(check, "create it, or fix the flag that names it", "%s %s: %v", f.What, f.Path, err)
+		return fail(check, "create it, or fix the flag that names it", "%s %s does not exist", f.What, f.Path)
+	case errors.As(err, &pathErr):
+		return fail(check, "run as a user who may read it", "%s %s: %v", f.What, f.Path, pathErr.Err)
 	case err != nil:
-		return fail(check, "run as a user who may read it", "%s %s: %v", f.What, f.Path, err)
+		return fail(check, "fix the file, or the flag that names it", "%v", err)
+	}
+	if f.Rule == privatefile.Any {
+		b, _, err := privatefile.Judge(f.Path, privatefile.Secret)
+		clear(b)
+		if errors.As(err, &bad) && bad.Permissions {
+			return warn(check, bad.Fix+" (for a projected token: defaultMode 0400)", "%s %s %s", f.What, f.Path, bad.Problem)
+		}
+	}
+	info, err := os.Stat(f.Path)
+	if err != nil {
+		return fail(check, "", "%s %s: %v", f.What, f.Path, err)
 	}
 	return ok(check, "%s %s: mode %04o", f.What, f.Path, info.Mode().Perm())
 }

@@ -3,13 +3,16 @@ package doctor
 import (
 	"context"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/kmsplugin/kms-plugin/backends/localaes"
+	"github.com/kmsplugin/kms-plugin/internal/privatefile"
 	"github.com/kmsplugin/kms-plugin/internal/testing/plugintest"
+	"github.com/kmsplugin/kms-plugin/plugin/endpoints"
 )
 
 func only(t *testing.T, rs []Result) Result {
@@ -75,7 +78,7 @@ func TestSocket(t *testing.T) {
 				c.Close()
 			}
 		}()
-		wantStatus(t, only(t, Socket(ctx, path, false)), Fail, "served by a live process")
+		wantStatus(t, only(t, Socket(ctx, path, false)), Fail, "served by another live process")
 		wantStatus(t, only(t, Socket(ctx, path, true)), Fail, "Status over")
 	})
 	t.Run("running plugin", func(t *testing.T) {
@@ -86,23 +89,47 @@ func TestSocket(t *testing.T) {
 	})
 }
 
+// Beside a running plugin, the health address is expected to answer its /healthz.
+func TestHealthAddrRunning(t *testing.T) {
+	srv, err := endpoints.Listen("127.0.0.1:0", endpoints.Config{Ready: func() error { return nil }, Metrics: http.NotFoundHandler()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve()
+	defer srv.Shutdown(context.Background())
+	ctx := context.Background()
+	wantStatus(t, HealthAddr(ctx, srv.Addr(), true), OK, "/healthz: ok")
+	wantStatus(t, HealthAddr(ctx, srv.Addr(), false), Fail, "cannot be bound") // taken, by the plugin
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	free := l.Addr().String()
+	l.Close()
+	wantStatus(t, HealthAddr(ctx, free, true), Fail, "--health-addr")
+	wantStatus(t, HealthAddr(ctx, "", true), OK, "endpoints off")
+}
+
 func TestFiles(t *testing.T) {
 	dir, write := fileWriter(t)
+	file := func(what, path string, rule privatefile.Rule) File {
+		return File{What: what, Path: path, Rule: rule, Read: func() ([]byte, error) { return privatefile.ReadAs(path, rule) }}
+	}
 	for _, c := range []struct {
 		name string
 		file File
 		want Status
 		says string
 	}{
-		{"private token", File{What: "token", Path: write("t1", "s.x", 0o600), Secret: true}, OK, "mode 0600"},
-		{"token readable by group", File{What: "token", Path: write("t2", "s.x", 0o640), Secret: true}, Fail, "chmod 600"},
-		{"token readable by all", File{What: "token", Path: write("t3", "s.x", 0o644), Secret: true}, Fail, "group or others can read"},
-		{"projected token readable by all", File{What: "sa token", Path: write("t4", "jwt", 0o644), Secret: true, Lenient: true}, Warn, "chmod 600"},
-		{"CA readable by all", File{What: "CA", Path: write("ca1", cert, 0o644)}, OK, "mode 0644"},
-		{"CA writable by group", File{What: "CA", Path: write("ca2", cert, 0o664)}, Fail, "can replace it"},
-		{"certificate with its key", File{What: "client certificate", Path: write("c1", cert+key, 0o644)}, Fail, "chmod 600"},
-		{"missing", File{What: "token", Path: filepath.Join(dir, "none"), Secret: true}, Fail, "no such file"},
-		{"directory", File{What: "token", Path: dir, Secret: true}, Fail, "not a regular file"},
+		{"private token", file("token", write("t1", "s.x", 0o600), privatefile.Secret), OK, "mode 0600"},
+		{"token readable by group", file("token", write("t2", "s.x", 0o640), privatefile.Secret), Fail, "chmod 600"},
+		{"token readable by all", file("token", write("t3", "s.x", 0o644), privatefile.Secret), Fail, "group or others can read"},
+		{"projected token readable by all", file("sa token", write("t4", "jwt", 0o644), privatefile.Any), Warn, "chmod 600"},
+		{"CA readable by all", file("CA", write("ca1", cert, 0o644), privatefile.Public), OK, "mode 0644"},
+		{"CA writable by group", file("CA", write("ca2", cert, 0o664), privatefile.Public), Fail, "can replace it"},
+		{"certificate with its key", file("client certificate", write("c1", cert+key, 0o644), privatefile.Public), Fail, "chmod 600"},
+		{"missing", file("token", filepath.Join(dir, "none"), privatefile.Secret), Fail, "does not exist"},
+		{"directory", file("token", dir, privatefile.Secret), Fail, "not a regular file"},
 	} {
 		t.Run(c.name, func(t *testing.T) { wantStatus(t, only(t, Files([]File{c.file})), c.want, c.says) })
 	}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -34,16 +33,10 @@ type VaultOptions struct {
 // Vault runs the Vault checks in order. A failure that leaves nothing to check further (Vault
 // unreachable, no token) ends them.
 func Vault(ctx context.Context, o VaultOptions) []Result {
-	cfg := o.Config
-	if cfg.Mount == "" {
-		cfg.Mount = "transit"
-	}
-	cfg.Mount = strings.Trim(cfg.Mount, "/")
-	cfg.Namespace = strings.Trim(cfg.Namespace, "/")
 	if o.Timeout <= 0 {
 		o.Timeout = 5 * time.Second
 	}
-	d := &vaultDoctor{o: o, cfg: cfg}
+	d := &vaultDoctor{o: o, cfg: o.Config.WithDefaults()}
 	out := d.run(ctx)
 	if d.revoke != nil {
 		d.revoke()
@@ -59,11 +52,18 @@ type vaultDoctor struct {
 }
 
 func (d *vaultDoctor) run(ctx context.Context) []Result {
-	anon, err := d.clientAt(d.cfg.Address)
-	if err != nil {
-		return []Result{fail("vault client", "fix the --vault-* TLS flags", "%v", err)}
+	// The backend as serve opens it: its settings and TLS files, without contacting Vault.
+	if _, err := vault.Open(d.o.Config); err != nil {
+		return []Result{fail("vault client", "fix the --vault-* flags or files it names", "%v: serve would refuse to start", err)}
 	}
 	var out []Result
+	for _, risk := range d.cfg.Risks() { // serve warns of them too
+		out = append(out, warn("vault client", "use https and --vault-ca-file", "%s", risk))
+	}
+	anon, err := d.clientAt(d.cfg.Address)
+	if err != nil {
+		return append(out, fail("vault client", "fix the --vault-* TLS flags", "%v", err))
+	}
 	health := d.health(ctx, anon, d.cfg.Address)
 	out = append(out, health)
 	if health.Status == Fail {
@@ -106,20 +106,22 @@ func (d *vaultDoctor) ctx(ctx context.Context) (context.Context, context.CancelF
 	return context.WithTimeout(ctx, d.o.Timeout)
 }
 
+// health reads sys/health as the backend's check does (vault.ReadHealth).
 func (d *vaultDoctor) health(ctx context.Context, anon *api.Client, addr string) Result {
 	const check = "vault reachable"
 	ctx, cancel := d.ctx(ctx)
 	defer cancel()
-	h, err := anon.Sys().HealthWithContext(ctx)
+	h, err := vault.ReadHealth(ctx, anon, addr)
 	switch {
-	case err != nil:
-		return fail(check, "check --vault-addr, the network path, and --vault-ca-file/--vault-tls-server-name for TLS errors",
-			"sys/health at %s: %v", addr, err)
-	case !h.Initialized:
-		return fail(check, "initialise Vault (vault operator init)", "Vault at %s is not initialized", addr)
-	case h.Sealed:
+	case err != nil && h == nil:
+		return fail(check, "check --vault-addr, the network path, and --vault-ca-file/--vault-tls-server-name for TLS errors", "%v", err)
+	case err != nil && !h.Initialized:
+		return fail(check, "initialise Vault (vault operator init)", "%v", err)
+	case err != nil && h.Sealed:
 		return fail(check, "unseal it (vault operator unseal), or check its auto-unseal",
-			"Vault at %s is sealed: every request fails until it is unsealed", addr)
+			"%v: every request fails until it is unsealed", err)
+	case err != nil:
+		return fail(check, "check that --vault-addr is a Vault server", "%v", err)
 	}
 	role := "active"
 	if h.Standby {
@@ -139,7 +141,7 @@ func (d *vaultDoctor) login(ctx context.Context) ([]Result, bool) {
 	session, err := vault.Login(lctx, d.cfg)
 	cancel()
 	if err != nil {
-		return []Result{fail(check, loginFix(method), "%s login: %s", method, vaultError(err))}, false
+		return []Result{fail(check, loginFix(method), "%v", vault.Classify(method+" login", err))}, false
 	}
 	d.client = session.Client
 	lease := session.Lease
@@ -153,11 +155,11 @@ func (d *vaultDoctor) login(ctx context.Context) ([]Result, bool) {
 	cancel()
 	if err != nil {
 		if strings.Contains(err.Error(), "invalid token") {
-			return []Result{fail(check, loginFix(method), "%s: Vault does not accept the token (revoked, expired or mistyped): %s", method, vaultError(err))}, false
+			return []Result{fail(check, loginFix(method), "%s: Vault does not accept the token (revoked, expired or mistyped): %v", method, vault.Classify("token lookup", err))}, false
 		}
 		if lease == nil {
 			return []Result{fail(check, "grant read on auth/token/lookup-self (kmsctl policy prints it), or check the token",
-				"%s: looking the token up failed, and the plugin looks a supplied token up at every login: %s", method, vaultError(err))}, false
+				"%s: looking the token up failed, and the plugin looks a supplied token up at every login: %v", method, vault.Classify("token lookup", err))}, false
 		}
 		return []Result{ok(check, "%s login works (the token cannot look itself up: see the capabilities check)", method)}, true
 	}
@@ -210,7 +212,7 @@ func (d *vaultDoctor) capabilities(ctx context.Context) []Result {
 	caps, err := vault.CapabilitiesSelf(ctx, d.client, paths)
 	if err != nil {
 		return []Result{fail(check, `grant "update" on sys/capabilities-self (kmsctl policy includes it; so does Vault's default policy)`,
-			"cannot read the token's capabilities: %s", vaultError(err))}
+			"cannot read the token's capabilities: %v", vault.Classify("sys/capabilities-self", err))}
 	}
 	var missing, broader []string
 	if root := slices.Contains(caps[rules[0].Path], "root"); root {
@@ -283,7 +285,7 @@ func (d *vaultDoctor) key(ctx context.Context) []Result {
 	secret, err := vault.ReadKey(rctx, d.client, d.cfg.Mount, d.cfg.Key)
 	cancel()
 	if err != nil {
-		return []Result{fail(check, "see the capabilities check", "reading %s: %s", path, vaultError(err))}
+		return []Result{fail(check, "see the capabilities check", "%v", vault.Classify("reading "+path, err))}
 	}
 	if secret == nil {
 		return []Result{fail(check, fmt.Sprintf("create it: vault write -f %s (and check --vault-transit-mount, --vault-transit-key)", path),
@@ -447,13 +449,4 @@ func (d *vaultDoctor) roundTrip(ctx context.Context) Result {
 		return fail(check, "", "decrypt under %s returned other bytes than were encrypted", keyID)
 	}
 	return ok(check, "encrypted and decrypted a random DEK under key id %s", keyID)
-}
-
-// vaultError is Vault's own message, on one line.
-func vaultError(err error) string {
-	var re *api.ResponseError
-	if errors.As(err, &re) {
-		return fmt.Sprintf("vault answered %d: %s", re.StatusCode, strings.Join(re.Errors, "; "))
-	}
-	return err.Error()
 }

@@ -196,7 +196,7 @@ path "transit/*" { capabilities = ["create", "read", "update", "delete", "list",
 
 	t.Run("invalid token", func(t *testing.T) {
 		rep := runVault(t, VaultOptions{Config: s.config("healthy", writeToken(t, "hvs.not-a-token"))})
-		want(t, rep, "vault login", Fail, "403", "--vault-token-file")
+		want(t, rep, "vault login", Fail, "invalid token", "--vault-token-file")
 		if len(rep) != 2 {
 			t.Errorf("checks after a failed login ran: %v", rep)
 		}

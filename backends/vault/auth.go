@@ -4,13 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"fmt"
 	"strings"
 	"time"
 
 	"github.com/hashicorp/vault/api"
-
-	"github.com/kmsplugin/kms-plugin/internal/privatefile"
 )
 
 // Auth is one way to get a Vault token. Login is called at start, when the token stops
@@ -49,7 +46,7 @@ type TokenFile struct {
 func (*TokenFile) Method() string { return "token" }
 
 func (f *TokenFile) Login(context.Context, *api.Client) (string, *api.SecretAuth, error) {
-	b, err := readSecretFile(f.Path, "token file")
+	b, err := f.file().Read()
 	if err != nil {
 		return "", nil, err
 	}
@@ -59,7 +56,7 @@ func (f *TokenFile) Login(context.Context, *api.Client) (string, *api.SecretAuth
 
 // Changed reports whether the file holds something other than what Login read last.
 func (f *TokenFile) Changed() bool {
-	b, err := readSecretFile(f.Path, "token file")
+	b, err := f.file().Read()
 	return err == nil && !bytes.Equal(b, f.last)
 }
 
@@ -77,7 +74,7 @@ func (AppRole) Method() string { return "approle" }
 func (a AppRole) Login(ctx context.Context, c *api.Client) (string, *api.SecretAuth, error) {
 	roleID := a.RoleID
 	if a.RoleIDFile != "" {
-		b, err := readSecretFile(a.RoleIDFile, "approle role id file")
+		b, err := a.roleIDFile().Read()
 		if err != nil {
 			return "", nil, err
 		}
@@ -88,7 +85,7 @@ func (a AppRole) Login(ctx context.Context, c *api.Client) (string, *api.SecretA
 	}
 	body := map[string]any{"role_id": roleID}
 	if a.SecretIDFile != "" {
-		secretID, err := readSecretFile(a.SecretIDFile, "approle secret id file")
+		secretID, err := a.secretIDFile().Read()
 		if err != nil {
 			return "", nil, err
 		}
@@ -114,11 +111,7 @@ func (k Kubernetes) Login(ctx context.Context, c *api.Client) (string, *api.Secr
 	if k.Role == "" {
 		return "", nil, &localError{"kubernetes auth: no role"}
 	}
-	path := k.JWTFile
-	if path == "" {
-		path = DefaultServiceAccountTokenFile
-	}
-	jwt, err := readCredential(path, "service-account token file", privatefile.Any) // kubelet's mode; doctor warns
+	jwt, err := k.jwtFile().Read()
 	if err != nil {
 		return "", nil, err
 	}
@@ -138,7 +131,7 @@ type JWT struct {
 func (*JWT) Method() string { return "jwt" }
 
 func (j *JWT) Login(ctx context.Context, c *api.Client) (string, *api.SecretAuth, error) {
-	token, err := readSecretFile(j.TokenFile, "JWT file")
+	token, err := j.file().Read()
 	if err != nil {
 		return "", nil, err
 	}
@@ -152,7 +145,7 @@ func (j *JWT) Login(ctx context.Context, c *api.Client) (string, *api.SecretAuth
 
 // Changed reports whether the file holds another JWT than the last login read.
 func (j *JWT) Changed() bool {
-	token, err := readSecretFile(j.TokenFile, "JWT file")
+	token, err := j.file().Read()
 	return err == nil && digest(token) != j.last
 }
 
@@ -176,32 +169,6 @@ func login(ctx context.Context, c *api.Client, path string, body map[string]any)
 		return "", nil, &localError{"login at " + path + " returned no token"}
 	}
 	return secret.Auth.ClientToken, secret.Auth, nil
-}
-
-// readSecretFile reads a small credential file; trailing whitespace (a newline from echo) is
-// not part of the secret. Errors name the file, never its content. The file is held to the
-// rule of internal/privatefile, as doctor holds it: private (chmod 600), owned by root or us.
-func readSecretFile(path, what string) ([]byte, error) {
-	return readCredential(path, what, privatefile.Secret)
-}
-
-func readCredential(path, what string, rule privatefile.Rule) ([]byte, error) {
-	if path == "" {
-		return nil, &localError{"no " + what + " configured"}
-	}
-	b, err := privatefile.ReadAs(path, rule)
-	if err != nil {
-		return nil, &localError{what + ": " + err.Error()}
-	}
-	if len(b) > 64<<10 {
-		clear(b)
-		return nil, &localError{fmt.Sprintf("%s %s: %d bytes is too large for a credential", what, path, len(b))}
-	}
-	b = bytes.TrimSpace(b)
-	if len(b) == 0 {
-		return nil, &localError{what + " " + path + " is empty"}
-	}
-	return b, nil
 }
 
 func mountOr(mount, def string) string {

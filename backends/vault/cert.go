@@ -9,8 +9,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/vault/api"
-
-	"github.com/kmsplugin/kms-plugin/internal/privatefile"
 )
 
 // Cert logs in with Vault's TLS certificate auth method: the credential is the client
@@ -47,17 +45,17 @@ func (c *Cert) files() (certFile, keyFile string) {
 }
 
 func (c *Cert) read() (certPEM, keyPEM []byte, err error) {
-	certFile, keyFile := c.files()
-	if certFile == "" || keyFile == "" {
+	files := c.credentials()
+	if len(files) == 0 {
 		return nil, nil, &localError{"cert auth: no certificate and key file configured"}
 	}
-	if certPEM, err = readCredential(certFile, "client certificate file", privatefile.Public); err != nil { // with a key in it: Secret
+	if certPEM, err = files[0].Read(); err != nil {
 		return nil, nil, err
 	}
-	if keyFile == certFile {
+	if len(files) == 1 { // one file holds both
 		return certPEM, certPEM, nil
 	}
-	keyPEM, err = readSecretFile(keyFile, "client key file")
+	keyPEM, err = files[1].Read()
 	return certPEM, keyPEM, err
 }
 

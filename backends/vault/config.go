@@ -13,7 +13,6 @@ import (
 	"github.com/hashicorp/vault/api"
 
 	"github.com/kmsplugin/kms-plugin/internal/clock"
-	"github.com/kmsplugin/kms-plugin/internal/tlsfiles"
 )
 
 // Config is everything the backend needs. The cmd layer fills it from flags and the few
@@ -67,6 +66,13 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// WithDefaults is c with the defaults Open applies: the transit mount, namespace and mount
+// trimmed of slashes, the retry policy, intervals, clock and log.
+func (c Config) WithDefaults() Config {
+	c.setDefaults()
+	return c
+}
+
 // addresses is Address followed by FailoverAddresses.
 func (c *Config) addresses() []string { return append([]string{c.Address}, c.FailoverAddresses...) }
 
@@ -112,6 +118,19 @@ func (c *Config) validate() error {
 	return nil
 }
 
+// Risks are the settings of c that work but expose tokens and DEKs on the network: serve logs
+// each as a warning at start, kmsctl doctor prints each as one.
+func (c *Config) Risks() []string {
+	var out []string
+	if c.SkipVerify {
+		out = append(out, "--vault-skip-verify: Vault's certificate is NOT verified; anyone on the network path can read every DEK. Use --vault-ca-file instead.")
+	}
+	if c.Cleartext() {
+		out = append(out, "--vault-addr is plain http to a non-loopback host: tokens and DEKs cross the network unencrypted")
+	}
+	return out
+}
+
 // Cleartext reports whether an address sends tokens and DEKs unencrypted over a network
 // (http:// to anything but loopback), which the cmd layer warns about.
 func (c *Config) Cleartext() bool {
@@ -140,7 +159,7 @@ func cleartext(address string) bool {
 // reused. No proxy: only the documented settings shape where requests go. It has no timeout
 // of its own; every request carries its caller's deadline.
 func (c *Config) newTransport() (*http.Transport, error) {
-	tlsCfg, err := tlsfiles.Files{CAFile: c.CAFile, CertFile: c.ClientCert, KeyFile: c.ClientKey}.Client()
+	tlsCfg, err := c.tlsFiles().Client()
 	if err != nil {
 		return nil, fmt.Errorf("vault TLS: %w", err)
 	}

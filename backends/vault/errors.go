@@ -13,6 +13,10 @@ import (
 	"github.com/kmsplugin/kms-plugin/dek"
 )
 
+// Classify is the backend's reading of an error from Vault, for a tool that asks Vault what the
+// backend asks (kmsctl doctor): see classify.
+func Classify(what string, err error) error { return classify(what, err) }
+
 // classify turns a vault/api error into one that wraps the dek error kind the gRPC layer maps
 // to a code. what names the operation ("decrypt with transit/decrypt/k"); messages carry Vault's
 // own words, which never include tokens or plaintext.

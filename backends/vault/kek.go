@@ -243,16 +243,8 @@ func (k *KEK) clusterID(ctx context.Context) (string, error) {
 		h, err = k.health.Sys().HealthWithContext(ctx)
 		return err
 	})
-	addr := k.addrs.inUse()
-	switch {
-	case err != nil:
-		return "", classify("vault health check at "+addr, err)
-	case !h.Initialized:
-		return "", dek.PublicAs(fmt.Errorf("%w: vault at %s is not initialized", dek.ErrUnavailable, addr), "vault is not initialized")
-	case h.Sealed:
-		return "", dek.PublicAs(fmt.Errorf("%w: vault at %s is sealed", dek.ErrUnavailable, addr), "vault is sealed")
-	case h.ClusterID == "":
-		return "", fmt.Errorf("%w: vault at %s reports no cluster id", dek.ErrUnavailable, addr)
+	if err := judgeHealth(k.addrs.inUse(), h, err); err != nil {
+		return "", err
 	}
 	return h.ClusterID, nil
 }

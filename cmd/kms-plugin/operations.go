@@ -30,9 +30,7 @@ func stackConfig(opened serveconfig.Opened, o serveconfig.Options, m *metrics.Me
 }
 
 // startOps serves the HTTP endpoints when --health-addr is set; stop shuts them down. An
-// address that cannot be bound stops the plugin from starting, the default one included: the
-// probes of the shipped manifests ask that address, and a stranger answering them could have
-// kubelet restart a healthy plugin in a loop, or keep a dead one looking alive.
+// address that cannot be bound stops the plugin from starting (endpoints.Listen says why).
 func startOps(o serveconfig.OpsOptions, monitor *plugin.Monitor, m *metrics.Metrics, log *slog.Logger) (stop func(), err error) {
 	if o.HealthAddr == "" {
 		log.Info("health and metrics endpoints off (--health-addr \"\")")
@@ -57,7 +55,7 @@ func startOps(o serveconfig.OpsOptions, monitor *plugin.Monitor, m *metrics.Metr
 		Version: version,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%w: another process may listen there, and the probes would reach it; stop it, or give this plugin another --health-addr (and its probes that port), or --health-addr \"\" to turn the endpoints off", err)
+		return nil, fmt.Errorf("%w; %s", err, endpoints.BindFix)
 	}
 	if loopback, _ := endpoints.IsLoopback(o.HealthAddr); !loopback {
 		log.Warn("health and metrics endpoints listen beyond loopback, as --health-addr asks", "health_addr", srv.Addr())

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -32,8 +31,10 @@ func newDoctorCommand() *cobra.Command {
 		Use:   "doctor",
 		Short: "Check what serve needs (socket, file permissions, Vault, key, policy); one line per check",
 		Long: `Runs the checks that tell, before the plugin serves (or beside a running one), whether it
-can: the socket path is usable (with --running: a plugin answers Status there), credential files
-are private, and for --backend vault: Vault is reachable and unsealed, the login works, the
+can, each check that serve also makes being serve's own: the socket path is usable (with
+--running: a plugin answers Status there), --health-addr can be bound (with --running: the
+plugin's /healthz answers there), credential files are private, and for --backend vault: the
+backend opens with these settings, Vault is reachable and unsealed, the login works, the
 token's capabilities are exactly what 'kmsctl policy' prints (missing ones fail, extra ones
 warn), the transit key is safely configured (authenticated cipher, not exportable, not
 deletable, min_decryption_version not above a version still used in etcd, with
@@ -68,21 +69,25 @@ func runDoctor(cmd *cobra.Command, o serveconfig.Options, d doctorOptions, all [
 	if err != nil {
 		return err
 	}
+	if _, err := serveconfig.SocketOptions(o.SocketMode, o.SocketGroup); err != nil {
+		return err // as serve refuses them
+	}
 	chosen, err := serveconfig.Choose(cmd.Flags(), o, all)
 	if err != nil {
 		return err
 	}
 	ctx := cmd.Context()
 	rep := doctor.Report(doctor.Socket(ctx, path, d.running))
+	rep = append(rep, doctor.HealthAddr(ctx, o.Ops.HealthAddr, d.running))
 	switch b := chosen.(type) {
 	case *serveconfig.LocalAES:
-		if _, err := os.Stat(b.KeyFile); errors.Is(err, os.ErrNotExist) && !cmd.Flags().Changed("localaes-key-file") {
+		if b.CreatesKeyFile(cmd.Flags()) {
 			rep = append(rep, doctor.Result{Status: doctor.Warn, Check: "localaes key file",
 				Detail: b.KeyFile + " does not exist: serve will create a new key there",
 				Fix:    "create keys with 'kmsctl keygen', back them up, and pass --localaes-key-file"})
 			break
 		}
-		rep = append(rep, doctor.Files([]doctor.File{{What: "localaes key file", Path: b.KeyFile, Secret: true}})...)
+		rep = append(rep, doctor.Files([]doctor.File{doctor.KeyFile(b.KeyFile)})...)
 		rep = append(rep, doctor.LocalAES(b.KeyFile))
 	case *serveconfig.Vault:
 		cfg, err := b.Config(os.Getenv, slog.New(slog.DiscardHandler))

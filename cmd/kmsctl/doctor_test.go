@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -39,7 +40,7 @@ func TestDoctorCommandVault(t *testing.T) {
 	dir := plugintest.ShortTempDir(t)
 	args := func(tokenFile string) []string {
 		return []string{"doctor", "--listen", filepath.Join(dir, "kms.sock"), "--backend", "vault", "--vault-addr", v.Addr,
-			"--vault-transit-key", "k8s", "--vault-token-file", tokenFile}
+			"--vault-transit-key", "k8s", "--vault-token-file", tokenFile, "--health-addr", "127.0.0.1:0"}
 	}
 
 	good := v.PolicyTokenFile(t, "kms-plugin", policy)
@@ -71,7 +72,7 @@ func TestDoctorCommandVault(t *testing.T) {
 	// The same settings from serve's --config file.
 	config := filepath.Join(dir, "config.yaml")
 	yaml := "listen: " + filepath.Join(dir, "kms.sock") + "\nbackend: vault\nvault-addr: " + v.Addr +
-		"\nvault-transit-key: k8s\nvault-token-file: " + good + "\ncheck-interval: 5s\n"
+		"\nvault-transit-key: k8s\nvault-token-file: " + good + "\ncheck-interval: 5s\nhealth-addr: \"127.0.0.1:0\"\n"
 	if err := os.WriteFile(config, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -93,8 +94,9 @@ func TestDoctorCommandLocalAES(t *testing.T) {
 		t.Fatal(err)
 	}
 	socket := filepath.Join(dir, "kms.sock")
-	out, err := runCLI("doctor", "--listen", socket, "--localaes-key-file", keys)
-	if err != nil || len(lines(out, "ok")) != 3 {
+	// The default --health-addr is for one plugin per host: other tests may hold it.
+	out, err := runCLI("doctor", "--listen", socket, "--localaes-key-file", keys, "--health-addr", "127.0.0.1:0")
+	if err != nil || len(lines(out, "ok")) != 4 {
 		t.Fatalf("healthy: %v\n%s", err, out)
 	}
 
@@ -104,20 +106,49 @@ func TestDoctorCommandLocalAES(t *testing.T) {
 		t.Fatal(err)
 	}
 	served := plugintest.Serve(t, kek, plugintest.Options{Socket: socket})
-	out, err = runCLI("doctor", "--running", "--listen", socket, "--localaes-key-file", keys)
+	out, err = runCLI("doctor", "--running", "--listen", socket, "--localaes-key-file", keys, "--health-addr", "")
 	if err != nil || !strings.Contains(out, "ok    plugin status        Status over "+socket+": healthz ok, key_id localaes:") {
 		t.Errorf("--running: %v\n%s", err, out)
 	}
-	out, err = runCLI("doctor", "--listen", socket, "--localaes-key-file", keys)
+	out, err = runCLI("doctor", "--listen", socket, "--localaes-key-file", keys, "--health-addr", "")
 	if err == nil || !strings.Contains(out, "FAIL  socket") {
 		t.Errorf("socket in use without --running: %v\n%s", err, out)
 	}
 	served.Stop()
 
+	// What serve refuses, doctor fails (issue 18): a socket directory others may write, and a
+	// --health-addr another process holds.
+	open := filepath.Join(dir, "open")
+	if err := os.Mkdir(open, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	out, err = runCLI("doctor", "--listen", filepath.Join(open, "x.sock"), "--localaes-key-file", keys, "--health-addr", "")
+	if err == nil || !strings.Contains(out, "FAIL  socket               socket directory "+open+" has mode 0777") {
+		t.Errorf("socket directory of mode 0777: %v\n%s", err, out)
+	}
+	for _, flags := range [][]string{{"--socket-mode", "0999"}, {"--socket-group", "no-such-group-kms"}} {
+		args := append([]string{"doctor", "--listen", socket, "--localaes-key-file", keys, "--health-addr", ""}, flags...)
+		if _, err := runCLI(args...); err == nil || !strings.Contains(err.Error(), flags[0]) {
+			t.Errorf("%v, which serve refuses: %v", flags, err)
+		}
+	}
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	out, err = runCLI("doctor", "--listen", socket, "--localaes-key-file", keys, "--health-addr", taken.Addr().String())
+	if err == nil || !strings.Contains(out, "FAIL  health address       --health-addr "+taken.Addr().String()+" cannot be bound") {
+		t.Errorf("--health-addr taken: %v\n%s", err, out)
+	}
+
 	if err := os.Chmod(keys, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err = runCLI("doctor", "--listen", socket, "--localaes-key-file", keys)
+	out, err = runCLI("doctor", "--listen", socket, "--localaes-key-file", keys, "--health-addr", "")
 	if err == nil || len(lines(out, "FAIL")) != 2 || !strings.Contains(out, "chmod 600 "+keys) {
 		t.Errorf("key file readable by others: %v\n%s", err, out)
 	}
@@ -125,7 +156,7 @@ func TestDoctorCommandLocalAES(t *testing.T) {
 	saved := serveconfig.DefaultKeyFile
 	serveconfig.DefaultKeyFile = filepath.Join(dir, "absent.yaml")
 	defer func() { serveconfig.DefaultKeyFile = saved }()
-	out, err = runCLI("doctor", "--listen", socket)
+	out, err = runCLI("doctor", "--listen", socket, "--health-addr", "")
 	if err != nil || !strings.Contains(out, "warn  localaes key file") {
 		t.Errorf("default key file missing: %v\n%s", err, out)
 	}

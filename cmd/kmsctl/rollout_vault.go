@@ -76,13 +76,10 @@ func (v *rolloutVault) open(ctx context.Context, cfg *encryptionconfig.Config, l
 	if err != nil {
 		return nil, err
 	}
-	if vcfg.SkipVerify {
-		fmt.Fprintln(log, "warning: --vault-skip-verify: Vault's certificate is NOT verified; use --vault-ca-file instead")
+	for _, risk := range vcfg.Risks() { // what serve warns of
+		fmt.Fprintln(log, "warning: "+risk)
 	}
-	if vcfg.Mount == "" {
-		vcfg.Mount = "transit"
-	}
-	vcfg.Mount = strings.Trim(vcfg.Mount, "/")
+	vcfg = vcfg.WithDefaults()
 	provider, err := v.providerOf(cfg)
 	if err != nil {
 		return nil, err

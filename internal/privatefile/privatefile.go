@@ -117,6 +117,11 @@ func notRegular(path string) error {
 // HoldsPrivateKey reports whether b holds a PEM private key.
 func HoldsPrivateKey(b []byte) bool { return bytes.Contains(b, []byte("PRIVATE KEY-----")) }
 
+// JudgeInfo judges a file or directory already looked at (info from fstat or stat) by rule, for
+// a caller that does not read it: a socket's directory is held to Public (owned by root or us,
+// writable by no one else). A directory's mode is judged like a file's.
+func JudgeInfo(path string, info fs.FileInfo, rule Rule) error { return check(path, info, rule) }
+
 func check(path string, info fs.FileInfo, rule Rule) error {
 	if rule == Any {
 		return nil
@@ -140,6 +145,10 @@ func check(path string, info fs.FileInfo, rule Rule) error {
 		return &Error{Path: path, Permissions: true,
 			Problem: fmt.Sprintf("has mode %04o: group or others can read or change a secret", perm),
 			Fix:     "chmod 600 " + path}
+	case perm&0o022 != 0 && info.IsDir():
+		return &Error{Path: path, Permissions: true,
+			Problem: fmt.Sprintf("has mode %04o: group or others may write in it, and could swap what it holds for a link", perm),
+			Fix:     "chmod go-w " + path}
 	case perm&0o022 != 0:
 		return &Error{Path: path, Permissions: true,
 			Problem: fmt.Sprintf("has mode %04o: group or others can replace it", perm),

@@ -20,6 +20,43 @@ type Files struct {
 	CAFile, CertFile, KeyFile string
 }
 
+// File is one PEM file of a TLS client, with the rule Client reads it by.
+type File struct {
+	What string // "CA file", "client certificate", "client key"
+	Path string
+	Rule privatefile.Rule // a Public file that holds a private key is read as a Secret
+}
+
+// Read reads the file as Client does.
+func (f File) Read() ([]byte, error) {
+	b, err := privatefile.ReadAs(f.Path, f.Rule)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", f.What, err)
+	}
+	return b, nil
+}
+
+// List names the files Client reads, each with the rule it reads it by; doctor judges them so.
+func (f Files) List() []File {
+	var out []File
+	if f.CAFile != "" {
+		out = append(out, f.ca())
+	}
+	if f.CertFile != "" {
+		out = append(out, f.cert())
+	}
+	if f.KeyFile != "" {
+		out = append(out, f.key())
+	}
+	return out
+}
+
+func (f Files) ca() File { return File{What: "CA file", Path: f.CAFile, Rule: privatefile.Public} }
+func (f Files) cert() File {
+	return File{What: "client certificate", Path: f.CertFile, Rule: privatefile.Public}
+}
+func (f Files) key() File { return File{What: "client key", Path: f.KeyFile, Rule: privatefile.Secret} }
+
 // Client returns a TLS 1.2+ client configuration with f's roots and client certificate.
 func (f Files) Client() (*tls.Config, error) {
 	if (f.CertFile == "") != (f.KeyFile == "") {
@@ -27,9 +64,9 @@ func (f Files) Client() (*tls.Config, error) {
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if f.CAFile != "" {
-		pem, err := privatefile.ReadAs(f.CAFile, privatefile.Public)
+		pem, err := f.ca().Read()
 		if err != nil {
-			return nil, fmt.Errorf("CA file: %w", err)
+			return nil, err
 		}
 		cfg.RootCAs = x509.NewCertPool()
 		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
@@ -37,13 +74,13 @@ func (f Files) Client() (*tls.Config, error) {
 		}
 	}
 	if f.CertFile != "" {
-		certPEM, err := privatefile.ReadAs(f.CertFile, privatefile.Public) // with its key in it: Secret
+		certPEM, err := f.cert().Read() // with its key in it: Secret
 		if err != nil {
-			return nil, fmt.Errorf("client certificate: %w", err)
+			return nil, err
 		}
-		keyPEM, err := privatefile.ReadAs(f.KeyFile, privatefile.Secret)
+		keyPEM, err := f.key().Read()
 		if err != nil {
-			return nil, fmt.Errorf("client key: %w", err)
+			return nil, err
 		}
 		defer clear(keyPEM)
 		cert, err := tls.X509KeyPair(certPEM, keyPEM)

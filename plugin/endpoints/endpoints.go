@@ -76,11 +76,17 @@ type Server struct {
 	lis  net.Listener
 }
 
-// Listen binds addr (host:port; port 0 picks one) and returns a Server ready to Serve.
+// BindFix is what to do about an address that cannot be bound.
+const BindFix = `stop the process that listens there, or give this plugin another --health-addr (and its probes that port), or --health-addr "" to turn the endpoints off`
+
+// Listen binds addr (host:port; port 0 picks one) and returns a Server ready to Serve. An
+// address that cannot be bound is an error, the default one included: the probes of the
+// shipped manifests ask that address, and a stranger answering them could have kubelet restart
+// a healthy plugin in a loop, or keep a dead one looking alive.
 func Listen(addr string, cfg Config) (*Server, error) {
-	lis, err := net.Listen("tcp", addr)
+	lis, err := bind(addr)
 	if err != nil {
-		return nil, fmt.Errorf("--health-addr %s cannot be bound: %w", addr, err)
+		return nil, err
 	}
 	return &Server{lis: lis, http: &http.Server{
 		Handler:           Handler(cfg),
@@ -90,6 +96,24 @@ func Listen(addr string, cfg Config) (*Server, error) {
 		IdleTimeout:       time.Minute,
 		MaxHeaderBytes:    8 << 10,
 	}}, nil
+}
+
+// CheckAddr is Listen's verdict on addr, for kmsctl doctor: addr is bound as Listen binds it,
+// and let go at once.
+func CheckAddr(addr string) error {
+	lis, err := bind(addr)
+	if err != nil {
+		return err
+	}
+	return lis.Close()
+}
+
+func bind(addr string) (net.Listener, error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("--health-addr %s cannot be bound: %w: another process may listen there, and the probes would reach it", addr, err)
+	}
+	return lis, nil
 }
 
 // Addr is the address actually bound.

@@ -25,9 +25,16 @@ func (b *LocalAES) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&b.KeyFile, "localaes-key-file", DefaultKeyFile, "localaes: YAML key file (keys: [{name, secret}]), mode 0600; the first key wraps, all unwrap; SIGHUP reloads it")
 }
 
+// CreatesKeyFile reports whether Open would create the key file: only the default one, and only
+// when it is missing.
+func (b *LocalAES) CreatesKeyFile(fs *pflag.FlagSet) bool {
+	_, err := os.Stat(b.KeyFile)
+	return errors.Is(err, os.ErrNotExist) && !fs.Changed("localaes-key-file")
+}
+
 // Open opens the key file. Its calls are AES in memory: neither bounded nor served from memory.
 func (b *LocalAES) Open(_ context.Context, fs *pflag.FlagSet, log *slog.Logger) (Opened, error) {
-	if _, err := os.Stat(b.KeyFile); errors.Is(err, os.ErrNotExist) && !fs.Changed("localaes-key-file") {
+	if b.CreatesKeyFile(fs) {
 		// CreateKeyFile looks again under the key file's lock and creates it only if it is
 		// still missing: of plugins starting at once, one creates the file and the others find
 		// it. Each then loads what the file holds, so every plugin wraps with a key in it.

@@ -111,11 +111,8 @@ func (b *Vault) Open(_ context.Context, _ *pflag.FlagSet, log *slog.Logger) (Ope
 	if err != nil {
 		return Opened{}, err
 	}
-	if cfg.SkipVerify {
-		log.Warn("##### --vault-skip-verify: Vault's certificate is NOT verified; anyone on the network path can read every DEK. Use --vault-ca-file instead. #####")
-	}
-	if cfg.Cleartext() {
-		log.Warn("--vault-addr is plain http to a non-loopback host: tokens and DEKs cross the network unencrypted", "vault_addr", cfg.Address)
+	for _, risk := range cfg.Risks() {
+		log.Warn("##### "+risk+" #####", "vault_addr", cfg.Address)
 	}
 	kek, err := vault.Open(cfg)
 	if err != nil {
