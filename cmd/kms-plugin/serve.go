@@ -21,7 +21,7 @@ import (
 
 func newServeCommand() *cobra.Command {
 	var o serveconfig.Options
-	all := serveconfig.Backends()
+	all, _ := serveconfig.Backends()
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve the KMS v2 API on a unix socket (the default command)",

@@ -26,7 +26,7 @@ type doctorOptions struct {
 func newDoctorCommand() *cobra.Command {
 	var o serveconfig.Options
 	var d doctorOptions
-	all := serveconfig.Backends()
+	all, _ := serveconfig.Backends()
 	cmd := &cobra.Command{
 		Use:   "doctor",
 		Short: "Check what serve needs (socket, file permissions, Vault, key, policy); one line per check",

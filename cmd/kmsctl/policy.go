@@ -14,7 +14,7 @@ import (
 func newPolicyCommand() *cobra.Command {
 	var o serveconfig.Options
 	var name string
-	all := serveconfig.Backends()
+	all, vaultFlags := serveconfig.Backends()
 	cmd := &cobra.Command{
 		Use:   "policy",
 		Short: "Print the least-privilege Vault policy (HCL) for --vault-transit-mount and --vault-transit-key",
@@ -28,7 +28,7 @@ flags (and --config file) as serve and uses only --vault-transit-mount, --vault-
 			if err := serveconfig.ApplyConfigFile(cmd.Flags()); err != nil {
 				return err
 			}
-			namespace, mount, key := serveconfig.VaultOf(all).TransitKey(os.Getenv)
+			namespace, mount, key := vaultFlags.TransitKey(os.Getenv)
 			if key == "" {
 				return errors.New("--vault-transit-key is required")
 			}

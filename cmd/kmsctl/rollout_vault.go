@@ -42,7 +42,7 @@ var memoryFlags = []string{"vault-dek-cache-size", "vault-local-kek", "vault-loc
 
 func (v *rolloutVault) addFlags(fs *pflag.FlagSet) {
 	v.fs = fs
-	v.backend = serveconfig.VaultOf(serveconfig.Backends())
+	v.backend = &serveconfig.Vault{}
 	v.backend.AddFlags(fs)
 	for _, name := range memoryFlags {
 		_ = fs.MarkHidden(name)

@@ -31,7 +31,8 @@ func ApplyConfigFile(fs *pflag.FlagSet) error {
 // does not know is an error, as for serve.
 func ApplyVaultSettings(fs *pflag.FlagSet, path, flag string) error {
 	serve := pflag.NewFlagSet("serve", pflag.ContinueOnError)
-	AddFlags(serve, &Options{}, Backends())
+	all, _ := Backends()
+	AddFlags(serve, &Options{}, all)
 	return applyFile(fs, path, flag, func(name string) (apply, known bool) {
 		known = serve.Lookup(name) != nil && name != "config"
 		return known && strings.HasPrefix(name, "vault-") && fs.Lookup(name) != nil, known

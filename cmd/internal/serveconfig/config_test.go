@@ -15,7 +15,8 @@ func TestConfigFileValuesAsWritten(t *testing.T) {
 	config := filepath.Join(t.TempDir(), "config.yaml")
 	os.WriteFile(config, []byte("socket-mode: 0660\nmax-concurrent-backend-calls: 8\ntimeout: 3s\nsocket-group: \"0123\"\nlog-format:\n"), 0o600)
 	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
-	AddFlags(fs, &Options{}, Backends())
+	all, _ := Backends()
+	AddFlags(fs, &Options{}, all)
 	if err := fs.Parse([]string{"--config", config}); err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +40,7 @@ func TestApplyVaultSettings(t *testing.T) {
 	os.WriteFile(config, []byte("backend: vault\nlisten: /run/kms.sock\ntimeout: 3s\nvault-addr: https://vault:8200\nvault-transit-key: k8s\nvault-transit-mount: kms\n"), 0o600)
 	fs := pflag.NewFlagSet("rollout-status", pflag.ContinueOnError)
 	fs.Duration("timeout", 0, "the command's own")
-	VaultOf(Backends()).AddFlags(fs)
+	(&Vault{}).AddFlags(fs)
 	if err := fs.Parse([]string{"--vault-transit-mount", "transit2"}); err != nil {
 		t.Fatal(err)
 	}

@@ -43,17 +43,11 @@ type Opened struct {
 	CheckInterval, ProofInterval time.Duration
 }
 
-// Backends returns one of each backend, ready for AddFlags.
-func Backends() []Backend { return []Backend{&LocalAES{}, &Vault{}} }
-
-// VaultOf returns the vault backend among all.
-func VaultOf(all []Backend) *Vault {
-	for _, b := range all {
-		if v, ok := b.(*Vault); ok {
-			return v
-		}
-	}
-	panic("no vault backend") // Backends always has one
+// Backends returns one of each backend, ready for AddFlags, and the vault one by name, for
+// the commands that are about Vault alone (policy).
+func Backends() (all []Backend, vault *Vault) {
+	vault = &Vault{}
+	return []Backend{&LocalAES{}, vault}, vault
 }
 
 // Options are serve's settings.
