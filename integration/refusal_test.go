@@ -28,6 +28,17 @@ func tokenPlugin(t *testing.T, v *harness.Vault, key, token string, more ...stri
 	return harness.StartPlugin(t, append(vaultPluginArgs(v.Addr, "transit", key, tokenFile), more...)...)
 }
 
+// transitVault is a dev Vault with transit key key, its least-privilege policy (named after
+// the key) and a token with that policy and Vault's default one, as an AppRole login gives.
+func transitVault(t *testing.T, key string) (*harness.Vault, string) {
+	t.Helper()
+	v := harness.StartVaultDev(t)
+	v.EnableTransit(t, "transit")
+	v.CreateKey(t, "transit", key)
+	v.WritePolicy(t, key, harness.TransitPolicy("transit", key))
+	return v, v.CreateToken(t, harness.TokenOptions{Policies: []string{key, "default"}, TTL: "1h", Renewable: true})
+}
+
 // encryptDecrypt makes the plugin hold a DEK seed in its cache and a local KEK, as serving
 // an apiserver does, and returns the Encrypt's answer.
 func encryptDecrypt(t *testing.T, p *harness.Plugin) *kmsapi.EncryptResponse {
@@ -89,11 +100,7 @@ func waitUnhealthy(t *testing.T, p *harness.Plugin, code codes.Code) {
 // until Vault stops: a revoked token's re-logins back off, and would hide the outage.
 func TestRefusalThenOutageServesNothingFromMemory(t *testing.T) {
 	t.Parallel()
-	v := harness.StartVaultDev(t)
-	v.EnableTransit(t, "transit")
-	v.CreateKey(t, "transit", "refusal")
-	v.WritePolicy(t, "refusal", harness.TransitPolicy("transit", "refusal"))
-	revoked := v.CreateToken(t, harness.TokenOptions{Policies: []string{"refusal", "default"}, TTL: "1h", Renewable: true})
+	v, revoked := transitVault(t, "refusal")
 	p := tokenPlugin(t, v, "refusal", revoked)
 	enc := encryptDecrypt(t, p)
 	v.RevokeToken(t, revoked)
@@ -123,11 +130,7 @@ func TestRefusalThenOutageServesNothingFromMemory(t *testing.T) {
 // (issue 17, item 2).
 func TestPolicyCutEndsServingFromMemory(t *testing.T) {
 	t.Parallel()
-	v := harness.StartVaultDev(t)
-	v.EnableTransit(t, "transit")
-	v.CreateKey(t, "transit", "cut")
-	v.WritePolicy(t, "cut", harness.TransitPolicy("transit", "cut"))
-	token := v.CreateToken(t, harness.TokenOptions{Policies: []string{"cut", "default"}, TTL: "1h", Renewable: true})
+	v, token := transitVault(t, "cut")
 	// Proofs every hour: only the capabilities check can notice the cut.
 	p := tokenPlugin(t, v, "cut", token, "--vault-capabilities-interval=3s", "--proof-interval=1h")
 	enc := encryptDecrypt(t, p)
@@ -159,11 +162,7 @@ func TestPolicyCutEndsServingFromMemory(t *testing.T) {
 // in a fresh plugin (issue 17, item 3).
 func TestDeletedAndRecreatedKey(t *testing.T) {
 	t.Parallel()
-	v := harness.StartVaultDev(t)
-	v.EnableTransit(t, "transit")
-	v.CreateKey(t, "transit", "gone")
-	v.WritePolicy(t, "gone", harness.TransitPolicy("transit", "gone"))
-	token := v.CreateToken(t, harness.TokenOptions{Policies: []string{"gone", "default"}, TTL: "1h", Renewable: true})
+	v, token := transitVault(t, "gone")
 	p := tokenPlugin(t, v, "gone", token)
 	old := encryptDecrypt(t, p)
 
