@@ -14,12 +14,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/term"
-	"k8s.io/client-go/discovery"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/metadata"
-	"k8s.io/client-go/rest"
 
 	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
 	"github.com/kmsplugin/kms-plugin/storage/rewrite"
@@ -110,32 +105,15 @@ unreachable, a checkpoint --resume refuses).`,
 	return cmd
 }
 
-// pluginKeyIDs asks the KMS v2 plugin of every rule's write provider for its key id, over
-// its socket; plugins that do not answer are left out (and noted to log).
-func pluginKeyIDs(ctx context.Context, cfg *encryptionconfig.Config, log io.Writer) map[string]string {
-	out := map[string]string{}
-	if cfg == nil {
-		return out
-	}
-	for _, p := range scan.WriteKMSv2Providers(cfg) {
-		st, err := scan.QueryStatus(ctx, p)
-		if err != nil {
-			fmt.Fprintf(log, "note: not checking the apiservers against the plugin of %q: %v\n", p.Name, err)
-			continue
-		}
-		out[p.Name] = st.KeyID
-	}
-	return out
-}
-
+// runRewrite turns the flags into a rewrite.Plan, carries it out, and prints its summary.
 func runRewrite(cmd *cobra.Command, o rewriteOptions) error {
 	if o.output != "table" && o.output != "json" {
 		return fmt.Errorf("--output %q: want table or json", o.output)
 	}
-	if o.via != "patch" && o.via != "storage-version-migration" {
+	if o.via != rewrite.ViaPatch && o.via != rewrite.ViaMigration {
 		return fmt.Errorf("--via %q: want patch or storage-version-migration", o.via)
 	}
-	if o.via != "patch" && o.resume {
+	if o.via != rewrite.ViaPatch && o.resume {
 		return errors.New("--resume: a storage version migration keeps no checkpoint of ours; it goes on in the cluster (kubectl get storageversionmigrations)")
 	}
 	if len(o.resources) == 0 && o.configFile == "" {
@@ -153,235 +131,43 @@ func runRewrite(cmd *cobra.Command, o rewriteOptions) error {
 	if err != nil {
 		return err
 	}
-	var cfg *encryptionconfig.Config
-	var names []encryptionconfig.GroupResource
+	f, isFile := stderr.(*os.File)
+	p := rewrite.Plan{
+		Kube:             kcfg,
+		QPS:              o.qps,
+		ConfigFile:       o.configFile,
+		States:           func(ctx context.Context) ([]rollout.State, error) { return o.kube.states(ctx, kcfg) },
+		NamedAPIServers:  len(o.kube.apiservers) > 0,
+		Force:            o.force,
+		Via:              o.via,
+		PageSize:         o.pageSize,
+		Parallel:         o.parallel,
+		Checkpoint:       o.checkpoint,
+		Resume:           o.resume,
+		Root:             o.root,
+		Log:              stderr,
+		Bar:              isFile && term.IsTerminal(int(f.Fd())),
+		ProgressInterval: o.progressInterval,
+		Report:           func(sum *rewrite.Summary) error { return writeSummary(cmd.OutOrStdout(), o.output, sum) },
+	}
 	for _, r := range o.resources {
-		names = append(names, encryptionconfig.ParseGroupResource(strings.TrimSpace(r)))
+		p.Resources = append(p.Resources, encryptionconfig.ParseGroupResource(strings.TrimSpace(r)))
 	}
 	if o.configFile != "" {
-		if cfg, err = encryptionconfig.Load(o.configFile); err != nil {
+		if p.Config, err = encryptionconfig.Load(o.configFile); err != nil {
 			return err
 		}
-		defer cfg.Close()
+		defer p.Config.Close()
 	}
-
-	writes, err := preCheck(ctx, o, kcfg, cfg, stderr)
-	if err != nil {
-		return err
-	}
-	// The checkpoint first: a --resume it refuses ends the run before any work.
-	var checkpoint *rewrite.Checkpoint
-	if o.via == "patch" {
-		if checkpoint, err = openCheckpoint(ctx, o, kcfg, writes); err != nil {
-			return err
-		}
-	}
-
-	client := rest.CopyConfig(kcfg)
-	client.QPS, client.Burst = -1, 0
-	if o.qps > 0 {
-		client.QPS, client.Burst = o.qps, max(o.parallel, int(o.qps))
-	}
-	dc, err := discovery.NewDiscoveryClientForConfig(kcfg)
-	if err != nil {
-		return err
-	}
-	targets, missing, err := rewrite.Resolve(dc, names)
-	if err != nil {
-		return err
-	}
-	if len(missing) > 0 {
-		return fmt.Errorf("--resources: not served by the apiserver (or not listable and patchable): %s", strings.Join(missing, ", "))
-	}
-	if cfg != nil {
-		more, missing, err := rewrite.Resolve(dc, rewrite.ConfigResources(cfg))
-		if err != nil {
-			return err
-		}
-		for _, m := range missing {
-			fmt.Fprintf(stderr, "note: %s, named by %s, is not served by the apiserver: nothing to rewrite\n", m, o.configFile)
-		}
-		for _, t := range more {
-			if !containsTarget(targets, t) {
-				targets = append(targets, t)
-			}
-		}
-	}
-	// With the etcd flags, etcd is read by the patch source and by the verifying scan.
-	var etcd *clientv3.Client
 	if useEtcd {
-		if etcd, err = o.etcd.client(ctx); err != nil {
-			return err
-		}
-		defer etcd.Close()
+		p.Etcd = o.etcd.client
 	}
-	var sum *rewrite.Summary
-	notDone := "objects were not rewritten"
-	if o.via == "storage-version-migration" {
-		sum, err = viaMigrations(ctx, client, targets, stderr)
-		notDone = "migrations failed"
-	} else {
-		sum, err = viaPatches(ctx, o, client, cfg, targets, etcd, checkpoint, stderr)
+	_, err = rewrite.Migrate(ctx, p)
+	var failed *rewrite.CheckFailed
+	if errors.As(err, &failed) {
+		return checkFailure{err.Error()} // exit 3: it ran, and failed a check
 	}
-	if sum != nil {
-		if err := writeSummary(cmd.OutOrStdout(), o.output, sum); err != nil {
-			return err
-		}
-	}
-	if err != nil {
-		return err
-	}
-	if etcd != nil {
-		if err := verify(ctx, o, etcd, cfg, targets, stderr); err != nil {
-			return err
-		}
-	}
-	return failuresError(sum.Failures, notDone)
-}
-
-// openCheckpoint identifies the cluster and loads the checkpoint to resume (refused unless it
-// was made on this cluster, for what the apiservers write under now, and is unfinished), or
-// starts a fresh one.
-func openCheckpoint(ctx context.Context, o rewriteOptions, kcfg *rest.Config, writes *rewrite.Writes) (*rewrite.Checkpoint, error) {
-	cs, err := kubernetes.NewForConfig(kcfg)
-	if err != nil {
-		return nil, err
-	}
-	cluster, err := rewrite.ClusterOf(ctx, cs, kcfg.Host, writes)
-	if err != nil {
-		return nil, err
-	}
-	if o.resume {
-		return rewrite.LoadCheckpoint(o.checkpoint, cluster)
-	}
-	return rewrite.NewCheckpoint(o.checkpoint, cluster), nil
-}
-
-// viaPatches is rewrite --via patch: kmsctl lists and patches every object itself, from the
-// API or, when etcd is set, from etcd, saving its progress in cp.
-func viaPatches(ctx context.Context, o rewriteOptions, client *rest.Config, cfg *encryptionconfig.Config, targets []rewrite.Target, etcd *clientv3.Client, cp *rewrite.Checkpoint, stderr io.Writer) (*rewrite.Summary, error) {
-	mc, err := metadata.NewForConfig(client)
-	if err != nil {
-		return nil, err
-	}
-	opts := rewrite.Options{Client: mc, Targets: targets, PageSize: o.pageSize, Parallel: o.parallel, Root: o.root,
-		Checkpoint: cp, Logf: func(format string, args ...any) { fmt.Fprintf(stderr, "rewrite: "+format+"\n", args...) }}
-	if etcd != nil {
-		judge, err := scan.NewJudge(ctx, cfg)
-		if err != nil {
-			return nil, err
-		}
-		opts.Etcd, opts.Judge = etcd, judge
-	}
-	var finish func()
-	if f, ok := stderr.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
-		bar := rewrite.NewBar(stderr)
-		opts.Progress, finish = bar, bar.Finish
-	} else {
-		lines := rewrite.NewLines(stderr, o.progressInterval)
-		opts.Progress, finish = lines, lines.Finish
-	}
-	sum, err := rewrite.Run(ctx, opts)
-	finish()
-	if err != nil {
-		if ctx.Err() != nil {
-			return sum, fmt.Errorf("interrupted: %w; finished pages are saved in %s: run again with --resume", err, o.checkpoint)
-		}
-		return sum, fmt.Errorf("%w; finished pages are saved in %s: run again with --resume", err, o.checkpoint)
-	}
-	return sum, nil
-}
-
-// failuresError is exit status 3 listing the failures, or nil when there are none.
-func failuresError(failures []rewrite.Failure, what string) error {
-	if len(failures) == 0 {
-		return nil
-	}
-	lines := make([]string, len(failures))
-	for i, f := range failures {
-		lines[i] = "  " + f.String()
-	}
-	return checkFailure{fmt.Sprintf("%d %s:\n%s", len(failures), what, strings.Join(lines, "\n"))}
-}
-
-// preCheck refuses to rewrite while the apiservers do not all write under the same key id,
-// and returns what they write under, which a checkpoint records. Metrics it cannot read are
-// an error (exit 1: the check could not run), apart from apiservers that disagree (exit 3).
-// With --force it checks nothing, but still reads the metrics for the checkpoint of --via
-// patch, and returns nil when they cannot be read or disagree.
-func preCheck(ctx context.Context, o rewriteOptions, kcfg *rest.Config, cfg *encryptionconfig.Config, log io.Writer) (*rewrite.Writes, error) {
-	if o.force {
-		if o.via != "patch" {
-			return nil, nil
-		}
-		states, err := o.kube.states(ctx, kcfg)
-		writes := rewrite.WritesOf(states)
-		if err != nil || writes == nil {
-			fmt.Fprintln(log, "note: --force, and the apiservers' metrics could not be read or disagree: the checkpoint records no write key, and --resume will refuse it")
-		}
-		return writes, nil
-	}
-	states, err := o.kube.states(ctx, kcfg)
-	if err != nil {
-		return nil, fmt.Errorf("checking the apiservers' write keys: %w (--force skips the check)", err)
-	}
-	var unread []string
-	for _, s := range states {
-		if s.Err != "" {
-			unread = append(unread, fmt.Sprintf("%s: %s", s.Endpoint, s.Err))
-		}
-	}
-	if len(unread) > 0 {
-		from := "the kubernetes Service's endpoints"
-		if len(o.kube.apiservers) > 0 {
-			from = "from --apiservers"
-		}
-		return nil, fmt.Errorf("not rewriting: the metrics of %d of %d apiservers (%s) are unreachable or refused, so which key they write under is unknown:\n  %s\n"+
-			"name apiservers whose /metrics this machine can reach with --apiservers https://HOST:PORT,...; "+
-			"a 403 needs the kmsctl-rollout-check role (deploy/rbac/kmsctl-rewrite.yaml); --force skips the check",
-			len(unread), len(states), from, strings.Join(unread, "\n  "))
-	}
-	want := rollout.Want{KeyIDs: pluginKeyIDs(ctx, cfg, log)}
-	if bad := rollout.Disagreements(states, want); len(bad) > 0 {
-		return nil, checkFailure{fmt.Sprintf("not rewriting: the apiservers do not all write under the current key, so objects rewritten now could stay stale:\n  %s\nwait for them (kmsctl rollout-status), or --force",
-			strings.Join(bad, "\n  "))}
-	}
-	fmt.Fprintf(log, "rewrite: %d apiservers write under the same key ids\n", len(states))
-	return rewrite.WritesOf(states), nil
-}
-
-// verify scans etcd after an etcd-sourced run: every rewritten resource must be on its write
-// key now. Its line goes to log (stderr), so that stdout holds the summary alone (-o json).
-func verify(ctx context.Context, o rewriteOptions, kv clientv3.KV, cfg *encryptionconfig.Config, targets []rewrite.Target, log io.Writer) error {
-	rep, err := scan.Scan(ctx, kv, scan.Options{Root: o.root, Config: cfg})
-	if err != nil {
-		return fmt.Errorf("verifying scan: %w", err)
-	}
-	stale := 0
-	var where []string
-	for _, r := range rep.Resources {
-		for _, t := range targets {
-			// rep.Root, as Scan completed it, is the root of the prefixes it reports.
-			if r.Prefix == encryptionconfig.PrefixOf(rep.Root, t.GroupResource()) && r.Stale > 0 {
-				stale += r.Stale
-				where = append(where, fmt.Sprintf("%s: %d", t, r.Stale))
-			}
-		}
-	}
-	fmt.Fprintf(log, "verifying scan at revision %d: %d objects of these resources not on their write key\n", rep.Revision, stale)
-	if stale > 0 {
-		return checkFailure{fmt.Sprintf("the verifying scan finds %d objects not on their write key (%s): an apiserver wrote under an old key meanwhile? run rewrite again", stale, strings.Join(where, ", "))}
-	}
-	return nil
-}
-
-func containsTarget(ts []rewrite.Target, t rewrite.Target) bool {
-	for _, x := range ts {
-		if x.GVR.GroupResource() == t.GVR.GroupResource() {
-			return true
-		}
-	}
-	return false
+	return err
 }
 
 func writeSummary(w io.Writer, format string, sum *rewrite.Summary) error {
@@ -418,21 +204,6 @@ func writeSummary(w io.Writer, format string, sum *rewrite.Summary) error {
 	rate := float64(total.Examined) / max(sum.Duration.Seconds(), 1e-9)
 	_, err := fmt.Fprintf(w, "%d objects examined in %s (%.0f/s), reading from %s\n", total.Examined, sum.Duration.Round(time.Millisecond), rate, sum.Source)
 	return err
-}
-
-// viaMigrations is rewrite --via storage-version-migration: kube-controller-manager's storage
-// version migrator does the work; we create its StorageVersionMigrations and follow them.
-func viaMigrations(ctx context.Context, client *rest.Config, targets []rewrite.Target, stderr io.Writer) (*rewrite.Summary, error) {
-	cs, err := kubernetes.NewForConfig(client)
-	if err != nil {
-		return nil, err
-	}
-	md, err := metadata.NewForConfig(client)
-	if err != nil {
-		return nil, err
-	}
-	return rewrite.ViaMigrations(ctx, cs, md, targets, 2*time.Second,
-		func(format string, args ...any) { fmt.Fprintf(stderr, "rewrite: "+format+"\n", args...) })
 }
 
 // writeMigrationSummary is the table of a run through StorageVersionMigrations: per resource

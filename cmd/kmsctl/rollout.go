@@ -14,6 +14,7 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
 	"github.com/kmsplugin/kms-plugin/storage/rollout"
+	"github.com/kmsplugin/kms-plugin/storage/scan"
 )
 
 func newRolloutStatusCommand() *cobra.Command {
@@ -80,7 +81,7 @@ Exit status: 0 when all agree; 3 when they did not within --timeout; 1 when it c
 			defer cancel()
 			for round := 1; ; round++ {
 				want := rollout.Want{ConfigHash: rollout.HashConfig(data), Providers: kmsV2Providers(cfg)}
-				want.KeyIDs = pluginKeyIDs(ctx, cfg, io.Discard)
+				want.KeyIDs = scan.PluginKeyIDs(ctx, cfg, io.Discard)
 				var bad []string
 				if key != nil {
 					k, err := key.expect(ctx, &want)

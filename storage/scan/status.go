@@ -3,6 +3,7 @@ package scan
 import (
 	"context"
 	"fmt"
+	"io"
 
 	"github.com/kmsplugin/kms-plugin/internal/kmsclient"
 	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
@@ -31,4 +32,23 @@ func QueryStatus(ctx context.Context, p encryptionconfig.Provider) (KMSStatus, e
 		return st, fmt.Errorf("kms provider %q at %s: %w", p.Name, p.Endpoint, err)
 	}
 	return st, nil
+}
+
+// PluginKeyIDs asks the KMS v2 plugin of every rule's write provider (WriteKMSv2Providers) for
+// its key id, over its socket: the key ids the apiservers should write under, by provider name.
+// Plugins that do not answer are left out (and noted to log).
+func PluginKeyIDs(ctx context.Context, cfg *encryptionconfig.Config, log io.Writer) map[string]string {
+	out := map[string]string{}
+	if cfg == nil {
+		return out
+	}
+	for _, p := range WriteKMSv2Providers(cfg) {
+		st, err := QueryStatus(ctx, p)
+		if err != nil {
+			fmt.Fprintf(log, "note: not checking the apiservers against the plugin of %q: %v\n", p.Name, err)
+			continue
+		}
+		out[p.Name] = st.KeyID
+	}
+	return out
 }
