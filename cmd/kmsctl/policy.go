@@ -20,7 +20,8 @@ func newPolicyCommand() *cobra.Command {
 		Short: "Print the least-privilege Vault policy (HCL) for --vault-transit-mount and --vault-transit-key",
 		Long: `Prints the Vault policy that the vault backend needs and nothing more: update on
 <mount>/encrypt/<key> and <mount>/decrypt/<key>, read on <mount>/keys/<key>, renewal and
-lookup of its own token, and sys/capabilities-self for 'kmsctl doctor'. It takes the same
+lookup of its own token, and sys/capabilities-self (the plugin's policy-cut check, and
+'kmsctl doctor'). It takes the same
 flags (and --config file) as serve and uses only --vault-transit-mount, --vault-transit-key and
 --vault-namespace. Write it with: kmsctl policy ... > policy.hcl; vault policy write kms-plugin policy.hcl`,
 		Args: cobra.NoArgs,
