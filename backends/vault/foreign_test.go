@@ -86,9 +86,17 @@ func TestVaultKubernetesKMSEnvelopes(t *testing.T) {
 		}
 	}
 
+	// The DEK cache keeps what it read under such key ids while the key accepts them (Usable),
+	// and drops them once the version is retired.
+	if err := k.Usable(dek.VaultKMSKeyID(1)); err != nil {
+		t.Errorf("Usable(vault:v1) = %v", err)
+	}
 	// A retired version is refused as our own key ids are.
 	v.SetMinDecryptionVersion(t, f.mount, f.key, 2)
 	mustCheck(t, k)
+	if err := k.Usable(dek.VaultKMSKeyID(1)); !errors.Is(err, dek.ErrUnknownKey) {
+		t.Errorf("Usable(vault:v1) after retiring v1 = %v", err)
+	}
 	if _, err := p.Decrypt(ctx, &kmsapi.DecryptRequest{Uid: "u", Ciphertext: ct1}); status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("retired version: Decrypt = %v, want FailedPrecondition", err)
 	}
@@ -106,6 +114,9 @@ func TestVaultKubernetesKMSEnvelopes(t *testing.T) {
 	// And a backend that is off refuses such key ids even if asked directly.
 	if _, err := off.Unwrap(ctx, dek.VaultKMSKeyID(2), []byte("x")); !errors.Is(err, dek.ErrUnknownKey) {
 		t.Errorf("off backend: Unwrap = %v", err)
+	}
+	if err := off.Usable(dek.VaultKMSKeyID(2)); !errors.Is(err, dek.ErrUnknownKey) {
+		t.Errorf("off backend: Usable = %v", err)
 	}
 }
 
