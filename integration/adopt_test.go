@@ -145,6 +145,19 @@ func TestAdoptVaultKubernetesKMS(t *testing.T) {
 		t.Errorf("doctor with the flag: no ok line for vault-kubernetes-kms envelopes")
 	}
 
+	// A token whose policy lacks decrypt on the key: doctor says it cannot read them.
+	noDecrypt := v.PolicyTokenFile(t, b.key+"-no-decrypt", fmt.Sprintf(`path "transit/encrypt/%[1]s" { capabilities = ["update"] }
+path "transit/keys/%[1]s" { capabilities = ["read"] }
+path "auth/token/lookup-self" { capabilities = ["read"] }
+path "auth/token/renew-self" { capabilities = ["update"] }
+path "sys/capabilities-self" { capabilities = ["update"] }
+`, b.key))
+	denied := []string{"--backend=vault", "--vault-addr=" + v.Addr, "--vault-transit-key=" + b.key, "--vault-auth=token",
+		"--vault-token-file=" + noDecrypt, "--vault-read-vault-kubernetes-kms"}
+	if out := doctor(denied); !strings.Contains(out, "FAIL  vault-kubernetes-kms envelopes the token may not decrypt with transit/decrypt/"+b.key) {
+		t.Errorf("doctor with a token that may not decrypt: no FAIL line for vault-kubernetes-kms envelopes")
+	}
+
 	// The format off: refused, naming the flag; doctor fails while such objects remain.
 	p.RestartWith(t, b.pluginArgs()...)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
