@@ -58,6 +58,7 @@ var classes = []struct {
 	{ErrTampered, Class{codes.InvalidArgument, "invalid"}},
 	{ErrTooLarge, Class{codes.InvalidArgument, "invalid"}},
 	{ErrUnknownKey, Class{codes.FailedPrecondition, "unknown_key"}},
+	{ErrFormatOff, Class{codes.FailedPrecondition, "format_off"}},
 	{ErrDenied, Class{codes.PermissionDenied, "denied"}},
 	{ErrOverloaded, Class{codes.ResourceExhausted, "overloaded"}},
 	{ErrUnavailable, Class{codes.Unavailable, "unavailable"}},

@@ -30,6 +30,7 @@ func TestClassify(t *testing.T) {
 		{bg, fmt.Errorf("bad: %w", ErrTampered), Class{codes.InvalidArgument, "invalid"}},
 		{bg, ErrTooLarge, Class{codes.InvalidArgument, "invalid"}},
 		{bg, fmt.Errorf("v1: %w", ErrUnknownKey), Class{codes.FailedPrecondition, "unknown_key"}},
+		{bg, fmt.Errorf("vault-kubernetes-kms: %w", ErrFormatOff), Class{codes.FailedPrecondition, "format_off"}},
 		{bg, fmt.Errorf("403: %w", ErrDenied), Class{codes.PermissionDenied, "denied"}},
 		{bg, ErrOverloaded, Class{codes.ResourceExhausted, "overloaded"}},
 		{bg, fmt.Errorf("sealed: %w", ErrUnavailable), Class{codes.Unavailable, "unavailable"}},

@@ -14,8 +14,9 @@ const DEKSize = 32
 
 // Sealer seals plaintexts under fresh DEKs that a KEK wraps, and opens them again.
 type Sealer struct {
-	kek   KEK
-	local *localKEKs // local KEK mode (localkek.go) when set
+	kek     KEK
+	local   *localKEKs     // local KEK mode (localkek.go) when set
+	foreign *foreignReader // vault-kubernetes-kms envelopes (foreign.go) when set
 }
 
 // NewSealer returns a Sealer whose DEKs the given KEK wraps.
@@ -72,6 +73,9 @@ func sealWith(aead cipher.AEAD, header, plaintext []byte) ([]byte, error) {
 // Decrypt opens a ciphertext that Encrypt made, with whichever KEK it names, and returns the
 // plaintext and that KEK's id.
 func (s *Sealer) Decrypt(ctx context.Context, ciphertext []byte) ([]byte, string, error) {
+	if IsVaultKMS(ciphertext) {
+		return s.decryptForeign(ctx, ciphertext)
+	}
 	env, err := parseEnvelope(ciphertext)
 	if err != nil {
 		return nil, "", err

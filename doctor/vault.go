@@ -14,6 +14,7 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/backends/vault"
 	"github.com/kmsplugin/kms-plugin/backends/vault/policy"
+	"github.com/kmsplugin/kms-plugin/dek"
 )
 
 // VaultOptions configure the Vault checks.
@@ -49,6 +50,22 @@ type vaultDoctor struct {
 	cfg    vault.Config
 	client *api.Client // with the token, once logged in
 	revoke func()      // revokes a token that doctor's own login created
+
+	inUse    map[string]int // KeyIDsInUse's answer, read once
+	inUseErr error
+	inUseRan bool
+}
+
+// keyIDsInUse asks KeyIDsInUse once (it reads all of etcd); nil, nil without it.
+func (d *vaultDoctor) keyIDsInUse(ctx context.Context) (map[string]int, error) {
+	if d.o.KeyIDsInUse == nil {
+		return nil, nil
+	}
+	if !d.inUseRan {
+		d.inUse, d.inUseErr = d.o.KeyIDsInUse(ctx)
+		d.inUseRan = true
+	}
+	return d.inUse, d.inUseErr
 }
 
 func (d *vaultDoctor) run(ctx context.Context) []Result {
@@ -89,6 +106,7 @@ func (d *vaultDoctor) run(ctx context.Context) []Result {
 	}
 	out = append(out, d.capabilities(ctx)...)
 	out = append(out, d.key(ctx)...)
+	out = append(out, d.vaultKubernetesKMS(ctx)...)
 	out = append(out, d.roundTrip(ctx))
 	return out
 }
@@ -338,7 +356,7 @@ func (d *vaultDoctor) versionsInUse(ctx context.Context, path string, k vault.Ke
 		}
 		return ok(check, "%s: every version decrypts (min_decryption_version %d); objects in etcd not counted (no --etcd-endpoints)", path, minDecrypt)
 	}
-	inUse, err := d.o.KeyIDsInUse(ctx)
+	inUse, err := d.keyIDsInUse(ctx)
 	if err != nil {
 		return fail(check, "check --etcd-endpoints and --etcd-cacert/--etcd-cert/--etcd-key", "reading key ids from etcd: %v", err)
 	}
@@ -346,6 +364,8 @@ func (d *vaultDoctor) versionsInUse(ctx context.Context, path string, k vault.Ke
 	for id, n := range inUse {
 		if keyVer, err := vault.ParseKeyID(id); err == nil {
 			byVersion[keyVer.Version()] += n
+		} else if v, ok := dek.VaultKMSVersion(id); ok && d.cfg.ReadVaultKubernetesKMS {
+			byVersion[v] += n // vault-kubernetes-kms's, read with the same key
 		}
 	}
 	versions := make([]int, 0, len(byVersion))
@@ -449,4 +469,66 @@ func (d *vaultDoctor) roundTrip(ctx context.Context) Result {
 		return fail(check, "", "decrypt under %s returned other bytes than were encrypted", keyID)
 	}
 	return ok(check, "encrypted and decrypted a random DEK under key id %s", keyID)
+}
+
+// vaultKubernetesKMS says whether the plugin will read what vault-kubernetes-kms wrote: with
+// --vault-read-vault-kubernetes-kms the token must be allowed to decrypt with the transit key
+// (the path that plugin decrypted with), and with --etcd-endpoints the objects in that format
+// are counted by transit key version; without the flag, such objects in etcd fail the check,
+// since serve would refuse them.
+func (d *vaultDoctor) vaultKubernetesKMS(ctx context.Context) []Result {
+	const check = "vault-kubernetes-kms envelopes"
+	inUse, err := d.keyIDsInUse(ctx)
+	if err != nil {
+		if !d.cfg.ReadVaultKubernetesKMS {
+			return nil // the key versions check reports the etcd failure
+		}
+		inUse = nil
+	}
+	byVersion := map[int]int{}
+	total := 0
+	for id, n := range inUse {
+		if v, ok := dek.VaultKMSVersion(id); ok {
+			byVersion[v] += n
+			total += n
+		}
+	}
+	versions := make([]int, 0, len(byVersion))
+	for v := range byVersion {
+		versions = append(versions, v)
+	}
+	sort.Ints(versions)
+	var counts []string
+	for _, v := range versions {
+		counts = append(counts, fmt.Sprintf("v%d: %d objects", v, byVersion[v]))
+	}
+	if !d.cfg.ReadVaultKubernetesKMS {
+		if total == 0 {
+			return nil
+		}
+		return []Result{fail(check, "serve with --vault-read-vault-kubernetes-kms until 'kmsctl rewrite' has moved them (docs/migration.md)",
+			"%d objects in etcd are in vault-kubernetes-kms's format (%s): without --vault-read-vault-kubernetes-kms serve refuses them", total, strings.Join(counts, ", "))}
+	}
+	path := d.cfg.Mount + "/decrypt/" + d.cfg.Key
+	cctx, cancel := d.ctx(ctx)
+	defer cancel()
+	caps, err := vault.CapabilitiesSelf(cctx, d.client, []string{path})
+	if err != nil {
+		return []Result{fail(check, `grant "update" on sys/capabilities-self`, "cannot read the token's capabilities: %v", vault.Classify("sys/capabilities-self", err))}
+	}
+	if !vault.Grants(caps[path], "update") {
+		return []Result{fail(check, fmt.Sprintf(`grant "update" on %s (kmsctl policy includes it)`, path),
+			"the token may not decrypt with %s, so vault-kubernetes-kms's envelopes cannot be read", path)}
+	}
+	detail := fmt.Sprintf("the token may decrypt with %s (it must be the transit key vault-kubernetes-kms wrote with: other keys' envelopes fail to authenticate)", path)
+	switch {
+	case d.o.KeyIDsInUse == nil:
+		detail += "; objects in etcd not counted (no --etcd-endpoints)"
+	case total == 0:
+		return []Result{warn(check, "turn --vault-read-vault-kubernetes-kms off: its sunset has come (docs/migration.md)",
+			"%s; no object in etcd is in vault-kubernetes-kms's format any more", detail)}
+	default:
+		detail += fmt.Sprintf("; %d objects in etcd in that format (%s): move them with kmsctl rewrite, then turn the flag off", total, strings.Join(counts, ", "))
+	}
+	return []Result{ok(check, "%s", detail)}
 }

@@ -113,6 +113,15 @@ func New(cfg Config) *Stack {
 	if cfg.Memory != nil {
 		sealer = fromMemory(calls, *cfg.Memory, cfg.KEK, monitor, m, cfg.Clock, cfg.Log)
 	}
+	if fr, ok := cfg.KEK.(dek.ForeignReader); ok && fr.ReadsVaultKubernetesKMS() {
+		// The backend reads vault-kubernetes-kms's envelopes (serve's
+		// --vault-read-vault-kubernetes-kms): the sealer sends them to it, and counts them.
+		var read func(int)
+		if m != nil {
+			read = m.WatchVaultKubernetesKMSReads()
+		}
+		sealer.ReadVaultKubernetesKMS(read)
+	}
 	if m != nil {
 		monitor.OnRefresh(m.ObserveBackend)
 		cfg.Server.Options = append([]grpc.ServerOption{grpc.ChainUnaryInterceptor(m.UnaryInterceptor())}, cfg.Server.Options...)

@@ -39,6 +39,11 @@ type Config struct {
 	// decrypt (capabilities.go); DefaultCapabilitiesInterval when zero.
 	CapabilitiesInterval time.Duration
 
+	// ReadVaultKubernetesKMS lets Unwrap decrypt vault-kubernetes-kms's envelopes (Transit
+	// ciphertexts of this key, no associated data) under the key ids dek.VaultKMSKeyID gives
+	// (foreign.go); off, such key ids are unknown.
+	ReadVaultKubernetesKMS bool
+
 	// Retry bounds retries of one operation; zero values take DefaultRetry's.
 	Retry RetryPolicy
 	// Clock drives renewals, login backoff and retry waits; nil is the real clock.

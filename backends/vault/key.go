@@ -227,24 +227,32 @@ func (k *KEK) decryptable(keyID string) (KeyVersion, *keyState, error) {
 	if err != nil {
 		return keyVer, nil, err
 	}
+	st, err := k.versionDecryptable(keyID, keyVer.version)
+	return keyVer, st, err
+}
+
+// versionDecryptable refuses version of the key only for what the last view of the key says
+// for sure: retired, or newer than any seen. It returns that view.
+func (k *KEK) versionDecryptable(keyID string, version int) (*keyState, error) {
+	keyVer := KeyVersion{version: version}
 	k.mu.RLock()
 	st := k.observed
 	k.mu.RUnlock()
 	if st == nil {
-		return keyVer, nil, fmt.Errorf("%w: vault transit key %s not read yet", dek.ErrUnavailable, k.keyPath())
+		return nil, fmt.Errorf("%w: vault transit key %s not read yet", dek.ErrUnavailable, k.keyPath())
 	}
 	_, listed := st.created[keyVer.version]
 	switch {
 	case keyVer.version < st.minDecrypt:
 		// Public: it names only the request's key id and the fix, which the operator needs.
-		return keyVer, nil, dek.Public(fmt.Errorf("%w: key id %s: version %d is below the transit key's min_decryption_version %d (retired by the operator)",
+		return nil, dek.Public(fmt.Errorf("%w: key id %s: version %d is below the transit key's min_decryption_version %d (retired by the operator)",
 			dek.ErrUnknownKey, keyID, keyVer.version, st.minDecrypt))
 	case !listed && keyVer.version > st.latest.version:
 		// Another plugin instance may have adopted a rotation this one has not seen yet.
-		return keyVer, nil, dek.Public(fmt.Errorf("%w: key id %s: version %d is newer than the latest this plugin has seen (%d); retry after its next check",
+		return nil, dek.Public(fmt.Errorf("%w: key id %s: version %d is newer than the latest this plugin has seen (%d); retry after its next check",
 			dek.ErrUnavailable, keyID, keyVer.version, st.latest.version))
 	}
-	return keyVer, st, nil
+	return st, nil
 }
 
 // Usable reports, from memory, whether keyID names a version of this transit key that Vault
@@ -253,6 +261,9 @@ func (k *KEK) decryptable(keyID string) (KeyVersion, *keyState, error) {
 // restored here) is usable while the version that last unwrapped under it keeps the creation
 // time it had then; a deleted and recreated key's versions do not.
 func (k *KEK) Usable(keyID string) error {
+	if v, ok := dek.VaultKMSVersion(keyID); ok {
+		return k.usableForeign(keyID, v)
+	}
 	keyVer, st, err := k.decryptable(keyID)
 	if err != nil || st.ours(keyVer) {
 		return err

@@ -62,6 +62,9 @@ func (k *KEK) Wrap(ctx context.Context, keyID string, plain []byte) ([]byte, err
 // key's version (the data was changed) and ErrUnknownKey when it does not (the DEK was wrapped
 // by another key: deleted and recreated, or not restored here).
 func (k *KEK) Unwrap(ctx context.Context, keyID string, wrapped []byte) ([]byte, error) {
+	if v, ok := dek.VaultKMSVersion(keyID); ok {
+		return k.unwrapForeign(ctx, keyID, v, wrapped)
+	}
 	keyVer, st, err := k.decryptable(keyID)
 	if err != nil {
 		return nil, err

@@ -15,6 +15,7 @@ import (
 	"github.com/kmsplugin/kms-plugin/cmd/internal/serveconfig"
 	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/internal/kmsclient"
+	"github.com/kmsplugin/kms-plugin/internal/sdnotify"
 	"github.com/kmsplugin/kms-plugin/plugin"
 	"github.com/kmsplugin/kms-plugin/plugin/metrics"
 )
@@ -96,11 +97,20 @@ func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveconfi
 	go reloadOnHUP(ctx, hup, opened.KEK, monitor, log)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
+	// systemd (Type=notify): ready once the socket listens, so that a unit ordered
+	// Before= the apiserver's starts it only then. Not run by systemd: nothing is sent.
+	notifySocket := os.Getenv("NOTIFY_SOCKET")
+	if err := sdnotify.Notify(notifySocket, sdnotify.Ready, sdnotify.Status("serving KMS v2 on "+path)); err != nil {
+		log.Warn("could not tell systemd the plugin is ready", "error", err)
+	}
 
 	select {
 	case err := <-served:
 		return err
 	case <-ctx.Done():
+	}
+	if err := sdnotify.Notify(notifySocket, sdnotify.Stopping); err != nil {
+		log.Warn("could not tell systemd the plugin is stopping", "error", err)
 	}
 	log.Info("stopping: finishing in-flight requests", "grace", o.ShutdownGrace.String())
 	done := make(chan struct{})

@@ -39,7 +39,10 @@ token's capabilities are exactly what 'kmsctl policy' prints (missing ones fail,
 warn), the transit key is safely configured (authenticated cipher, not exportable, not
 deletable, min_decryption_version not above a version still used in etcd, with
 --etcd-endpoints, which also counts the objects under each version; with --running, the
-plugin's key id names the key's latest version), and an encrypt/decrypt round trip works; for
+plugin's key id names the key's latest version), whether vault-kubernetes-kms's envelopes
+will read (with --vault-read-vault-kubernetes-kms: the token may decrypt with the key, and how
+many there are per version; without it, a failure if etcd still holds any), and an
+encrypt/decrypt round trip works; for
 --backend localaes: the key file loads. It takes the same flags (and --config file) as serve.
 
 Each line starts with ok, warn or FAIL, then what was checked, what was found and how to fix

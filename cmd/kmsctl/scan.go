@@ -21,6 +21,7 @@ type scanOptions struct {
 	timeout         time.Duration
 	failOnStale     bool
 	failOnPlaintext []string
+	failOnVaultKMS  bool
 }
 
 func newScanCommand() *cobra.Command {
@@ -36,7 +37,8 @@ With --encryption-config it also flags objects that are not on their resource's 
 a KMS v2 provider the key id its plugin reports by Status over the socket named in the config
 (so run scan where that socket is reachable), for aescbc/aesgcm/secretbox the first key of the
 provider, for identity plaintext. A rotation's storage migration is complete when nothing is
-stale. See docs/guide.md.`,
+stale. Objects whose DEK seed vault-kubernetes-kms encrypted are counted apart, by transit key
+version (docs/migration.md). See docs/guide.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runScan(cmd, o) },
 	}
@@ -49,6 +51,7 @@ stale. See docs/guide.md.`,
 	fs.Int64Var(&o.pageSize, "page-size", scan.DefaultPageSize, "keys per etcd request (bounds memory)")
 	fs.DurationVar(&o.timeout, "timeout", 5*time.Minute, "deadline for the whole scan")
 	fs.BoolVar(&o.failOnStale, "fail-on-stale", false, "exit 3 if any object is not on its write key (needs --encryption-config)")
+	fs.BoolVar(&o.failOnVaultKMS, "fail-on-vault-kubernetes-kms", false, "exit 3 if any object is still in vault-kubernetes-kms's envelope format (the check before turning the Vault plugin's --vault-read-vault-kubernetes-kms off)")
 	fs.StringSliceVar(&o.failOnPlaintext, "fail-on-plaintext", nil, "exit 3 if any object of these resources (e.g. secrets,configmaps) is stored in plaintext")
 	return cmd
 }
@@ -94,6 +97,9 @@ func runScan(cmd *cobra.Command, o scanOptions) error {
 	}
 	if o.failOnStale && rep.Stale > 0 {
 		return checkFailure{fmt.Sprintf("%d objects are not on their write key", rep.Stale)}
+	}
+	if n := len(rep.VaultKubernetesKMS); o.failOnVaultKMS && n > 0 {
+		return checkFailure{fmt.Sprintf("objects in vault-kubernetes-kms's format remain under %d transit key versions", n)}
 	}
 	for _, want := range o.failOnPlaintext {
 		for _, r := range rep.Resources {

@@ -5,6 +5,19 @@
 # Prints nothing but progress on stderr; the binaries land in $KMS_PLUGIN_SERVERS_DIR
 # (default ~/.cache/kms-plugin/servers), where integration/harness finds them.
 set -euo pipefail
+
+# deploy/systemd's tests check the unit with systemd-analyze (verify, security --offline=true):
+# Debian's systemd package has it. It is installed when missing and this runs as root.
+if ! command -v systemd-analyze >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "build.sh: installing Debian's systemd package for systemd-analyze" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd >&2
+  else
+    echo "build.sh: systemd-analyze is missing (Debian package: systemd); install it as root: apt-get install systemd" >&2
+    exit 1
+  fi
+fi
+
 here=$(cd "$(dirname "$0")" && pwd)
 out=${KMS_PLUGIN_SERVERS_DIR:-$HOME/.cache/kms-plugin/servers}
 mkdir -p "$out"

@@ -202,6 +202,16 @@ func (m *Metrics) WatchLocalKEKs() (generated func(keyID string)) {
 	return func(string) { n.Inc() }
 }
 
+// WatchVaultKubernetesKMSReads exports the number of vault-kubernetes-kms envelopes decrypted
+// (serve's --vault-read-vault-kubernetes-kms): the sunset of that flag is when it stays flat and
+// kmsctl scan finds none left.
+func (m *Metrics) WatchVaultKubernetesKMSReads() (read func(version int)) {
+	n := prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: "vault_kubernetes_kms_decrypts_total",
+		Help: "Envelopes written by vault-kubernetes-kms (Transit's vault:vN: text) that Decrypt read, with --vault-read-vault-kubernetes-kms."})
+	m.wrapped.MustRegister(n)
+	return func(int) { n.Inc() }
+}
+
 // WatchMemory exports whether the plugin serves from memory (the backend unreachable, within
 // the grace) and how much of the grace is left.
 func (m *Metrics) WatchMemory(state func() (serving bool, graceLeft time.Duration)) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strings"
 
+	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
 	"github.com/kmsplugin/kms-plugin/storage/providers"
 )
@@ -19,16 +20,26 @@ const (
 	Unrecognized = "unrecognized" // k8s:enc: prefix that no known provider writes, or a broken kms v2 value
 )
 
+// VaultKubernetesKMS is the Format of KMS v2 values whose DEK seed vault-kubernetes-kms
+// encrypted (Transit's "vault:vN:" text): the Vault plugin reads them with
+// --vault-read-vault-kubernetes-kms, and their Key is the transit key version, "vault:vN".
+const VaultKubernetesKMS = "vault-kubernetes-kms"
+
 // Storage is how one value is stored. Provider is the KMS provider's name (kms classes only);
-// Key is the local provider's key name, or the KMS v2 key id the value was written under.
+// Key is the local provider's key name, or the KMS v2 key id the value was written under;
+// Format is set for KMS v2 values in another plugin's envelope format that this one reads.
 type Storage struct {
 	Class    string `json:"class"`
 	Provider string `json:"provider,omitempty"`
 	Key      string `json:"key,omitempty"`
+	Format   string `json:"format,omitempty"`
 }
 
 func (s Storage) String() string {
 	out := s.Class
+	if s.Format != "" {
+		out += " format=" + s.Format
+	}
 	if s.Provider != "" {
 		out += " provider=" + s.Provider
 	}
@@ -64,10 +75,14 @@ func Classify(value []byte, names []string) Storage {
 		case KMSv1:
 			return Storage{Class: KMSv1, Provider: name}
 		case KMSv2:
-			keyID, err := providers.EncryptedObjectKeyID(body)
+			keyID, source, err := providers.EncryptedObjectKey(body)
 			// A key id that would break a line of the report is not printed.
 			if err != nil || strings.ContainsAny(keyID, "\x00\n") {
 				return Storage{Class: Unrecognized, Provider: name}
+			}
+			if env, err := dek.ParseVaultKMS(source); err == nil {
+				// Its own key id says nothing of the transit version; the prefix does.
+				return Storage{Class: KMSv2, Provider: name, Key: dek.VaultKMSKeyID(env.Version), Format: VaultKubernetesKMS}
 			}
 			return Storage{Class: KMSv2, Provider: name, Key: keyID}
 		}

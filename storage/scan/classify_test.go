@@ -14,11 +14,16 @@ import (
 
 // encryptedObject marshals an EncryptedObject with the apiserver's own generated type.
 func encryptedObject(t *testing.T, keyID string) []byte {
+	return encryptedObjectFrom(t, keyID, []byte("wrapped seed"))
+}
+
+// encryptedObjectFrom is encryptedObject with the plugin's ciphertext source.
+func encryptedObjectFrom(t *testing.T, keyID string, source []byte) []byte {
 	t.Helper()
 	b, err := proto.Marshal(&kmsv2api.EncryptedObject{
 		EncryptedData:          []byte("ciphertext"),
 		KeyID:                  keyID,
-		EncryptedDEKSource:     []byte("wrapped seed"),
+		EncryptedDEKSource:     source,
 		Annotations:            map[string][]byte{"example.com/x": []byte("y")},
 		EncryptedDEKSourceType: kmsv2api.EncryptedDEKSourceType_HKDF_SHA256_XNONCE_AES_GCM_SEED,
 	})
@@ -48,6 +53,11 @@ func TestClassify(t *testing.T) {
 		{"configured key name with a colon", []byte("k8s:enc:aescbc:v1:a:b:body"), []string{"a:b"}, Storage{Class: AESCBC, Key: "a:b"}},
 		{"kms v1", []byte("k8s:enc:kms:v1:old:\x00\x10..."), nil, Storage{Class: KMSv1, Provider: "old"}},
 		{"kms v2", kms("vault", "transit:k8s:v3"), nil, Storage{Class: KMSv2, Provider: "vault", Key: "transit:k8s:v3"}},
+		// vault-kubernetes-kms: Transit's text as the DEK source, its own key id ignored.
+		{"vault-kubernetes-kms", append([]byte("k8s:enc:kms:v2:vault:"), encryptedObjectFrom(t, "2", []byte("vault:v3:"+base64.StdEncoding.EncodeToString(make([]byte, 60))))...), nil,
+			Storage{Class: KMSv2, Provider: "vault", Key: "vault:v3", Format: VaultKubernetesKMS}},
+		{"vault-kubernetes-kms look-alike", append([]byte("k8s:enc:kms:v2:vault:"), encryptedObjectFrom(t, "2", []byte("vault:v3:not base64"))...), nil,
+			Storage{Class: KMSv2, Provider: "vault", Key: "2"}},
 		{"kms v2 no key id", kms("vault", ""), nil, Storage{Class: Unrecognized, Provider: "vault"}},
 		{"kms v2 garbage", []byte("k8s:enc:kms:v2:vault:\xff\xff\xff"), nil, Storage{Class: Unrecognized, Provider: "vault"}},
 		{"kms v2 truncated", kms("vault", "key")[:30], nil, Storage{Class: Unrecognized, Provider: "vault"}},

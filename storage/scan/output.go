@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"sort"
+	"strings"
 	"text/tabwriter"
 )
 
@@ -30,7 +32,11 @@ func (r *Report) WriteTable(w io.Writer) error {
 			name += " (" + res.Prefix + ")"
 		}
 		for _, s := range res.Storage {
-			line := fmt.Sprintf("%s\t%s\t%s\t%s\t%d", name, s.Class, dash(s.Provider), dash(s.Key), s.Objects)
+			class := s.Class
+			if s.Format != "" {
+				class += " (" + s.Format + ")"
+			}
+			line := fmt.Sprintf("%s\t%s\t%s\t%s\t%d", name, class, dash(s.Provider), dash(s.Key), s.Objects)
 			if r.Checked {
 				status := "-"
 				if s.Current != nil {
@@ -50,6 +56,17 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintln(w)
 	for _, k := range r.KMS {
 		fmt.Fprintf(w, "kms provider %s (%s): current key id %s, healthz %s\n", k.Provider, k.Endpoint, k.KeyID, k.Healthz)
+	}
+	if n := len(r.VaultKubernetesKMS); n > 0 {
+		keys := make([]string, 0, n)
+		total := 0
+		for k, c := range r.VaultKubernetesKMS {
+			keys = append(keys, fmt.Sprintf("%s: %d", k, c))
+			total += c
+		}
+		sort.Strings(keys)
+		fmt.Fprintf(w, "%d objects in vault-kubernetes-kms's format, by transit key version: %s (the Vault plugin reads them only with --vault-read-vault-kubernetes-kms; 'kmsctl rewrite' moves them to ours)\n",
+			total, strings.Join(keys, ", "))
 	}
 	if !r.Checked {
 		_, err := fmt.Fprintf(w, "%d objects under %s at revision %d: %d plaintext\n"+

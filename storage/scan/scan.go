@@ -40,10 +40,14 @@ type Report struct {
 	Objects   int    `json:"objects"`
 	Plaintext int    `json:"plaintext"`
 	// Stale counts objects not on their resource's write key; only with a config.
-	Stale     int              `json:"stale"`
-	Checked   bool             `json:"checkedWriteKeys"`
-	KMS       []KMSStatus      `json:"kmsProviders,omitempty"`
-	Resources []ResourceReport `json:"resources"`
+	Stale int `json:"stale"`
+	// VaultKubernetesKMS counts KMS v2 objects still in vault-kubernetes-kms's envelope format
+	// (Storage.Format), by transit key version ("vault:vN"); none left is the sunset of the
+	// plugin's --vault-read-vault-kubernetes-kms.
+	VaultKubernetesKMS map[string]int   `json:"vaultKubernetesKMS,omitempty"`
+	Checked            bool             `json:"checkedWriteKeys"`
+	KMS                []KMSStatus      `json:"kmsProviders,omitempty"`
+	Resources          []ResourceReport `json:"resources"`
 }
 
 // ResourceReport counts one resource's objects by storage.
@@ -138,6 +142,14 @@ func Scan(ctx context.Context, kv clientv3.KV, opts Options) (*Report, error) {
 		rep.Objects += r.Objects
 		rep.Plaintext += r.Plaintext
 		rep.Stale += r.Stale
+		for _, c := range r.Storage {
+			if c.Format == VaultKubernetesKMS {
+				if rep.VaultKubernetesKMS == nil {
+					rep.VaultKubernetesKMS = map[string]int{}
+				}
+				rep.VaultKubernetesKMS[c.Key] += c.Objects
+			}
+		}
 	}
 	return rep, nil
 }
@@ -214,7 +226,10 @@ func (t *tally) report() ResourceReport {
 		if a.Provider != b.Provider {
 			return a.Provider < b.Provider
 		}
-		return a.Key < b.Key
+		if a.Key != b.Key {
+			return a.Key < b.Key
+		}
+		return a.Format < b.Format
 	})
 	return r
 }

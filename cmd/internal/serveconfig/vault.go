@@ -35,6 +35,7 @@ type Vault struct {
 	certMount, certRole, certPEM, certFile, keyFile string
 	jwtMount, jwtRole, jwtFile                      string
 	capabilitiesInterval                            time.Duration
+	readVaultKubernetesKMS                          bool
 	memory                                          plugin.MemoryConfig
 }
 
@@ -98,6 +99,7 @@ func (b *Vault) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&b.jwtRole, "vault-jwt-role", "", "vault: jwt auth: role to log in as (default: the method's default_role)")
 	fs.StringVar(&b.jwtFile, "vault-jwt-token-file", "", "vault: jwt auth: file holding the JWT, re-read when it changes")
 	fs.DurationVar(&b.capabilitiesInterval, "vault-capabilities-interval", vault.DefaultCapabilitiesInterval, "vault: how often a check also asks Vault (sys/capabilities-self) whether the token may still encrypt and decrypt: a policy cut is noticed within this plus one --check-interval")
+	fs.BoolVar(&b.readVaultKubernetesKMS, "vault-read-vault-kubernetes-kms", false, "vault: also decrypt envelopes that vault-kubernetes-kms wrote with this transit key (Transit's vault:vN: text, 32-byte DEK seeds only), for an in-place switch from it; off once kmsctl scan finds none left (docs/migration.md)")
 	fs.IntVar(&b.memory.CacheEntries, "vault-dek-cache-size", cache.DefaultEntries, "vault: unwrapped DEKs and local KEKs held in memory (never on disk), so repeated and restarted-apiserver Decrypts need no Vault call")
 	fs.BoolVar(&b.memory.LocalKEK, "vault-local-kek", true, "vault: wrap DEKs with a local AES-256 KEK that Vault wraps once and that travels in each envelope, so Encrypt needs no Vault call (envelope format v2; docs/vault.md for downgrades)")
 	fs.DurationVar(&b.memory.LocalKEKMaxAge, "vault-local-kek-max-age", dek.DefaultLocalKEKMaxAge, "vault: how long one local KEK wraps new DEKs before a new one is made")
@@ -118,6 +120,9 @@ func (b *Vault) Open(_ context.Context, _ *pflag.FlagSet, log *slog.Logger) (Ope
 	if err != nil {
 		return Opened{}, err
 	}
+	if cfg.ReadVaultKubernetesKMS {
+		log.Warn("reading vault-kubernetes-kms envelopes (--vault-read-vault-kubernetes-kms): turn it off once 'kmsctl scan' finds none left", "transit_key", cfg.Key)
+	}
 	log.Info("vault backend", "vault_addr", cfg.Address, "failover_addrs", cfg.FailoverAddresses, "namespace", cfg.Namespace, "transit_mount", cfg.Mount, "transit_key", cfg.Key, "auth", cfg.Auth.Method())
 	mem := b.memory
 	return Opened{KEK: kek, Remote: true, Memory: &mem, CheckInterval: vault.DefaultCheckInterval, ProofInterval: vault.DefaultProofInterval}, nil
@@ -129,6 +134,7 @@ func (b *Vault) Config(getenv func(string) string, log *slog.Logger) (vault.Conf
 		Address: b.addr, CAFile: b.caFile, ClientCert: b.clientCert, ClientKey: b.clientKey,
 		TLSServerName: b.serverName, SkipVerify: b.skipVerify, Namespace: b.namespace,
 		Mount: b.mount, Key: b.key, CapabilitiesInterval: b.capabilitiesInterval, Log: log,
+		ReadVaultKubernetesKMS: b.readVaultKubernetesKMS,
 	}
 	if cfg.Address == "" {
 		cfg.Address = getenv(envVaultAddr)
