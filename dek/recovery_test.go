@@ -182,8 +182,8 @@ func TestRecoverySealCannotMove(t *testing.T) {
 // of the envelope's largest size.
 func TestRecoveryEnvelopeFitsTheAPIServerCap(t *testing.T) {
 	const apiserverCap = 1024
-	vaultID := "vault:0123456789abcdef:v4294967295"     // the longest id backends/vault makes
-	vaultWrapped := 18 + 80                             // "vault:v4294967295:" + base64 of nonce, key, tag
+	vaultID := "vault:0123456789abcdef:v4294967295" // the longest id backends/vault makes
+	vaultWrapped := 18 + 80                         // "vault:v4294967295:" + base64 of nonce, key, tag
 	for _, keyID := range []string{vaultID, strings.Repeat("k", dek.MaxKeyIDSize)} {
 		for _, kem := range []uint16{recovery.KEMX25519, recovery.KEMP256} {
 			kek := &sizedKEK{size: vaultWrapped}
