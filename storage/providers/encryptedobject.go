@@ -39,14 +39,21 @@ func ParseEncryptedObject(b []byte) (*kmstypes.EncryptedObject, error) {
 // well-formed and its key id valid, but not the other fields: for tools that report which key
 // a value is on and decrypt nothing.
 func EncryptedObjectKeyID(b []byte) (string, error) {
+	keyID, _, err := EncryptedObjectSource(b)
+	return keyID, err
+}
+
+// EncryptedObjectSource is EncryptedObjectKeyID that also returns the encrypted DEK source:
+// the plugin's ciphertext, whose recovery seal scan reports.
+func EncryptedObjectSource(b []byte) (keyID string, source []byte, err error) {
 	o, err := unmarshalEncryptedObject(b)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	if err := kmsclient.ValidateKeyID(o.KeyID); err != nil {
-		return "", fmt.Errorf("%w: kms v2 %v", ErrMalformed, err)
+		return "", nil, fmt.Errorf("%w: kms v2 %v", ErrMalformed, err)
 	}
-	return o.KeyID, nil
+	return o.KeyID, o.EncryptedDEKSource, nil
 }
 
 func unmarshalEncryptedObject(b []byte) (*kmstypes.EncryptedObject, error) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strings"
 
+	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
 	"github.com/kmsplugin/kms-plugin/storage/providers"
 )
@@ -25,6 +26,9 @@ type Storage struct {
 	Class    string `json:"class"`
 	Provider string `json:"provider,omitempty"`
 	Key      string `json:"key,omitempty"`
+	// Recovery is the id of the recovery key whose seal the KMS v2 value's plugin ciphertext
+	// carries (kms-plugin's envelope format v3), "" for none.
+	Recovery string `json:"recoveryKey,omitempty"`
 }
 
 func (s Storage) String() string {
@@ -34,6 +38,9 @@ func (s Storage) String() string {
 	}
 	if s.Key != "" {
 		out += " key=" + s.Key
+	}
+	if s.Recovery != "" {
+		out += " recovery=" + s.Recovery
 	}
 	return out
 }
@@ -64,12 +71,17 @@ func Classify(value []byte, names []string) Storage {
 		case KMSv1:
 			return Storage{Class: KMSv1, Provider: name}
 		case KMSv2:
-			keyID, err := providers.EncryptedObjectKeyID(body)
+			keyID, source, err := providers.EncryptedObjectSource(body)
 			// A key id that would break a line of the report is not printed.
 			if err != nil || strings.ContainsAny(keyID, "\x00\n") {
 				return Storage{Class: Unrecognized, Provider: name}
 			}
-			return Storage{Class: KMSv2, Provider: name, Key: keyID}
+			st := Storage{Class: KMSv2, Provider: name, Key: keyID}
+			// Another plugin's ciphertext is not our envelope: no seal to report.
+			if seal, ok, err := dek.RecoverySealOf(source); err == nil && ok {
+				st.Recovery = seal.KeyID.String()
+			}
+			return st
 		}
 		return Storage{Class: c.class, Key: name}
 	}

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"sort"
+	"strings"
 	"text/tabwriter"
 )
 
@@ -19,18 +21,33 @@ func (r *Report) WriteJSON(w io.Writer) error {
 // one, scan cannot know the write keys: the table has no STATUS column, and one line says so.
 func (r *Report) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	if r.Checked {
-		fmt.Fprintln(tw, "RESOURCE\tSTORAGE\tPROVIDER\tKEY\tOBJECTS\tSTATUS")
-	} else {
-		fmt.Fprintln(tw, "RESOURCE\tSTORAGE\tPROVIDER\tKEY\tOBJECTS")
+	sealed := map[string]int{} // recovery key id -> objects
+	for _, res := range r.Resources {
+		for _, s := range res.Storage {
+			if s.Recovery != "" {
+				sealed[s.Recovery] += s.Objects
+			}
+		}
 	}
+	header := "RESOURCE\tSTORAGE\tPROVIDER\tKEY\tOBJECTS"
+	if len(sealed) > 0 {
+		header = "RESOURCE\tSTORAGE\tPROVIDER\tKEY\tRECOVERY KEY\tOBJECTS"
+	}
+	if r.Checked {
+		header += "\tSTATUS"
+	}
+	fmt.Fprintln(tw, header)
 	for _, res := range r.Resources {
 		name := res.Resource
 		if !res.Known {
 			name += " (" + res.Prefix + ")"
 		}
 		for _, s := range res.Storage {
-			line := fmt.Sprintf("%s\t%s\t%s\t%s\t%d", name, s.Class, dash(s.Provider), dash(s.Key), s.Objects)
+			line := fmt.Sprintf("%s\t%s\t%s\t%s", name, s.Class, dash(s.Provider), dash(s.Key))
+			if len(sealed) > 0 {
+				line += "\t" + dash(s.Recovery)
+			}
+			line += fmt.Sprintf("\t%d", s.Objects)
 			if r.Checked {
 				status := "-"
 				if s.Current != nil {
@@ -50,6 +67,21 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintln(w)
 	for _, k := range r.KMS {
 		fmt.Fprintf(w, "kms provider %s (%s): current key id %s, healthz %s\n", k.Provider, k.Endpoint, k.KeyID, k.Healthz)
+	}
+	ids := make([]string, 0, len(sealed))
+	for id := range sealed {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		fmt.Fprintf(w, "recovery key %s: %d objects carry its seal\n", id, sealed[id])
+	}
+	if c := r.Recovery; c != nil {
+		fmt.Fprintf(w, "recovery key %s given: %d of %d kms v2 objects open with it alone, %d do not open, %d carry no seal of it\n",
+			c.Key, c.Opened, c.KMSv2, c.Failed, c.Unsealed)
+		if len(c.Examples) > 0 {
+			fmt.Fprintf(w, "  not readable with it, e.g.: %s\n", strings.Join(c.Examples, " "))
+		}
 	}
 	if !r.Checked {
 		_, err := fmt.Fprintf(w, "%d objects under %s at revision %d: %d plaintext\n"+
