@@ -448,3 +448,5 @@ func TestMonitorLogsTheEndOfTheGrace(t *testing.T) {
 		t.Fatalf("SERVING FROM MEMORY logged %d times; want 5, one per refresh within the grace", n)
 	}
 }
+
+func (k *countingKEK) unwrapCount() int { k.mu.Lock(); defer k.mu.Unlock(); return k.unwrs }
