@@ -131,9 +131,15 @@ func New(cfg Config) *Stack {
 	if rc.BreakGlass != nil {
 		bg = newBreakGlass(rc.BreakGlass, rc.Until, cfg.Clock, cfg.Log)
 		sealer.OpenWith(bg.r)
-		if m != nil {
-			m.WatchBreakGlass(bg.State)
-		}
+	}
+	if m != nil {
+		// Exported also when off (0), so that an alert on it never waits for a series to appear.
+		m.WatchBreakGlass(func() (bool, time.Time) {
+			if bg == nil {
+				return false, time.Time{}
+			}
+			return bg.State()
+		})
 	}
 	if m != nil {
 		monitor.OnRefresh(m.ObserveBackend)

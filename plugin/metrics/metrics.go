@@ -237,8 +237,13 @@ func (m *Metrics) WatchBreakGlass(state func() (on bool, until time.Time)) {
 				return 0
 			}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: namespace, Name: "break_glass_expiry_timestamp_seconds",
-			Help: "When break-glass mode ends (--break-glass-until), as a Unix time."},
-			func() float64 { _, until := state(); return float64(until.Unix()) }),
+			Help: "When break-glass mode ends (--break-glass-until), as a Unix time; 0 when not in break-glass mode."},
+			func() float64 {
+				if _, until := state(); !until.IsZero() {
+					return float64(until.Unix())
+				}
+				return 0
+			}),
 	)
 }
 
