@@ -24,12 +24,12 @@ type Config struct {
 	Remote *RemoteCalls
 	// Memory is what the plugin keeps to serve through a backend outage (a DEK cache, a local
 	// KEK, a grace); nil: nothing is served from memory.
-	Memory  *MemoryConfig
+	Memory *MemoryConfig
 	// Recovery is the offline recovery key's part: seals to its public key, and break-glass
 	// reads with its private key; nil: none.
 	Recovery *RecoveryConfig
 	Monitor  MonitorConfig // DefaultMonitorConfig when zero; Memory.Grace sets its Grace
-	Server  ServerConfig
+	Server   ServerConfig
 	// Metrics, when set, counts and times requests and backend calls, and exports the state of
 	// every layer below.
 	Metrics *metrics.Metrics
