@@ -111,6 +111,18 @@ func TestRecoveryKeyAfterTheTransitKeyIsLost(t *testing.T) {
 		t.Fatalf("rewrite in break-glass mode: exit %d\n%s\n%s", code, out, errOut)
 	}
 	checkKMSStored(t, e, newKeyID, objs...)
+	// What the seal costs with a real Vault: the plugin's ciphertext in each stored object.
+	raw := e.Get(t, objs[0].key())
+	v, err := harness.ParseKMSv2(raw, provider)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const sealSize = 8 + 2 + 1 + 32 + 1 + 48 // recovery id, KEM, X25519 encapsulated key, sealed local KEK
+	t.Logf("with a real Vault: the plugin's ciphertext is %d bytes (format %d; %d without the seal), the stored Secret %d bytes",
+		len(v.EncryptedDEKSource), v.EncryptedDEKSource[0], len(v.EncryptedDEKSource)-sealSize, len(raw))
+	if v.EncryptedDEKSource[0] != 3 || len(v.EncryptedDEKSource) >= 1024 {
+		t.Errorf("plugin ciphertext: format %d, %d bytes; want format 3 under the apiserver's 1 KiB cap", v.EncryptedDEKSource[0], len(v.EncryptedDEKSource))
+	}
 
 	// Leave break-glass mode: the plugin without the private key, the apiserver with empty
 	// caches; everything reads, and new writes work.
