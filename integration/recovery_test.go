@@ -24,19 +24,7 @@ import (
 func TestRecoveryKeyAfterTheTransitKeyIsLost(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	keys := filepath.Join(dir, "escrow")
-	if err := os.Mkdir(keys, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if out, errOut, code := kmsctl(t, "recovery-key", "--out", keys); code != 0 || !strings.Contains(out, "recovery key ") {
-		t.Fatalf("kmsctl recovery-key: exit %d: %s%s", code, out, errOut)
-	}
-	priv, pub := filepath.Join(keys, "recovery-private.pem"), filepath.Join(keys, "recovery-public.pem")
-	m := regexp.MustCompile(`Key-Id: ([0-9a-f]{16})`).FindStringSubmatch(mustReadString(t, pub))
-	if m == nil {
-		t.Fatalf("no Key-Id in the public key file:\n%s", mustReadString(t, pub))
-	}
-	recoveryID := m[1]
+	priv, pub, recoveryID := recoveryKeys(t, dir)
 
 	// Before: Vault A, its transit key, a plugin sealing to the recovery key.
 	old := harness.StartVaultDev(t)
@@ -138,6 +126,92 @@ func TestRecoveryKeyAfterTheTransitKeyIsLost(t *testing.T) {
 	if code != 0 || allOpen(out) < len(objs)+1 {
 		t.Errorf("scan after the rewrite: the new writes carry seals of the recovery key too: exit %d\n%s", code, out)
 	}
+}
+
+// recoveryKeys makes a recovery key pair with kmsctl in dir/escrow and returns the files and
+// the key id.
+func recoveryKeys(t *testing.T, dir string) (priv, pub, id string) {
+	t.Helper()
+	keys := filepath.Join(dir, "escrow")
+	if err := os.Mkdir(keys, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, errOut, code := kmsctl(t, "recovery-key", "--out", keys); code != 0 || !strings.Contains(out, "recovery key ") {
+		t.Fatalf("kmsctl recovery-key: exit %d: %s%s", code, out, errOut)
+	}
+	priv, pub = filepath.Join(keys, "recovery-private.pem"), filepath.Join(keys, "recovery-public.pem")
+	m := regexp.MustCompile(`Key-Id: ([0-9a-f]{16})`).FindStringSubmatch(mustReadString(t, pub))
+	if m == nil {
+		t.Fatalf("no Key-Id in the public key file:\n%s", mustReadString(t, pub))
+	}
+	return priv, pub, m[1]
+}
+
+// TestColdStartThroughBreakGlass is docs/disaster-recovery.md's drill "a cold start of a
+// cluster whose Vault runs inside it": Vault cannot start until the apiserver serves (here: it
+// is started only once the apiserver's /readyz is ok), and the apiserver cannot serve
+// encrypted resources without the plugin. The plugin starts in break-glass mode with a local
+// key for new writes, and the apiserver reads everything and becomes ready; then Vault starts,
+// the original plugin comes back as the write provider with the break-glass plugin (no longer
+// holding the private key) as a read provider for what was written meanwhile, kmsctl rewrite
+// moves everything back to Vault's key, and the cluster returns to its original configuration.
+func TestColdStartThroughBreakGlass(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	priv, pub, _ := recoveryKeys(t, dir)
+
+	// Before: Vault (file storage: it keeps its key across the outage) and a sealing plugin.
+	v := harness.StartVaultFile(t)
+	v.EnableTransit(t, "transit")
+	v.CreateKey(t, "transit", "k8s")
+	vaultArgs := append(vaultPluginArgs(v.Addr, "transit", "k8s", leastPrivilegeToken(t, v, "transit", "k8s")), "--recovery-public-key="+pub)
+	c := harness.StartEncryptedCluster(t, vaultArgs...)
+	createNamespace(t, c.APIServer.Clientset, "drill")
+	objs := createMany(t, c.APIServer.Clientset, "drill", "obj", 5)
+	vaultKeyID := c.Plugin.KeyID(t)
+	snapshot := filepath.Join(dir, "etcd.snapshot")
+	c.Etcd.Snapshot(t, snapshot)
+
+	// The whole cluster goes down (Vault with it: it runs inside the cluster).
+	c.APIServer.Stop()
+	c.Plugin.Stop()
+	c.Etcd.Process.Stop(30 * time.Second)
+	v.Stop(t)
+
+	// Cold start: no Vault. The plugin in break-glass mode, new writes under a local key.
+	e := harness.StartEtcdFromSnapshot(t, snapshot)
+	localKeys := filepath.Join(dir, "break-glass-keys.yaml")
+	keygen(t, localKeys)
+	localArgs := []string{"--backend=localaes", "--localaes-key-file=" + localKeys}
+	bg := harness.StartPlugin(t, append(localArgs, "--break-glass-recovery-key="+priv, "--break-glass-until=1h")...)
+	breakGlassConfig := harness.EncryptionConfig(encrypted, harness.KMSv2("break-glass", bg.Endpoint), harness.KMSv2(provider, bg.Endpoint), harness.Identity())
+	a := harness.StartKubeAPIServer(t, harness.APIServerOptions{EtcdServers: e.Endpoints, EncryptionConfig: breakGlassConfig})
+	a.WaitReady(t, "/readyz") // what the in-cluster Vault waits for
+	checkReads(t, a.Clientset, objs...)
+	during := createMany(t, a.Clientset, "drill", "during", 3)
+
+	// Vault can start now, with its key; the original plugin returns as the write provider, the
+	// break-glass plugin without the private key reads what was written meanwhile.
+	v.Start(t)
+	v.Unseal(t)
+	c.Plugin.Resume(t)
+	c.Plugin.WaitKeyID(t, vaultKeyID)
+	bg.RestartWith(t, localArgs...)
+	a.WriteEncryptionConfig(harness.EncryptionConfig(encrypted, harness.KMSv2(provider, c.Plugin.Endpoint), harness.KMSv2("break-glass", bg.Endpoint), harness.Identity()))
+	a.Restart(t)
+	all := append(append([]*object{}, objs...), during...)
+	checkReads(t, a.Clientset, all...)
+	out, errOut, code := kmsctl(t, "rewrite", "--kubeconfig", a.Kubeconfig(t, ""), "--resources", "secrets,configmaps", "--apiservers", a.URL, "--force")
+	if code != 0 {
+		t.Fatalf("rewrite back to Vault's key: exit %d\n%s\n%s", code, out, errOut)
+	}
+	checkKMSStored(t, e, vaultKeyID, all...)
+
+	// Back to normal: the original configuration, no break-glass plugin.
+	bg.Stop()
+	a.WriteEncryptionConfig(harness.EncryptionConfig(encrypted, harness.KMSv2(provider, c.Plugin.Endpoint), harness.Identity()))
+	a.Restart(t)
+	checkReads(t, a.Clientset, all...)
 }
 
 // allOpen is how many kms v2 objects scan --recovery-private-key found, if every one opened
