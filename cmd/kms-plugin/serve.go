@@ -75,7 +75,7 @@ func serve(ctx context.Context, stdin io.Reader, logTo io.Writer, fs *pflag.Flag
 	if opened.ProofInterval > 0 && !fs.Changed("proof-interval") {
 		o.ProveEvery = opened.ProofInterval
 	}
-	rc, err := o.Recovery.Recovery(o.Backend, opened, stdin, time.Now())
+	rc, err := o.Recovery.Recovery(o.Backend, opened.Memory != nil && opened.Memory.LocalKEK, stdin, time.Now())
 	if err != nil {
 		return err
 	}

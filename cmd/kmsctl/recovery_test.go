@@ -215,3 +215,23 @@ func TestScanWithRecoveryKey(t *testing.T) {
 		t.Fatal("--fail-on-unrecoverable without the key: no error")
 	}
 }
+
+// doctor judges the recovery flags as serve does.
+func TestDoctorRecoveryFlags(t *testing.T) {
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "keys.yaml")
+	if _, err := runCLI("keygen", "--localaes-key-file", keys); err != nil {
+		t.Fatal(err)
+	}
+	privPath, pub := newRecoveryFiles(t)
+	base := []string{"doctor", "--listen", filepath.Join(dir, "kms.sock"), "--localaes-key-file", keys, "--health-addr", "127.0.0.1:0"}
+	out, err := runCLI(append(base, "--break-glass-recovery-key", privPath, "--break-glass-until", "2h")...)
+	if err != nil || !strings.Contains(out, "BREAK-GLASS with recovery key "+pub.ID().String()) {
+		t.Fatalf("doctor in break-glass mode: %v\n%s", err, out)
+	}
+	pubPath := filepath.Join(filepath.Dir(privPath), recoveryPublicName)
+	out, err = runCLI(append(base, "--recovery-public-key", pubPath)...)
+	if err == nil || !strings.Contains(out, "needs --backend vault in local KEK mode") {
+		t.Fatalf("doctor with a recovery public key and localaes: %v\n%s", err, out)
+	}
+}

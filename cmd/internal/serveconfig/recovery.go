@@ -35,15 +35,16 @@ func (o *RecoveryOptions) addFlags(fs *pflag.FlagSet) {
 }
 
 // Recovery reads the recovery flags into the serving stack's RecoveryConfig (nil: none) for
-// the opened backend. The private key's bytes are cleared once parsed; crypto/hpke's key
+// the backend, which is in local KEK mode or not (serve asks the opened backend, doctor its
+// flags). The private key's bytes are cleared once parsed; crypto/hpke's key
 // object itself cannot be cleared (docs/security.md).
-func (o RecoveryOptions) Recovery(backend string, opened Opened, stdin io.Reader, now time.Time) (*plugin.RecoveryConfig, error) {
+func (o RecoveryOptions) Recovery(backend string, localKEK bool, stdin io.Reader, now time.Time) (*plugin.RecoveryConfig, error) {
 	if o.PublicKey == "" && o.BreakGlassKey == "" && o.BreakGlassUntil == "" {
 		return nil, nil
 	}
 	rc := &plugin.RecoveryConfig{}
 	if o.PublicKey != "" {
-		if backend != "vault" || opened.Memory == nil || !opened.Memory.LocalKEK {
+		if backend != "vault" || !localKEK {
 			return nil, errors.New("--recovery-public-key needs --backend vault in local KEK mode (--vault-local-kek, the default): only a local KEK is sealed to the recovery key")
 		}
 		text, err := privatefile.ReadAs(o.PublicKey, privatefile.Public)

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/kmsplugin/kms-plugin/dek/recovery"
-	"github.com/kmsplugin/kms-plugin/plugin"
 )
 
 func writeRecoveryKeys(t *testing.T) (privPath, pubPath string, key *recovery.PrivateKey) {
@@ -28,7 +27,7 @@ func writeRecoveryKeys(t *testing.T) (privPath, pubPath string, key *recovery.Pr
 func TestRecoveryFlags(t *testing.T) {
 	privPath, pubPath, key := writeRecoveryKeys(t)
 	now := time.Date(2026, 12, 3, 9, 0, 0, 0, time.UTC)
-	vaultLocal := Opened{Memory: &plugin.MemoryConfig{LocalKEK: true}}
+	const vaultLocal = true
 	privText, _ := os.ReadFile(privPath)
 
 	rc, err := RecoveryOptions{}.Recovery("vault", vaultLocal, nil, now)
@@ -39,7 +38,7 @@ func TestRecoveryFlags(t *testing.T) {
 	if err != nil || rc.Seal.ID() != key.ID() || rc.BreakGlass != nil {
 		t.Fatalf("--recovery-public-key: %+v, %v", rc, err)
 	}
-	rc, err = RecoveryOptions{BreakGlassKey: privPath, BreakGlassUntil: "12h"}.Recovery("localaes", Opened{}, nil, now)
+	rc, err = RecoveryOptions{BreakGlassKey: privPath, BreakGlassUntil: "12h"}.Recovery("localaes", false, nil, now)
 	if err != nil || rc.BreakGlass.ID() != key.ID() || !rc.Until.Equal(now.Add(12*time.Hour)) {
 		t.Fatalf("break-glass from a file with localaes: %+v, %v", rc, err)
 	}
@@ -53,11 +52,11 @@ func TestRecoveryFlags(t *testing.T) {
 	for name, tc := range map[string]struct {
 		o       RecoveryOptions
 		backend string
-		opened  Opened
+		opened  bool
 		want    string
 	}{
-		"public key with localaes":     {RecoveryOptions{PublicKey: pubPath}, "localaes", Opened{}, "needs --backend vault in local KEK mode"},
-		"public key without local KEK": {RecoveryOptions{PublicKey: pubPath}, "vault", Opened{Memory: &plugin.MemoryConfig{}}, "needs --backend vault in local KEK mode"},
+		"public key with localaes":     {RecoveryOptions{PublicKey: pubPath}, "localaes", false, "needs --backend vault in local KEK mode"},
+		"public key without local KEK": {RecoveryOptions{PublicKey: pubPath}, "vault", false, "needs --backend vault in local KEK mode"},
 		"private key as public":        {RecoveryOptions{PublicKey: privPath}, "vault", vaultLocal, "can read or change a secret"},
 		"no expiry":                    {RecoveryOptions{BreakGlassKey: pubPath}, "vault", vaultLocal, "needs --break-glass-until"},
 		"expiry without key":           {RecoveryOptions{BreakGlassUntil: "1h"}, "vault", vaultLocal, "without --break-glass-recovery-key"},
