@@ -205,10 +205,8 @@ func (l *localKEKs) newLocalKEK(ctx context.Context, kek KEK, keyID string) (*lo
 		return nil, err
 	}
 	lk := &localKEK{keyID: keyID, wrapped: wrapped, aead: aead, created: l.cfg.Clock.Now()}
-	if l.cfg.Recovery != nil {
-		if lk.seal, err = sealLocalKEK(l.cfg.Recovery, keyID, wrapped, key); err != nil {
-			return nil, err
-		}
+	if err := l.reseal(lk, key); err != nil {
+		return nil, err
 	}
 	if l.cfg.Generated != nil {
 		l.cfg.Generated(keyID)

@@ -39,6 +39,18 @@ func sealLocalKEK(pub *recovery.PublicKey, keyID string, wrapped, key []byte) ([
 	return append(fields, sealed...), nil
 }
 
+// reseal gives lk the recovery seal of the configured recovery key (none without one), key
+// being lk's local KEK: when it is made, and when a local KEK kept across a restart is
+// restored, so that every envelope it wraps carries a seal of the key configured now.
+func (l *localKEKs) reseal(lk *localKEK, key []byte) (err error) {
+	if l.cfg.Recovery == nil {
+		lk.seal = nil
+		return nil
+	}
+	lk.seal, err = sealLocalKEK(l.cfg.Recovery, lk.keyID, lk.wrapped, key)
+	return err
+}
+
 // Recovery opens recovery seals with the private key, keeping a few opened local KEKs (one
 // HPKE open per local KEK, not per envelope). Drop forgets the key: break-glass mode ends.
 type Recovery struct {
