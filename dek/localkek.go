@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/kmsplugin/kms-plugin/dek/recovery"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
 )
 
@@ -39,6 +40,9 @@ type LocalKEKConfig struct {
 	// FromMemory says whether a local KEK held in memory may still wrap (nil), or why not:
 	// past the grace of a backend outage, or once the backend refuses. Nil: always.
 	FromMemory func() error
+	// Recovery, when set, is the recovery public key each new local KEK is sealed to: the
+	// envelopes it wraps are then format v3 (recoveryseal.go).
+	Recovery *recovery.PublicKey
 	// Generated is called after each new local KEK, with the key id that wraps it.
 	Generated func(keyID string)
 	Clock     clock.Clock
@@ -63,6 +67,7 @@ type localKEKs struct {
 type localKEK struct {
 	keyID   string // the backend's key that wrapped it
 	wrapped []byte // its backend-wrapped form, carried in every envelope
+	seal    []byte // v3: its recovery fields (recoveryseal.go), carried in every envelope; nil: v2
 	aead    cipher.AEAD
 	created time.Time
 	uses    atomic.Uint64
@@ -200,6 +205,9 @@ func (l *localKEKs) newLocalKEK(ctx context.Context, kek KEK, keyID string) (*lo
 		return nil, err
 	}
 	lk := &localKEK{keyID: keyID, wrapped: wrapped, aead: aead, created: l.cfg.Clock.Now()}
+	if err := l.reseal(lk, key); err != nil {
+		return nil, err
+	}
 	if l.cfg.Generated != nil {
 		l.cfg.Generated(keyID)
 	}
@@ -207,17 +215,22 @@ func (l *localKEKs) newLocalKEK(ctx context.Context, kek KEK, keyID string) (*lo
 	return lk, nil
 }
 
-// encryptLocal is Encrypt in local KEK mode: format v2.
+// encryptLocal is Encrypt in local KEK mode: format v2, or v3 with a recovery seal.
 func (s *Sealer) encryptLocal(ctx context.Context, keyID string, dek, plaintext []byte) ([]byte, error) {
 	lk, err := s.local.forEncrypt(ctx, s.kek, keyID)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]byte, 0, 1+1+len(keyID)+2+len(lk.wrapped)+localWrappedSize+nonceSize+len(plaintext)+tagSize)
-	out, err = appendHeader(out, formatV2, keyID, lk.wrapped)
+	version := byte(formatV2)
+	if lk.seal != nil {
+		version = formatV3
+	}
+	out := make([]byte, 0, 1+1+len(keyID)+2+len(lk.wrapped)+len(lk.seal)+localWrappedSize+nonceSize+len(plaintext)+tagSize)
+	out, err = appendHeader(out, version, keyID, lk.wrapped)
 	if err != nil {
 		return nil, err
 	}
+	out = append(out, lk.seal...)
 	// The DEK, sealed by the local KEK with the header so far as additional data.
 	if out, err = sealWith(lk.aead, out, dek); err != nil {
 		return nil, err
@@ -225,18 +238,11 @@ func (s *Sealer) encryptLocal(ctx context.Context, keyID string, dek, plaintext 
 	return seal(out, dek, plaintext)
 }
 
-// unwrapLocal recovers a v2 envelope's DEK: the local KEK from the backend (a cache hit in
-// serve, but for the first envelope of each local KEK), then the DEK from the local KEK.
+// unwrapLocal recovers a v2 or v3 envelope's DEK: the local KEK from the backend (a cache hit
+// in serve, but for the first envelope of each local KEK) or its recovery seal, then the DEK
+// from the local KEK.
 func (s *Sealer) unwrapLocal(ctx context.Context, env *envelope) ([]byte, error) {
-	key, err := s.kek.Unwrap(ctx, env.keyID, env.localKEK)
-	if err != nil {
-		return nil, fmt.Errorf("unwrapping the local KEK with %s: %w", env.keyID, err)
-	}
-	defer clear(key)
-	if len(key) != DEKSize {
-		return nil, Public(fmt.Errorf("%w: unwrapped local KEK has %d bytes", ErrTampered, len(key)))
-	}
-	aead, err := s.local.aeadFor(env, key)
+	aead, err := s.localKEKOf(ctx, env)
 	if err != nil {
 		return nil, err
 	}

@@ -17,6 +17,8 @@ type Sealer struct {
 	kek     KEK
 	local   *localKEKs     // local KEK mode (localkek.go) when set
 	foreign *foreignReader // vault-kubernetes-kms envelopes (foreign.go) when set
+	// recovery opens the recovery seals of its key (recoveryseal.go) when set
+	recovery *Recovery
 }
 
 // NewSealer returns a Sealer whose DEKs the given KEK wraps.
@@ -81,7 +83,7 @@ func (s *Sealer) Decrypt(ctx context.Context, ciphertext []byte) ([]byte, string
 		return nil, "", err
 	}
 	var dek []byte
-	if env.version == formatV2 {
+	if env.version != formatV1 {
 		dek, err = s.unwrapLocal(ctx, env)
 	} else if dek, err = s.kek.Unwrap(ctx, env.keyID, env.wrappedDEK); err != nil {
 		err = fmt.Errorf("unwrapping DEK with %s: %w", env.keyID, err)

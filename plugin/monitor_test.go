@@ -492,3 +492,5 @@ func TestMonitorRetriesQuicklyWhileItCannotServe(t *testing.T) {
 	clk.Advance(time.Second + plugin.RetryMax)
 	waitFor(t, func() bool { c, _ := k.counts(); return c == 8 })
 }
+
+func (k *countingKEK) unwrapCount() int { k.mu.Lock(); defer k.mu.Unlock(); return k.unwrs }

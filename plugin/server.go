@@ -11,8 +11,8 @@ import (
 )
 
 // MaxRequestSize bounds one request on the wire, and so what a peer's unfinished request can
-// make the plugin hold (PeerLimits.HeldBytes). It sits above dek.MaxCiphertextSize (8,539)
-// so that an oversized ciphertext gets our InvalidArgument, with 7,845 bytes to spare for the
+// make the plugin hold (PeerLimits.HeldBytes). It sits above dek.MaxCiphertextSize (8,871)
+// so that an oversized ciphertext gets our InvalidArgument, with 7,513 bytes to spare for the
 // request's other fields (uid, key id, annotations: the apiserver's are the few bytes our
 // Encrypt returned) and for later growth of the envelope; anything larger is gRPC's
 // ResourceExhausted.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/dek/cache"
+	"github.com/kmsplugin/kms-plugin/dek/recovery"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
 	"github.com/kmsplugin/kms-plugin/plugin/limit"
 	"github.com/kmsplugin/kms-plugin/plugin/metrics"
@@ -23,9 +24,12 @@ type Config struct {
 	Remote *RemoteCalls
 	// Memory is what the plugin keeps to serve through a backend outage (a DEK cache, a local
 	// KEK, a grace); nil: nothing is served from memory.
-	Memory  *MemoryConfig
-	Monitor MonitorConfig // DefaultMonitorConfig when zero; Memory.Grace sets its Grace
-	Server  ServerConfig
+	Memory *MemoryConfig
+	// Recovery is the offline recovery key's part: seals to its public key, and break-glass
+	// reads with its private key; nil: none.
+	Recovery *RecoveryConfig
+	Monitor  MonitorConfig // DefaultMonitorConfig when zero; Memory.Grace sets its Grace
+	Server   ServerConfig
 	// Metrics, when set, counts and times requests and backend calls, and exports the state of
 	// every layer below.
 	Metrics *metrics.Metrics
@@ -61,12 +65,14 @@ type Stack struct {
 	Monitor *Monitor
 	Sealer  *dek.Sealer
 	Server  *Server
+
+	breakGlass *breakGlass // nil unless in break-glass mode
 }
 
 // New builds the serving stack: the one place where its layers are put in order. A request
 // goes down
 //
-//	Server → Service → dek.Sealer → [cache.KEK →] [limit.Timeout → limit.KEK →] Monitor.Proving → metrics.KEK → backend
+//	Server → Service → dek.Sealer [→ dek.Recovery in break-glass mode, for envelopes sealed to its key] → [cache.KEK →] [limit.Timeout → limit.KEK →] Monitor.Proving → metrics.KEK → backend
 //
 // The DEK cache sits on top: a hit takes no slot and is no backend call. The limiter and its
 // timeout bound only a remote backend's calls, and sit above metrics.KEK, so that the backend's
@@ -109,9 +115,31 @@ func New(cfg Config) *Stack {
 		}
 		calls = limit.Timeout(limited, timeout)
 	}
+	rc := cfg.Recovery
+	if rc == nil {
+		rc = &RecoveryConfig{}
+	}
 	sealer := dek.NewSealer(calls)
 	if cfg.Memory != nil {
-		sealer = fromMemory(calls, *cfg.Memory, cfg.KEK, monitor, m, cfg.Clock, cfg.Log)
+		sealer = fromMemory(calls, *cfg.Memory, rc.Seal, cfg.KEK, monitor, m, cfg.Clock, cfg.Log)
+	}
+	if rc.Seal != nil && (cfg.Memory == nil || !cfg.Memory.LocalKEK) {
+		// serveconfig refuses this at start; a caller that builds the stack itself hears it too.
+		cfg.Log.Error("a recovery public key needs local KEK mode: nothing is sealed to it", "recovery_key", rc.Seal.ID().String())
+	}
+	var bg *breakGlass
+	if rc.BreakGlass != nil {
+		bg = newBreakGlass(rc.BreakGlass, rc.Until, cfg.Clock, cfg.Log)
+		sealer.OpenWith(bg.r)
+	}
+	if m != nil {
+		// Exported also when off (0), so that an alert on it never waits for a series to appear.
+		m.WatchBreakGlass(func() (bool, time.Time) {
+			if bg == nil {
+				return false, time.Time{}
+			}
+			return bg.State()
+		})
 	}
 	if fr, ok := cfg.KEK.(dek.ForeignReader); ok && fr.ReadsVaultKubernetesKMS() {
 		// The backend reads vault-kubernetes-kms's envelopes (serve's
@@ -126,13 +154,13 @@ func New(cfg Config) *Stack {
 		monitor.OnRefresh(m.ObserveBackend)
 		cfg.Server.Options = append([]grpc.ServerOption{grpc.ChainUnaryInterceptor(m.UnaryInterceptor())}, cfg.Server.Options...)
 	}
-	return &Stack{Monitor: monitor, Sealer: sealer, Server: NewServer(NewService(sealer, monitor, cfg.Log), cfg.Server)}
+	return &Stack{Monitor: monitor, Sealer: sealer, Server: NewServer(NewService(sealer, monitor, cfg.Log), cfg.Server), breakGlass: bg}
 }
 
 // fromMemory is the sealer over a DEK cache (and, in local KEK mode, a local KEK), which the
 // Monitor gates: what they hold is served only while the backend is healthy, or unreachable
 // within the grace, and is dropped as soon as the backend refuses.
-func fromMemory(calls dek.KEK, mem MemoryConfig, backend dek.KEK, monitor *Monitor, m *metrics.Metrics, clk clock.Clock, log *slog.Logger) *dek.Sealer {
+func fromMemory(calls dek.KEK, mem MemoryConfig, seal *recovery.PublicKey, backend dek.KEK, monitor *Monitor, m *metrics.Metrics, clk clock.Clock, log *slog.Logger) *dek.Sealer {
 	cached := cache.New(calls, monitor, mem.CacheEntries)
 	var sealer *dek.Sealer
 	if mem.LocalKEK {
@@ -141,7 +169,7 @@ func fromMemory(calls dek.KEK, mem MemoryConfig, backend dek.KEK, monitor *Monit
 			generated = m.WatchLocalKEKs()
 		}
 		sealer = dek.NewLocalSealer(cached, dek.LocalKEKConfig{
-			MaxAge: mem.LocalKEKMaxAge, FromMemory: monitor.FromMemory, Generated: generated, Clock: clk, Log: log,
+			MaxAge: mem.LocalKEKMaxAge, FromMemory: monitor.FromMemory, Generated: generated, Recovery: seal, Clock: clk, Log: log,
 		})
 	} else {
 		sealer = dek.NewSealer(cached)
@@ -177,8 +205,20 @@ func fromMemory(calls dek.KEK, mem MemoryConfig, backend dek.KEK, monitor *Monit
 	return sealer
 }
 
-// Start refreshes the Monitor once and keeps refreshing it until ctx ends.
+// Start refreshes the Monitor once and keeps refreshing it until ctx ends; in break-glass
+// mode it also says so in the log until the mode's expiry, and ends it then.
 func (s *Stack) Start(ctx context.Context) {
+	if s.breakGlass != nil {
+		go s.breakGlass.run(ctx)
+	}
 	s.Monitor.Refresh(ctx)
 	go s.Monitor.Run(ctx)
+}
+
+// BreakGlass reports whether break-glass mode is on, and until when.
+func (s *Stack) BreakGlass() (on bool, until time.Time) {
+	if s.breakGlass == nil {
+		return false, time.Time{}
+	}
+	return s.breakGlass.State()
 }

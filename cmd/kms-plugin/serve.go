@@ -31,7 +31,7 @@ func newServeCommand() *cobra.Command {
 			if err := serveconfig.ApplyConfigFile(cmd.Flags()); err != nil {
 				return err
 			}
-			return serve(cmd.Context(), cmd.ErrOrStderr(), cmd.Flags(), o, all)
+			return serve(cmd.Context(), cmd.InOrStdin(), cmd.ErrOrStderr(), cmd.Flags(), o, all)
 		},
 	}
 	serveconfig.AddFlags(cmd.Flags(), &o, all)
@@ -39,7 +39,7 @@ func newServeCommand() *cobra.Command {
 	return cmd
 }
 
-func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveconfig.Options, all []serveconfig.Backend) error {
+func serve(ctx context.Context, stdin io.Reader, logTo io.Writer, fs *pflag.FlagSet, o serveconfig.Options, all []serveconfig.Backend) error {
 	log, err := serveconfig.NewLogger(logTo, o.LogFormat, o.LogLevel)
 	if err != nil {
 		return err
@@ -76,8 +76,17 @@ func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveconfi
 	if opened.ProofInterval > 0 && !fs.Changed("proof-interval") {
 		o.ProveEvery = opened.ProofInterval
 	}
+	rc, err := o.Recovery.Recovery(o.Backend, opened.Memory != nil && opened.Memory.LocalKEK, stdin, time.Now())
+	if err != nil {
+		return err
+	}
 	m := metrics.New(o.Backend, version)
-	stack := plugin.New(stackConfig(opened, o, m, log))
+	cfg := stackConfig(opened, o, m, log)
+	cfg.Recovery = rc
+	if rc != nil && rc.Seal != nil {
+		log.Warn("recovery key on: every local KEK is sealed to it, so its private key reads every envelope without Vault (docs/security.md)", "recovery_key", rc.Seal.ID().String())
+	}
+	stack := plugin.New(cfg)
 	stack.Start(ctx)
 	// The socket first: a plugin that cannot serve it must not announce its endpoints.
 	lis, err := plugin.Listen(path, sockOpts)

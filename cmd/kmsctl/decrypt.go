@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/kmsplugin/kms-plugin/dek/recovery"
 	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
 	"github.com/kmsplugin/kms-plugin/storage/providers"
 	"github.com/kmsplugin/kms-plugin/storage/storedobject"
@@ -32,7 +33,8 @@ func (o *valueOptions) addFlags(fs *pflag.FlagSet) {
 }
 
 // chain loads the config and picks the resource's provider chain, as the apiserver would.
-func (o *valueOptions) chain() (*providers.Chain, *encryptionconfig.Config, error) {
+// With a recovery key (non-nil) every kms v2 provider reads with it alone (recovery.go).
+func (o *valueOptions) chain(k *recovery.PrivateKey) (*providers.Chain, *encryptionconfig.Config, error) {
 	if o.configFile == "" || o.etcdKey == "" {
 		return nil, nil, errors.New("--encryption-config and --etcd-key are required")
 	}
@@ -40,7 +42,7 @@ func (o *valueOptions) chain() (*providers.Chain, *encryptionconfig.Config, erro
 	if err != nil {
 		return nil, nil, err
 	}
-	cfg, err := encryptionconfig.Load(o.configFile)
+	cfg, err := recoveryConfig(o.configFile, k)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -84,6 +86,7 @@ func (o *valueOptions) read(stdin io.Reader) ([]byte, error) {
 
 func newDecryptCommand() *cobra.Command {
 	var o valueOptions
+	var rf recoveryFlag
 	var output string
 	cmd := &cobra.Command{
 		Use:   "decrypt",
@@ -95,7 +98,12 @@ decodes it with client-go's scheme instead.
 
 The providers are those the config gives the resource, tried in order as the apiserver does:
 aescbc, aesgcm, secretbox and identity locally, kms v2 (and v1) through the plugin socket the
-config names. The etcd key must be the object's own: aesgcm and kms authenticate it.`,
+config names. The etcd key must be the object's own: aesgcm and kms authenticate it.
+
+With --recovery-private-key the kms v2 providers need neither their plugin nor Vault: values
+whose plugin ciphertext carries a seal of that recovery key (envelope format v3) are read with
+it alone; others fail and say so. Read the key from a file (mode 0600) or from stdin (-, then
+give the value with --in).`,
 		Example: `  ETCDCTL_API=3 etcdctl get --print-value-only /registry/secrets/default/db |
     kmsctl decrypt --encryption-config /etc/kubernetes/enc.yaml --etcd-key /registry/secrets/default/db -o yaml`,
 		Args: cobra.NoArgs,
@@ -103,11 +111,18 @@ config names. The etcd key must be the object's own: aesgcm and kms authenticate
 			if output != "raw" && output != "yaml" && output != "json" {
 				return fmt.Errorf("--output %q: want raw, yaml or json", output)
 			}
+			if rf.path == "-" && o.in == "-" {
+				return errors.New("--recovery-private-key - reads the key from stdin: give the value with --in FILE")
+			}
+			key, err := rf.load(cmd.InOrStdin())
+			if err != nil {
+				return err
+			}
 			data, err := o.read(cmd.InOrStdin())
 			if err != nil {
 				return err
 			}
-			chain, cfg, err := o.chain()
+			chain, cfg, err := o.chain(key)
 			if err != nil {
 				return err
 			}
@@ -139,5 +154,6 @@ config names. The etcd key must be the object's own: aesgcm and kms authenticate
 	}
 	o.addFlags(cmd.Flags())
 	cmd.Flags().StringVarP(&output, "output", "o", "raw", "raw (as the apiserver stored it), yaml or json")
+	rf.add(cmd.Flags())
 	return cmd
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -107,6 +108,7 @@ func runDoctor(cmd *cobra.Command, o serveconfig.Options, d doctorOptions, all [
 		}
 		rep = append(rep, doctor.Vault(ctx, vo)...)
 	}
+	rep = append(rep, recoveryCheck(cmd, o)...)
 	if err := rep.Write(cmd.OutOrStdout()); err != nil {
 		return err
 	}
@@ -126,4 +128,28 @@ func (d doctorOptions) keyIDsInUse(ctx context.Context) (map[string]int, error) 
 	}
 	defer client.Close()
 	return doctor.KeyIDsInEtcd(ctx, client, d.etcdRoot, d.kmsProvider)
+}
+
+// recoveryCheck judges the recovery flags as serve does (serveconfig.RecoveryOptions): the
+// key files, the backend they need, the break-glass expiry. Nothing when they are not given.
+func recoveryCheck(cmd *cobra.Command, o serveconfig.Options) []doctor.Result {
+	const check = "recovery key"
+	localKEK, _ := cmd.Flags().GetBool("vault-local-kek")
+	rc, err := o.Recovery.Recovery(o.Backend, localKEK, cmd.InOrStdin(), time.Now())
+	switch {
+	case err != nil:
+		return []doctor.Result{{Status: doctor.Fail, Check: check, Detail: err.Error(), Fix: "see docs/disaster-recovery.md"}}
+	case rc == nil:
+		return nil
+	}
+	var parts []string
+	if rc.Seal != nil {
+		parts = append(parts, "each local KEK is sealed to recovery key "+rc.Seal.ID().String())
+	}
+	if rc.BreakGlass != nil {
+		parts = append(parts, fmt.Sprintf("BREAK-GLASS with recovery key %s until %s", rc.BreakGlass.ID(), rc.Until.UTC().Format(time.RFC3339)))
+		return []doctor.Result{{Status: doctor.Warn, Check: check, Detail: strings.Join(parts, "; "),
+			Fix: "leave break-glass mode once everything is rewritten to the new key (docs/disaster-recovery.md)"}}
+	}
+	return []doctor.Result{{Status: doctor.OK, Check: check, Detail: strings.Join(parts, "; ")}}
 }

@@ -39,7 +39,7 @@ The value belongs at exactly that etcd key: aesgcm and kms authenticate it.`,
 			} else if !storedobject.LooksStored(plain) {
 				return fmt.Errorf("the input is not a stored Kubernetes object (protobuf starting k8s\\x00, or JSON); use --input yaml or json for manifests")
 			}
-			chain, cfg, err := o.chain()
+			chain, cfg, err := o.chain(nil)
 			if err != nil {
 				return err
 			}

@@ -41,6 +41,6 @@ func newRootCommand() *cobra.Command {
 		SilenceErrors: true,
 	}
 	root.AddCommand(newKeygenCommand(), newPolicyCommand(), newDoctorCommand(),
-		newScanCommand(), newRewriteCommand(), newRolloutStatusCommand(), newDecryptCommand(), newEncryptCommand(), newCompareCommand(), newLoadCommand())
+		newScanCommand(), newRewriteCommand(), newRolloutStatusCommand(), newDecryptCommand(), newEncryptCommand(), newRecoveryKeyCommand(), newCompareCommand(), newLoadCommand())
 	return root
 }

@@ -22,6 +22,8 @@ type scanOptions struct {
 	failOnStale     bool
 	failOnPlaintext []string
 	failOnVaultKMS  bool
+	recovery        recoveryFlag
+	failUnrecover   bool
 }
 
 func newScanCommand() *cobra.Command {
@@ -38,7 +40,13 @@ a KMS v2 provider the key id its plugin reports by Status over the socket named 
 (so run scan where that socket is reachable), for aescbc/aesgcm/secretbox the first key of the
 provider, for identity plaintext. A rotation's storage migration is complete when nothing is
 stale. Objects whose DEK seed vault-kubernetes-kms encrypted are counted apart, by transit key
-version (docs/migration.md). See docs/guide.md.`,
+version (docs/migration.md). See docs/guide.md.
+
+Objects whose plugin ciphertext carries a recovery seal (kms-plugin's envelope format v3) are
+listed under the id of their recovery key (RECOVERY KEY). With --recovery-private-key scan also
+opens, with that key alone (no plugin, no Vault), the DEK seed of every kms v2 value and reports
+how many open: a recovery drill's proof that every object can be read without Vault
+(--fail-on-unrecoverable exits 3 otherwise). The data itself is not decrypted.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runScan(cmd, o) },
 	}
@@ -53,6 +61,8 @@ version (docs/migration.md). See docs/guide.md.`,
 	fs.BoolVar(&o.failOnStale, "fail-on-stale", false, "exit 3 if any object is not on its write key (needs --encryption-config)")
 	fs.BoolVar(&o.failOnVaultKMS, "fail-on-vault-kubernetes-kms", false, "exit 3 if any object is still in vault-kubernetes-kms's envelope format (the check before turning the Vault plugin's --vault-read-vault-kubernetes-kms off)")
 	fs.StringSliceVar(&o.failOnPlaintext, "fail-on-plaintext", nil, "exit 3 if any object of these resources (e.g. secrets,configmaps) is stored in plaintext")
+	o.recovery.add(fs)
+	fs.BoolVar(&o.failUnrecover, "fail-on-unrecoverable", false, "exit 3 if some kms v2 object does not open with --recovery-private-key")
 	return cmd
 }
 
@@ -62,6 +72,13 @@ func runScan(cmd *cobra.Command, o scanOptions) error {
 	}
 	if o.failOnStale && o.configFile == "" {
 		return fmt.Errorf("--fail-on-stale needs --encryption-config")
+	}
+	if o.failUnrecover && o.recovery.path == "" {
+		return fmt.Errorf("--fail-on-unrecoverable needs --recovery-private-key")
+	}
+	key, err := o.recovery.load(cmd.InOrStdin())
+	if err != nil {
+		return err
 	}
 	var cfg *encryptionconfig.Config
 	if o.configFile != "" {
@@ -79,7 +96,11 @@ func runScan(cmd *cobra.Command, o scanOptions) error {
 	}
 	defer client.Close()
 
-	rep, err := scan.Scan(ctx, client, scan.Options{Root: o.root, PageSize: o.pageSize, Config: cfg})
+	opts := scan.Options{Root: o.root, PageSize: o.pageSize, Config: cfg}
+	if key != nil {
+		opts.Recovery, opts.RecoveryKey = recoverySealer(key), key.ID().String()
+	}
+	rep, err := scan.Scan(ctx, client, opts)
 	if errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("%w: no answer from etcd at %s within --timeout; check the endpoints and --etcd-cacert/--etcd-cert/--etcd-key", err, strings.Join(o.etcd.endpoints, ","))
 	}
@@ -94,6 +115,9 @@ func runScan(cmd *cobra.Command, o scanOptions) error {
 	}
 	if err != nil {
 		return err
+	}
+	if c := rep.Recovery; o.failUnrecover && c.Opened < c.KMSv2 {
+		return checkFailure{fmt.Sprintf("%d of %d kms v2 objects do not open with recovery key %s", c.KMSv2-c.Opened, c.KMSv2, c.Key)}
 	}
 	if o.failOnStale && rep.Stale > 0 {
 		return checkFailure{fmt.Sprintf("%d objects are not on their write key", rep.Stale)}

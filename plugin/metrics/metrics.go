@@ -235,6 +235,28 @@ func (m *Metrics) WatchMemory(state func() (serving bool, graceLeft time.Duratio
 	)
 }
 
+// WatchBreakGlass exports break-glass mode: on (1) or off (0), and when it ends.
+func (m *Metrics) WatchBreakGlass(state func() (on bool, until time.Time)) {
+	m.wrapped.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: namespace, Name: "break_glass",
+			Help: "1 while break-glass mode serves reads with the offline recovery private key (bypassing the backend and its audit log); 0 once it has ended."},
+			func() float64 {
+				if on, _ := state(); on {
+					return 1
+				}
+				return 0
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: namespace, Name: "break_glass_expiry_timestamp_seconds",
+			Help: "When break-glass mode ends (--break-glass-until), as a Unix time; 0 when not in break-glass mode."},
+			func() float64 {
+				if _, until := state(); !until.IsZero() {
+					return float64(until.Unix())
+				}
+				return 0
+			}),
+	)
+}
+
 // WatchBatches exports the backend's batching of unwraps, if it batches (vault): requests
 // sent and the unwraps they carried; their ratio is the mean batch size.
 func (m *Metrics) WatchBatches(backend dek.KEK) bool {

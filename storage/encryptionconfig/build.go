@@ -41,7 +41,13 @@ func (c *Config) build(f *fileConfig) error {
 			if k == nil {
 				return fmt.Errorf("resources[%d].providers[%d]: no provider", i, j) // validate rules this out
 			}
-			l, err := k.build(p, dial)
+			var l providers.Link
+			var err error
+			if c.opts.KMSv2 != nil && p.KMS != nil && kmsVersion(p.KMS) == "v2" {
+				l = providers.NewKMSv2Provider(p.KMS.Name, c.opts.KMSv2(p.KMS.Name, p.KMS.Endpoint), kmsTimeout(p.KMS))
+			} else {
+				l, err = k.build(p, dial)
+			}
 			if err != nil {
 				return fmt.Errorf("resources[%d].providers[%d]: %w", i, j, err)
 			}

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	kmsv2 "k8s.io/kms/apis/v2"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kmsplugin/kms-plugin/storage/providers"
@@ -53,6 +54,14 @@ type Config struct {
 	infos  map[GroupResource][]Provider // the same chains, described
 	rules  []Rule
 	conns  []io.Closer
+	opts   Options
+}
+
+// Options change how a loaded file reaches its KMS plugins.
+type Options struct {
+	// KMSv2, if set, answers for every kms v2 provider instead of the plugin at its endpoint:
+	// kmsctl reading with the recovery private key, with no plugin and no backend.
+	KMSv2 func(name, endpoint string) kmsv2.KeyManagementServiceClient
 }
 
 // Provider describes one provider as the file gives it, without its secrets: for tools that
@@ -75,12 +84,15 @@ type Rule struct {
 
 // Load reads and validates the file at path. KMS plugin sockets are dialled lazily: a file
 // naming a plugin that is not running loads, and fails only when a value needs the plugin.
-func Load(path string) (*Config, error) {
+func Load(path string) (*Config, error) { return LoadWith(path, Options{}) }
+
+// LoadWith is Load with options.
+func LoadWith(path string, o Options) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("encryption config: %w", err)
 	}
-	c, err := Parse(data)
+	c, err := ParseWith(data, o)
 	if err != nil {
 		return nil, fmt.Errorf("encryption config %s: %w", path, err)
 	}
@@ -88,7 +100,10 @@ func Load(path string) (*Config, error) {
 }
 
 // Parse reads a file's contents; see Load.
-func Parse(data []byte) (*Config, error) {
+func Parse(data []byte) (*Config, error) { return ParseWith(data, Options{}) }
+
+// ParseWith is Parse with options.
+func ParseWith(data []byte, o Options) (*Config, error) {
 	if len(data) == 0 {
 		return nil, errors.New("the file is empty")
 	}
@@ -102,7 +117,7 @@ func Parse(data []byte) (*Config, error) {
 	if err := validate(&f); err != nil {
 		return nil, err
 	}
-	c := &Config{chains: map[GroupResource]*providers.Chain{}, infos: map[GroupResource][]Provider{}}
+	c := &Config{chains: map[GroupResource]*providers.Chain{}, infos: map[GroupResource][]Provider{}, opts: o}
 	if err := c.build(&f); err != nil {
 		c.Close()
 		return nil, err

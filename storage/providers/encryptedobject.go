@@ -39,13 +39,13 @@ func ParseEncryptedObject(b []byte) (*kmstypes.EncryptedObject, error) {
 // well-formed and its key id valid, but not the other fields: for tools that report which key
 // a value is on and decrypt nothing.
 func EncryptedObjectKeyID(b []byte) (string, error) {
-	keyID, _, err := EncryptedObjectKey(b)
+	keyID, _, err := EncryptedObjectSource(b)
 	return keyID, err
 }
 
-// EncryptedObjectKey is EncryptedObjectKeyID with the encrypted DEK source too (what the
-// plugin's Encrypt returned), which tells whose envelope format the value is in.
-func EncryptedObjectKey(b []byte) (keyID string, dekSource []byte, err error) {
+// EncryptedObjectSource is EncryptedObjectKeyID that also returns the encrypted DEK source:
+// the plugin's ciphertext, whose format (ours or vault-kubernetes-kms's) and recovery seal scan reports.
+func EncryptedObjectSource(b []byte) (keyID string, source []byte, err error) {
 	o, err := unmarshalEncryptedObject(b)
 	if err != nil {
 		return "", nil, err

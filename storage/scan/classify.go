@@ -33,6 +33,9 @@ type Storage struct {
 	Provider string `json:"provider,omitempty"`
 	Key      string `json:"key,omitempty"`
 	Format   string `json:"format,omitempty"`
+	// Recovery is the id of the recovery key whose seal the KMS v2 value's plugin ciphertext
+	// carries (kms-plugin's envelope format v3), "" for none.
+	Recovery string `json:"recoveryKey,omitempty"`
 }
 
 func (s Storage) String() string {
@@ -45,6 +48,9 @@ func (s Storage) String() string {
 	}
 	if s.Key != "" {
 		out += " key=" + s.Key
+	}
+	if s.Recovery != "" {
+		out += " recovery=" + s.Recovery
 	}
 	return out
 }
@@ -75,7 +81,7 @@ func Classify(value []byte, names []string) Storage {
 		case KMSv1:
 			return Storage{Class: KMSv1, Provider: name}
 		case KMSv2:
-			keyID, source, err := providers.EncryptedObjectKey(body)
+			keyID, source, err := providers.EncryptedObjectSource(body)
 			// A key id that would break a line of the report is not printed.
 			if err != nil || strings.ContainsAny(keyID, "\x00\n") {
 				return Storage{Class: Unrecognized, Provider: name}
@@ -84,7 +90,11 @@ func Classify(value []byte, names []string) Storage {
 				// Its own key id says nothing of the transit version; the prefix does.
 				return Storage{Class: KMSv2, Provider: name, Key: dek.VaultKMSKeyID(env.Version), Format: VaultKubernetesKMS}
 			}
-			return Storage{Class: KMSv2, Provider: name, Key: keyID}
+			st := Storage{Class: KMSv2, Provider: name, Key: keyID}
+			if seal, ok, err := dek.RecoverySealOf(source); err == nil && ok {
+				st.Recovery = seal.KeyID.String()
+			}
+			return st
 		}
 		return Storage{Class: c.class, Key: name}
 	}

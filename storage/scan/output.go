@@ -21,11 +21,22 @@ func (r *Report) WriteJSON(w io.Writer) error {
 // one, scan cannot know the write keys: the table has no STATUS column, and one line says so.
 func (r *Report) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	if r.Checked {
-		fmt.Fprintln(tw, "RESOURCE\tSTORAGE\tPROVIDER\tKEY\tOBJECTS\tSTATUS")
-	} else {
-		fmt.Fprintln(tw, "RESOURCE\tSTORAGE\tPROVIDER\tKEY\tOBJECTS")
+	sealed := map[string]int{} // recovery key id -> objects
+	for _, res := range r.Resources {
+		for _, s := range res.Storage {
+			if s.Recovery != "" {
+				sealed[s.Recovery] += s.Objects
+			}
+		}
 	}
+	header := "RESOURCE\tSTORAGE\tPROVIDER\tKEY\tOBJECTS"
+	if len(sealed) > 0 {
+		header = "RESOURCE\tSTORAGE\tPROVIDER\tKEY\tRECOVERY KEY\tOBJECTS"
+	}
+	if r.Checked {
+		header += "\tSTATUS"
+	}
+	fmt.Fprintln(tw, header)
 	for _, res := range r.Resources {
 		name := res.Resource
 		if !res.Known {
@@ -36,7 +47,11 @@ func (r *Report) WriteTable(w io.Writer) error {
 			if s.Format != "" {
 				class += " (" + s.Format + ")"
 			}
-			line := fmt.Sprintf("%s\t%s\t%s\t%s\t%d", name, class, dash(s.Provider), dash(s.Key), s.Objects)
+			line := fmt.Sprintf("%s\t%s\t%s\t%s", name, class, dash(s.Provider), dash(s.Key))
+			if len(sealed) > 0 {
+				line += "\t" + dash(s.Recovery)
+			}
+			line += fmt.Sprintf("\t%d", s.Objects)
 			if r.Checked {
 				status := "-"
 				if s.Current != nil {
@@ -67,6 +82,21 @@ func (r *Report) WriteTable(w io.Writer) error {
 		sort.Strings(keys)
 		fmt.Fprintf(w, "%d objects in vault-kubernetes-kms's format, by transit key version: %s (the Vault plugin reads them only with --vault-read-vault-kubernetes-kms; 'kmsctl rewrite' moves them to ours)\n",
 			total, strings.Join(keys, ", "))
+	}
+	ids := make([]string, 0, len(sealed))
+	for id := range sealed {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		fmt.Fprintf(w, "recovery key %s: %d objects carry its seal\n", id, sealed[id])
+	}
+	if c := r.Recovery; c != nil {
+		fmt.Fprintf(w, "recovery key %s given: %d of %d kms v2 objects open with it alone, %d do not open, %d carry no seal of it\n",
+			c.Key, c.Opened, c.KMSv2, c.Failed, c.Unsealed)
+		if len(c.Examples) > 0 {
+			fmt.Fprintf(w, "  not readable with it, e.g.: %s\n", strings.Join(c.Examples, " "))
+		}
 	}
 	if !r.Checked {
 		_, err := fmt.Fprintf(w, "%d objects under %s at revision %d: %d plaintext\n"+

@@ -1,7 +1,8 @@
 // Package scan reports how the objects in etcd are stored: in plaintext, with which local
 // provider and key, or with which KMS provider and key id, per resource, flagging those that
-// are not on the key new writes use. It reads etcd's raw values and decrypts nothing; it is
-// the automated form of checking values with etcdctl.
+// are not on the key new writes use, and which carry a recovery seal. It reads etcd's raw
+// values and decrypts nothing (but, given the recovery private key, the DEK seeds its seals
+// open); it is the automated form of checking values with etcdctl.
 package scan
 
 import (
@@ -13,6 +14,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
 	"github.com/kmsplugin/kms-plugin/storage/providers"
 )
@@ -31,6 +33,54 @@ type Options struct {
 	// Config, if set, tells which storage each resource's new writes get; without it nothing
 	// is flagged stale.
 	Config *encryptionconfig.Config
+	// Recovery, if set, opens the recovery seals of its key: each KMS v2 value that carries one
+	// has its DEK seed opened (the data is not decrypted), and the report counts which open.
+	Recovery *dek.Sealer
+	// RecoveryKey is Recovery's key id.
+	RecoveryKey string
+}
+
+// RecoveryCheck is what a scan with the recovery private key found: of the KMS v2 values, how
+// many carry a seal of that key and open with it alone.
+type RecoveryCheck struct {
+	Key      string   `json:"recoveryKey"`
+	KMSv2    int      `json:"kmsV2Objects"`
+	Opened   int      `json:"opened"`
+	Failed   int      `json:"failed"`
+	Unsealed int      `json:"notSealedToThisKey"`
+	Examples []string `json:"failedExamples,omitempty"` // etcd keys of the first failures and unsealed objects
+}
+
+// maxExamples bounds the etcd keys a RecoveryCheck lists.
+const maxExamples = 10
+
+func (c *RecoveryCheck) count(ctx context.Context, s *dek.Sealer, key string, st Storage, value []byte) {
+	if st.Class != KMSv2 {
+		return
+	}
+	c.KMSv2++
+	example := func() {
+		if len(c.Examples) < maxExamples {
+			c.Examples = append(c.Examples, key)
+		}
+	}
+	if st.Recovery != c.Key {
+		c.Unsealed++
+		example()
+		return
+	}
+	_, source, err := providers.EncryptedObjectSource(value[len(providers.KMSv2Prefix)+len(st.Provider)+1:])
+	if err == nil {
+		var seed []byte
+		seed, _, err = s.Decrypt(ctx, source)
+		clear(seed)
+	}
+	if err != nil {
+		c.Failed++
+		example()
+		return
+	}
+	c.Opened++
 }
 
 // Report is the result of one scan, taken at one etcd revision.
@@ -48,6 +98,7 @@ type Report struct {
 	Checked            bool             `json:"checkedWriteKeys"`
 	KMS                []KMSStatus      `json:"kmsProviders,omitempty"`
 	Resources          []ResourceReport `json:"resources"`
+	Recovery           *RecoveryCheck   `json:"recovery,omitempty"`
 }
 
 // ResourceReport counts one resource's objects by storage.
@@ -87,6 +138,9 @@ func Scan(ctx context.Context, kv clientv3.KV, opts Options) (*Report, error) {
 		opts.PageSize = DefaultPageSize
 	}
 	rep := &Report{Root: opts.Root, Checked: opts.Config != nil}
+	if opts.Recovery != nil {
+		rep.Recovery = &RecoveryCheck{Key: opts.RecoveryKey}
+	}
 	write, err := writeKeys(ctx, opts.Config, rep)
 	if err != nil {
 		return nil, err
@@ -126,7 +180,11 @@ func Scan(ctx context.Context, kv clientv3.KV, opts Options) (*Report, error) {
 				}
 				byPrefix[res.Prefix] = t
 			}
-			t.counts[Classify(item.Value, known)]++
+			st := Classify(item.Value, known)
+			t.counts[st]++
+			if rep.Recovery != nil {
+				rep.Recovery.count(ctx, opts.Recovery, key, st, item.Value)
+			}
 		}
 		if !resp.More || len(resp.Kvs) == 0 {
 			break
@@ -229,7 +287,10 @@ func (t *tally) report() ResourceReport {
 		if a.Key != b.Key {
 			return a.Key < b.Key
 		}
-		return a.Format < b.Format
+		if a.Format != b.Format {
+			return a.Format < b.Format
+		}
+		return a.Recovery < b.Recovery
 	})
 	return r
 }
@@ -240,5 +301,5 @@ func isCurrent(s, w Storage) bool {
 	if w.Class == KMSv1 {
 		return s.Class == KMSv1 && s.Provider == w.Provider
 	}
-	return s == w
+	return s.Class == w.Class && s.Provider == w.Provider && s.Key == w.Key
 }

@@ -59,6 +59,7 @@ type Options struct {
 	LogFormat, LogLevel     string
 	ShutdownGrace           time.Duration
 	Config                  string
+	Recovery                RecoveryOptions
 	Ops                     OpsOptions
 }
 
@@ -79,6 +80,7 @@ func AddFlags(fs *pflag.FlagSet, o *Options, all []Backend) {
 	for _, b := range all {
 		b.AddFlags(fs)
 	}
+	o.Recovery.addFlags(fs)
 	o.Ops.addFlags(fs)
 }
 

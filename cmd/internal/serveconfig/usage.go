@@ -30,7 +30,7 @@ func GroupedUsage(all []Backend) func(*cobra.Command) error {
 		for _, be := range all {
 			titles = append(titles, be.Name())
 		}
-		titles = append(titles, "operations")
+		titles = append(titles, "recovery", "operations")
 		groups := map[string]*pflag.FlagSet{}
 		for _, t := range titles {
 			groups[t] = pflag.NewFlagSet(t, pflag.ContinueOnError)
@@ -46,7 +46,7 @@ func GroupedUsage(all []Backend) func(*cobra.Command) error {
 			if !groups[t].HasFlags() {
 				continue
 			}
-			heading := map[string]string{"general": "General flags", "operations": "Operations flags (endpoints, limits, logs)"}[t]
+			heading := map[string]string{"general": "General flags", "recovery": "Recovery key flags (docs/disaster-recovery.md)", "operations": "Operations flags (endpoints, limits, logs)"}[t]
 			if heading == "" {
 				heading = fmt.Sprintf("%s backend flags (--backend %s)", t, t)
 			}

@@ -58,6 +58,25 @@ func TestAlertsDuringAnOutage(t *testing.T) {
 			calls + `{operation="check",result="ok"} 0+6x4 24x15`, calls + `{operation="check",result="denied"} 0x4 0+6x15`},
 		want: []string{"KMSPluginBackendUnavailable", "KMSPluginVaultDenied"},
 	}, {
+		// Expiry at 10800 s (3 h after the series start): 20 minutes in, 2h40 are left.
+		name: "break-glass mode, hours left",
+		series: []string{"kms_plugin_backend_healthy 1x20", "kms_plugin_serving_from_memory 0x20",
+			"kms_plugin_break_glass 0x4 1x15", "kms_plugin_break_glass_expiry_timestamp_seconds 0x4 10800x15",
+			calls + `{operation="check",result="ok"} 0+6x20`},
+		want: []string{"KMSPluginBreakGlass"},
+	}, {
+		// Expiry at 1500 s: 20 minutes in, 5 minutes are left.
+		name: "break-glass mode ending",
+		series: []string{"kms_plugin_backend_healthy 1x20", "kms_plugin_serving_from_memory 0x20",
+			"kms_plugin_break_glass 0x4 1x15", "kms_plugin_break_glass_expiry_timestamp_seconds 0x4 1500x15",
+			calls + `{operation="check",result="ok"} 0+6x20`},
+		want: []string{"KMSPluginBreakGlass", "KMSPluginBreakGlassEnding"},
+	}, {
+		name: "break-glass mode over",
+		series: []string{"kms_plugin_backend_healthy 1x20", "kms_plugin_serving_from_memory 0x20",
+			"kms_plugin_break_glass 0x4 1x10 0x5", "kms_plugin_break_glass_expiry_timestamp_seconds 0x4 900x15",
+			calls + `{operation="check",result="ok"} 0+6x20`},
+	}, {
 		name: "localaes unhealthy (no serving_from_memory series)", backend: "localaes",
 		series: []string{"kms_plugin_backend_healthy 1x9 0x10", calls + `{operation="wrap",result="error"} 0x9 0+6x10`},
 		want:   []string{"KMSPluginBackendUnavailable"},
