@@ -170,7 +170,7 @@ func recoverySealer(k *recovery.PrivateKey) *dek.Sealer {
 // noBackend is the backend of a read with the recovery key alone: there is none.
 type noBackend struct{}
 
-var errNoBackend = fmt.Errorf("%w: kmsctl reads with the recovery private key alone, and this envelope carries no seal of it (written before the recovery key was configured, or sealed to another recovery key)", dek.ErrUnknownKey)
+var errNoBackend = fmt.Errorf("%w: kmsctl was given only the recovery private key, and this envelope carries no seal of it (written before the recovery key was configured, or sealed to another recovery key)", dek.ErrUnknownKey)
 
 func (noBackend) CurrentID() string           { return "" }
 func (noBackend) Check(context.Context) error { return errNoBackend }
