@@ -22,7 +22,12 @@ type memStore struct {
 	erases int
 }
 
-func (s *memStore) Save(b []byte) error { s.mu.Lock(); defer s.mu.Unlock(); s.b = append([]byte(nil), b...); return nil }
+func (s *memStore) Save(b []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.b = append([]byte(nil), b...)
+	return nil
+}
 func (s *memStore) Load() ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -55,7 +60,7 @@ type flakyKEK struct {
 	wraps, unwraps int
 }
 
-func (k *flakyKEK) set(err error)      { k.mu.Lock(); k.err = err; k.mu.Unlock() }
+func (k *flakyKEK) set(err error)     { k.mu.Lock(); k.err = err; k.mu.Unlock() }
 func (k *flakyKEK) CurrentID() string { return k.id }
 func (k *flakyKEK) Check(context.Context) error {
 	k.mu.Lock()
