@@ -110,6 +110,7 @@ func serve(ctx context.Context, logTo io.Writer, fs *pflag.FlagSet, o serveconfi
 	case <-time.After(o.ShutdownGrace):
 		srv.Stop()
 	}
+	stack.Wait() // the kept state's last save
 	log.Info("stopped; socket removed", "socket", path)
 	return nil
 }
