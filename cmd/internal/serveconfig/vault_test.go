@@ -142,7 +142,9 @@ func TestVaultSkipVerifyWarns(t *testing.T) {
 
 // --vault-keep-memory's bad combinations fail at start with a message naming the flags.
 func TestKeepMemoryFlags(t *testing.T) {
-	getenv := func(k string) string { return map[string]string{"VAULT_ADDR": "https://v:8200", "VAULT_TOKEN": "s.x"}[k] }
+	getenv := func(k string) string {
+		return map[string]string{"VAULT_ADDR": "https://v:8200", "VAULT_TOKEN": "s.x"}[k]
+	}
 	log := slog.New(slog.DiscardHandler)
 	base := []string{"--vault-transit-key", "k"}
 	t.Setenv("VAULT_ADDR", "https://v:8200") // Open reads its environment
