@@ -2,8 +2,9 @@
 // the few DEK seeds in use cost no backend call, and a restarted apiserver's Decrypts of seeds
 // this plugin made or has seen cost none either, even while the backend is unreachable.
 //
-// Entries are keyed by the key id and the wrapped DEK, held in memory only (never written,
-// never logged), bounded in number and cleared when evicted. There is no short age limit: an
+// Entries are keyed by the key id and the wrapped DEK, held in memory (never logged, and
+// written only as plugin/keep keeps them across a restart, when serve is told to: Entries and
+// Restore), bounded in number and cleared when evicted. There is no short age limit: an
 // apiserver asks for a seed again only after its own cache lets it go, hours later, and those
 // are exactly the entries a restarted apiserver needs. Whether memory may be served at all is
 // the Gate's decision (a grace while the backend is unreachable, none once it refuses).

@@ -99,7 +99,7 @@ func (b *Vault) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&b.jwtRole, "vault-jwt-role", "", "vault: jwt auth: role to log in as (default: the method's default_role)")
 	fs.StringVar(&b.jwtFile, "vault-jwt-token-file", "", "vault: jwt auth: file holding the JWT, re-read when it changes")
 	fs.DurationVar(&b.capabilitiesInterval, "vault-capabilities-interval", vault.DefaultCapabilitiesInterval, "vault: how often a check also asks Vault (sys/capabilities-self) whether the token may still encrypt and decrypt: a policy cut is noticed within this plus one --check-interval")
-	fs.IntVar(&b.memory.CacheEntries, "vault-dek-cache-size", cache.DefaultEntries, "vault: unwrapped DEKs and local KEKs held in memory (never on disk), so repeated and restarted-apiserver Decrypts need no Vault call")
+	fs.IntVar(&b.memory.CacheEntries, "vault-dek-cache-size", cache.DefaultEntries, "vault: unwrapped DEKs and local KEKs held in memory, so repeated and restarted-apiserver Decrypts need no Vault call (never on disk, but for what --vault-keep-memory keeps)")
 	fs.BoolVar(&b.memory.LocalKEK, "vault-local-kek", true, "vault: wrap DEKs with a local AES-256 KEK that Vault wraps once and that travels in each envelope, so Encrypt needs no Vault call (envelope format v2; docs/vault.md for downgrades)")
 	fs.DurationVar(&b.memory.LocalKEKMaxAge, "vault-local-kek-max-age", dek.DefaultLocalKEKMaxAge, "vault: how long one local KEK wraps new DEKs before a new one is made")
 	fs.DurationVar(&b.memory.Grace, "vault-memory-grace", DefaultGrace, "vault: how long after Vault last answered the DEK cache and local KEK keep serving while Vault is unreachable (0: never)")
