@@ -192,19 +192,24 @@ func fromMemory(stack *Stack, calls dek.KEK, mem MemoryConfig, backend dek.KEK, 
 			keeper.Erase(err)
 		}
 	})
+	if judge, ok := backend.(dek.Judge); ok {
+		monitor.OnRefresh(dropRefused(judge, cached, sealer, log))
+	}
 	if keeper != nil {
-		// After each successful check: the last answer moved, and the cache may hold new DEKs.
+		// After each successful check (and its purge): the last answer moved, and the cache
+		// may hold new DEKs.
 		monitor.OnRefresh(func(_ string, unhealthy error) {
 			if unhealthy == nil {
 				keeper.Changed()
 			}
 		})
 	}
-	judge, ok := backend.(dek.Judge)
-	if !ok {
-		return
-	}
-	monitor.OnRefresh(func(_ string, unhealthy error) {
+}
+
+// dropRefused is the check's observer that drops from memory what the backend no longer
+// accepts.
+func dropRefused(judge dek.Judge, cached *cache.KEK, sealer *dek.Sealer, log *slog.Logger) func(string, error) {
+	return func(_ string, unhealthy error) {
 		if unhealthy != nil {
 			return
 		}
@@ -216,7 +221,7 @@ func fromMemory(stack *Stack, calls dek.KEK, mem MemoryConfig, backend dek.KEK, 
 		if sealer.DropLocalKEK(judge.Usable) {
 			log.Info("local KEK dropped: the backend no longer accepts its key id")
 		}
-	})
+	}
 }
 
 // Start restores what was kept before a restart (with Memory.Keep), refreshes the Monitor
@@ -233,8 +238,8 @@ func (s *Stack) Start(ctx context.Context) {
 	}
 }
 
-// Wait returns once the background work that outlives Start's ctx is done: the Keeper's last
-// save.
+// Wait returns, after Start's ctx has ended, once the background work that outlives it is
+// done: the Keeper's last save.
 func (s *Stack) Wait() {
 	if s.Keeper != nil {
 		<-s.Keeper.Done()

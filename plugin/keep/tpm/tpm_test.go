@@ -183,3 +183,40 @@ func extendPCR(t *testing.T, device string, pcr int) {
 		t.Fatal(err)
 	}
 }
+
+// Root on the node cannot wind the counter back by deleting and redefining the NV index: a
+// counter defined anew starts at or above the highest count the TPM's counters have had, so a
+// state written before the erase still does not load.
+func TestRedefinedCounterDoesNotGoBack(t *testing.T) {
+	sw := swtpm.Start(t)
+	dir := t.TempDir()
+	s := open(t, sw.Device, dir)
+	if err := s.Save([]byte("before the refusal")); err != nil {
+		t.Fatal(err)
+	}
+	old, _ := os.ReadFile(filepath.Join(dir, "state"))
+	for range 3 {
+		if err := s.Erase(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.Close()
+	conn, err := linuxudstpm.Open(strings.TrimPrefix(sw.Device, "unix://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := tpm2.TPMHandle(tpm.DefaultNVIndex)
+	pub, err := tpm2.NVReadPublic{NVIndex: idx}.Execute(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := (tpm2.NVUndefineSpace{AuthHandle: tpm2.TPMRHOwner, NVIndex: tpm2.NamedHandle{Handle: idx, Name: pub.NVName}}).Execute(conn); err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+	os.WriteFile(filepath.Join(dir, "state"), old, 0o600)
+	s = open(t, sw.Device, dir) // defines the counter again
+	if _, err := s.Load(); !errors.Is(err, tpm.ErrRolledBack) {
+		t.Fatalf("Load of the old state after the counter was redefined: %v; want ErrRolledBack", err)
+	}
+}
