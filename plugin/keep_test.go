@@ -102,10 +102,12 @@ var (
 
 const grace = 4 * time.Hour
 
-// keptStack starts a stack in local KEK mode, keeping its memory in store, as serve does.
-func keptStack(t *testing.T, k dek.KEK, store keep.Store, clk clock.Clock) *plugin.Stack {
+// keptStack starts a stack in local KEK mode, keeping its memory in store, as serve does. It
+// stops when the test ends, or at stop (a graceful stop of the process: its last save done).
+// Stop one before starting the next on the same store: two plugins never share one.
+func keptStack(t *testing.T, k dek.KEK, store keep.Store, clk clock.Clock) (st *plugin.Stack, stop func()) {
 	t.Helper()
-	st := plugin.New(plugin.Config{
+	st = plugin.New(plugin.Config{
 		KEK: k,
 		Memory: &plugin.MemoryConfig{LocalKEK: true, LocalKEKMaxAge: 24 * time.Hour, Grace: grace,
 			Keep: &plugin.KeepConfig{Store: store, Binding: "vault test/transit/k"}},
@@ -114,8 +116,9 @@ func keptStack(t *testing.T, k dek.KEK, store keep.Store, clk clock.Clock) *plug
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	st.Start(ctx)
-	t.Cleanup(func() { cancel(); st.Wait() })
-	return st
+	stop = func() { cancel(); st.Wait() }
+	t.Cleanup(stop)
+	return st, stop
 }
 
 // serving checks that the stack serves without the backend: Status healthy with keyID, a
@@ -142,12 +145,11 @@ func serving(t *testing.T, st *plugin.Stack, k *flakyKEK, keyID string, ct []byt
 	}
 }
 
-// before runs a plugin that writes an envelope and keeps its state, then stops it (as a
-// SIGKILL would: no final save beyond what the Keeper saved after the check and the new
-// local KEK).
+// before runs a plugin that writes an envelope and keeps its state, then stops it.
 func before(t *testing.T, k *flakyKEK, store *memStore, clk *clock.Fake) []byte {
 	t.Helper()
-	st := keptStack(t, k, store, clk)
+	st, stop := keptStack(t, k, store, clk)
+	defer stop()
 	ct, err := st.Sealer.Encrypt(context.Background(), k.id, []byte("seed before"))
 	if err != nil {
 		t.Fatal(err)
@@ -174,7 +176,7 @@ func TestRestartDuringOutageServesForTheRestOfTheGrace(t *testing.T) {
 
 	k.set(errUnreachable)
 	clk.Advance(time.Hour)
-	st := keptStack(t, k, store, clk)
+	st, stop := keptStack(t, k, store, clk)
 	serving(t, st, k, "k1", ct)
 	if left := st.Monitor.Memory().GraceLeft; left != grace-time.Hour {
 		t.Fatalf("grace left after the restart: %s; want %s (counted from the last answer before it)", left, grace-time.Hour)
@@ -188,8 +190,9 @@ func TestRestartDuringOutageServesForTheRestOfTheGrace(t *testing.T) {
 	}
 
 	// A second restart, later in the same outage: still the same grace.
+	stop()
 	clk.Advance(2 * time.Hour)
-	st = keptStack(t, k, store, clk)
+	st, _ = keptStack(t, k, store, clk)
 	serving(t, st, k, "k1", ct)
 	clk.Advance(time.Hour) // grace - 0: over
 	st.Monitor.Refresh(context.Background())
@@ -212,7 +215,7 @@ func TestRestartPastTheGraceRestoresNothing(t *testing.T) {
 	ct := before(t, k, store, clk)
 	k.set(errUnreachable)
 	clk.Advance(grace)
-	st := keptStack(t, k, store, clk)
+	st, _ := keptStack(t, k, store, clk)
 	if id, err := st.Monitor.Health(); err == nil || id != "" {
 		t.Fatalf("Health = %q, %v; want no key id and unhealthy", id, err)
 	}
@@ -252,7 +255,7 @@ func TestRefusalErasesKeptState(t *testing.T) {
 	ct := before(t, k, store, clk)
 
 	k.set(errUnreachable)
-	st := keptStack(t, k, store, clk)
+	st, stop := keptStack(t, k, store, clk)
 	serving(t, st, k, "k1", ct)
 	k.set(errDenied)
 	st.Monitor.Refresh(context.Background())
@@ -262,8 +265,9 @@ func TestRefusalErasesKeptState(t *testing.T) {
 	if err := st.Keeper.Save(); err != nil || store.kept(t) != nil {
 		t.Fatalf("a save after the refusal kept a state (%v)", err)
 	}
+	stop()
 	k.set(errUnreachable)
-	st = keptStack(t, k, store, clk)
+	st, _ = keptStack(t, k, store, clk)
 	if _, _, err := st.Sealer.Decrypt(context.Background(), ct); err == nil {
 		t.Fatal("Decrypt served from memory after a refusal")
 	}
@@ -280,12 +284,10 @@ func TestOtherErrorsKeepTheState(t *testing.T) {
 	for _, err := range []error{errUnreachable, errors.New("vault: 412 precondition failed"), context.DeadlineExceeded} {
 		k.set(err)
 		clk.Advance(time.Minute)
-		st := keptStack(t, k, store, clk)
+		st, stop := keptStack(t, k, store, clk)
 		st.Monitor.Refresh(context.Background())
 		serving(t, st, k, "k1", ct)
-		if err := st.Keeper.Save(); err != nil {
-			t.Fatal(err)
-		}
+		stop() // a graceful stop saves once more
 		snap := store.kept(t)
 		if snap == nil || !snap.Answered.Equal(answered) {
 			t.Fatalf("after %v: kept %+v; want the state, last answer %s", err, snap, answered)
@@ -308,7 +310,7 @@ func TestKeptStateOfAnotherBindingIsDiscarded(t *testing.T) {
 	}
 	store.Save(b)
 	k.set(errUnreachable)
-	st := keptStack(t, k, store, clk)
+	st, _ := keptStack(t, k, store, clk)
 	if id, _ := st.Monitor.Health(); id != "" {
 		t.Fatalf("restored key id %q of another binding", id)
 	}
