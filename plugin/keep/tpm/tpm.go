@@ -80,13 +80,24 @@ func Open(cfg Config) (*Store, error) {
 			return nil, fmt.Errorf("PCR %d: want 0 to 23", p)
 		}
 	}
+	if cfg.Device == "" {
+		return nil, errors.New("no TPM device given")
+	}
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
-	var (
-		t   transport.TPMCloser
-		err error
-	)
+	// What it holds is ciphertext and sealed blobs, each 0600: others must not replace them.
+	info, err := os.Stat(cfg.Dir)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("state directory: %w", err)
+	case !info.IsDir():
+		return nil, fmt.Errorf("state directory %s is not a directory", cfg.Dir)
+	}
+	if err := privatefile.JudgeInfo(cfg.Dir, info, privatefile.Public); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	var t transport.TPMCloser
 	if path, ok := strings.CutPrefix(cfg.Device, "unix://"); ok {
 		t, err = linuxudstpm.Open(path)
 	} else {

@@ -158,6 +158,8 @@ func TestBadConfig(t *testing.T) {
 		{Device: "unix:///nonexistent/tpm.sock", Dir: t.TempDir(), NVIndex: tpm.DefaultNVIndex},
 		{Device: "unix:///x", Dir: t.TempDir(), NVIndex: 0x81000001},
 		{Device: "unix:///x", Dir: t.TempDir(), NVIndex: tpm.DefaultNVIndex, PCRs: []int{24}},
+		{Device: "", Dir: t.TempDir(), NVIndex: tpm.DefaultNVIndex},
+		{Device: "unix:///x", Dir: openDir(t), NVIndex: tpm.DefaultNVIndex},
 	} {
 		if _, err := tpm.Open(cfg); err == nil {
 			t.Errorf("Open(%+v) succeeded", cfg)
@@ -219,4 +221,11 @@ func TestRedefinedCounterDoesNotGoBack(t *testing.T) {
 	if _, err := s.Load(); !errors.Is(err, tpm.ErrRolledBack) {
 		t.Fatalf("Load of the old state after the counter was redefined: %v; want ErrRolledBack", err)
 	}
+}
+
+// openDir is a directory others may write in.
+func openDir(t *testing.T) string {
+	dir := t.TempDir()
+	os.Chmod(dir, 0o777)
+	return dir
 }
