@@ -5,14 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/kmsplugin/kms-plugin/dek"
+	"github.com/kmsplugin/kms-plugin/integration/harness/swtpm"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
 	"github.com/kmsplugin/kms-plugin/plugin"
 	"github.com/kmsplugin/kms-plugin/plugin/keep"
+	"github.com/kmsplugin/kms-plugin/plugin/keep/tpm"
 )
 
 // memStore is a keep.Store in memory: the stores themselves are tested in plugin/keep.
@@ -313,5 +317,46 @@ func TestKeptStateOfAnotherBindingIsDiscarded(t *testing.T) {
 	st, _ := keptStack(t, k, store, clk)
 	if id, _ := st.Monitor.Health(); id != "" {
 		t.Fatalf("restored key id %q of another binding", id)
+	}
+}
+
+// With the TPM store (a real software TPM), a refusal makes every earlier copy of the kept
+// state useless: one put back from a backup is refused at the next start, which serves
+// nothing from memory.
+func TestRefusalMakesAnOlderTPMStateUseless(t *testing.T) {
+	sw := swtpm.Start(t)
+	dir := t.TempDir()
+	store, err := tpm.Open(tpm.Config{Device: sw.Device, Dir: dir, PCRs: tpm.DefaultPCRs, NVIndex: tpm.DefaultNVIndex})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	k := &flakyKEK{id: "k1"}
+	clk := clock.NewFake(time.Unix(1_800_000_000, 0))
+	st, stop := keptStack(t, k, store, clk)
+	ct, err := st.Sealer.Encrypt(context.Background(), "k1", []byte("seed before"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Keeper.Save(); err != nil {
+		t.Fatal(err)
+	}
+	backup, err := os.ReadFile(filepath.Join(dir, "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.set(errDenied)
+	st.Monitor.Refresh(context.Background())
+	stop()
+	if err := os.WriteFile(filepath.Join(dir, "state"), backup, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	k.set(errUnreachable)
+	st, _ = keptStack(t, k, store, clk)
+	if id, _ := st.Monitor.Health(); id != "" {
+		t.Fatalf("the older state restored key id %q after a refusal", id)
+	}
+	if _, _, err := st.Sealer.Decrypt(context.Background(), ct); err == nil {
+		t.Fatal("Decrypt served from an older state after a refusal")
 	}
 }
