@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"sync"
 	"time"
 
@@ -76,15 +77,35 @@ func (m *Monitor) State() (keyID string, unhealthy error) {
 	return m.keyID, m.err
 }
 
-// Run refreshes every CheckInterval until ctx ends.
+// Retry bounds of a plugin that cannot serve (no key id yet, past the grace, or refused): it
+// looks at the backend again after a jittered wait that doubles from RetryBase up to RetryMax
+// instead of the check interval, so that the backend's return reaches the apiserver within
+// its own 10 s poll of an unhealthy plugin. With a control plane's few plugins per cluster,
+// one refresh every 2 to 4 s each is far below what a recovering Vault serves.
+const (
+	RetryBase = time.Second
+	RetryMax  = 4 * time.Second
+)
+
+// Run refreshes every CheckInterval until ctx ends, and on a short backoff (RetryBase to
+// RetryMax) while the plugin cannot serve.
 //
 // Refreshes keep a fixed cadence, not "interval after the last one ended": a backend that
 // adopts a new key after two checks (Vault) then shows it within two intervals, however long
 // each check takes.
 func (m *Monitor) Run(ctx context.Context) {
 	next := m.clock.Now()
+	failures := 0
 	for {
-		next = next.Add(m.cfg.CheckInterval)
+		if m.canServe() {
+			if failures > 0 {
+				next, failures = m.clock.Now(), 0 // served again: the cadence starts from here
+			}
+			next = next.Add(m.cfg.CheckInterval)
+		} else {
+			failures++
+			next = m.clock.Now().Add(min(retryWait(failures), m.cfg.CheckInterval))
+		}
 		if now := m.clock.Now(); next.Before(now) {
 			next = now // a refresh overran a whole interval: start again from now
 		}
@@ -95,6 +116,24 @@ func (m *Monitor) Run(ctx context.Context) {
 			m.Refresh(ctx)
 		}
 	}
+}
+
+// canServe reports whether Status reports a key id and health (from the backend, or from
+// memory within the grace): what the apiserver needs to encrypt and decrypt.
+func (m *Monitor) canServe() bool {
+	keyID, unhealthy := m.Health()
+	return keyID != "" && unhealthy == nil
+}
+
+// retryWait is the jittered wait after the n-th refresh in a row that left the plugin unable
+// to serve: uniformly within [d/2, d], d = RetryBase * 2^(n-1) capped at RetryMax, so that the
+// plugins of several nodes do not retry in step.
+func retryWait(n int) time.Duration {
+	d := RetryBase << min(n-1, 8)
+	if d > RetryMax {
+		d = RetryMax
+	}
+	return d/2 + mrand.N(d/2+1)
 }
 
 // Refresh looks at the backend once: its key state, and a round trip when one is due.

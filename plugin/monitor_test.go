@@ -166,12 +166,15 @@ func TestMonitorRunKeepsAFixedCadence(t *testing.T) {
 	k := &slowKEK{countingKEK: countingKEK{id: "k1"}, clk: clk, starts: make(chan time.Time, 10)}
 	m := newMonitor(k, clk)
 	ctx, cancel := context.WithCancel(context.Background())
+	m.Refresh(ctx) // as serve does before Run: a healthy plugin then keeps the check interval
+	<-k.starts
+	origin := clk.Now()
 	done := make(chan struct{})
 	go func() { m.Run(ctx); close(done) }()
 	for i := 1; i <= 3; i++ {
 		waitFor(t, func() bool { return clk.Waiters() == 1 })
-		clk.Advance(time.Duration(10*i)*time.Second - clk.Now().Sub(time.Unix(0, 0)))
-		if got := (<-k.starts).Sub(time.Unix(0, 0)); got != time.Duration(10*i)*time.Second {
+		clk.Advance(time.Duration(10*i)*time.Second - clk.Now().Sub(origin))
+		if got := (<-k.starts).Sub(origin); got != time.Duration(10*i)*time.Second {
 			t.Fatalf("check %d started at %v, want %ds", i, got, 10*i)
 		}
 	}
@@ -447,4 +450,45 @@ func TestMonitorLogsTheEndOfTheGrace(t *testing.T) {
 	if n := logs.count("SERVING FROM MEMORY"); n != 5 {
 		t.Fatalf("SERVING FROM MEMORY logged %d times; want 5, one per refresh within the grace", n)
 	}
+}
+
+// A plugin that cannot serve looks at the backend again within seconds, not at the next check:
+// the backend's return must reach the apiserver within its own 10 s poll. Once it serves again,
+// the check interval is back.
+func TestMonitorRetriesQuicklyWhileItCannotServe(t *testing.T) {
+	k := &countingKEK{id: "k1", checkErr: fmt.Errorf("%w: connection refused", dek.ErrUnavailable)}
+	clk := clock.NewFake(time.Unix(0, 0))
+	cfg := plugin.MonitorConfig{CheckInterval: time.Minute, ProofInterval: time.Hour, Timeout: time.Second}
+	m := plugin.NewMonitor(k, cfg, clk, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m.Refresh(ctx) // no key id yet: cannot serve
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	// Each wait is at most RetryMax (jittered from RetryBase up), never the minute's interval.
+	for i := 2; i <= 6; i++ {
+		waitFor(t, func() bool { return clk.Waiters() == 1 })
+		clk.Advance(plugin.RetryMax)
+		waitFor(t, func() bool { c, _ := k.counts(); return c == i })
+	}
+	k.mu.Lock()
+	k.checkErr = nil
+	k.mu.Unlock()
+	waitFor(t, func() bool { return clk.Waiters() == 1 })
+	clk.Advance(plugin.RetryMax)
+	waitFor(t, func() bool { c, _ := k.counts(); return c == 7 })
+	if id, err := m.Health(); id != "k1" || err != nil {
+		t.Fatalf("after the backend answered: Health = %q, %v", id, err)
+	}
+	// Healthy: the next check waits the whole interval.
+	waitFor(t, func() bool { return clk.Waiters() == 1 })
+	clk.Advance(cfg.CheckInterval - time.Second)
+	time.Sleep(20 * time.Millisecond)
+	if c, _ := k.counts(); c != 7 {
+		t.Fatalf("a healthy plugin checked again after %v: %d checks", cfg.CheckInterval-time.Second, c)
+	}
+	clk.Advance(time.Second + plugin.RetryMax)
+	waitFor(t, func() bool { c, _ := k.counts(); return c == 8 })
 }

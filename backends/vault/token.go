@@ -15,10 +15,14 @@ import (
 )
 
 // Login backoff: a failing login is retried at checks no sooner than this allows, so a
-// broken credential does not hammer Vault from every control-plane node.
+// broken credential does not hammer Vault from every control-plane node. A login that failed
+// because Vault could not be reached (or sealed, 5xx) backs off only up to
+// loginUnreachableMax: the credential is fine, and Vault's return must end the outage within
+// seconds (the Monitor retries as fast while the plugin cannot serve).
 const (
-	loginBackoffBase = time.Second
-	loginBackoffMax  = 2 * time.Minute
+	loginBackoffBase    = time.Second
+	loginBackoffMax     = 2 * time.Minute
+	loginUnreachableMax = 4 * time.Second
 )
 
 // tokens keeps the backend's Vault token alive: it logs in, renews the token when two thirds
@@ -148,8 +152,8 @@ func (t *tokens) login(ctx context.Context, force bool) error {
 	token, lease, supplied, err := t.doLogin(ctx)
 	if err != nil {
 		t.failures++
-		t.nextLogin = now.Add(loginBackoff(t.failures))
 		t.lastErr = classify(t.auth.Method()+" login", err)
+		t.nextLogin = now.Add(loginBackoff(t.failures, errors.Is(t.lastErr, dek.ErrUnavailable)))
 		return t.lastErr
 	}
 	t.client.SetToken(token)
@@ -204,5 +208,11 @@ func (t *tokens) ttlLeft() (time.Duration, bool) {
 	return max(time.Unix(0, exp).Sub(t.clk.Now()), 0), true
 }
 
-// loginBackoff is the jittered wait after n consecutive failed logins.
-func loginBackoff(n int) time.Duration { return backoff(loginBackoffBase, loginBackoffMax, n) }
+// loginBackoff is the jittered wait after n consecutive failed logins, the last of which
+// could not reach Vault (unreachable) or was refused or broken.
+func loginBackoff(n int, unreachable bool) time.Duration {
+	if unreachable {
+		return backoff(loginBackoffBase, loginUnreachableMax, n)
+	}
+	return backoff(loginBackoffBase, loginBackoffMax, n)
+}

@@ -167,3 +167,16 @@ func TestTokenLifecycle(t *testing.T) {
 		}
 	})
 }
+
+// A login that could not reach Vault is retried within seconds however often it failed, so that
+// Vault's return ends the outage quickly; a refused one (bad credentials) backs off to minutes.
+func TestLoginBackoffByCause(t *testing.T) {
+	for n := 1; n <= 40; n++ {
+		if d := loginBackoff(n, true); d > loginUnreachableMax || d < loginBackoffBase/2 {
+			t.Fatalf("unreachable, failure %d: wait %v, want within [%v, %v]", n, d, loginBackoffBase/2, loginUnreachableMax)
+		}
+	}
+	if d := loginBackoff(20, false); d < loginBackoffMax/2 {
+		t.Fatalf("refused, failure 20: wait %v, want at least %v", d, loginBackoffMax/2)
+	}
+}

@@ -149,6 +149,25 @@ func (a *APIServer) Restart(t testing.TB) {
 	}
 }
 
+// RestartUnready stops the apiserver and starts it again like Restart, but waits only until
+// /livez answers 200: for a restart while its KMS plugin cannot serve, when /readyz stays red.
+func (a *APIServer) RestartUnready(t testing.TB) {
+	t.Helper()
+	a.Stop()
+	a.restart++
+	a.Process = run.Start(t, fmt.Sprintf("kube-apiserver-restart-%d", a.restart), a.bin, a.args)
+	run.Eventually(t, 3*time.Minute, "kube-apiserver /livez after restart", func(ctx context.Context) error {
+		if a.Process.Exited() {
+			return errExited
+		}
+		ok, body, err := a.Health(ctx, "/livez")
+		if err == nil && !ok {
+			err = errors.New(body)
+		}
+		return err
+	})
+}
+
 // Health asks one health endpoint (for example "/readyz/kms-providers" or "/livez") with
 // ?verbose, and returns whether it answered 200 and what it said.
 func (a *APIServer) Health(ctx context.Context, path string) (ok bool, body string, err error) {

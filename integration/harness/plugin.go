@@ -73,7 +73,11 @@ func StartPlugin(t testing.TB, args ...string) *Plugin {
 	return p
 }
 
-func (p *Plugin) start(t testing.TB, name string) {
+func (p *Plugin) start(t testing.TB, name string) { p.startUntil(t, name, nil) }
+
+// startUntil starts the plugin and waits until Status succeeds, or, with answered set, until
+// the plugin answers it at all (answered says which failures are answers).
+func (p *Plugin) startUntil(t testing.TB, name string, answered func(error) bool) {
 	t.Helper()
 	p.Process = run.Start(t, name, p.bin, p.args)
 	p.all = append(p.all, p.Process)
@@ -87,7 +91,7 @@ func (p *Plugin) start(t testing.TB, name string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_, last = p.Status(ctx)
 		cancel()
-		if last == nil {
+		if last == nil || (answered != nil && answered(last)) {
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -146,6 +150,20 @@ func (p *Plugin) Resume(t testing.TB) {
 	}
 	p.restarts++
 	p.start(t, fmt.Sprintf("kms-plugin-restart-%d", p.restarts))
+}
+
+// ResumeUnready starts a stopped (or killed) plugin again and waits only until it answers
+// Status at all, with "no key id yet" if it has nothing to serve with: a plugin restarted
+// while its backend is unreachable.
+func (p *Plugin) ResumeUnready(t testing.TB) {
+	t.Helper()
+	if !p.Process.Exited() {
+		t.Fatal("ResumeUnready: the plugin is still running")
+	}
+	p.restarts++
+	p.startUntil(t, fmt.Sprintf("kms-plugin-restart-%d", p.restarts), func(err error) bool {
+		return strings.Contains(err.Error(), "no key id yet")
+	})
 }
 
 // Reload sends SIGHUP, on which the plugin re-reads its backend's configuration (the local
