@@ -144,6 +144,10 @@ func (s *Store) unsealKey() ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: PCRs %v differ from their values when it was sealed (another boot chain, or Secure Boot changed): %w", ErrPolicy, s.cfg.PCRs, err)
 	}
+	if len(rsp.OutData.Buffer) != 32 {
+		clear(rsp.OutData.Buffer)
+		return nil, fmt.Errorf("%w: it holds %d bytes, not a 256-bit key", ErrPolicy, len(rsp.OutData.Buffer))
+	}
 	return rsp.OutData.Buffer, nil
 }
 
