@@ -3,11 +3,14 @@ package serveconfig
 import (
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/spf13/pflag"
 
+	"github.com/kmsplugin/kms-plugin/internal/privatefile"
 	"github.com/kmsplugin/kms-plugin/plugin"
 	"github.com/kmsplugin/kms-plugin/plugin/keep"
 	"github.com/kmsplugin/kms-plugin/plugin/keep/tpm"
@@ -121,4 +124,66 @@ func (k *keepFlags) open() (keep.Store, error) {
 		return s, nil
 	}
 	return nil, nil
+}
+
+// KeepPreflight checks what --vault-keep-memory needs, as serve's start would, without writing
+// anything or talking to the TPM (kmsctl doctor): the flags, the state directory (on tmpfs and
+// private for tmpfs; not writable by others for tpm) and that the TPM device exists. It
+// returns the store it checked ("" when off).
+func (b *Vault) KeepPreflight(fs *pflag.FlagSet) (store string, err error) {
+	k := &b.keep
+	if err := k.problems(fs, b.memory); err != nil || k.mode == "off" {
+		return "", err
+	}
+	dir := k.dir
+	switch {
+	case dir != "":
+	case k.mode == "tmpfs":
+		dir = DefaultTmpfsDir
+	default:
+		dir = DefaultTPMDir
+	}
+	store = k.mode + " " + dir
+	// serve makes a missing directory: judge the nearest one that exists, which it would be in.
+	existing := dir
+	for {
+		if _, err := os.Stat(existing); err == nil || filepath.Dir(existing) == existing {
+			break
+		}
+		existing = filepath.Dir(existing)
+	}
+	if k.mode == "tmpfs" {
+		if err := keep.OnTmpfs(existing); err != nil {
+			return store, fmt.Errorf("--vault-keep-memory tmpfs: %w", err)
+		}
+		if existing == dir {
+			if err := keep.PrivateDir(dir); err != nil {
+				return store, fmt.Errorf("--vault-keep-memory tmpfs: %w", err)
+			}
+		}
+		return store, nil
+	}
+	if existing == dir {
+		info, err := os.Stat(dir)
+		if err == nil && !info.IsDir() {
+			err = fmt.Errorf("%s is not a directory", dir)
+		}
+		if err == nil {
+			err = privatefile.JudgeInfo(dir, info, privatefile.Public)
+		}
+		if err != nil {
+			return store, fmt.Errorf("--vault-keep-memory tpm: state directory: %w", err)
+		}
+	}
+	device, socket := strings.CutPrefix(k.device, "unix://")
+	info, err := os.Stat(device)
+	switch {
+	case err != nil:
+		return store, fmt.Errorf("--vault-keep-memory tpm: the TPM %s: %w", k.device, err)
+	case socket && info.Mode()&os.ModeSocket == 0:
+		return store, fmt.Errorf("--vault-keep-memory tpm: %s is not a socket", device)
+	case !socket && info.Mode()&os.ModeCharDevice == 0:
+		return store, fmt.Errorf("--vault-keep-memory tpm: %s is not a character device", device)
+	}
+	return store + " (TPM " + k.device + ")", nil
 }
