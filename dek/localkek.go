@@ -43,7 +43,8 @@ type LocalKEKConfig struct {
 	// Recovery, when set, is the recovery public key each new local KEK is sealed to: the
 	// envelopes it wraps are then format v3 (recoveryseal.go).
 	Recovery *recovery.PublicKey
-	// Generated is called after each new local KEK, with the key id that wraps it.
+	// Generated is called after each new local KEK has become the current one, with the key
+	// id that wraps it.
 	Generated func(keyID string)
 	Clock     clock.Clock
 	Log       *slog.Logger
@@ -69,6 +70,9 @@ type localKEK struct {
 	wrapped []byte // its backend-wrapped form, carried in every envelope
 	seal    []byte // v3: its recovery fields (recoveryseal.go), carried in every envelope; nil: v2
 	aead    cipher.AEAD
+	// key is the local KEK itself, held only so that it can be kept across a restart
+	// (LocalKEK); cleared, under localKEKs.mu, when it stops being the current one.
+	key     []byte
 	created time.Time
 	uses    atomic.Uint64
 }
@@ -113,13 +117,20 @@ func (l *localKEKs) forEncrypt(ctx context.Context, kek KEK, keyID string) (*loc
 			return nil, err
 		}
 		l.mu.Lock()
-		defer l.mu.Unlock()
 		if l.drops != drops {
+			l.mu.Unlock()
+			if lk != old {
+				clear(lk.key)
+			}
 			// The backend refused, or the key changed, while it wrapped this one: its answer
 			// predates that and must not be used.
 			return nil, fmt.Errorf("%w: the local KEK being made was dropped (the backend refused or the key changed meanwhile)", ErrUnavailable)
 		}
-		l.current.Store(lk)
+		l.replaceLocked(lk)
+		l.mu.Unlock()
+		if lk != old && l.cfg.Generated != nil {
+			l.cfg.Generated(keyID) // once it is current: a caller may read it back (LocalKEK)
+		}
 		return lk, nil
 	})
 	switch {
@@ -150,8 +161,80 @@ func (s *Sealer) DropLocalKEK(keep func(keyID string) error) bool {
 		return false
 	}
 	l.drops++
-	l.current.Store(nil)
+	l.replaceLocked(nil)
 	return lk != nil
+}
+
+// replaceLocked makes lk the current local KEK and clears the key bytes of the one it
+// replaces (its AES-GCM, which Encrypts under way may still use, holds its own copy).
+func (l *localKEKs) replaceLocked(lk *localKEK) {
+	if old := l.current.Swap(lk); old != nil && old != lk {
+		clear(old.key)
+	}
+}
+
+// LocalKEKState is the current local KEK, exported so that it can be kept across a restart
+// (plugin/keep): the key itself, so whoever holds this holds every DEK it wrapped.
+type LocalKEKState struct {
+	KeyID   string    // the backend's key that wrapped it
+	Wrapped []byte    // its backend-wrapped form
+	Key     []byte    // the AES-256 key; the caller clears it when done
+	Created time.Time // when it was made: its rotation by age counts from here
+	Uses    uint64    // DEKs it has wrapped so far
+}
+
+// LocalKEK returns a copy of the current local KEK, if there is one that memory may still
+// serve. A Sealer not in local KEK mode has none.
+func (s *Sealer) LocalKEK() (LocalKEKState, bool) {
+	l := s.local
+	if l == nil || l.fromMemory() != nil {
+		return LocalKEKState{}, false
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	lk := l.current.Load()
+	if lk == nil || len(lk.key) != DEKSize {
+		return LocalKEKState{}, false
+	}
+	return LocalKEKState{KeyID: lk.keyID, Wrapped: bytes.Clone(lk.wrapped), Key: bytes.Clone(lk.key), Created: lk.created, Uses: lk.uses.Load()}, true
+}
+
+// RestoreLocalKEK makes st the current local KEK, as kept before a restart, unless one was
+// made or restored meanwhile (it is newer). Its age and uses carry on: a restart neither
+// renews nor extends it. st.Key is copied; the caller clears its own.
+func (s *Sealer) RestoreLocalKEK(st LocalKEKState) error {
+	l := s.local
+	switch {
+	case l == nil:
+		return errors.New("not in local KEK mode")
+	case len(st.Key) != DEKSize:
+		return fmt.Errorf("local KEK of %d bytes, want %d", len(st.Key), DEKSize)
+	case len(st.Wrapped) == 0 || len(st.Wrapped) > MaxWrappedDEKSize:
+		return fmt.Errorf("wrapped local KEK of %d bytes: must be 1 to %d", len(st.Wrapped), MaxWrappedDEKSize)
+	}
+	if err := checkKeyID(st.KeyID); err != nil {
+		return err
+	}
+	aead, err := newGCM(st.Key)
+	if err != nil {
+		return err
+	}
+	lk := &localKEK{keyID: st.KeyID, wrapped: bytes.Clone(st.Wrapped), aead: aead, key: bytes.Clone(st.Key), created: st.Created}
+	lk.uses.Store(st.Uses)
+	// The seal is not kept: made again (no backend call), so that a restarted plugin with a
+	// recovery public key goes on writing format v3, not silently format v2.
+	if err := l.reseal(lk, st.Key); err != nil {
+		clear(lk.key)
+		return fmt.Errorf("sealing the restored local KEK to the recovery key: %w", err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.current.Load() != nil {
+		clear(lk.key)
+		return errors.New("a local KEK is already in use")
+	}
+	l.current.Store(lk)
+	return nil
 }
 
 // postponeFor is how long a rotation postponed by an outage waits before the next attempt.
@@ -204,12 +287,9 @@ func (l *localKEKs) newLocalKEK(ctx context.Context, kek KEK, keyID string) (*lo
 	if err != nil {
 		return nil, err
 	}
-	lk := &localKEK{keyID: keyID, wrapped: wrapped, aead: aead, created: l.cfg.Clock.Now()}
+	lk := &localKEK{keyID: keyID, wrapped: wrapped, aead: aead, key: bytes.Clone(key), created: l.cfg.Clock.Now()}
 	if err := l.reseal(lk, key); err != nil {
 		return nil, err
-	}
-	if l.cfg.Generated != nil {
-		l.cfg.Generated(keyID)
 	}
 	l.cfg.Log.Info("new local KEK", "key_id", keyID)
 	return lk, nil

@@ -286,3 +286,71 @@ func TestLocalKEKGenerationBegunBeforeADropIsDiscarded(t *testing.T) {
 		t.Fatalf("next Encrypt: %v, %d wraps; want a local KEK of its own (2)", err, kek.calls.Load())
 	}
 }
+
+// A local KEK exported and restored into another Sealer (a restarted plugin) wraps new DEKs
+// with no backend call, keeps its age and uses, and yields nothing once dropped.
+func TestLocalKEKRestore(t *testing.T) {
+	kek := newMemKEK(t, "k1")
+	ctx := context.Background()
+	clk := clock.NewFake(time.Unix(1_800_000_000, 0))
+	before := dek.NewLocalSealer(kek, dek.LocalKEKConfig{Clock: clk})
+	if _, ok := before.LocalKEK(); ok {
+		t.Fatal("a local KEK before the first Encrypt")
+	}
+	ct, err := before.Encrypt(ctx, "k1", []byte("before"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, ok := before.LocalKEK()
+	if !ok || st.KeyID != "k1" || len(st.Key) != dek.DEKSize || st.Uses != 1 || !st.Created.Equal(clk.Now()) {
+		t.Fatalf("LocalKEK = %+v, %v", st, ok)
+	}
+	if err := dek.NewSealer(kek).RestoreLocalKEK(st); err == nil {
+		t.Fatal("RestoreLocalKEK outside local KEK mode succeeded")
+	}
+
+	clk.Advance(time.Hour)
+	after := dek.NewLocalSealer(kek, dek.LocalKEKConfig{Clock: clk, MaxAge: 2 * time.Hour})
+	if err := after.RestoreLocalKEK(st); err != nil {
+		t.Fatal(err)
+	}
+	if err := after.RestoreLocalKEK(st); err == nil {
+		t.Fatal("a second RestoreLocalKEK replaced the local KEK in use")
+	}
+	kek.setErr(fmt.Errorf("%w: down", dek.ErrUnavailable))
+	ct2, err := after.Encrypt(ctx, "k1", []byte("after"))
+	if err != nil {
+		t.Fatalf("Encrypt with the restored local KEK and no backend: %v", err)
+	}
+	kek.setErr(nil)
+	for _, c := range [][]byte{ct, ct2} {
+		if _, _, err := before.Decrypt(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if again, _ := after.LocalKEK(); again.Uses != 2 || !again.Created.Equal(st.Created) {
+		t.Fatalf("restored local KEK: uses %d, created %s; want 2 and the original creation time", again.Uses, again.Created)
+	}
+	// Its age counts from its creation before the restart: one more hour and it rotates.
+	clk.Advance(time.Hour)
+	wraps := kek.wrapCount()
+	if _, err := after.Encrypt(ctx, "k1", []byte("rotated")); err != nil {
+		t.Fatal(err)
+	}
+	if kek.wrapCount() != wraps+1 {
+		t.Fatal("the restored local KEK outlived its max age")
+	}
+	after.DropLocalKEK(nil)
+	if _, ok := after.LocalKEK(); ok {
+		t.Fatal("LocalKEK after a drop")
+	}
+	for _, bad := range []dek.LocalKEKState{
+		{KeyID: "k1", Wrapped: st.Wrapped, Key: st.Key[:16]},
+		{KeyID: "k1", Key: st.Key},
+		{KeyID: "", Wrapped: st.Wrapped, Key: st.Key},
+	} {
+		if err := dek.NewLocalSealer(kek, dek.LocalKEKConfig{}).RestoreLocalKEK(bad); err == nil {
+			t.Errorf("RestoreLocalKEK(%+v) succeeded", bad)
+		}
+	}
+}

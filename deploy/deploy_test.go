@@ -127,11 +127,18 @@ func TestPluginManifests(t *testing.T) {
 					t.Errorf("mount %s: no hostPath volume", m.Name)
 					continue
 				}
-				if hp.Path == "/var/run/kmsplugin" {
+				switch {
+				case hp.Path == "/var/run/kmsplugin":
 					if m.MountPath != "/var/run/kmsplugin" {
 						t.Errorf("socket directory mounted at %s", m.MountPath)
 					}
-				} else if !m.ReadOnly {
+				case hp.Path == "/run/kms-plugin":
+					// The kept state: written, so on tmpfs (under /run), and only for the
+					// tmpfs store in a directory of its own that the plugin makes 0700.
+					if !slices.Contains(c.Command, "--vault-keep-memory=tmpfs") || !slices.Contains(c.Command, "--vault-keep-memory-dir="+m.MountPath+"/state") {
+						t.Errorf("%s is mounted read-write at %s, but the command keeps no tmpfs state in %s/state: %v", hp.Path, m.MountPath, m.MountPath, c.Command)
+					}
+				case !m.ReadOnly:
 					t.Errorf("%s (%s) is mounted read-write: keys and credentials are read-only", m.Name, hp.Path)
 				}
 			}

@@ -187,7 +187,7 @@ func (l *load) report(t *testing.T) {
 }
 
 // TestFaultSequenceUnderLoad is issue 19's fault sequence with the settings the docs recommend
-// for a restart during an outage (--keep-memory), under continuous creates and reads of Secrets
+// for a restart during an outage (--vault-keep-memory), under continuous creates and reads of Secrets
 // through kube-apiserver: Vault stops; the plugin is SIGKILLed and restarted while Vault is
 // down; the apiserver keeps running past its 3-minute write-DEK expiry, then restarts; Vault
 // returns; the transit key rotates; the plugin is killed again. The apiserver answers no
@@ -306,5 +306,5 @@ func keepMemoryArgs(t *testing.T) []string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	return []string{"--keep-memory=tmpfs", "--keep-memory-dir=" + filepath.Join(dir, "state")}
+	return []string{"--vault-keep-memory=tmpfs", "--vault-keep-memory-dir=" + filepath.Join(dir, "state")}
 }

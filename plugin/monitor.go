@@ -356,10 +356,49 @@ func (m *Monitor) Health() (keyID string, unhealthy error) {
 		return m.keyID, m.refused
 	case m.refused != nil:
 		return m.keyID, fmt.Errorf("%w; it refused before, with no successful check since: %w", m.err, m.refused)
-	case m.err != nil && m.keyID != "" && m.fromMemoryLocked() == nil:
+	case m.err != nil && m.keyID != "" && m.checked && m.fromMemoryLocked() == nil:
 		return m.keyID, nil
 	}
 	return m.keyID, m.err
+}
+
+// Restore takes the key id and the time the backend last answered as kept before a restart
+// (plugin/keep), so that a plugin restarted during an outage serves from memory for what is
+// left of the grace. It never moves the last answer forward: the grace keeps counting from
+// the backend's last answer before the restart. It refuses a state past the grace, one from
+// the future (the clock went back), and any after the Monitor has heard from the backend.
+// Until its first refresh the Monitor stays unhealthy ("restarted; not checked yet").
+func (m *Monitor) Restore(keyID string, answered time.Time) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.clock.Now()
+	switch {
+	case keyID == "" || answered.IsZero():
+		return errors.New("no key id or no last answer")
+	case m.checked || !m.answered.IsZero() || m.keyID != "":
+		return errors.New("the backend has already been checked since the start")
+	case m.cfg.Grace <= 0:
+		return errors.New("serving from memory is off (grace 0)")
+	case answered.After(now):
+		return fmt.Errorf("the backend's last answer (%s) is later than now: the clock went back", answered.UTC().Format(time.RFC3339))
+	case now.Sub(answered) >= m.cfg.Grace:
+		return fmt.Errorf("the backend last answered %s ago, past the grace of %s", now.Sub(answered).Round(time.Second), m.cfg.Grace)
+	}
+	m.keyID, m.answered = keyID, answered
+	m.err = errors.New("restarted with kept state; not checked yet")
+	return nil
+}
+
+// Kept returns what is kept across a restart of the Monitor: its key id and the time the
+// backend last answered, when memory may be served now (ok); nothing after a refusal or past
+// the grace.
+func (m *Monitor) Kept() (keyID string, answered time.Time, ok bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.keyID == "" || m.answered.IsZero() || m.fromMemoryLocked() != nil {
+		return "", time.Time{}, false
+	}
+	return m.keyID, m.answered, true
 }
 
 // proofAgeLocked is the time since the backend last did both a wrap and an unwrap.

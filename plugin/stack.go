@@ -2,6 +2,9 @@ package plugin
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"io/fs"
 	"log/slog"
 	"time"
 
@@ -11,6 +14,7 @@ import (
 	"github.com/kmsplugin/kms-plugin/dek/cache"
 	"github.com/kmsplugin/kms-plugin/dek/recovery"
 	"github.com/kmsplugin/kms-plugin/internal/clock"
+	"github.com/kmsplugin/kms-plugin/plugin/keep"
 	"github.com/kmsplugin/kms-plugin/plugin/limit"
 	"github.com/kmsplugin/kms-plugin/plugin/metrics"
 )
@@ -57,6 +61,20 @@ type MemoryConfig struct {
 	LocalKEK       bool          // local KEK mode: Encrypt needs no backend call
 	LocalKEKMaxAge time.Duration // how long one local KEK wraps new DEKs
 	Grace          time.Duration // serving from memory after the backend last answered
+	// Keep, when set, keeps what memory holds across a restart of the plugin, so that one
+	// restarted during an outage serves for the rest of the grace (plugin/keep).
+	Keep *KeepConfig
+}
+
+// KeepConfig is where and how much of memory is kept across a restart.
+type KeepConfig struct {
+	Store keep.Store
+	// Entries bounds the DEK cache entries kept, most recently used first; keep.DefaultEntries
+	// when zero.
+	Entries int
+	// Binding names the backend's configuration (for Vault: namespace, mount, key): a state
+	// kept under another binding is not restored.
+	Binding string
 }
 
 // Stack is a serving stack, ready to Serve on a listener once Monitor has had its first
@@ -65,6 +83,13 @@ type Stack struct {
 	Monitor *Monitor
 	Sealer  *dek.Sealer
 	Server  *Server
+	// Cache is the DEK cache; nil without Config.Memory.
+	Cache *cache.KEK
+	// Keeper saves what memory holds for a restart; nil without Config.Memory.Keep.
+	Keeper *keep.Keeper
+
+	keepCfg KeepConfig
+	log     *slog.Logger
 
 	breakGlass *breakGlass // nil unless in break-glass mode
 }
@@ -119,27 +144,22 @@ func New(cfg Config) *Stack {
 	if rc == nil {
 		rc = &RecoveryConfig{}
 	}
-	sealer := dek.NewSealer(calls)
+	stack := &Stack{Monitor: monitor, Sealer: dek.NewSealer(calls), log: cfg.Log}
 	if cfg.Memory != nil {
-		sealer = fromMemory(calls, *cfg.Memory, rc.Seal, cfg.KEK, monitor, m, cfg.Clock, cfg.Log)
+		fromMemory(stack, calls, *cfg.Memory, rc.Seal, cfg.KEK, m, cfg.Clock)
 	}
+	sealer := stack.Sealer
 	if rc.Seal != nil && (cfg.Memory == nil || !cfg.Memory.LocalKEK) {
 		// serveconfig refuses this at start; a caller that builds the stack itself hears it too.
 		cfg.Log.Error("a recovery public key needs local KEK mode: nothing is sealed to it", "recovery_key", rc.Seal.ID().String())
 	}
-	var bg *breakGlass
 	if rc.BreakGlass != nil {
-		bg = newBreakGlass(rc.BreakGlass, rc.Until, cfg.Clock, cfg.Log)
-		sealer.OpenWith(bg.r)
+		stack.breakGlass = newBreakGlass(rc.BreakGlass, rc.Until, cfg.Clock, cfg.Log)
+		sealer.OpenWith(stack.breakGlass.r)
 	}
 	if m != nil {
 		// Exported also when off (0), so that an alert on it never waits for a series to appear.
-		m.WatchBreakGlass(func() (bool, time.Time) {
-			if bg == nil {
-				return false, time.Time{}
-			}
-			return bg.State()
-		})
+		m.WatchBreakGlass(stack.BreakGlass)
 	}
 	if fr, ok := cfg.KEK.(dek.ForeignReader); ok && fr.ReadsVaultKubernetesKMS() {
 		// The backend reads vault-kubernetes-kms's envelopes (serve's
@@ -154,19 +174,34 @@ func New(cfg Config) *Stack {
 		monitor.OnRefresh(m.ObserveBackend)
 		cfg.Server.Options = append([]grpc.ServerOption{grpc.ChainUnaryInterceptor(m.UnaryInterceptor())}, cfg.Server.Options...)
 	}
-	return &Stack{Monitor: monitor, Sealer: sealer, Server: NewServer(NewService(sealer, monitor, cfg.Log), cfg.Server), breakGlass: bg}
+	stack.Server = NewServer(NewService(stack.Sealer, monitor, cfg.Log), cfg.Server)
+	return stack
 }
 
 // fromMemory is the sealer over a DEK cache (and, in local KEK mode, a local KEK), which the
 // Monitor gates: what they hold is served only while the backend is healthy, or unreachable
 // within the grace, and is dropped as soon as the backend refuses.
-func fromMemory(calls dek.KEK, mem MemoryConfig, seal *recovery.PublicKey, backend dek.KEK, monitor *Monitor, m *metrics.Metrics, clk clock.Clock, log *slog.Logger) *dek.Sealer {
+func fromMemory(stack *Stack, calls dek.KEK, mem MemoryConfig, seal *recovery.PublicKey, backend dek.KEK, m *metrics.Metrics, clk clock.Clock) {
+	monitor, log := stack.Monitor, stack.log
 	cached := cache.New(calls, monitor, mem.CacheEntries)
 	var sealer *dek.Sealer
+	var keeper *keep.Keeper
+	if mem.Keep != nil {
+		stack.keepCfg = *mem.Keep
+		keeper = keep.NewKeeper(mem.Keep.Store, stack.snapshot, log)
+	}
 	if mem.LocalKEK {
-		var generated func(string)
+		var watched func(string)
 		if m != nil {
-			generated = m.WatchLocalKEKs()
+			watched = m.WatchLocalKEKs()
+		}
+		generated := func(keyID string) {
+			if watched != nil {
+				watched(keyID)
+			}
+			if keeper != nil {
+				keeper.Changed() // a restart must find the local KEK that wrote the latest envelopes
+			}
 		}
 		sealer = dek.NewLocalSealer(cached, dek.LocalKEKConfig{
 			MaxAge: mem.LocalKEKMaxAge, FromMemory: monitor.FromMemory, Generated: generated, Recovery: seal, Clock: clk, Log: log,
@@ -174,6 +209,7 @@ func fromMemory(calls dek.KEK, mem MemoryConfig, seal *recovery.PublicKey, backe
 	} else {
 		sealer = dek.NewSealer(cached)
 	}
+	stack.Sealer, stack.Cache, stack.Keeper = sealer, cached, keeper
 	if m != nil {
 		m.WatchCache(cached)
 		m.WatchMemory(func() (bool, time.Duration) { s := monitor.Memory(); return s.Serving, s.GraceLeft })
@@ -184,12 +220,28 @@ func fromMemory(calls dek.KEK, mem MemoryConfig, seal *recovery.PublicKey, backe
 		n := cached.Purge(nil)
 		dropped := sealer.DropLocalKEK(nil)
 		log.Warn("DEK cache cleared and local KEK dropped: the backend refuses", "entries", n, "local_kek", dropped, "error", err)
+		if keeper != nil {
+			keeper.Erase(err)
+		}
 	})
-	judge, ok := backend.(dek.Judge)
-	if !ok {
-		return sealer
+	if judge, ok := backend.(dek.Judge); ok {
+		monitor.OnRefresh(dropRefused(judge, cached, sealer, log))
 	}
-	monitor.OnRefresh(func(_ string, unhealthy error) {
+	if keeper != nil {
+		// After each successful check (and its purge): the last answer moved, and the cache
+		// may hold new DEKs.
+		monitor.OnRefresh(func(_ string, unhealthy error) {
+			if unhealthy == nil {
+				keeper.Changed()
+			}
+		})
+	}
+}
+
+// dropRefused is the check's observer that drops from memory what the backend no longer
+// accepts.
+func dropRefused(judge dek.Judge, cached *cache.KEK, sealer *dek.Sealer, log *slog.Logger) func(string, error) {
+	return func(_ string, unhealthy error) {
 		if unhealthy != nil {
 			return
 		}
@@ -201,18 +253,94 @@ func fromMemory(calls dek.KEK, mem MemoryConfig, seal *recovery.PublicKey, backe
 		if sealer.DropLocalKEK(judge.Usable) {
 			log.Info("local KEK dropped: the backend no longer accepts its key id")
 		}
-	})
-	return sealer
+	}
 }
 
-// Start refreshes the Monitor once and keeps refreshing it until ctx ends; in break-glass
-// mode it also says so in the log until the mode's expiry, and ends it then.
+// Start restores what was kept before a restart (with Memory.Keep), refreshes the Monitor
+// once and keeps refreshing it until ctx ends; the Keeper saves until then, and once more
+// (Wait waits for that save). In break-glass mode it also says so in the log until the
+// mode's expiry, and ends it then.
 func (s *Stack) Start(ctx context.Context) {
 	if s.breakGlass != nil {
 		go s.breakGlass.run(ctx)
 	}
+	if s.Keeper != nil {
+		s.restore()
+	}
 	s.Monitor.Refresh(ctx)
 	go s.Monitor.Run(ctx)
+	if s.Keeper != nil {
+		go s.Keeper.Run(ctx)
+	}
+}
+
+// Wait returns, after Start's ctx has ended, once the background work that outlives it is
+// done: the Keeper's last save.
+func (s *Stack) Wait() {
+	if s.Keeper != nil {
+		<-s.Keeper.Done()
+	}
+}
+
+// snapshot is what the Keeper saves: nil when memory may not be served (no key id yet, a
+// refusal, past the grace).
+func (s *Stack) snapshot() *keep.Snapshot {
+	keyID, answered, ok := s.Monitor.Kept()
+	if !ok {
+		return nil
+	}
+	entries := s.keepCfg.Entries
+	if entries <= 0 {
+		entries = keep.DefaultEntries
+	}
+	snap := &keep.Snapshot{Binding: s.keepCfg.Binding, KeyID: keyID, Answered: answered, Entries: s.Cache.Entries(entries)}
+	if lk, ok := s.Sealer.LocalKEK(); ok {
+		snap.LocalKEK = &lk
+	}
+	return snap
+}
+
+// restore loads the kept state into the Monitor, the local KEK and the DEK cache. A state
+// that may not serve (another backend's, past the grace, unreadable) is discarded and
+// erased: it could never serve again.
+func (s *Stack) restore() {
+	store := s.Keeper.Store().String()
+	snap, err := s.Keeper.Load()
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		s.log.Info("no kept state to restore", "store", store)
+		return
+	case err != nil:
+		s.log.Error("kept state NOT restored: nothing is served from memory until the backend answers", "store", store, "error", err)
+		return
+	}
+	defer snap.Clear()
+	if snap.Binding != s.keepCfg.Binding {
+		err = fmt.Errorf("it belongs to %q, not to %q", snap.Binding, s.keepCfg.Binding)
+	} else {
+		err = s.Monitor.Restore(snap.KeyID, snap.Answered)
+	}
+	if err != nil {
+		s.log.Warn("kept state discarded: nothing is served from memory until the backend answers", "store", store, "last_answer", snap.Answered.UTC().Format(time.RFC3339), "reason", err)
+		s.Keeper.Erase(fmt.Errorf("discarded at start: %w", err))
+		return
+	}
+	entries := snap.Entries
+	localKEK := false
+	if lk := snap.LocalKEK; lk != nil {
+		if err := s.Sealer.RestoreLocalKEK(*lk); err != nil {
+			s.log.Warn("kept local KEK not restored", "error", err)
+		} else {
+			localKEK = true
+		}
+		// Its own unwrapped form, so that Decrypts of what it wrapped need no backend either.
+		entries = append([]cache.Entry{{KeyID: lk.KeyID, Wrapped: lk.Wrapped, Key: lk.Key}}, entries...)
+	}
+	n := s.Cache.Restore(entries)
+	graceLeft := s.Monitor.Memory().GraceLeft
+	s.log.Warn("RESTORED kept state: until the backend answers, serving from memory for the rest of the grace",
+		"store", store, "key_id", snap.KeyID, "last_answer", snap.Answered.UTC().Format(time.RFC3339),
+		"grace_left", graceLeft.Round(time.Second).String(), "entries", n, "local_kek", localKEK)
 }
 
 // BreakGlass reports whether break-glass mode is on, and until when.

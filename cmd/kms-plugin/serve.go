@@ -129,6 +129,7 @@ func serve(ctx context.Context, stdin io.Reader, logTo io.Writer, fs *pflag.Flag
 	case <-time.After(o.ShutdownGrace):
 		srv.Stop()
 	}
+	stack.Wait() // the kept state's last save
 	log.Info("stopped; socket removed", "socket", path)
 	return nil
 }

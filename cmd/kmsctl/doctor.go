@@ -99,6 +99,15 @@ func runDoctor(cmd *cobra.Command, o serveconfig.Options, d doctorOptions, all [
 			return err
 		}
 		rep = append(rep, doctor.Files(doctor.VaultFiles(cfg))...)
+		// What serve keeps across restarts: the checks serve's start makes, bar the TPM's own
+		// commands (doctor changes nothing in the TPM).
+		switch store, err := b.KeepPreflight(cmd.Flags()); {
+		case err != nil:
+			rep = append(rep, doctor.Result{Status: doctor.Fail, Check: "kept state", Detail: err.Error(),
+				Fix: "fix the directory or the TPM device, or --vault-keep-memory off (docs/vault.md, Restart during an outage)"})
+		case store != "":
+			rep = append(rep, doctor.Result{Status: doctor.OK, Check: "kept state", Detail: store})
+		}
 		vo := doctor.VaultOptions{Config: cfg, Timeout: o.Timeout}
 		if len(d.etcd.endpoints) > 0 {
 			vo.KeyIDsInUse = d.keyIDsInUse

@@ -2,8 +2,9 @@
 // the few DEK seeds in use cost no backend call, and a restarted apiserver's Decrypts of seeds
 // this plugin made or has seen cost none either, even while the backend is unreachable.
 //
-// Entries are keyed by the key id and the wrapped DEK, held in memory only (never written,
-// never logged), bounded in number and cleared when evicted. There is no short age limit: an
+// Entries are keyed by the key id and the wrapped DEK, held in memory (never logged, and
+// written only as plugin/keep keeps them across a restart, when serve is told to: Entries and
+// Restore), bounded in number and cleared when evicted. There is no short age limit: an
 // apiserver asks for a seed again only after its own cache lets it go, hours later, and those
 // are exactly the entries a restarted apiserver needs. Whether memory may be served at all is
 // the Gate's decision (a grace while the backend is unreachable, none once it refuses).
@@ -185,3 +186,43 @@ func (c *KEK) removeLocked(el *list.Element) {
 }
 
 func clone(b []byte) []byte { return append([]byte(nil), b...) }
+
+// Entry is one cached DEK, exported so that it can be kept across a restart (plugin/keep).
+type Entry struct {
+	KeyID   string
+	Wrapped []byte
+	Key     []byte // the unwrapped DEK; the caller clears it when done
+}
+
+// Entries returns copies of at most n entries, most recently used first.
+func (c *KEK) Entries(n int) []Entry {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]Entry, 0, min(n, c.order.Len()))
+	for el := c.order.Front(); el != nil && len(out) < n; el = el.Next() {
+		e := el.Value.(*entry)
+		out = append(out, Entry{KeyID: e.key.keyID, Wrapped: []byte(e.key.wrapped), Key: clone(e.dek)})
+	}
+	return out
+}
+
+// Restore adds entries kept before a restart, most recently used first, behind those the
+// cache already holds (which are newer), within its bound. It reports how many it added. The
+// keys are copied; the caller clears its own.
+func (c *KEK) Restore(entries []Entry) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, e := range entries {
+		if c.order.Len() >= c.entries {
+			break
+		}
+		key := entryKey{e.KeyID, string(e.Wrapped)}
+		if _, ok := c.index[key]; ok || len(e.Key) == 0 {
+			continue
+		}
+		c.index[key] = c.order.PushBack(&entry{key: key, dek: clone(e.Key)})
+		n++
+	}
+	return n
+}

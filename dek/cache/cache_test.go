@@ -252,3 +252,45 @@ func TestAnswersBegunBeforeAPurgeAreNotKept(t *testing.T) {
 		t.Fatalf("the one after: %v, %+v; want a hit", err, c.Stats())
 	}
 }
+
+// Entries exports the most recently used first; Restore into a fresh cache (a restarted
+// plugin) answers those Unwraps with no backend call, keeps the newer entries it already
+// holds in front, and stays within its bound.
+func TestEntriesAndRestore(t *testing.T) {
+	ctx := context.Background()
+	k := &countingKEK{}
+	c := cache.New(k, &gate{}, 10)
+	var wrapped [][]byte
+	for i := range 5 {
+		w, err := c.Wrap(ctx, "k1", bytes.Repeat([]byte{byte(i)}, 32))
+		if err != nil {
+			t.Fatal(err)
+		}
+		wrapped = append(wrapped, w)
+	}
+	if _, err := c.Unwrap(ctx, "k1", wrapped[0]); err != nil { // the most recently used now
+		t.Fatal(err)
+	}
+	entries := c.Entries(3)
+	if len(entries) != 3 || !bytes.Equal(entries[0].Wrapped, wrapped[0]) || !bytes.Equal(entries[1].Wrapped, wrapped[4]) || entries[0].Key[0] != 0 {
+		t.Fatalf("Entries(3) = %+v; want entries 0, 4, 3", entries)
+	}
+
+	restarted := &countingKEK{}
+	fresh := cache.New(restarted, &gate{}, 3)
+	newer, _ := fresh.Wrap(ctx, "k1", bytes.Repeat([]byte{9}, 32))
+	if n := fresh.Restore(entries); n != 2 {
+		t.Fatalf("Restore added %d entries; want 2 (the bound is 3, one newer entry is held)", n)
+	}
+	for _, w := range [][]byte{newer, wrapped[0], wrapped[4]} {
+		if _, err := fresh.Unwrap(ctx, "k1", w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := restarted.unwraps.Load(); n != 0 {
+		t.Fatalf("%d backend unwraps for restored entries; want none", n)
+	}
+	if fresh.Stats().Entries != 3 {
+		t.Fatalf("%d entries; want the bound, 3", fresh.Stats().Entries)
+	}
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real servers the integration tests run (etcd, Vault, kube-apiserver), each from
-# its own small Go module, and caches the binaries by the hash of that module's files.
-# Usage: build.sh [etcd|vault|kube-apiserver ...]   (default: all three)
+# its own small Go module, and caches the binaries by the hash of that module's files; installs
+# swtpm (Debian's package) when missing.
+# Usage: build.sh [etcd|vault|kube-apiserver|swtpm ...]   (default: all four)
 # Prints nothing but progress on stderr; the binaries land in $KMS_PLUGIN_SERVERS_DIR
 # (default ~/.cache/kms-plugin/servers), where integration/harness finds them.
 set -euo pipefail
@@ -22,9 +23,29 @@ here=$(cd "$(dirname "$0")" && pwd)
 out=${KMS_PLUGIN_SERVERS_DIR:-$HOME/.cache/kms-plugin/servers}
 mkdir -p "$out"
 servers=("$@")
-[ ${#servers[@]} -gt 0 ] || servers=(etcd vault kube-apiserver)
+[ ${#servers[@]} -gt 0 ] || servers=(etcd vault kube-apiserver swtpm)
+
+# swtpm, a software TPM 2.0 for the tests of --vault-keep-memory tpm, is Debian's package, not a
+# Go module: installed when missing (as root), else named.
+ensure_swtpm() {
+  if command -v swtpm >/dev/null; then
+    echo "build.sh: swtpm installed at $(command -v swtpm)" >&2
+    return
+  fi
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "build.sh: swtpm is missing and this is not root: apt-get install -y swtpm swtpm-tools" >&2
+    exit 1
+  fi
+  echo "build.sh: installing swtpm from Debian's packages" >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y swtpm swtpm-tools >&2 ||
+    { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y swtpm swtpm-tools >&2; }
+}
 
 for s in "${servers[@]}"; do
+  if [ "$s" = swtpm ]; then
+    ensure_swtpm
+    continue
+  fi
   dir=$here/$s
   [ -f "$dir/go.mod" ] || { echo "build.sh: unknown server $s" >&2; exit 2; }
   hash=$(cat "$dir/go.mod" "$dir/main.go" | sha256sum | cut -c1-12)

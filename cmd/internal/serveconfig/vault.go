@@ -37,6 +37,7 @@ type Vault struct {
 	capabilitiesInterval                            time.Duration
 	readVaultKubernetesKMS                          bool
 	memory                                          plugin.MemoryConfig
+	keep                                            keepFlags
 }
 
 // DefaultGrace covers an outage of a working day's first hours, so an on-call engineer can
@@ -100,17 +101,21 @@ func (b *Vault) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&b.jwtFile, "vault-jwt-token-file", "", "vault: jwt auth: file holding the JWT, re-read when it changes")
 	fs.DurationVar(&b.capabilitiesInterval, "vault-capabilities-interval", vault.DefaultCapabilitiesInterval, "vault: how often a check also asks Vault (sys/capabilities-self) whether the token may still encrypt and decrypt: a policy cut is noticed within this plus one --check-interval")
 	fs.BoolVar(&b.readVaultKubernetesKMS, "vault-read-vault-kubernetes-kms", false, "vault: also decrypt envelopes that vault-kubernetes-kms wrote with this transit key (Transit's vault:vN: text, 32-byte DEK seeds only), for an in-place switch from it; off once kmsctl scan finds none left (docs/migration.md)")
-	fs.IntVar(&b.memory.CacheEntries, "vault-dek-cache-size", cache.DefaultEntries, "vault: unwrapped DEKs and local KEKs held in memory (never on disk), so repeated and restarted-apiserver Decrypts need no Vault call")
+	fs.IntVar(&b.memory.CacheEntries, "vault-dek-cache-size", cache.DefaultEntries, "vault: unwrapped DEKs and local KEKs held in memory, so repeated and restarted-apiserver Decrypts need no Vault call (never on disk, but for what --vault-keep-memory keeps)")
 	fs.BoolVar(&b.memory.LocalKEK, "vault-local-kek", true, "vault: wrap DEKs with a local AES-256 KEK that Vault wraps once and that travels in each envelope, so Encrypt needs no Vault call (envelope format v2; docs/vault.md for downgrades)")
 	fs.DurationVar(&b.memory.LocalKEKMaxAge, "vault-local-kek-max-age", dek.DefaultLocalKEKMaxAge, "vault: how long one local KEK wraps new DEKs before a new one is made")
 	fs.DurationVar(&b.memory.Grace, "vault-memory-grace", DefaultGrace, "vault: how long after Vault last answered the DEK cache and local KEK keep serving while Vault is unreachable (0: never)")
+	b.keep.addFlags(fs)
 }
 
 // Open builds the backend (it does not contact Vault: the first check does). Its calls are
 // remote and bounded; what it serves from memory and its intervals are its flags'.
-func (b *Vault) Open(_ context.Context, _ *pflag.FlagSet, log *slog.Logger) (Opened, error) {
+func (b *Vault) Open(_ context.Context, fs *pflag.FlagSet, log *slog.Logger) (Opened, error) {
 	cfg, err := b.Config(os.Getenv, log)
 	if err != nil {
+		return Opened{}, err
+	}
+	if err := b.keep.problems(fs, b.memory); err != nil {
 		return Opened{}, err
 	}
 	for _, risk := range cfg.Risks() {
@@ -125,6 +130,16 @@ func (b *Vault) Open(_ context.Context, _ *pflag.FlagSet, log *slog.Logger) (Ope
 	}
 	log.Info("vault backend", "vault_addr", cfg.Address, "failover_addrs", cfg.FailoverAddresses, "namespace", cfg.Namespace, "transit_mount", cfg.Mount, "transit_key", cfg.Key, "auth", cfg.Auth.Method())
 	mem := b.memory
+	store, err := b.keep.open()
+	if err != nil {
+		return Opened{}, err
+	}
+	if store != nil {
+		// The kept state belongs to this transit key: restored under another, it would
+		// report the old key's id.
+		mem.Keep = &plugin.KeepConfig{Store: store, Binding: fmt.Sprintf("vault %s/%s/%s", cfg.Namespace, cfg.Mount, cfg.Key)}
+		log.Info("keeping memory across restarts", "store", store.String())
+	}
 	return Opened{KEK: kek, Remote: true, Memory: &mem, CheckInterval: vault.DefaultCheckInterval, ProofInterval: vault.DefaultProofInterval}, nil
 }
 
@@ -193,7 +208,7 @@ func (b *Vault) Config(getenv func(string) string, log *slog.Logger) (vault.Conf
 	case b.memory.Grace < 0:
 		return cfg, fmt.Errorf("--vault-memory-grace %s: want 0 or more", b.memory.Grace)
 	}
-	return cfg, nil
+	return cfg, b.keep.problems(nil, b.memory)
 }
 
 // TransitKey is the transit key the flags name: its namespace (--vault-namespace, else

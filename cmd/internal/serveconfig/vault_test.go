@@ -139,3 +139,45 @@ func TestVaultSkipVerifyWarns(t *testing.T) {
 
 // TestServeVault runs `kms-plugin serve --backend vault` in process against a real Vault, with
 // the token from VAULT_TOKEN, and drives it over its socket through a key rotation.
+
+// --vault-keep-memory's bad combinations fail at start with a message naming the flags.
+func TestKeepMemoryFlags(t *testing.T) {
+	getenv := func(k string) string {
+		return map[string]string{"VAULT_ADDR": "https://v:8200", "VAULT_TOKEN": "s.x"}[k]
+	}
+	log := slog.New(slog.DiscardHandler)
+	base := []string{"--vault-transit-key", "k"}
+	t.Setenv("VAULT_ADDR", "https://v:8200") // Open reads its environment
+	t.Setenv("VAULT_TOKEN", "s.x")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--vault-keep-memory", "disk"}, "want off, tmpfs or tpm"},
+		{[]string{"--vault-keep-memory", "tmpfs", "--vault-memory-grace", "0"}, "--vault-memory-grace above 0"},
+		{[]string{"--vault-keep-memory", "tpm", "--vault-tpm-pcrs", "7,99"}, "--vault-tpm-pcrs"},
+		{[]string{"--vault-keep-memory", "tpm", "--vault-tpm-nv-index", "x"}, "--vault-tpm-nv-index"},
+		{[]string{"--vault-keep-memory", "tmpfs", "--vault-tpm-pcrs", "7"}, "need --vault-keep-memory tpm"},
+		{[]string{"--vault-keep-memory-dir", "/run/x"}, "needs --vault-keep-memory tmpfs or tpm"},
+		{[]string{"--vault-keep-memory", "tmpfs", "--vault-keep-memory-dir", t.TempDir()}, "not on tmpfs"},
+		{[]string{"--vault-keep-memory", "tpm", "--vault-tpm-device", "unix:///nonexistent/tpm.sock", "--vault-keep-memory-dir", t.TempDir()}, "opening the TPM"},
+	} {
+		b := &Vault{}
+		fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+		b.AddFlags(fs)
+		if err := fs.Parse(append(base, tc.args...)); err != nil {
+			t.Fatal(err)
+		}
+		_, err := b.Config(getenv, log)
+		if err == nil {
+			_, err = b.Open(context.Background(), fs, log)
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v; want an error with %q", tc.args, err, tc.want)
+		}
+	}
+	b := parseVaultFlags(t, "--vault-transit-key", "k", "--vault-keep-memory", "tpm", "--vault-tpm-pcrs", "")
+	if _, err := b.Config(getenv, log); err != nil {
+		t.Fatalf("--vault-tpm-pcrs \"\" (no PCR binding): %v", err)
+	}
+}
