@@ -328,3 +328,38 @@ func BenchmarkEncryptRecovery(b *testing.B) {
 		})
 	}
 }
+
+// A local KEK restored after a restart (the kept state holds no seal) is sealed to the recovery
+// key again, so that the restarted plugin keeps writing envelopes the private key opens.
+func TestRestoredLocalKEKIsSealedAgain(t *testing.T) {
+	ctx := context.Background()
+	priv := newRecoveryKey(t, recovery.KEMX25519)
+	kek := newMemKEK(t, "k1")
+	before := dek.NewLocalSealer(kek, dek.LocalKEKConfig{Recovery: priv.Public()})
+	if _, err := before.Encrypt(ctx, "k1", []byte("before")); err != nil {
+		t.Fatal(err)
+	}
+	st, ok := before.LocalKEK()
+	if !ok {
+		t.Fatal("no local KEK to keep")
+	}
+	after := dek.NewLocalSealer(kek, dek.LocalKEKConfig{Recovery: priv.Public()})
+	if err := after.RestoreLocalKEK(st); err != nil {
+		t.Fatal(err)
+	}
+	wraps := kek.wrapCount()
+	ct, err := after.Encrypt(ctx, "k1", []byte("after"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kek.wrapCount() != wraps {
+		t.Fatal("Encrypt after the restore made a new local KEK")
+	}
+	if seal, ok, err := dek.RecoverySealOf(ct); err != nil || !ok || seal.KeyID != priv.ID() {
+		t.Fatalf("envelope after the restore: seal %+v, %v, %v; want a seal of the recovery key", seal, ok, err)
+	}
+	got, _, err := dek.NewSealer(&goneKEK{}).OpenWith(dek.NewRecovery(priv)).Decrypt(ctx, ct)
+	if err != nil || string(got) != "after" {
+		t.Fatalf("read with the recovery key alone: %q, %v", got, err)
+	}
+}
