@@ -95,6 +95,49 @@ func TestRestartDuringVaultOutage(t *testing.T) {
 	}
 	waitServingFromMemory(t, p, keyID)
 	servesTheApiserver(t, api, "after-reboot", written)
+
+	// Vault returns and refuses (the token revoked): serving from memory ends and the kept
+	// state is erased; a copy of the older state put back (a restored backup of the state
+	// directory) does not bring it back after another restart during an outage.
+	older := filepath.Join(t.TempDir(), "older-state")
+	copyFile(t, filepath.Join(tpmState, "state"), older)
+	v.Start(t)
+	v.Unseal(t)
+	token, err := os.ReadFile(tokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.RevokeToken(t, string(token))
+	harness.Eventually(t, time.Minute, "the refusal erases the kept state", func(context.Context) error {
+		if !p.LogContains("KEPT STATE ERASED") {
+			return errors.New("not yet")
+		}
+		if _, err := os.Stat(filepath.Join(tpmState, "state")); !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("the state file is still there: %v", err)
+		}
+		return nil
+	})
+	v.Stop(t)
+	p.Process.Kill()
+	copyFile(t, older, filepath.Join(tpmState, "state"))
+	p.ResumeUnready(t)
+	if p.LogContains("RESTORED kept state") || !p.LogContains("kept state NOT restored") {
+		t.Fatal("a state restored from before the refusal was used again")
+	}
+	if _, err := p.Status(t.Context()); err == nil || !strings.Contains(err.Error(), "no key id yet") {
+		t.Fatalf("Status after restoring an older state past a refusal: %v; want no key id yet", err)
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // servesTheApiserver restarts the apiserver (which waits for /readyz), and checks that it
