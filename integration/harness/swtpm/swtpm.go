@@ -77,6 +77,9 @@ func (p *TPM) Reboot(t testing.TB) {
 	p.wait(t)
 }
 
+// Stop stops the TPM: a TPM that no longer answers.
+func (p *TPM) Stop() { p.proc.Stop(10 * time.Second) }
+
 func (p *TPM) wait(t testing.TB) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)

@@ -109,13 +109,14 @@ func (s *Store) unsealKey() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A sealed key that does not parse can never be unsealed: as lost as one the TPM refuses.
 	pub, err := tpm2.Unmarshal[tpm2.TPM2BPublic](pubRaw)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", s.path(pubFile), err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrPolicy, s.path(pubFile), err)
 	}
 	priv, err := tpm2.Unmarshal[tpm2.TPM2BPrivate](privRaw)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", s.path(privFile), err)
+		return nil, fmt.Errorf("%w: %s: %w", ErrPolicy, s.path(privFile), err)
 	}
 	parent, parentPub, flush, err := s.srk()
 	if err != nil {

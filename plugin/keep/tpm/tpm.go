@@ -119,9 +119,16 @@ func (s *Store) open() error {
 		return err
 	}
 	key, err := s.unsealKey()
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	switch {
+	case errors.Is(err, ErrPolicy):
+		// The TPM will never unseal this key (other PCRs, another TPM): the state it protects is
+		// lost for good, so a new key is sealed and Load says why once.
 		s.unsealErr = err
 		os.Remove(s.path(stateFile))
+	case err != nil && !errors.Is(err, fs.ErrNotExist):
+		// Anything else (a TPM busy or failing, an unreadable key file) may pass: keep the
+		// state and its key as they are, and do not start on a TPM that does not answer.
+		return fmt.Errorf("unsealing the state key: %w", err)
 	}
 	if key == nil {
 		if key, err = s.sealNewKey(); err != nil {
@@ -218,16 +225,15 @@ func (s *Store) Load() ([]byte, error) {
 	return b, nil
 }
 
-// Erase increments the NV counter, so that no copy of the state written so far ever loads
-// again, then deletes the file.
+// Erase deletes the file and increments the NV counter, so that no copy of the state written
+// so far ever loads again. The file goes first, whatever the TPM does: a failed increment must
+// not leave the state itself loadable.
 func (s *Store) Erase() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := s.increment(); err != nil {
-		return err
-	}
+	var removeErr error
 	if err := os.Remove(s.path(stateFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
+		removeErr = err
 	}
-	return nil
+	return errors.Join(removeErr, s.increment())
 }

@@ -95,6 +95,53 @@ func TestRolledBackStateDoesNotLoad(t *testing.T) {
 	}
 }
 
+// An erase removes the state even when the TPM does not answer (and says so): a failed
+// counter increment must not leave the state loadable.
+func TestEraseWithoutTheTPMStillRemovesTheState(t *testing.T) {
+	sw := swtpm.Start(t)
+	dir := t.TempDir()
+	s := open(t, sw.Device, dir, tpm.DefaultPCRs...)
+	if err := s.Save([]byte("before the refusal")); err != nil {
+		t.Fatal(err)
+	}
+	sw.Stop()
+	if err := s.Erase(); err == nil {
+		t.Fatal("Erase with the TPM gone reported success")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "state")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the state is still there after a failed increment: %v", err)
+	}
+}
+
+// A TPM that does not answer at start fails the start and leaves the kept state and its
+// sealed key alone: only a TPM that refuses to unseal (ErrPolicy) loses them.
+func TestUnansweringTPMAtStartTouchesNothing(t *testing.T) {
+	sw := swtpm.Start(t)
+	dir := t.TempDir()
+	s := open(t, sw.Device, dir, tpm.DefaultPCRs...)
+	if err := s.Save([]byte("kept")); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	before := map[string][]byte{}
+	for _, f := range []string{"state", "key.pub", "key.priv"} {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[f] = b
+	}
+	sw.Stop()
+	if _, err := tpm.Open(tpm.Config{Device: sw.Device, Dir: dir, PCRs: tpm.DefaultPCRs, NVIndex: tpm.DefaultNVIndex}); err == nil {
+		t.Fatal("Open with no TPM answering succeeded")
+	}
+	for f, b := range before {
+		if got, err := os.ReadFile(filepath.Join(dir, f)); err != nil || !bytes.Equal(got, b) {
+			t.Fatalf("%s changed by a failed start: %v", f, err)
+		}
+	}
+}
+
 // A changed PCR (another boot chain) unseals nothing: Load says why once, and the store
 // seals a new key so that later saves work.
 func TestChangedPCRUnsealsNothing(t *testing.T) {
