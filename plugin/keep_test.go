@@ -74,21 +74,22 @@ func (k *flakyKEK) Check(context.Context) error {
 func (k *flakyKEK) Wrap(_ context.Context, _ string, d []byte) ([]byte, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	k.wraps++ // attempts: a test that no call reaches the backend must see failed ones too
 	if k.err != nil {
 		return nil, k.err
 	}
-	k.wraps++
 	return xor(d), nil
 }
 func (k *flakyKEK) Unwrap(_ context.Context, _ string, w []byte) ([]byte, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	k.unwraps++
 	if k.err != nil {
 		return nil, k.err
 	}
-	k.unwraps++
 	return xor(w), nil
 }
+// calls counts the backend calls tried, failed ones included.
 func (k *flakyKEK) calls() int { k.mu.Lock(); defer k.mu.Unlock(); return k.wraps + k.unwraps }
 
 func xor(b []byte) []byte {
@@ -358,5 +359,61 @@ func TestRefusalMakesAnOlderTPMStateUseless(t *testing.T) {
 	}
 	if _, _, err := st.Sealer.Decrypt(context.Background(), ct); err == nil {
 		t.Fatal("Decrypt served from an older state after a refusal")
+	}
+}
+
+// judgedKEK is a flakyKEK whose Usable refuses the key ids in retired (a version below
+// min_decryption_version, a deleted key).
+type judgedKEK struct {
+	*flakyKEK
+	retired sync.Map
+}
+
+func (k *judgedKEK) Usable(keyID string) error {
+	if _, ok := k.retired.Load(keyID); ok {
+		return fmt.Errorf("%w: %s retired", dek.ErrUnknownKey, keyID)
+	}
+	return nil
+}
+
+// What the backend stops accepting without refusing (a retired version: crypto-shredding) is
+// dropped from memory at the next check, and the kept state is erased (with a TPM: the NV
+// counter moves) before it is saved again: an older copy put back must not bring the retired
+// keys back.
+func TestRetiredKeysLeaveTheKeptStateForGood(t *testing.T) {
+	k := &judgedKEK{flakyKEK: &flakyKEK{id: "k1"}}
+	store := &memStore{}
+	st, _ := keptStack(t, k, store, clock.NewFake(time.Unix(1_800_000_000, 0)))
+	ctx := context.Background()
+	if _, err := st.Sealer.Encrypt(ctx, "k1", []byte("seed before")); err != nil {
+		t.Fatal(err)
+	}
+	st.Monitor.Refresh(ctx)
+	if err := st.Keeper.Save(); err != nil {
+		t.Fatal(err)
+	}
+	if snap := store.kept(t); snap == nil || snap.LocalKEK == nil {
+		t.Fatal("nothing kept before the retirement")
+	}
+	k.retired.Store("k1", true)
+	k.flakyKEK.mu.Lock()
+	k.flakyKEK.id = "k2"
+	k.flakyKEK.mu.Unlock()
+	st.Monitor.Refresh(ctx)
+	if store.erases != 1 {
+		t.Fatalf("%d erases after the check that retired k1; want 1", store.erases)
+	}
+	if err := st.Keeper.Save(); err != nil {
+		t.Fatal(err)
+	}
+	if snap := store.kept(t); snap != nil {
+		for _, e := range snap.Entries {
+			if e.KeyID == "k1" {
+				t.Fatal("the kept state still holds a key under the retired k1")
+			}
+		}
+		if snap.LocalKEK != nil && snap.LocalKEK.KeyID == "k1" {
+			t.Fatal("the kept state still holds the local KEK under the retired k1")
+		}
 	}
 }

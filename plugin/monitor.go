@@ -77,10 +77,10 @@ func (m *Monitor) State() (keyID string, unhealthy error) {
 	return m.keyID, m.err
 }
 
-// Retry bounds of a plugin that cannot serve (no key id yet, past the grace, or refused): it
-// looks at the backend again after a jittered wait that doubles from RetryBase up to RetryMax
-// instead of the check interval, so that the backend's return reaches the apiserver within
-// its own 10 s poll of an unhealthy plugin. With a control plane's few plugins per cluster,
+// Retry bounds of a plugin that cannot serve (no key id yet, or past the grace) and is not
+// refused: it looks at the backend again after a jittered wait that doubles from RetryBase up
+// to RetryMax instead of the check interval, so that the backend's return reaches the
+// apiserver within its own 10 s poll of an unhealthy plugin. With a control plane's few plugins per cluster,
 // one refresh every 2 to 4 s each is far below what a recovering Vault serves.
 const (
 	RetryBase = time.Second
@@ -97,9 +97,12 @@ func (m *Monitor) Run(ctx context.Context) {
 	next := m.clock.Now()
 	failures := 0
 	for {
-		if m.canServe() {
+		if serving, refused := m.canServe(); serving || refused {
+			// A refusal is an answer: asking again within seconds would only fill Vault's audit
+			// log with denials until an operator fixes the token or policy; the check interval
+			// is soon enough after that.
 			if failures > 0 {
-				next, failures = m.clock.Now(), 0 // served again: the cadence starts from here
+				next, failures = m.clock.Now(), 0 // the cadence starts from here
 			}
 			next = next.Add(m.cfg.CheckInterval)
 		} else {
@@ -119,10 +122,14 @@ func (m *Monitor) Run(ctx context.Context) {
 }
 
 // canServe reports whether Status reports a key id and health (from the backend, or from
-// memory within the grace): what the apiserver needs to encrypt and decrypt.
-func (m *Monitor) canServe() bool {
+// memory within the grace): what the apiserver needs to encrypt and decrypt; and whether the
+// backend refuses.
+func (m *Monitor) canServe() (serving, refused bool) {
 	keyID, unhealthy := m.Health()
-	return keyID != "" && unhealthy == nil
+	m.mu.Lock()
+	refused = m.refused != nil
+	m.mu.Unlock()
+	return keyID != "" && unhealthy == nil, refused
 }
 
 // retryWait is the jittered wait after the n-th refresh in a row that left the plugin unable

@@ -494,3 +494,26 @@ func TestMonitorRetriesQuicklyWhileItCannotServe(t *testing.T) {
 }
 
 func (k *countingKEK) unwrapCount() int { k.mu.Lock(); defer k.mu.Unlock(); return k.unwrs }
+
+// A backend that refuses is asked again at the check interval, not within seconds: a refusal
+// is an answer, and quick retries would only fill its audit log with denials.
+func TestMonitorKeepsTheCheckIntervalWhileRefused(t *testing.T) {
+	k := &countingKEK{id: "k1", checkErr: fmt.Errorf("%w: permission denied", dek.ErrDenied)}
+	clk := clock.NewFake(time.Unix(0, 0))
+	cfg := plugin.MonitorConfig{CheckInterval: time.Minute, ProofInterval: time.Hour, Timeout: time.Second}
+	m := plugin.NewMonitor(k, cfg, clk, slog.New(slog.DiscardHandler))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	m.Refresh(ctx)
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, func() bool { return clk.Waiters() == 1 })
+	clk.Advance(cfg.CheckInterval - time.Second)
+	time.Sleep(20 * time.Millisecond)
+	if c, _ := k.counts(); c != 1 {
+		t.Fatalf("a refused plugin checked again within %v: %d checks", cfg.CheckInterval-time.Second, c)
+	}
+	clk.Advance(time.Second)
+	waitFor(t, func() bool { c, _ := k.counts(); return c == 2 })
+}

@@ -225,7 +225,14 @@ func fromMemory(stack *Stack, calls dek.KEK, mem MemoryConfig, seal *recovery.Pu
 		}
 	})
 	if judge, ok := backend.(dek.Judge); ok {
-		monitor.OnRefresh(dropRefused(judge, cached, sealer, log))
+		dropped := func(error) {}
+		if keeper != nil {
+			// An older copy of the kept state would bring back what the backend retired
+			// (crypto-shredding): erase it for good (with a TPM the NV counter moves); the save
+			// after this check keeps the rest.
+			dropped = func(why error) { keeper.Erase(why) }
+		}
+		monitor.OnRefresh(dropRefused(judge, cached, sealer, log, dropped))
 	}
 	if keeper != nil {
 		// After each successful check (and its purge): the last answer moved, and the cache
@@ -239,19 +246,24 @@ func fromMemory(stack *Stack, calls dek.KEK, mem MemoryConfig, seal *recovery.Pu
 }
 
 // dropRefused is the check's observer that drops from memory what the backend no longer
-// accepts.
-func dropRefused(judge dek.Judge, cached *cache.KEK, sealer *dek.Sealer, log *slog.Logger) func(string, error) {
+// accepts, and calls dropped when it drops anything.
+func dropRefused(judge dek.Judge, cached *cache.KEK, sealer *dek.Sealer, log *slog.Logger, dropped func(why error)) func(string, error) {
 	return func(_ string, unhealthy error) {
 		if unhealthy != nil {
 			return
 		}
 		// What the backend no longer accepts (a version below min_decryption_version, a
 		// deleted or recreated key) stops being served from memory within one check.
-		if n := cached.Purge(judge.Usable); n > 0 {
+		n := cached.Purge(judge.Usable)
+		if n > 0 {
 			log.Info("DEK cache: dropped keys the backend no longer accepts", "entries", n)
 		}
-		if sealer.DropLocalKEK(judge.Usable) {
+		localKEK := sealer.DropLocalKEK(judge.Usable)
+		if localKEK {
 			log.Info("local KEK dropped: the backend no longer accepts its key id")
+		}
+		if n > 0 || localKEK {
+			dropped(fmt.Errorf("the backend no longer accepts keys memory held (%d cache entries, local KEK %v): a retired version, a deleted or recreated key", n, localKEK))
 		}
 	}
 }

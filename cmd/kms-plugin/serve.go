@@ -88,6 +88,9 @@ func serve(ctx context.Context, stdin io.Reader, logTo io.Writer, fs *pflag.Flag
 	}
 	stack := plugin.New(cfg)
 	stack.Start(ctx)
+	// However serve ends (a socket that cannot be bound, Serve failing, a signal), the kept
+	// state's last save completes first: it waits for ctx's end, so cancel it here.
+	defer func() { stop(); stack.Wait() }()
 	// The socket first: a plugin that cannot serve it must not announce its endpoints.
 	lis, err := plugin.Listen(path, sockOpts)
 	if err != nil {
@@ -129,7 +132,6 @@ func serve(ctx context.Context, stdin io.Reader, logTo io.Writer, fs *pflag.Flag
 	case <-time.After(o.ShutdownGrace):
 		srv.Stop()
 	}
-	stack.Wait() // the kept state's last save
 	log.Info("stopped; socket removed", "socket", path)
 	return nil
 }
