@@ -1,6 +1,8 @@
 package keep
 
 import (
+	"crypto/sha256"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"time"
@@ -54,8 +56,11 @@ var magic = []byte("kms-plugin-keep\x01")
 //	magic(16) binding<u16> keyID<u8> answered(unix ns, i64) hasLocal(u8)
 //	[localKeyID<u8> localWrapped<u16> localKey<u8> created(i64) uses(u64)]
 //	count(u32) { keyID<u8> wrapped<u16> key<u8> }*count
+//	sha256(everything before)
 //
-// <uN> is a byte string after its length in N bits, big endian.
+// <uN> is a byte string after its length in N bits, big endian. The checksum catches a file
+// damaged on the tmpfs store, whose bytes nothing else authenticates: a local KEK restored with
+// a changed key would write envelopes that Vault's copy of it cannot open.
 func (s *Snapshot) Marshal() ([]byte, error) {
 	var b cryptobyte.Builder
 	b.AddBytes(magic)
@@ -78,7 +83,7 @@ func (s *Snapshot) Marshal() ([]byte, error) {
 	}
 	// The entries go in while they fit: the most recently used first.
 	var body []byte
-	size, n := len(head)+4, 0
+	size, n := len(head)+4+sha256.Size, 0
 	for _, e := range s.Entries {
 		var eb cryptobyte.Builder
 		eb.AddUint8LengthPrefixed(func(b *cryptobyte.Builder) { b.AddBytes([]byte(e.KeyID)) })
@@ -108,6 +113,8 @@ func (s *Snapshot) Marshal() ([]byte, error) {
 	out = append(out, head...)
 	out = append(out, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 	out = append(out, body...)
+	sum := sha256.Sum256(out)
+	out = append(out, sum[:]...)
 	clear(head)
 	clear(body)
 	return out, nil
@@ -117,6 +124,13 @@ func (s *Snapshot) Marshal() ([]byte, error) {
 func Unmarshal(b []byte) (*Snapshot, error) {
 	if len(b) > MaxSize {
 		return nil, fmt.Errorf("kept state of %d bytes: over %d", len(b), MaxSize)
+	}
+	if len(b) < len(magic)+sha256.Size {
+		return nil, errors.New("kept state: truncated")
+	}
+	b, sum := b[:len(b)-sha256.Size], b[len(b)-sha256.Size:]
+	if want := sha256.Sum256(b); subtle.ConstantTimeCompare(sum, want[:]) != 1 {
+		return nil, errors.New("kept state: checksum mismatch (the file was damaged or changed)")
 	}
 	in := cryptobyte.String(b)
 	var head []byte
