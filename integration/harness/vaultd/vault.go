@@ -130,7 +130,9 @@ func (v *Vault) startOnFreePort(t testing.TB, args func(port int) []string, home
 		port := run.FreePort(t)
 		v.Addr = fmt.Sprintf("http://127.0.0.1:%d", port)
 		v.Process = run.Start(t, fmt.Sprintf("vault-%d", port), v.bin, args(port), vaultEnv(home)...) // args may set an https Addr
-		if v.waitListening(10 * time.Second) {
+		// A minute: on a loaded 2-core machine the 360 MB binary alone can take 10 s to start;
+		// a Vault that fails exits, and waitListening stops at once.
+		if v.waitListening(time.Minute) {
 			return
 		}
 		lastLog = v.Process.Log()
