@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds the real servers the integration tests run (etcd, Vault, kube-apiserver), each from
+# Builds the real servers the integration tests run (etcd, Vault, kube-apiserver, kubelet,
+# containerd), each from
 # its own small Go module, and caches the binaries by the hash of that module's files.
-# Usage: build.sh [etcd|vault|kube-apiserver ...]   (default: all three)
+# Usage: build.sh [etcd|vault|kube-apiserver|kubelet|containerd|containerd-shim-runc-v2 ...]
+#   (default: all six)
 # Prints nothing but progress on stderr; the binaries land in $KMS_PLUGIN_SERVERS_DIR
 # (default ~/.cache/kms-plugin/servers), where integration/harness finds them.
 set -euo pipefail
@@ -9,7 +11,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 out=${KMS_PLUGIN_SERVERS_DIR:-$HOME/.cache/kms-plugin/servers}
 mkdir -p "$out"
 servers=("$@")
-[ ${#servers[@]} -gt 0 ] || servers=(etcd vault kube-apiserver)
+[ ${#servers[@]} -gt 0 ] || servers=(etcd vault kube-apiserver kubelet containerd containerd-shim-runc-v2)
 
 for s in "${servers[@]}"; do
   dir=$here/$s
