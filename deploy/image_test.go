@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -80,5 +81,54 @@ func TestImageBuildIsReproducible(t *testing.T) {
 	out, err := exec.Command(hostBin, "--version").Output()
 	if want := "kms-plugin version " + version + " (commit " + commit + ", go"; err != nil || !strings.HasPrefix(string(out), want) {
 		t.Errorf("--version: %v, printed %q, want %q...", err, out, want)
+	}
+}
+
+// scripts/build.sh --release, run from two copies of the checkout, gives the same files — the
+// binaries, their CycloneDX SBOMs, SHA256SUMS — and the checksums and SBOMs are what they say.
+func TestReleaseIsReproducible(t *testing.T) {
+	const version, commit = "v9.8.7-test", "0123456789abcdef0123456789abcdef01234567"
+	var sums []string
+	var dirs []string
+	for range 2 {
+		src, out := copyCheckout(t), t.TempDir()
+		build := exec.Command("bash", filepath.Join(src, "scripts/build.sh"), "--release", out)
+		build.Env = append(os.Environ(), "VERSION="+version, "COMMIT="+commit)
+		if msg, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("scripts/build.sh --release: %v\n%s", err, msg)
+		}
+		raw, err := os.ReadFile(filepath.Join(out, "SHA256SUMS"))
+		run.Must(t, err, "SHA256SUMS")
+		sums, dirs = append(sums, string(raw)), append(dirs, out)
+	}
+	if sums[0] != sums[1] {
+		t.Errorf("two release builds of one commit differ:\n%s\n%s", sums[0], sums[1])
+	}
+	check := exec.Command("sha256sum", "--check", "--strict", "SHA256SUMS")
+	check.Dir = dirs[0]
+	if out, err := check.CombinedOutput(); err != nil {
+		t.Errorf("sha256sum --check: %v\n%s", err, out)
+	}
+	for _, name := range []string{"kms-plugin", "kmsctl"} {
+		if !strings.Contains(sums[0], "  "+name+"\n") || !strings.Contains(sums[0], "  "+name+".cdx.json\n") {
+			t.Errorf("SHA256SUMS lacks %s or its SBOM:\n%s", name, sums[0])
+		}
+		var bom struct {
+			BOMFormat string `json:"bomFormat"`
+			Metadata  struct {
+				Component struct{ Name, Version string }
+			}
+			Components []struct{ Name, Version string }
+		}
+		raw, err := os.ReadFile(filepath.Join(dirs[0], name+".cdx.json"))
+		run.Must(t, err, "SBOM")
+		run.Must(t, json.Unmarshal(raw, &bom), "SBOM %s", name)
+		if bom.BOMFormat != "CycloneDX" || bom.Metadata.Component.Version != version {
+			t.Errorf("%s SBOM: format %q, component %+v", name, bom.BOMFormat, bom.Metadata.Component)
+		}
+		// The SBOM lists the binary's modules: grpc is in both.
+		if !slices.ContainsFunc(bom.Components, func(c struct{ Name, Version string }) bool { return c.Name == "google.golang.org/grpc" }) {
+			t.Errorf("%s SBOM does not list google.golang.org/grpc among %d components", name, len(bom.Components))
+		}
 	}
 }

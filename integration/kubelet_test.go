@@ -148,6 +148,7 @@ func applyAPIServerPatch(t *testing.T, manifest []byte) []byte {
 // Secret lost, the container's confinement, rotation by SIGHUP through the mounted key
 // directory, and the socket removed on a graceful stop.
 func TestStaticPodsUnderKubelet(t *testing.T) {
+	t.Parallel()
 	// The manifest's fixed health address must be free on this machine.
 	if l, err := net.Listen("tcp", "127.0.0.1:8095"); err != nil {
 		t.Fatalf("127.0.0.1:8095, the manifest's --health-addr, is taken on this machine: %v", err)
@@ -365,6 +366,10 @@ func TestStaticPodsUnderKubelet(t *testing.T) {
 
 	// A graceful stop: the manifest removed, kubelet stops the pod (SIGTERM), the plugin
 	// removes its socket.
+	sock := node.Path("/var/run/kmsplugin/kms.sock")
+	if info, err := os.Stat(sock); err != nil || info.Mode().Type() != os.ModeSocket {
+		t.Fatalf("the plugin's socket before the stop: %v, %v", info, err)
+	}
 	run.Must(t, os.Remove(node.Path("/etc/kubernetes/manifests/kms-plugin.yaml")), "removing the manifest")
 	run.Eventually(t, 2*time.Minute, "the plugin's container to stop", func(ctx context.Context) error {
 		if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
@@ -372,7 +377,7 @@ func TestStaticPodsUnderKubelet(t *testing.T) {
 		}
 		return nil
 	})
-	if _, err := os.Stat(node.Path("/var/run/kmsplugin/kms.sock")); !os.IsNotExist(err) {
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
 		t.Errorf("the socket after a graceful stop: %v, want it removed", err)
 	}
 }

@@ -192,9 +192,29 @@ func (n *Node) Ctr(ctx context.Context, args ...string) (string, error) {
 	return string(out), err
 }
 
-// Path is where a path inside the node's mount namespace is seen from the test.
+// Path is where a path inside the node's mount namespace is seen from the test: under
+// /proc/<pid>/root, with symbolic links resolved inside the node (/var/run is a link to /run,
+// and an absolute link followed through /proc/<pid>/root would lead back to the machine's).
 func (n *Node) Path(path string) string {
-	return filepath.Join(fmt.Sprintf("/proc/%d/root", n.holderPID), path)
+	root := fmt.Sprintf("/proc/%d/root", n.holderPID)
+	rest := strings.Split(strings.Trim(filepath.Clean(path), "/"), "/")
+	resolved := "/"
+	for hops := 0; len(rest) > 0 && hops < 40; {
+		next := filepath.Join(resolved, rest[0])
+		rest = rest[1:]
+		target, err := os.Readlink(filepath.Join(root, next))
+		if err != nil { // not a link, or not there (yet): take it as it is
+			resolved = next
+			continue
+		}
+		hops++
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(resolved, target)
+		}
+		rest = append(strings.Split(strings.Trim(filepath.Clean(target), "/"), "/"), rest...)
+		resolved = "/"
+	}
+	return filepath.Join(root, resolved)
 }
 
 // WriteFile writes a file inside the node's namespace (for example a manifest under
