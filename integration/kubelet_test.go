@@ -162,7 +162,8 @@ func TestStaticPodsUnderKubelet(t *testing.T) {
 	root, err := filepath.Abs("..")
 	run.Must(t, err, "checkout")
 	commit, _ := exec.Command("git", "-C", root, "rev-parse", "HEAD").Output()
-	store.BuildPluginImage(t, harness.PluginImageOptions{Context: root, Version: "v0.1.0", Commit: strings.TrimSpace(string(commit))})
+	store.BuildPluginImage(t, harness.PluginImageOptions{Context: root, Version: "v0.1.0",
+		Commit: strings.TrimSpace(string(commit)), HostBuildCache: true})
 	harness.BuildKubeAPIServerImage(t, store, kubeAPIServerImage)
 	harness.BuildPauseImage(t, store, pauseImage)
 	var archives []string
@@ -327,9 +328,25 @@ func TestStaticPodsUnderKubelet(t *testing.T) {
 	stopped := time.Now()
 	pod = waitReady("restart by the liveness probe after SIGSTOP", func(n int32) bool { return n > restarts })
 	t.Logf("hung plugin restarted by the liveness probe and ready again after %s", time.Since(stopped).Round(time.Second))
-	if d := time.Since(stopped); d < 50*time.Second {
-		t.Errorf("restarted %s after SIGSTOP: sooner than 6 failed probes 10 s apart", d)
+	// Six failed probes 10 s apart, then SIGTERM, which a stopped process cannot act on, and
+	// SIGKILL after the pod's 30 s grace period: about 90 s.
+	if d := time.Since(stopped); d < 50*time.Second || d > 150*time.Second {
+		t.Errorf("restarted %s after SIGSTOP: want 6 failed probes 10 s apart and a 30 s grace period (about 90 s)", d)
 	}
+	// The restart was the kubelet's liveness probe: its event says so.
+	run.Eventually(t, time.Minute, "the kubelet's liveness-probe event", func(ctx context.Context) error {
+		events, err := cs.CoreV1().Events("kube-system").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + pluginPod})
+		if err != nil {
+			return err
+		}
+		for _, e := range events.Items {
+			if e.Source.Component == "kubelet" && e.Reason == "Unhealthy" && strings.HasPrefix(e.Message, "Liveness probe failed") {
+				t.Logf("event: %s %s (x%d)", e.Reason, e.Message, e.Count)
+				return nil
+			}
+		}
+		return fmt.Errorf("no Unhealthy liveness event among %d events", len(events.Items))
+	})
 	restarts = pod.Status.ContainerStatuses[0].RestartCount
 	createSecret("after-hang")
 	secrets = append(secrets, "after-hang")
@@ -341,6 +358,9 @@ func TestStaticPodsUnderKubelet(t *testing.T) {
 	killed := time.Now()
 	pod = waitReady("restart by the restart policy after SIGKILL", func(n int32) bool { return n > restarts })
 	t.Logf("killed plugin restarted and ready again after %s", time.Since(killed).Round(time.Second))
+	if d := time.Since(killed); d > time.Minute {
+		t.Errorf("restarted %s after SIGKILL: want the restart policy's first back-off (10 s) and a probe", d)
+	}
 	if term := pod.Status.ContainerStatuses[0].LastTerminationState.Terminated; term == nil || term.ExitCode != 137 {
 		t.Errorf("last termination %+v, want the SIGKILL (exit code 137)", term)
 	}

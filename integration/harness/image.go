@@ -155,6 +155,10 @@ type PluginImageOptions struct {
 	Tag     string // default PluginImage
 	Version string // the VERSION build argument
 	Commit  string // the COMMIT build argument
+	// HostBuildCache mounts the machine's Go build cache into the build stage: the same bytes
+	// (the cache is keyed by content), much sooner. The reproducibility test leaves it off,
+	// so that its builds start cold.
+	HostBuildCache bool
 }
 
 // BuildPluginImage builds the repository's Dockerfile as a release is built — buildah with
@@ -182,6 +186,11 @@ func (s *ImageStore) BuildPluginImage(t testing.TB, opts PluginImageOptions) str
 		"--build-arg", "COMMIT=" + opts.Commit,
 		"--volume", strings.TrimSpace(string(modcache)) + ":/go/pkg/mod",
 		"--tag", opts.Tag, "--file", filepath.Join(opts.Context, "Dockerfile"), opts.Context}
+	if opts.HostBuildCache {
+		gocache, err := exec.Command("go", "env", "GOCACHE").Output()
+		run.Must(t, err, "go env GOCACHE")
+		args = append(args[:len(args)-1], "--volume", strings.TrimSpace(string(gocache))+":/root/.cache/go-build", opts.Context)
+	}
 	cmd := s.command(args...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds the real servers the integration tests run (etcd, Vault, kube-apiserver, kubelet,
-# containerd), each from
-# its own small Go module, and caches the binaries by the hash of that module's files.
+# Builds the real servers the integration tests run (etcd, Vault, kube-apiserver, and kubelet,
+# containerd and its runc shim for the static-pod test), each from its own small Go module, and
+# caches the binaries by the hash of that module's files. kubelet's module pins the same
+# k8s.io/kubernetes version as kube-apiserver's; containerd's shim the same containerd version.
 # Usage: build.sh [etcd|vault|kube-apiserver|kubelet|containerd|containerd-shim-runc-v2 ...]
 #   (default: all six)
 # Prints nothing but progress on stderr; the binaries land in $KMS_PLUGIN_SERVERS_DIR
