@@ -258,6 +258,18 @@ func TestStaticPodsUnderKubelet(t *testing.T) {
 	secrets := []string{"first"}
 	checkStored(secrets)
 
+	// kubelet listens on loopback only.
+	listening := listeningAddresses(t, node.Kubelet.Pid())
+	t.Logf("kubelet listens on %v", listening)
+	if len(listening) == 0 {
+		t.Error("kubelet listens on no TCP address")
+	}
+	for _, a := range listening {
+		if !strings.HasPrefix(a, "127.0.0.1:") {
+			t.Errorf("kubelet listens on %s, want 127.0.0.1 only", a)
+		}
+	}
+
 	// The mirror pods, and the kubelet's probes in their status.
 	pluginPod := "kms-plugin-" + node.Name
 	getPod := func() *corev1.Pod {
@@ -452,4 +464,41 @@ func pluginKeyID(t *testing.T, node *harness.Node) string {
 	st, err := kmsclient.CheckStatus(ctx, conn, 5*time.Second)
 	run.Must(t, err, "the plugin's Status")
 	return st.KeyID
+}
+
+// listeningAddresses are the TCP addresses pid listens on (its sockets in /proc/net/tcp and
+// tcp6 in the LISTEN state), as "ip:port".
+func listeningAddresses(t *testing.T, pid int) []string {
+	t.Helper()
+	inodes := map[string]bool{}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	run.Must(t, err, "kubelet's descriptors")
+	for _, fd := range fds {
+		if target, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && strings.HasPrefix(target, "socket:[") {
+			inodes[strings.TrimSuffix(strings.TrimPrefix(target, "socket:["), "]")] = true
+		}
+	}
+	var out []string
+	for _, table := range []string{"tcp", "tcp6"} {
+		raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, table))
+		run.Must(t, err, "%s table", table)
+		for _, line := range strings.Split(string(raw), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) < 10 || f[3] != "0A" || !inodes[f[9]] { // 0A: LISTEN
+				continue
+			}
+			hexIP, hexPort, _ := strings.Cut(f[1], ":")
+			port, _ := strconv.ParseUint(hexPort, 16, 16)
+			ip, _ := hex.DecodeString(hexIP)
+			for i := 0; i+4 <= len(ip); i += 4 { // each 32-bit word is little-endian
+				ip[i], ip[i+1], ip[i+2], ip[i+3] = ip[i+3], ip[i+2], ip[i+1], ip[i]
+			}
+			addr := net.IP(ip).String()
+			if ip4 := net.IP(ip).To4(); ip4 != nil {
+				addr = ip4.String()
+			}
+			out = append(out, fmt.Sprintf("%s:%d", addr, port))
+		}
+	}
+	return out
 }
