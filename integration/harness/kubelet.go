@@ -23,11 +23,12 @@ import (
 
 // Node is a control-plane node made of a real kubelet over containerd 2.x and Debian's runc,
 // the way kubeadm runs one: static pods from /etc/kubernetes/manifests. It runs in a mount
-// namespace of its own, where /etc is an overlay whose writes land in a temp dir and /run is
-// a fresh tmpfs: the manifests' fixed host paths (/etc/kubernetes/..., /var/run/kmsplugin)
-// exist only there, every other state directory (containerd's, runc's, kubelet's, the pod
-// logs) is under the temp root, and the pods' cgroups are under a cgroup root of the test's
-// own. Everything is undone when the test ends: processes killed, cgroups removed, and with
+// namespace of its own, where /etc, /var and /opt are overlays whose writes land in the temp
+// root and /run is a fresh tmpfs: the manifests' fixed host paths (/etc/kubernetes/...,
+// /var/run/kmsplugin) and what kubelet and containerd write to fixed paths
+// (/var/lib/kubelet/device-plugins, /var/log/containers, /opt/containerd) exist only there;
+// the state directories (containerd's, runc's, kubelet's, the pod logs, the volume plugins)
+// are under the temp root; and the pods' cgroups are under a cgroup root of the test's own. Everything is undone when the test ends: processes killed, cgroups removed, and with
 // the namespace's last process the mounts in it are gone; a mount left on the machine fails
 // the test.
 type Node struct {
@@ -101,17 +102,26 @@ func StartNode(t testing.TB, opts NodeOptions) *Node {
 		cgroupRoot: "/kms-plugin-test-" + hex.EncodeToString(suffix),
 	}
 	// Cleanups run last-in first-out: this one, registered first, checks after all the rest.
-	t.Cleanup(func() { n.checkUndone(t) })
+	var absent []string
+	for _, p := range hostPathsKubeletWrites {
+		if _, err := os.Lstat(p); os.IsNotExist(err) {
+			absent = append(absent, p)
+		}
+	}
+	t.Cleanup(func() { n.checkUndone(t, absent) })
 	t.Cleanup(n.teardown)
 	for _, c := range cgroupControllers {
 		run.Must(t, os.MkdirAll(filepath.Join("/sys/fs/cgroup", c, n.cgroupRoot), 0o755), "cgroup root")
 	}
-	for _, d := range []string{"etc-upper", "etc-work", "containerd/root", "containerd/state", "runc", "kubelet", "pod-logs"} {
+	for _, d := range []string{"containerd/root", "containerd/state", "runc", "kubelet", "pod-logs"} {
 		run.Must(t, os.MkdirAll(filepath.Join(root, d), 0o700), "node dir")
 	}
 
 	script := fmt.Sprintf(`set -e
-mount -t overlay overlay -o lowerdir=/etc,upperdir=%[1]s/etc-upper,workdir=%[1]s/etc-work /etc
+for d in etc var opt; do
+  mkdir -p %[1]s/$d-upper %[1]s/$d-work
+  mount -t overlay overlay -o lowerdir=/$d,upperdir=%[1]s/$d-upper,workdir=%[1]s/$d-work /$d
+done
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p /etc/kubernetes/manifests
 echo namespace ready
@@ -260,6 +270,7 @@ cgroupRoot: %s
 failCgroupV1: false
 failSwapOn: false
 podLogsDir: %s
+volumePluginDir: %s
 authentication:
   anonymous: {enabled: false}
   webhook: {enabled: false}
@@ -270,13 +281,14 @@ imageGCLowThresholdPercent: 99
 evictionHard: {}
 enableServer: true
 registerNode: true
-`, run.FreePort(t), run.FreePort(t), n.socket, n.cgroupRoot, filepath.Join(n.Root, "pod-logs"))
+`, run.FreePort(t), run.FreePort(t), n.socket, n.cgroupRoot, filepath.Join(n.Root, "pod-logs"), filepath.Join(n.Root, "volume-plugins"))
 	configPath := filepath.Join(n.Root, "kubelet.yaml")
 	run.Must(t, os.WriteFile(configPath, []byte(config), 0o600), "kubelet config")
 	n.Kubelet = n.start(t, "kubelet", bin, []string{
 		"--config=" + configPath,
 		"--kubeconfig=/etc/kubernetes/kubelet.conf",
 		"--root-dir=" + filepath.Join(n.Root, "kubelet"),
+		"--cert-dir=" + filepath.Join(n.Root, "kubelet", "pki"),
 		"--hostname-override=" + n.Name,
 		"--v=2",
 	})
@@ -380,8 +392,19 @@ func removeCgroupTree(dir string) {
 	}
 }
 
-// checkUndone fails the test if a mount, a cgroup or a file of the node is left.
-func (n *Node) checkUndone(t testing.TB) {
+// hostPathsKubeletWrites are the fixed paths kubelet, containerd and the manifests write to
+// on a real node; the test's node must leave each one as it found it.
+var hostPathsKubeletWrites = []string{"/etc/kubernetes", "/run/kmsplugin", "/var/lib/kubelet",
+	"/var/log/containers", "/var/log/pods", "/opt/containerd", "/usr/libexec/kubernetes", "/run/containerd"}
+
+// checkUndone fails the test if a mount, a cgroup or a file of the node is left, or one of
+// the paths in absent (hostPathsKubeletWrites that did not exist before) now does.
+func (n *Node) checkUndone(t testing.TB, absent []string) {
+	for _, p := range absent {
+		if _, err := os.Lstat(p); err == nil {
+			t.Errorf("%s was made on the machine, outside the node's temporary root", p)
+		}
+	}
 	raw, err := os.ReadFile("/proc/self/mountinfo")
 	if err == nil && bytes.Contains(raw, []byte(n.Root)) {
 		t.Errorf("mounts under %s left on the machine:\n%s", n.Root, grepLines(raw, n.Root))
