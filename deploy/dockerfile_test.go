@@ -24,8 +24,9 @@ type instruction struct {
 	json  bool // exec form: ENTRYPOINT ["..."]
 }
 
-// stages parses ../Dockerfile with BuildKit's own parser into its stages' instructions.
-func stages(t *testing.T) [][]instruction {
+// stages parses ../Dockerfile with BuildKit's own parser into its stages' instructions, and
+// the defaults of the ARGs before the first FROM.
+func stages(t *testing.T) ([][]instruction, map[string]string) {
 	t.Helper()
 	raw, err := os.ReadFile("../Dockerfile")
 	if err != nil {
@@ -39,6 +40,7 @@ func stages(t *testing.T) [][]instruction {
 		t.Errorf("Dockerfile warnings: %v", res.Warnings)
 	}
 	var out [][]instruction
+	args := map[string]string{}
 	for _, n := range res.AST.Children {
 		in := instruction{cmd: strings.ToUpper(n.Value), flags: n.Flags, json: n.Attributes["json"]}
 		for a := n.Next; a != nil; a = a.Next {
@@ -48,15 +50,20 @@ func stages(t *testing.T) [][]instruction {
 			out = append(out, nil)
 		}
 		if len(out) == 0 {
+			if in.cmd == "ARG" && len(in.args) == 1 {
+				if name, def, ok := strings.Cut(in.args[0], "="); ok {
+					args[name] = def
+				}
+			}
 			continue // ARG before the first FROM
 		}
 		out[len(out)-1] = append(out[len(out)-1], in)
 	}
-	return out
+	return out, args
 }
 
 func TestDockerfile(t *testing.T) {
-	st := stages(t)
+	st, args := stages(t)
 	if len(st) != 2 {
 		t.Fatalf("%d stages, want a build stage and a final stage", len(st))
 	}
@@ -78,9 +85,27 @@ func TestDockerfile(t *testing.T) {
 
 	// The final stage: a base without a shell, only the binary copied in, no RUN (a RUN needs
 	// a shell), a nonroot user, an exec-form entrypoint.
-	base := final[0].args[0]
+	// The bases are build arguments (the tests pass local ones: no registry here) whose
+	// defaults are the published images.
+	if from := build[0].args[0]; from != "${BUILD_IMAGE}" || args["BUILD_IMAGE"] != "golang:${GO_VERSION}" {
+		t.Errorf("build stage FROM %s, BUILD_IMAGE default %q: want ${BUILD_IMAGE}, default golang:${GO_VERSION}", from, args["BUILD_IMAGE"])
+	}
+	if final[0].args[0] != "${BASE_IMAGE}" {
+		t.Errorf("final stage FROM %s, want ${BASE_IMAGE}", final[0].args[0])
+	}
+	base := args["BASE_IMAGE"]
 	if base != "scratch" && !regexp.MustCompile(`^gcr\.io/distroless/static(-debian\d+)?:nonroot$`).MatchString(base) {
 		t.Errorf("final base %s: want distroless static nonroot or scratch", base)
+	}
+	// The commit is an argument too: .git is not in the build context.
+	var passesCommit bool
+	for _, in := range build {
+		if in.cmd == "RUN" && strings.Contains(strings.Join(in.args, " "), "COMMIT=${COMMIT}") {
+			passesCommit = true
+		}
+	}
+	if !passesCommit {
+		t.Error("the build stage does not pass COMMIT to scripts/build.sh")
 	}
 	var copies, users, entrypoints int
 	for _, in := range final[1:] {
@@ -116,7 +141,7 @@ func TestBuildScriptFlags(t *testing.T) {
 		t.Fatal(err)
 	}
 	script := string(raw)
-	for _, want := range []string{"CGO_ENABLED=0 go build", "-tags grpcnotrace", "-trimpath", `-ldflags "-s -w -X main.version=${version}"`, `"./cmd/${command}"`, "command=${2:-kms-plugin}"} {
+	for _, want := range []string{"CGO_ENABLED=0 go build", "-tags grpcnotrace", "-trimpath", "-buildvcs=false", `-ldflags "-s -w -X main.version=${version} -X main.commit=${commit}"`, `"./cmd/$2"`, "command=${2:-kms-plugin}"} {
 		if !strings.Contains(script, want) {
 			t.Errorf("scripts/build.sh lacks %q", want)
 		}
@@ -169,7 +194,7 @@ func TestBuildRunsInEmptyRoot(t *testing.T) {
 		}
 		return cmd
 	}
-	if msg, err := command("--version").CombinedOutput(); err != nil || string(msg) != "kms-plugin version v9.8.7-test\n" {
+	if msg, err := command("--version").CombinedOutput(); err != nil || !strings.HasPrefix(string(msg), "kms-plugin version v9.8.7-test (commit ") {
 		t.Errorf("--version: %v, printed %q", err, msg)
 	}
 	// The embedded default creates its key and serves with only the kernel's randomness, not

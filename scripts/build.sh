@@ -1,24 +1,55 @@
 #!/usr/bin/env bash
 # The one build of the binaries, used by the Dockerfile and by operators alike: static
-# (no cgo, so it runs in an empty root filesystem), -trimpath (no build paths in the binary),
-# stripped, with the version baked in for `--version`.
+# (no cgo, so it runs in an empty root filesystem), -trimpath and -buildvcs=false (no build
+# paths and no VCS stamp in the binary, so that the same commit gives the same bytes in any
+# directory, inside the image build, where .git is not in the context, or outside), stripped,
+# with the version and commit baked in for `--version`.
 # Usage: scripts/build.sh [OUTPUT [COMMAND]]
 #   COMMAND is kms-plugin (the serving daemon, the default) or kmsctl (the operator's tools);
 #   OUTPUT defaults to ./COMMAND.
-# VERSION sets the version (default: `git describe`, or "dev" outside a git checkout).
+# Usage: scripts/build.sh --release DIR
+#   Both binaries into DIR, a CycloneDX SBOM of each (DIR/NAME.cdx.json, read from the binary's
+#   own module list by cyclonedx-gomod) and DIR/SHA256SUMS over all of them (docs/security.md).
+# VERSION sets the version (default: `git describe`, or "dev" outside a git checkout); COMMIT
+# the commit (default: `git rev-parse HEAD`, or "unknown" outside a git checkout).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# The SBOM tool, run at a pinned version through the Go module proxy (checked by go.sum's
+# checksum database like any module).
+cyclonedx_gomod=github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod@v1.10.0
+
+version=${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}
+commit=${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+for v in "VERSION $version" "COMMIT $commit"; do
+  if ! [[ ${v#* } =~ ^[A-Za-z0-9][A-Za-z0-9._+-]*$ ]]; then
+    echo "build.sh: $v: want letters, digits and . _ + -" >&2
+    exit 2
+  fi
+done
+
+build() { # OUTPUT COMMAND
+  # grpcnotrace drops grpc's x/net/trace, whose html/template keeps the linker from removing
+  # unused methods: the serving binary is 12.9 MB with it, 16.7 MB without (docs/performance.md).
+  CGO_ENABLED=0 go build -tags grpcnotrace -trimpath -buildvcs=false \
+    -ldflags "-s -w -X main.version=${version} -X main.commit=${commit}" -o "$1" "./cmd/$2"
+}
+
+if [ "${1:-}" = --release ]; then
+  dir=${2:?build.sh --release DIR}
+  mkdir -p "$dir"
+  for command in kms-plugin kmsctl; do
+    build "$dir/$command" "$command"
+    # -noserial -notimestamp: the SBOM is a function of the binary, so it is reproducible too.
+    go run "$cyclonedx_gomod" bin -json -noserial -notimestamp -version "$version" \
+      -output "$dir/$command.cdx.json" "$dir/$command"
+  done
+  (cd "$dir" && sha256sum kms-plugin kmsctl kms-plugin.cdx.json kmsctl.cdx.json > SHA256SUMS)
+  exit 0
+fi
+
 command=${2:-kms-plugin}
 case $command in
   kms-plugin | kmsctl) ;;
   *) echo "build.sh: COMMAND $command: want kms-plugin or kmsctl" >&2; exit 2 ;;
 esac
-out=${1:-$command}
-version=${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}
-if ! [[ $version =~ ^[A-Za-z0-9][A-Za-z0-9._+-]*$ ]]; then
-  echo "build.sh: VERSION $version: want letters, digits and . _ + -" >&2
-  exit 2
-fi
-# grpcnotrace drops grpc's x/net/trace, whose html/template keeps the linker from removing
-# unused methods: the serving binary is 12.9 MB with it, 16.7 MB without (docs/performance.md).
-CGO_ENABLED=0 go build -tags grpcnotrace -trimpath -ldflags "-s -w -X main.version=${version}" -o "$out" "./cmd/${command}"
+build "${1:-$command}" "$command"

@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
 # The whole test suite, from a clean clone: builds the real servers the integration tests run
-# (etcd, Vault, kube-apiserver; cached after the first run, which takes about 20 minutes on
-# 2 cores), then vets and runs every test with the race detector (the plugin's module, then the
+# (etcd, Vault, kube-apiserver, kubelet, containerd; cached after the first run, which takes
+# about 25 minutes on 2 cores), then vets and runs every test with the race detector (the plugin's module, then the
 # nested deploy/monitoring/check module), then runs each fuzz target
 # for 20 s.
 # Extra arguments go to `go test` (for example: scripts/test.sh -run TestRoundTrip).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The image and kubelet tests (deploy/image_test.go, integration/kubelet_test.go) build the
+# Dockerfile with buildah and run containers with runc and gcc's static pause: Debian's
+# packages, installed here when missing (as root, on Debian), or the run stops naming them.
+missing=()
+for tool in buildah runc gcc; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get install -y buildah runc gcc libc6-dev
+  else
+    echo "test.sh: missing ${missing[*]}: install Debian's buildah, runc and gcc (as root) and run again" >&2
+    exit 1
+  fi
+fi
 bash integration/servers/build.sh
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then

@@ -10,10 +10,16 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/kmsplugin/kms-plugin/internal/buildinfo"
 )
 
-// version is set at build time: -ldflags "-X main.version=v1.2.3".
-var version = "dev"
+// version and commit are set at build time by scripts/build.sh:
+// -ldflags "-X main.version=v1.2.3 -X main.commit=<git commit>".
+var (
+	version = "dev"
+	commit  = "unknown"
+)
 
 func main() {
 	if err := newRootCommand().Execute(); err != nil {
@@ -26,7 +32,7 @@ func newRootCommand() *cobra.Command {
 	root := newServeCommand()
 	root.Use = "kms-plugin"
 	root.Short = "Kubernetes KMS v2 plugin: envelope encryption with local AES or Vault Transit KEKs"
-	root.Version = version
+	root.Version = buildinfo.String(version, commit)
 	root.SilenceUsage = true
 	root.SilenceErrors = true
 	serve := newServeCommand()

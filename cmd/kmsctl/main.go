@@ -10,10 +10,16 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/kmsplugin/kms-plugin/internal/buildinfo"
 )
 
-// version is set at build time: -ldflags "-X main.version=v1.2.3".
-var version = "dev"
+// version and commit are set at build time by scripts/build.sh:
+// -ldflags "-X main.version=v1.2.3 -X main.commit=<git commit>".
+var (
+	version = "dev"
+	commit  = "unknown"
+)
 
 // checkFailure is a command that ran and whose result failed a check (scan --fail-on-stale,
 // doctor): exit status 3, apart from 1 for a command that could not run.
@@ -36,7 +42,7 @@ func newRootCommand() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "kmsctl",
 		Short:         "Offline tools for kms-plugin: read etcd's encrypted values, compare providers, check a serve configuration",
-		Version:       version,
+		Version:       buildinfo.String(version, commit),
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}

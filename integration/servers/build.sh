@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Builds the real servers the integration tests run (etcd, Vault, kube-apiserver), each from
-# its own small Go module, and caches the binaries by the hash of that module's files; installs
-# swtpm (Debian's package) when missing.
-# Usage: build.sh [etcd|vault|kube-apiserver|swtpm ...]   (default: all four)
+# Builds the real servers the integration tests run (etcd, Vault, kube-apiserver, and kubelet,
+# containerd and its runc shim for the static-pod test), each from its own small Go module, and
+# caches the binaries by the hash of that module's files; installs swtpm (Debian's package) when
+# missing. kubelet's module pins the same k8s.io/kubernetes version as kube-apiserver's;
+# containerd's shim the same containerd version.
+# Usage: build.sh [etcd|vault|kube-apiserver|kubelet|containerd|containerd-shim-runc-v2|swtpm ...]
+#   (default: all seven)
 # Prints nothing but progress on stderr; the binaries land in $KMS_PLUGIN_SERVERS_DIR
 # (default ~/.cache/kms-plugin/servers), where integration/harness finds them.
 set -euo pipefail
@@ -23,7 +26,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 out=${KMS_PLUGIN_SERVERS_DIR:-$HOME/.cache/kms-plugin/servers}
 mkdir -p "$out"
 servers=("$@")
-[ ${#servers[@]} -gt 0 ] || servers=(etcd vault kube-apiserver swtpm)
+[ ${#servers[@]} -gt 0 ] || servers=(etcd vault kube-apiserver kubelet containerd containerd-shim-runc-v2 swtpm)
 
 # swtpm, a software TPM 2.0 for the tests of --vault-keep-memory tpm, is Debian's package, not a
 # Go module: installed when missing (as root), else named.

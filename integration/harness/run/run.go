@@ -142,6 +142,13 @@ func (p *Process) Kill() {
 	<-done
 }
 
+// Pid is the process's ID.
+func (p *Process) Pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cmd.Process.Pid
+}
+
 // Exited reports whether the process has ended.
 func (p *Process) Exited() bool {
 	p.mu.Lock()

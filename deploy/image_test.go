@@ -1,0 +1,134 @@
+package deploy_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/kmsplugin/kms-plugin/integration/harness"
+	"github.com/kmsplugin/kms-plugin/integration/harness/run"
+)
+
+// copyCheckout copies this checkout's files (tracked and untracked, not ignored: what a clone
+// of the commit holds) into a new directory, so that two builds run from different places.
+func copyCheckout(t *testing.T) string {
+	t.Helper()
+	dst := filepath.Join(t.TempDir(), "src")
+	list, err := exec.Command("git", "-C", "..", "ls-files", "-z", "--cached", "--others", "--exclude-standard").Output()
+	run.Must(t, err, "git ls-files")
+	for _, name := range strings.Split(strings.TrimRight(string(list), "\x00"), "\x00") {
+		src := filepath.Join("..", name)
+		info, err := os.Lstat(src)
+		if err != nil || !info.Mode().IsRegular() {
+			continue // deleted in the working tree, or not a file
+		}
+		raw, err := os.ReadFile(src)
+		run.Must(t, err, "%s", name)
+		run.Must(t, os.MkdirAll(filepath.Dir(filepath.Join(dst, name)), 0o755), "copy")
+		run.Must(t, os.WriteFile(filepath.Join(dst, name), raw, info.Mode().Perm()), "copy")
+	}
+	return dst
+}
+
+// The image is built for real from ../Dockerfile with buildah and no registry, twice, from
+// two copies of the checkout: the layers are identical, the binary in the image is the one
+// scripts/build.sh makes on the host from a third place, and the image is under 20 MB.
+func TestImageBuildIsReproducible(t *testing.T) {
+	const version, commit = "v9.8.7-test", "0123456789abcdef0123456789abcdef01234567"
+	store := harness.NewImageStore(t)
+	store.BuildBaseImages(t)
+
+	var ids []string
+	var layers [][]string
+	for _, tag := range []string{"localhost/kms-plugin:first", "localhost/kms-plugin:second"} {
+		ids = append(ids, store.BuildPluginImage(t, harness.PluginImageOptions{
+			Context: copyCheckout(t), Tag: tag, Version: version, Commit: commit}))
+		layers = append(layers, store.ImageLayers(t, tag))
+	}
+	if !slices.Equal(layers[0], layers[1]) {
+		t.Errorf("two builds of one commit give different layers:\n%v\n%v", layers[0], layers[1])
+	}
+	if ids[0] != ids[1] {
+		t.Errorf("two builds of one commit give different image IDs: %s, %s", ids[0], ids[1])
+	}
+	t.Logf("image %s, layers %v", ids[0], layers[0])
+
+	size := store.ImageSize(t, "localhost/kms-plugin:first")
+	t.Logf("image size: %d bytes (%.1f MB)", size, float64(size)/1e6)
+	if size >= 20e6 {
+		t.Errorf("image is %d bytes, want under 20 MB", size)
+	}
+
+	// The host build, from this checkout, in the test's own directory, with another GOCACHE
+	// state and time: the same bytes as the image's binary.
+	hostBin := filepath.Join(t.TempDir(), "kms-plugin")
+	build := exec.Command("bash", "../scripts/build.sh", hostBin)
+	build.Env = append(os.Environ(), "VERSION="+version, "COMMIT="+commit)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("scripts/build.sh: %v\n%s", err, out)
+	}
+	host, err := os.ReadFile(hostBin)
+	run.Must(t, err, "host binary")
+	inImage := store.ImageFile(t, "localhost/kms-plugin:first", "kms-plugin")
+	if !bytes.Equal(host, inImage) {
+		t.Errorf("the image's /kms-plugin (%d bytes) differs from scripts/build.sh's (%d bytes)", len(inImage), len(host))
+	}
+	out, err := exec.Command(hostBin, "--version").Output()
+	if want := "kms-plugin version " + version + " (commit " + commit + ", go"; err != nil || !strings.HasPrefix(string(out), want) {
+		t.Errorf("--version: %v, printed %q, want %q...", err, out, want)
+	}
+}
+
+// scripts/build.sh --release, run from two copies of the checkout, gives the same files — the
+// binaries, their CycloneDX SBOMs, SHA256SUMS — and the checksums and SBOMs are what they say.
+func TestReleaseIsReproducible(t *testing.T) {
+	const version, commit = "v9.8.7-test", "0123456789abcdef0123456789abcdef01234567"
+	var sums []string
+	var dirs []string
+	for range 2 {
+		src, out := copyCheckout(t), t.TempDir()
+		build := exec.Command("bash", filepath.Join(src, "scripts/build.sh"), "--release", out)
+		build.Env = append(os.Environ(), "VERSION="+version, "COMMIT="+commit)
+		if msg, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("scripts/build.sh --release: %v\n%s", err, msg)
+		}
+		raw, err := os.ReadFile(filepath.Join(out, "SHA256SUMS"))
+		run.Must(t, err, "SHA256SUMS")
+		sums, dirs = append(sums, string(raw)), append(dirs, out)
+	}
+	if sums[0] != sums[1] {
+		t.Errorf("two release builds of one commit differ:\n%s\n%s", sums[0], sums[1])
+	}
+	check := exec.Command("sha256sum", "--check", "--strict", "SHA256SUMS")
+	check.Dir = dirs[0]
+	if out, err := check.CombinedOutput(); err != nil {
+		t.Errorf("sha256sum --check: %v\n%s", err, out)
+	}
+	for _, name := range []string{"kms-plugin", "kmsctl"} {
+		if !strings.Contains(sums[0], "  "+name+"\n") || !strings.Contains(sums[0], "  "+name+".cdx.json\n") {
+			t.Errorf("SHA256SUMS lacks %s or its SBOM:\n%s", name, sums[0])
+		}
+		var bom struct {
+			BOMFormat string `json:"bomFormat"`
+			Metadata  struct {
+				Component struct{ Name, Version string }
+			}
+			Components []struct{ Name, Version string }
+		}
+		raw, err := os.ReadFile(filepath.Join(dirs[0], name+".cdx.json"))
+		run.Must(t, err, "SBOM")
+		run.Must(t, json.Unmarshal(raw, &bom), "SBOM %s", name)
+		if bom.BOMFormat != "CycloneDX" || bom.Metadata.Component.Version != version {
+			t.Errorf("%s SBOM: format %q, component %+v", name, bom.BOMFormat, bom.Metadata.Component)
+		}
+		// The SBOM lists the binary's modules: grpc is in both.
+		if !slices.ContainsFunc(bom.Components, func(c struct{ Name, Version string }) bool { return c.Name == "google.golang.org/grpc" }) {
+			t.Errorf("%s SBOM does not list google.golang.org/grpc among %d components", name, len(bom.Components))
+		}
+	}
+}
