@@ -15,7 +15,9 @@ missing=()
 for tool in buildah runc gcc; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get install -y buildah runc gcc libc6-dev
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y buildah runc gcc libc6-dev ||
+      { apt-get update && apt-get install -y buildah runc gcc libc6-dev; }
   else
     echo "test.sh: missing ${missing[*]}: install Debian's buildah, runc and gcc (as root) and run again" >&2
     exit 1

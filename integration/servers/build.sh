@@ -15,7 +15,8 @@ set -euo pipefail
 if ! command -v systemd-analyze >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "build.sh: installing Debian's systemd package for systemd-analyze" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd >&2 ||
+      { apt-get update >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd >&2; }
   else
     echo "build.sh: systemd-analyze is missing (Debian package: systemd); install it as root: apt-get install systemd" >&2
     exit 1
