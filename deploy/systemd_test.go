@@ -22,12 +22,14 @@ import (
 	"github.com/kmsplugin/kms-plugin/integration/harness"
 	"github.com/kmsplugin/kms-plugin/integration/harness/run"
 	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
+	"github.com/kmsplugin/kms-plugin/plugin/keep/tpm"
 )
 
 const unitFile = "systemd/kms-plugin.service"
 
-// maxExposure is the highest `systemd-analyze security` exposure the unit may reach (it is 1.1
-// with systemd 252; docs/guide.md states it): a change that loosens the sandbox fails here.
+// maxExposure is the highest `systemd-analyze security` exposure the unit may reach (with
+// systemd 252 it is 1.1, 1.3 with tpm.conf; docs/guide.md states them): a change that loosens
+// the sandbox fails here.
 const maxExposure = 1.5
 
 // systemdAnalyze finds systemd-analyze, which integration/servers/build.sh installs (Debian's
@@ -68,17 +70,37 @@ func unit(t *testing.T) (raw string, service map[string][]string) {
 	return string(b), service
 }
 
-// The unit passes systemd-analyze verify (with the binary it names present), and its sandbox
-// rates no worse than maxExposure with systemd-analyze security --offline=true.
+// The unit passes systemd-analyze verify (with the binary it names present), alone and with
+// the drop-in tpm.conf, and its sandbox rates no worse than maxExposure with systemd-analyze
+// security --offline=true. Its runtime directories, where the socket and the tmpfs-kept state
+// live, outlive a restart.
 func TestSystemdUnitVerifies(t *testing.T) {
 	analyze := systemdAnalyze(t)
 	raw, service := unit(t)
-	for _, want := range []string{"Type=notify", "NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=", "MemoryMax=256M"} {
+	for _, want := range []string{"Type=notify", "NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=", "MemoryMax=256M",
+		// kmsplugin: the socket (config.yaml's listen); kms-plugin: --vault-keep-memory
+		// tmpfs's default /run/kms-plugin, which ProtectSystem=strict leaves writable only so.
+		"RuntimeDirectory=kmsplugin kms-plugin", "RuntimeDirectoryPreserve=restart",
+		// --vault-keep-memory tpm's default /var/lib/kms-plugin/state lies in it.
+		"StateDirectory=kms-plugin"} {
 		k, v, _ := strings.Cut(want, "=")
 		if got := service[k]; len(got) != 1 || got[0] != v {
 			t.Errorf("[Service] %s = %q, want %q", k, got, v)
 		}
 	}
+	if !strings.HasPrefix(tpm.DefaultDir, "/var/lib/kms-plugin/") {
+		t.Errorf("the TPM store's default %s is outside StateDirectory=kms-plugin", tpm.DefaultDir)
+	}
+	dropIn, err := os.ReadFile("systemd/tpm.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("unit", func(t *testing.T) { analyzeUnit(t, analyze, raw) })
+	// A drop-in's [Service] settings apply as if they followed the unit's.
+	t.Run("with tpm.conf", func(t *testing.T) { analyzeUnit(t, analyze, raw+"\n"+string(dropIn)) })
+}
+
+func analyzeUnit(t *testing.T, analyze, raw string) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "kms-plugin.service")
 	// verify checks that ExecStart's binary exists: point it at a real one.
