@@ -22,12 +22,14 @@ import (
 	"github.com/kmsplugin/kms-plugin/integration/harness"
 	"github.com/kmsplugin/kms-plugin/integration/harness/run"
 	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
+	"github.com/kmsplugin/kms-plugin/plugin/keep/tpm"
 )
 
 const unitFile = "systemd/kms-plugin.service"
 
-// maxExposure is the highest `systemd-analyze security` exposure the unit may reach (it is 1.1
-// with systemd 252; docs/guide.md states it): a change that loosens the sandbox fails here.
+// maxExposure is the highest `systemd-analyze security` exposure the unit may reach (with
+// systemd 252 it is 1.1, 1.3 with tpm.conf; docs/guide.md states them): a change that loosens
+// the sandbox fails here.
 const maxExposure = 1.5
 
 // systemdAnalyze finds systemd-analyze, which integration/servers/build.sh installs (Debian's
@@ -68,17 +70,37 @@ func unit(t *testing.T) (raw string, service map[string][]string) {
 	return string(b), service
 }
 
-// The unit passes systemd-analyze verify (with the binary it names present), and its sandbox
-// rates no worse than maxExposure with systemd-analyze security --offline=true.
+// The unit passes systemd-analyze verify (with the binary it names present), alone and with
+// the drop-in tpm.conf, and its sandbox rates no worse than maxExposure with systemd-analyze
+// security --offline=true. Its runtime directories, where the socket and the tmpfs-kept state
+// live, outlive a restart.
 func TestSystemdUnitVerifies(t *testing.T) {
 	analyze := systemdAnalyze(t)
 	raw, service := unit(t)
-	for _, want := range []string{"Type=notify", "NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=", "MemoryMax=256M"} {
+	for _, want := range []string{"Type=notify", "NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=", "MemoryMax=256M",
+		// kmsplugin: the socket (config.yaml's listen); kms-plugin: --vault-keep-memory
+		// tmpfs's default /run/kms-plugin, which ProtectSystem=strict leaves writable only so.
+		"RuntimeDirectory=kmsplugin kms-plugin", "RuntimeDirectoryPreserve=restart",
+		// --vault-keep-memory tpm's default /var/lib/kms-plugin/state lies in it.
+		"StateDirectory=kms-plugin"} {
 		k, v, _ := strings.Cut(want, "=")
 		if got := service[k]; len(got) != 1 || got[0] != v {
 			t.Errorf("[Service] %s = %q, want %q", k, got, v)
 		}
 	}
+	if !strings.HasPrefix(tpm.DefaultDir, "/var/lib/kms-plugin/") {
+		t.Errorf("the TPM store's default %s is outside StateDirectory=kms-plugin", tpm.DefaultDir)
+	}
+	dropIn, err := os.ReadFile("systemd/tpm.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("unit", func(t *testing.T) { analyzeUnit(t, analyze, raw) })
+	// A drop-in's [Service] settings apply as if they followed the unit's.
+	t.Run("with tpm.conf", func(t *testing.T) { analyzeUnit(t, analyze, raw+"\n"+string(dropIn)) })
+}
+
+func analyzeUnit(t *testing.T, analyze, raw string) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "kms-plugin.service")
 	// verify checks that ExecStart's binary exists: point it at a real one.
@@ -104,31 +126,85 @@ func TestSystemdUnitVerifies(t *testing.T) {
 	}
 }
 
-// The plugin run with the unit's command line and environment, under a NOTIFY_SOCKET as
-// systemd gives a Type=notify service: READY=1 arrives once the socket serves, STOPPING=1 on
-// SIGTERM. Paths systemd would provide (the credentials directory %d, /run/kmsplugin) and the
-// Vault the example config names are this test's.
+// The plugin run with the unit's command line and environment, as a user that is neither root
+// nor in any group (DynamicUser=yes), under a NOTIFY_SOCKET as systemd gives a Type=notify
+// service: READY=1 arrives once the socket serves, STOPPING=1 on SIGTERM. The files lie in a
+// mirror of the node's tree with the modes docs/guide.md installs them with, and what systemd
+// does at start is done here: each LoadCredential= copied to %d readable by the service's user
+// alone, each RuntimeDirectory= and StateDirectory= made 0700 and owned by it. The Vault the
+// example config names is this test's, with TLS, its CA loaded as the unit loads it.
 func TestSystemdUnitRunsAndNotifies(t *testing.T) {
 	_, service := unit(t)
-	v := vaultd.StartVaultDev(t)
+	v := vaultd.StartVaultDevTLS(t)
 	v.EnableTransit(t, "transit")
 	v.CreateKey(t, "transit", "kubernetes")
 
-	dir, err := os.MkdirTemp("", "sd") // short: unix socket paths are limited
+	// The user systemd would make up: as root, nobody (65534) with no groups; otherwise (no
+	// right to change user) this test's own user, which proves less.
+	uid, gid := 65534, 65534
+	if os.Geteuid() != 0 {
+		uid, gid = os.Getuid(), os.Getgid()
+		t.Logf("not root: the plugin runs as uid %d, not as an unprivileged user of its own", uid)
+	}
+	// The root of the mirror: short (unix socket paths are limited), on tmpfs when /dev/shm is,
+	// as /run is.
+	base := ""
+	if info, err := os.Stat("/dev/shm"); err == nil && info.IsDir() {
+		base = "/dev/shm"
+	}
+	root, err := os.MkdirTemp(base, "sd")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	creds, runDir := filepath.Join(dir, "creds"), filepath.Join(dir, "run")
-	for _, d := range []string{creds, runDir} {
-		if err := os.Mkdir(d, 0o700); err != nil {
+	t.Cleanup(func() { os.RemoveAll(root) })
+	// mirror maps a node path into the tree; mkdir and write lay it out as the guide does.
+	mirror := func(p string) string { return filepath.Join(root, p) }
+	chown := func(p string) {
+		t.Helper()
+		if err := os.Lchown(p, uid, gid); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(creds, "vault-token"), []byte(v.RootToken), 0o600); err != nil {
+	mkdir := func(p string, mode os.FileMode) {
+		t.Helper()
+		if err := os.MkdirAll(mirror(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(mirror(p), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write := func(p string, b []byte, mode os.FileMode) {
+		t.Helper()
+		if err := os.WriteFile(mirror(p), b, mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(mirror(p), mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(root, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	socket := filepath.Join(runDir, "kms.sock")
+	bin, err := os.ReadFile(harness.PluginBinary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// docs/guide.md's install steps, their modes.
+	mkdir("/usr/local/bin", 0o755)
+	write("/usr/local/bin/kms-plugin", bin, 0o755)
+	mkdir("/etc/kms-plugin", 0o755)
+	mkdir("/etc/kubernetes/kms/vault", 0o700)
+	if err := os.Chmod(mirror("/etc/kubernetes/kms"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	write("/etc/kubernetes/kms/vault/token", []byte(v.RootToken), 0o600)
+	ca, err := os.ReadFile(v.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write("/etc/kubernetes/kms/vault/ca.crt", ca, 0o644)
+
 	config, err := os.ReadFile("systemd/config.yaml")
 	if err != nil {
 		t.Fatal(err)
@@ -136,37 +212,69 @@ func TestSystemdUnitRunsAndNotifies(t *testing.T) {
 	var lines []string
 	for _, l := range strings.Split(string(config), "\n") {
 		switch {
-		case strings.HasPrefix(l, "listen:"):
-			l = "listen: unix://" + socket
+		case strings.HasPrefix(l, "listen: unix://"):
+			l = "listen: unix://" + mirror(strings.TrimPrefix(l, "listen: unix://"))
 		case strings.HasPrefix(l, "vault-addr:"):
 			l = "vault-addr: " + v.Addr
-		case strings.HasPrefix(l, "vault-ca-file:"):
-			continue // the test's Vault speaks http
 		case strings.HasPrefix(l, "health-addr:"):
 			l = "health-addr: 127.0.0.1:0"
+		case strings.HasPrefix(l, "vault-ca-file:"):
+			t.Fatalf("config.yaml names %s: the service's user cannot read it there; load it as a credential", l)
 		}
 		lines = append(lines, l)
 	}
-	configPath := filepath.Join(dir, "config.yaml")
-	if err := os.WriteFile(configPath, []byte(strings.Join(lines, "\n")), 0o600); err != nil {
+	write("/etc/kms-plugin/config.yaml", []byte(strings.Join(lines, "\n")), 0o644)
+
+	// What systemd does at start (systemd.exec(5)).
+	const credDir = "/run/credentials/kms-plugin.service"
+	mkdir(credDir, 0o700)
+	for _, c := range service["LoadCredential"] {
+		id, src, ok := strings.Cut(c, ":")
+		if !ok {
+			t.Fatalf("LoadCredential=%s: want id:path", c)
+		}
+		b, err := os.ReadFile(mirror(src)) // as root: systemd reads it, not the service
+		if err != nil {
+			t.Fatalf("LoadCredential=%s: %v (not installed by the guide's steps?)", c, err)
+		}
+		write(credDir+"/"+id, b, 0o400)
+		chown(mirror(credDir + "/" + id))
+	}
+	if err := os.Chmod(mirror(credDir), 0o500); err != nil {
 		t.Fatal(err)
 	}
+	chown(mirror(credDir))
+	for _, key := range []string{"RuntimeDirectory", "StateDirectory"} {
+		parent := map[string]string{"RuntimeDirectory": "/run", "StateDirectory": "/var/lib"}[key]
+		for _, vals := range service[key] {
+			for _, d := range strings.Fields(vals) {
+				mkdir(parent+"/"+d, 0o700)
+				chown(mirror(parent + "/" + d))
+			}
+		}
+	}
+	socket := mirror("/run/kmsplugin/kms.sock")
 
 	if len(service["ExecStart"]) != 1 {
 		t.Fatalf("ExecStart: %q", service["ExecStart"])
 	}
-	args := strings.Fields(strings.NewReplacer("%d", creds, "/etc/kms-plugin/config.yaml", configPath).Replace(service["ExecStart"][0]))
+	args := strings.Fields(strings.NewReplacer("%d", mirror(credDir), "/etc/", mirror("/etc")+"/").Replace(service["ExecStart"][0]))
 	if args[0] != "/usr/local/bin/kms-plugin" {
 		t.Fatalf("ExecStart runs %s", args[0])
 	}
-	notify := filepath.Join(dir, "notify")
+	notify := filepath.Join(root, "notify")
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notify, Net: "unixgram"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	cmd := exec.Command(harness.PluginBinary(t), args[1:]...)
-	cmd.Env = []string{"NOTIFY_SOCKET=" + notify, "PATH=/usr/bin:/bin"}
+	chown(notify)
+	cmd := exec.Command(mirror(args[0]), args[1:]...)
+	cmd.Dir = "/"
+	if os.Geteuid() == 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}}
+	}
+	cmd.Env = []string{"NOTIFY_SOCKET=" + notify, "PATH=/usr/bin:/bin", "CREDENTIALS_DIRECTORY=" + mirror(credDir)}
 	cmd.Env = append(cmd.Env, service["Environment"]...)
 	var log bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &log, &log
@@ -184,6 +292,11 @@ func TestSystemdUnitRunsAndNotifies(t *testing.T) {
 		buf := make([]byte, 4096)
 		n, err := conn.Read(buf)
 		if err != nil || !strings.Contains(string(buf[:n]), want) {
+			select {
+			case err := <-exited:
+				t.Logf("plugin exited: %v", err)
+			default:
+			}
 			t.Fatalf("NOTIFY_SOCKET: %q, %v; want %s\nplugin log:\n%s", buf[:n], err, want, log.String())
 		}
 	}

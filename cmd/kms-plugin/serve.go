@@ -109,8 +109,9 @@ func serve(ctx context.Context, stdin io.Reader, logTo io.Writer, fs *pflag.Flag
 	go reloadOnHUP(ctx, hup, opened.KEK, monitor, log)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(lis) }()
-	// systemd (Type=notify): ready once the socket listens, so that a unit ordered
-	// Before= the apiserver's starts it only then. Not run by systemd: nothing is sent.
+	// systemd (Type=notify): ready once the first health check (stack.Start) has returned and
+	// the socket serves, so that a unit ordered Before= the apiserver's starts it only then;
+	// ready whether or not that check passed. Not run by systemd: nothing is sent.
 	notifySocket := os.Getenv("NOTIFY_SOCKET")
 	if err := sdnotify.Notify(notifySocket, sdnotify.Ready, sdnotify.Status("serving KMS v2 on "+path)); err != nil {
 		log.Warn("could not tell systemd the plugin is ready", "error", err)
