@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	kmsapi "k8s.io/kms/apis/v2"
@@ -225,7 +226,7 @@ func TestDoctorRecoveryFlags(t *testing.T) {
 	}
 	privPath, pub := newRecoveryFiles(t)
 	base := []string{"doctor", "--listen", filepath.Join(dir, "kms.sock"), "--localaes-key-file", keys, "--health-addr", "127.0.0.1:0"}
-	out, err := runCLI(append(base, "--break-glass-recovery-key", privPath, "--break-glass-until", "2h")...)
+	out, err := runCLI(append(base, "--break-glass-recovery-key", privPath, "--break-glass-until", time.Now().Add(2*time.Hour).UTC().Format(time.RFC3339))...)
 	if err != nil || !strings.Contains(out, "BREAK-GLASS with recovery key "+pub.ID().String()) {
 		t.Fatalf("doctor in break-glass mode: %v\n%s", err, out)
 	}
