@@ -23,7 +23,7 @@ import (
 // Such an envelope carries no associated data and no key id of ours, so the reader is bounded:
 // it is off unless the backend says it reads them (ForeignReader), and it answers only
 // plaintexts of SeedSize, the size of every DEK seed (and AES key) the apiserver sends. Our own
-// formats start with 0x01 or 0x02; Transit's text starts with 'v', so the first byte tells
+// formats start with 0x01, 0x02 or 0x03; Transit's text starts with 'v', so the first byte tells
 // them apart without guessing.
 
 // SeedSize is the size of what kube-apiserver's KMS v2 Encrypt sends: a 32-byte DEK seed

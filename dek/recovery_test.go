@@ -10,9 +10,11 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/dek/recovery"
+	"github.com/kmsplugin/kms-plugin/internal/clock"
 )
 
 // goneKEK is a backend that lost every key: what a plugin reading with the recovery key alone
@@ -117,6 +119,34 @@ func TestWrongOrDroppedRecoveryKey(t *testing.T) {
 	_, _, err = breakGlass.Decrypt(ctx, ct)
 	if err == nil || !strings.Contains(err.Error(), "break-glass expired") || !strings.Contains(err.Error(), priv.ID().String()) {
 		t.Fatalf("after Drop: %v", err)
+	}
+}
+
+// An expiring recovery key refuses every read once the wall clock reaches its expiry, with
+// nothing else happening (no timer, no Drop): a VM suspended past the expiry, whose monotonic
+// timers stood still, does not serve on. The local KEK opened before is not used either.
+func TestRecoveryExpiresByTheWallClock(t *testing.T) {
+	ctx := context.Background()
+	priv := newRecoveryKey(t, recovery.KEMX25519)
+	s := dek.NewLocalSealer(newMemKEK(t, "k1"), dek.LocalKEKConfig{Recovery: priv.Public()})
+	ct, err := s.Encrypt(ctx, "k1", []byte("seed"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	until := time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC)
+	clk := clock.NewFake(until.Add(-time.Minute))
+	gone := &goneKEK{}
+	breakGlass := dek.NewSealer(gone).OpenWith(dek.NewRecovery(priv).Expire(until, clk, "break-glass mode ended at 2026-12-03T12:00:00Z"))
+	if got, _, err := breakGlass.Decrypt(ctx, ct); err != nil || string(got) != "seed" {
+		t.Fatalf("before the expiry: %q, %v", got, err)
+	}
+	clk.Advance(time.Minute) // at the expiry: over
+	got, _, err := breakGlass.Decrypt(ctx, ct)
+	if err == nil || !strings.Contains(err.Error(), "break-glass mode ended at 2026-12-03T12:00:00Z") || got != nil {
+		t.Fatalf("at the expiry: %q, %v", got, err)
+	}
+	if gone.calls == 0 {
+		t.Fatal("after the expiry the envelope must go to the backend like any other")
 	}
 }
 

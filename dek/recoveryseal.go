@@ -6,8 +6,10 @@ import (
 	"encoding/binary"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/kmsplugin/kms-plugin/dek/recovery"
+	"github.com/kmsplugin/kms-plugin/internal/clock"
 )
 
 // Recovery seals (format v3): in local KEK mode with a recovery public key, each local KEK is
@@ -61,6 +63,11 @@ type Recovery struct {
 	why    string               // why it was dropped
 	opened map[string]cipher.AEAD
 	order  []string // insertion order, for eviction
+
+	// until, when clk is set, is when the key is dropped (Expire), by the wall clock.
+	until     time.Time
+	clk       clock.Clock
+	expiredBy string
 }
 
 // recoveryEntries bounds the opened local KEKs kept: one per local KEK a cluster's envelopes
@@ -72,6 +79,22 @@ func NewRecovery(key *recovery.PrivateKey) *Recovery {
 	return &Recovery{id: key.ID(), key: key, opened: map[string]cipher.AEAD{}}
 }
 
+// Expire makes r drop its key on the first read at or after until by clk's wall clock, with
+// why as the reason. A timer alone does not do: Go's timers run on the monotonic clock, which
+// stands still while a VM is suspended, so a resumed VM would serve past until. Call it before
+// r is used.
+func (r *Recovery) Expire(until time.Time, clk clock.Clock, why string) *Recovery {
+	r.until, r.clk, r.expiredBy = until.Round(0), clk, why // Round(0): the wall clock only
+	return r
+}
+
+// expireLocked drops the key once its expiry is reached; r.mu is held.
+func (r *Recovery) expireLocked() {
+	if r.key != nil && r.clk != nil && !r.clk.Now().Round(0).Before(r.until) {
+		r.dropLocked(r.expiredBy)
+	}
+}
+
 // ID is the recovery key's id, also after Drop.
 func (r *Recovery) ID() recovery.ID { return r.id }
 
@@ -80,6 +103,10 @@ func (r *Recovery) ID() recovery.ID { return r.id }
 func (r *Recovery) Drop(why string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.dropLocked(why)
+}
+
+func (r *Recovery) dropLocked(why string) {
 	r.key, r.why = nil, why
 	clear(r.opened)
 	r.order = nil
@@ -92,6 +119,7 @@ func (r *Recovery) holds(env *envelope) (ok bool, why string) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.expireLocked()
 	return r.key != nil, r.why
 }
 
@@ -99,6 +127,7 @@ func (r *Recovery) holds(env *envelope) (ok bool, why string) {
 func (r *Recovery) open(env *envelope) (cipher.AEAD, error) {
 	ck := string(env.sealAD) + string(env.enc) + string(env.sealedKEK)
 	r.mu.Lock()
+	r.expireLocked()
 	key := r.key
 	aead, ok := r.opened[ck]
 	r.mu.Unlock()

@@ -81,7 +81,7 @@ func TestRecoveryKeyAfterTheTransitKeyIsLost(t *testing.T) {
 	fresh.EnableTransit(t, "transit")
 	fresh.CreateKey(t, "transit", "k8s")
 	normal := append(vaultPluginArgs(fresh.Addr, "transit", "k8s", leastPrivilegeToken(t, fresh, "transit", "k8s")), "--recovery-public-key="+pub)
-	p := harness.StartPlugin(t, append(normal, "--break-glass-recovery-key="+priv, "--break-glass-until=2h")...)
+	p := harness.StartPlugin(t, append(normal, "--break-glass-recovery-key="+priv, "--break-glass-until="+time.Now().Add(2*time.Hour).UTC().Format(time.RFC3339))...)
 	if !p.LogContains("BREAK-GLASS: serving reads") {
 		t.Errorf("no BREAK-GLASS error in the plugin's log:\n%s", p.Process.Log())
 	}
@@ -183,7 +183,7 @@ func TestColdStartThroughBreakGlass(t *testing.T) {
 	localKeys := filepath.Join(dir, "break-glass-keys.yaml")
 	keygen(t, localKeys)
 	localArgs := []string{"--backend=localaes", "--localaes-key-file=" + localKeys}
-	bg := harness.StartPlugin(t, append(localArgs, "--break-glass-recovery-key="+priv, "--break-glass-until=1h")...)
+	bg := harness.StartPlugin(t, append(localArgs, "--break-glass-recovery-key="+priv, "--break-glass-until="+time.Now().Add(time.Hour).UTC().Format(time.RFC3339))...)
 	breakGlassConfig := harness.EncryptionConfig(encrypted, harness.KMSv2("break-glass", bg.Endpoint), harness.KMSv2(provider, bg.Endpoint), harness.Identity())
 	a := harness.StartKubeAPIServer(t, harness.APIServerOptions{EtcdServers: e.Endpoints, EncryptionConfig: breakGlassConfig})
 	a.WaitReady(t, "/readyz") // what the in-cluster Vault waits for

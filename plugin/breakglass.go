@@ -35,13 +35,23 @@ type breakGlass struct {
 }
 
 func newBreakGlass(key *recovery.PrivateKey, until time.Time, clk clock.Clock, log *slog.Logger) *breakGlass {
-	b := &breakGlass{r: dek.NewRecovery(key), until: until, clock: clk, log: log}
+	// The Recovery checks the expiry on every read by the wall clock; run's timer, on the
+	// monotonic clock, only says so in the log and the metrics (late after a VM suspend).
+	b := &breakGlass{r: dek.NewRecovery(key).Expire(until, clk, endedWhy(until)), until: until, clock: clk, log: log}
 	b.on.Store(true)
 	return b
 }
 
-// State is whether break-glass mode is on, and until when.
-func (b *breakGlass) State() (on bool, until time.Time) { return b.on.Load(), b.until }
+// endedWhy is why the recovery key was dropped at until.
+func endedWhy(until time.Time) string {
+	return "break-glass mode ended at " + until.UTC().Format(time.RFC3339) + " (--break-glass-until)"
+}
+
+// State is whether break-glass mode is on, and until when: off once the wall clock reaches
+// until, also before run's timer fires.
+func (b *breakGlass) State() (on bool, until time.Time) {
+	return b.on.Load() && b.clock.Now().Round(0).Before(b.until), b.until
+}
 
 // run says loudly that break-glass mode is on, at start and every BreakGlassLogEvery, and ends
 // it at its expiry: the private key is dropped, and the envelopes it opened go to the backend
@@ -67,7 +77,7 @@ func (b *breakGlass) end() {
 	if !b.on.Swap(false) {
 		return
 	}
-	b.r.Drop("break-glass mode ended at " + b.until.UTC().Format(time.RFC3339) + " (--break-glass-until)")
+	b.r.Drop(endedWhy(b.until))
 	b.log.Error("BREAK-GLASS ended: the recovery private key is dropped; envelopes that only it could open now fail. Remove --break-glass-recovery-key and the key file from this node",
 		"recovery_key", b.r.ID().String(), "until", b.until.UTC().Format(time.RFC3339))
 }

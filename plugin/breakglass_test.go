@@ -140,3 +140,57 @@ func TestBreakGlass(t *testing.T) {
 		t.Fatalf("new write's seal: %v, %v, %v", seal, ok, err)
 	}
 }
+
+// suspendedClock is a Fake whose wall clock can jump while its timers stand still: a VM
+// suspended and resumed (Go's timers run on the monotonic clock, which stops meanwhile).
+type suspendedClock struct {
+	*clock.Fake
+	mu   sync.Mutex
+	jump time.Duration
+}
+
+func (c *suspendedClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.Fake.Now().Add(c.jump)
+}
+
+func (c *suspendedClock) suspend(d time.Duration) { c.mu.Lock(); c.jump += d; c.mu.Unlock() }
+
+// A VM suspended past --break-glass-until: on resume no timer has fired, yet the first read
+// with the recovery key is refused, saying why, and the metric says break-glass mode is off.
+func TestBreakGlassEndsByTheWallClock(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	priv, err := recovery.Generate(recovery.KEMX25519)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := dek.NewLocalSealer(&countingKEK{id: "vault:lost:v1"}, dek.LocalKEKConfig{Recovery: priv.Public()})
+	before, err := old.Encrypt(ctx, "vault:lost:v1", []byte("seed before"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Date(2026, 12, 3, 9, 0, 0, 0, time.UTC)
+	clk := &suspendedClock{Fake: clock.NewFake(start)}
+	m := metrics.New("vault", "test")
+	st := plugin.New(plugin.Config{
+		KEK:      &newKEK{countingKEK{id: "vault:new:v1"}},
+		Memory:   &plugin.MemoryConfig{LocalKEK: true, LocalKEKMaxAge: time.Hour, Grace: time.Hour},
+		Recovery: &plugin.RecoveryConfig{BreakGlass: priv, Until: start.Add(2 * time.Hour)},
+		Metrics:  m,
+		Clock:    clk,
+		Log:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	st.Start(ctx)
+	if got, _, err := st.Sealer.Decrypt(ctx, before); err != nil || string(got) != "seed before" {
+		t.Fatalf("break-glass read: %q, %v", got, err)
+	}
+	clk.suspend(3 * time.Hour)
+	if _, _, err := st.Sealer.Decrypt(ctx, before); err == nil || !strings.Contains(err.Error(), "break-glass mode ended at 2026-12-03T11:00:00Z") {
+		t.Fatalf("a break-glass read after a suspend past the expiry: %v", err)
+	}
+	if on, _ := st.BreakGlass(); on || !strings.Contains(scrape(t, m), `kms_plugin_break_glass{backend="vault"} 0`) {
+		t.Fatalf("break-glass mode still reported on after its expiry")
+	}
+}

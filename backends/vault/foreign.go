@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"fmt"
+	"strings"
 
 	"github.com/kmsplugin/kms-plugin/dek"
 )
@@ -30,11 +31,19 @@ func (k *KEK) unwrapForeign(ctx context.Context, keyID string, version int, wrap
 }
 
 // usableForeign judges a vault-kubernetes-kms key id as decryptable judges ours: refused when
-// reading them is off, when the version is retired, or newer than any seen.
+// reading them is off, when the version is retired, or newer than any seen. Refused too when
+// the key type takes no associated data: then none of our own wraps is bound to its key id
+// (keyState.bound), and a socket client could send one (a wrapped local KEK) relabelled as
+// "vault:v<N>:" and get it back as a seed. With an AEAD type our format-2 wraps fail without
+// their associated data; format-1 wraps stay readable so (docs/security.md).
 func (k *KEK) usableForeign(keyID string, version int) error {
 	if !k.cfg.ReadVaultKubernetesKMS {
 		return fmt.Errorf("%w: key id %s: reading vault-kubernetes-kms envelopes is off", dek.ErrUnknownKey, keyID)
 	}
-	_, err := k.versionDecryptable(keyID, version)
+	st, err := k.versionDecryptable(keyID, version)
+	if err == nil && !st.aead {
+		err = dek.Public(fmt.Errorf("%w: key id %s: --vault-read-vault-kubernetes-kms needs a transit key of an AEAD type (%s): under %s this plugin's own wrapped keys carry no associated data, and one of them could be sent relabelled as vault-kubernetes-kms's",
+			dek.ErrUnknownKey, keyID, strings.Join(AEADTypes, ", "), k.keyPath()))
+	}
 	return err
 }

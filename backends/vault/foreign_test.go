@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -84,6 +86,35 @@ func TestVaultKubernetesKMSEnvelopes(t *testing.T) {
 		if st, _ := status.FromError(err); st.Code() != tc.code || !strings.Contains(st.Message(), tc.msg) {
 			t.Errorf("%s: Decrypt = %v; want %v with %q", tc.name, err, tc.code, tc.msg)
 		}
+	}
+
+	// Our own wrap (a local KEK, a DEK) relabelled as vault-kubernetes-kms's: with an AEAD key
+	// type and a format-2 key id it is bound to its key id, and fails without it.
+	ours, err := k.Wrap(ctx, k.CurrentID(), seed1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	relabelled := []byte("vault:v2:" + base64.StdEncoding.EncodeToString(ours))
+	if resp, err := p.Decrypt(ctx, &kmsapi.DecryptRequest{Uid: "u", Ciphertext: relabelled}); status.Code(err) != codes.InvalidArgument || resp.GetPlaintext() != nil {
+		t.Errorf("our own wrap relabelled: Decrypt = %v, want InvalidArgument", err)
+	}
+
+	// A key type without associated data (RSA): our wraps under it are not bound, so the
+	// reader is refused, saying why; Vault is never asked.
+	rsaKey := fmt.Sprintf("kek-rsa-%d", keySeq.Add(1))
+	v.Write(t, f.mount+"/keys/"+rsaKey, map[string]any{"type": "rsa-2048"})
+	v.WritePolicy(t, rsaKey, vaultd.TransitPolicy(f.mount, rsaKey))
+	rsaToken := v.CreateToken(t, vaultd.TokenOptions{Policies: []string{rsaKey}, TTL: "1h", Renewable: true})
+	rsaCT := encrypt(vaultkms.Transit{Client: v.Client(t, rsaToken), Mount: f.mount, Key: rsaKey}, seed1)
+	rsaCfg := Config{Address: v.Addr, Mount: f.mount, Key: rsaKey, Auth: StaticToken{rsaToken}, Log: testLogger(t), ReadVaultKubernetesKMS: true}
+	rsaKEK, err := Open(rsaCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustCheck(t, rsaKEK)
+	_, err = servePluginTo(t, rsaKEK).Decrypt(ctx, &kmsapi.DecryptRequest{Uid: "u", Ciphertext: rsaCT})
+	if st, _ := status.FromError(err); st.Code() != codes.FailedPrecondition || !strings.Contains(st.Message(), "needs a transit key of an AEAD type") {
+		t.Errorf("RSA key: Decrypt = %v; want FailedPrecondition naming AEAD types", err)
 	}
 
 	// The DEK cache keeps what it read under such key ids while the key accepts them (Usable),

@@ -108,7 +108,8 @@ func writeNew(path string, data []byte) error {
 	return f.Close()
 }
 
-// recoveryFlag is --recovery-private-key, shared by decrypt, scan and rewrite.
+// recoveryFlag is --recovery-private-key, shared by decrypt and scan (rewrite reads through the
+// apiserver, whose plugin holds the key in break-glass mode).
 type recoveryFlag struct{ path string }
 
 func (r *recoveryFlag) add(fs *pflag.FlagSet) {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	kmsapi "k8s.io/kms/apis/v2"
@@ -192,6 +193,8 @@ func TestScanWithRecoveryKey(t *testing.T) {
 		"/registry/secrets/default/a": kmsValue(t, pub, "/registry/secrets/default/a"),
 		"/registry/secrets/default/b": kmsValue(t, pub, "/registry/secrets/default/b"),
 		"/registry/secrets/default/c": kmsValue(t, nil, "/registry/secrets/default/c"),
+		// Its seed opens with the key, its data does not: it was written for another etcd key.
+		"/registry/secrets/default/d": kmsValue(t, pub, "/registry/secrets/default/a"),
 	} {
 		if _, err := etcd.Put(context.Background(), key, string(v)); err != nil {
 			t.Fatal(err)
@@ -199,16 +202,16 @@ func TestScanWithRecoveryKey(t *testing.T) {
 	}
 	etcdFlags := []string{"--etcd-endpoints", endpoint, "--etcd-cacert", e.CAFile, "--etcd-cert", e.ClientCert, "--etcd-key", e.ClientKey}
 	out, err := runCLI(append([]string{"scan"}, etcdFlags...)...)
-	if err != nil || !strings.Contains(out, "RECOVERY KEY") || !strings.Contains(out, "recovery key "+pub.ID().String()+": 2 objects carry its seal") {
+	if err != nil || !strings.Contains(out, "RECOVERY KEY") || !strings.Contains(out, "recovery key "+pub.ID().String()+": 3 objects carry its seal") {
 		t.Fatalf("scan: %v\n%s", err, out)
 	}
 	out, err = runCLI(append([]string{"scan", "--recovery-private-key", privPath}, etcdFlags...)...)
-	if err != nil || !strings.Contains(out, "2 of 3 kms v2 objects open with it alone, 0 do not open, 1 carry no seal of it") || !strings.Contains(out, "/registry/secrets/default/c") {
+	if err != nil || !strings.Contains(out, "2 of 4 kms v2 objects open with it alone, 1 do not open, 1 carry no seal of it") || !strings.Contains(out, "/registry/secrets/default/c") || !strings.Contains(out, "/registry/secrets/default/d") {
 		t.Fatalf("scan --recovery-private-key: %v\n%s", err, out)
 	}
 	_, err = runCLI(append([]string{"scan", "--recovery-private-key", privPath, "--fail-on-unrecoverable"}, etcdFlags...)...)
 	var failed checkFailure
-	if !errors.As(err, &failed) || !strings.Contains(err.Error(), "1 of 3 kms v2 objects do not open") {
+	if !errors.As(err, &failed) || !strings.Contains(err.Error(), "2 of 4 kms v2 objects do not open") {
 		t.Fatalf("--fail-on-unrecoverable: %v", err)
 	}
 	if _, err := runCLI(append([]string{"scan", "--fail-on-unrecoverable"}, etcdFlags...)...); err == nil {
@@ -225,7 +228,7 @@ func TestDoctorRecoveryFlags(t *testing.T) {
 	}
 	privPath, pub := newRecoveryFiles(t)
 	base := []string{"doctor", "--listen", filepath.Join(dir, "kms.sock"), "--localaes-key-file", keys, "--health-addr", "127.0.0.1:0"}
-	out, err := runCLI(append(base, "--break-glass-recovery-key", privPath, "--break-glass-until", "2h")...)
+	out, err := runCLI(append(base, "--break-glass-recovery-key", privPath, "--break-glass-until", time.Now().Add(2*time.Hour).UTC().Format(time.RFC3339))...)
 	if err != nil || !strings.Contains(out, "BREAK-GLASS with recovery key "+pub.ID().String()) {
 		t.Fatalf("doctor in break-glass mode: %v\n%s", err, out)
 	}

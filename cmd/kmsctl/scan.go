@@ -44,9 +44,10 @@ version (docs/migration.md). See docs/guide.md.
 
 Objects whose plugin ciphertext carries a recovery seal (kms-plugin's envelope format v3) are
 listed under the id of their recovery key (RECOVERY KEY). With --recovery-private-key scan also
-opens, with that key alone (no plugin, no Vault), the DEK seed of every kms v2 value and reports
-how many open: a recovery drill's proof that every object can be read without Vault
-(--fail-on-unrecoverable exits 3 otherwise). The data itself is not decrypted.`,
+decrypts, with that key alone (no plugin, no Vault), every kms v2 value whole (its DEK seed,
+then its data, bound to its etcd key, as kmsctl decrypt does) and reports how many open: a
+recovery drill's proof that every object can be read without Vault (--fail-on-unrecoverable
+exits 3 otherwise). The plaintext is cleared, never printed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runScan(cmd, o) },
 	}
@@ -98,7 +99,7 @@ func runScan(cmd *cobra.Command, o scanOptions) error {
 
 	opts := scan.Options{Root: o.root, PageSize: o.pageSize, Config: cfg}
 	if key != nil {
-		opts.Recovery, opts.RecoveryKey = recoverySealer(key), key.ID().String()
+		opts.Recovery, opts.RecoveryKey = recoveryClient{s: recoverySealer(key)}, key.ID().String()
 	}
 	rep, err := scan.Scan(ctx, client, opts)
 	if errors.Is(err, context.DeadlineExceeded) {

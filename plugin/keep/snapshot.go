@@ -16,8 +16,9 @@ import (
 // Bounds of a snapshot.
 const (
 	// DefaultEntries is how many DEK cache entries are kept, most recently used first: the
-	// DEK seeds of a few apiservers across many rotations, with room to spare. About 200 bytes
-	// each with Vault's key ids and wrapped keys.
+	// DEK seeds of a few apiservers across many rotations, with room to spare. About 300 bytes
+	// each with Vault's key ids and wrapped keys in local KEK mode, 390 with a recovery seal
+	// (TestSnapshotEntrySize), so all fit in MaxSize.
 	DefaultEntries = 1000
 	// MaxSize bounds an encoded snapshot: entries beyond it are left out, and a larger file is
 	// refused when read.

@@ -1,8 +1,8 @@
 // Package scan reports how the objects in etcd are stored: in plaintext, with which local
 // provider and key, or with which KMS provider and key id, per resource, flagging those that
 // are not on the key new writes use, and which carry a recovery seal. It reads etcd's raw
-// values and decrypts nothing (but, given the recovery private key, the DEK seeds its seals
-// open); it is the automated form of checking values with etcdctl.
+// values and decrypts nothing (but, given the recovery private key, every value sealed to it,
+// whole); it is the automated form of checking values with etcdctl.
 package scan
 
 import (
@@ -13,8 +13,8 @@ import (
 	"strings"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	kmsapi "k8s.io/kms/apis/v2"
 
-	"github.com/kmsplugin/kms-plugin/dek"
 	"github.com/kmsplugin/kms-plugin/storage/encryptionconfig"
 	"github.com/kmsplugin/kms-plugin/storage/providers"
 )
@@ -33,15 +33,16 @@ type Options struct {
 	// Config, if set, tells which storage each resource's new writes get; without it nothing
 	// is flagged stale.
 	Config *encryptionconfig.Config
-	// Recovery, if set, opens the recovery seals of its key: each KMS v2 value that carries one
-	// has its DEK seed opened (the data is not decrypted), and the report counts which open.
-	Recovery *dek.Sealer
+	// Recovery, if set, is a plugin that reads with the recovery key alone: each KMS v2 value
+	// that carries a seal of it is decrypted whole (its DEK seed, then its data, as the
+	// apiserver does), and the report counts which open.
+	Recovery kmsapi.KeyManagementServiceClient
 	// RecoveryKey is Recovery's key id.
 	RecoveryKey string
 }
 
 // RecoveryCheck is what a scan with the recovery private key found: of the KMS v2 values, how
-// many carry a seal of that key and open with it alone.
+// many carry a seal of that key and decrypt whole (DEK seed and data) with it alone.
 type RecoveryCheck struct {
 	Key      string   `json:"recoveryKey"`
 	KMSv2    int      `json:"kmsV2Objects"`
@@ -49,12 +50,14 @@ type RecoveryCheck struct {
 	Failed   int      `json:"failed"`
 	Unsealed int      `json:"notSealedToThisKey"`
 	Examples []string `json:"failedExamples,omitempty"` // etcd keys of the first failures and unsealed objects
+
+	readers map[string]*providers.KMSv2 // by provider name: each caches the seeds it opened
 }
 
 // maxExamples bounds the etcd keys a RecoveryCheck lists.
 const maxExamples = 10
 
-func (c *RecoveryCheck) count(ctx context.Context, s *dek.Sealer, key string, st Storage, value []byte) {
+func (c *RecoveryCheck) count(ctx context.Context, client kmsapi.KeyManagementServiceClient, key string, st Storage, value []byte) {
 	if st.Class != KMSv2 {
 		return
 	}
@@ -69,12 +72,18 @@ func (c *RecoveryCheck) count(ctx context.Context, s *dek.Sealer, key string, st
 		example()
 		return
 	}
-	_, source, err := providers.EncryptedObjectSource(value[len(providers.KMSv2Prefix)+len(st.Provider)+1:])
-	if err == nil {
-		var seed []byte
-		seed, _, err = s.Decrypt(ctx, source)
-		clear(seed)
+	// The whole value, through the reader kmsctl decrypt uses: a seed that opens is not yet
+	// data that reads (the data's own AES-GCM, bound to the etcd key, must open too).
+	r := c.readers[st.Provider]
+	if r == nil {
+		if c.readers == nil {
+			c.readers = map[string]*providers.KMSv2{}
+		}
+		r = providers.NewKMSv2(st.Provider, client, 0)
+		c.readers[st.Provider] = r
 	}
+	plain, err := r.Decrypt(ctx, value[len(providers.KMSv2Prefix)+len(st.Provider)+1:], []byte(key))
+	clear(plain)
 	if err != nil {
 		c.Failed++
 		example()

@@ -1,10 +1,10 @@
 package serveconfig
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -22,13 +22,13 @@ const MaxBreakGlass = 7 * 24 * time.Hour
 type RecoveryOptions struct {
 	PublicKey       string // --recovery-public-key
 	BreakGlassKey   string // --break-glass-recovery-key: a file, or - for stdin
-	BreakGlassUntil string // --break-glass-until: RFC 3339 time, or a duration from now
+	BreakGlassUntil string // --break-glass-until: an RFC 3339 time, never a duration
 }
 
 func (o *RecoveryOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.PublicKey, "recovery-public-key", "", "recovery public key file (kmsctl recovery-key): seal each local KEK to it, so that its private key reads every envelope without Vault (vault backend, local KEK mode; envelope format v3). Off by default: read docs/security.md first")
 	fs.StringVar(&o.BreakGlassKey, "break-glass-recovery-key", "", "BREAK-GLASS: recovery private key file (mode 0600), or - for stdin: serve reads of envelopes sealed to it without the backend, until --break-glass-until; writes go to the backend")
-	fs.StringVar(&o.BreakGlassUntil, "break-glass-until", "", "end of break-glass mode (required with --break-glass-recovery-key): an RFC 3339 time or a duration from now, at most 168h")
+	fs.StringVar(&o.BreakGlassUntil, "break-glass-until", "", "end of break-glass mode (required with --break-glass-recovery-key): an RFC 3339 time at most 168h ahead, e.g. $(date -u -d +12hours +%FT%TZ); not a duration, which every restart would push forward")
 	for _, name := range []string{"recovery-public-key", "break-glass-recovery-key", "break-glass-until"} {
 		fs.SetAnnotation(name, GroupAnnotation, []string{"recovery"})
 	}
@@ -79,16 +79,16 @@ func (o RecoveryOptions) Recovery(backend string, localKEK bool, stdin io.Reader
 	return rc, nil
 }
 
-// parseUntil reads --break-glass-until: a time, or a duration from now; in the future and at
-// most MaxBreakGlass away.
+// parseUntil reads --break-glass-until: a time in the future and at most MaxBreakGlass away.
+// Not a duration: a restarted plugin (a static pod, Restart=always) would count it again from
+// its own start, and a crash loop would move the end forward for ever.
 func parseUntil(s string, now time.Time) (time.Time, error) {
 	until, err := time.Parse(time.RFC3339, s)
 	if err != nil {
-		d, derr := time.ParseDuration(s)
-		if derr != nil {
-			return time.Time{}, fmt.Errorf("--break-glass-until %q: want an RFC 3339 time (2026-12-04T18:00:00Z) or a duration (12h)", s)
+		if _, derr := time.ParseDuration(s); derr == nil {
+			return time.Time{}, fmt.Errorf("--break-glass-until %q is a duration: give the time break-glass mode ends, in RFC 3339 (e.g. $(date -u -d +12hours +%%FT%%TZ)), so that a restart does not move it", s)
 		}
-		until = now.Add(d)
+		return time.Time{}, fmt.Errorf("--break-glass-until %q: want an RFC 3339 time, e.g. 2026-12-04T18:00:00Z (date -u -d +12hours +%%FT%%TZ)", s)
 	}
 	switch left := until.Sub(now); {
 	case left <= 0:
@@ -108,7 +108,7 @@ func readKey(path string, stdin io.Reader) ([]byte, error) {
 	if err == nil && len(b) > privatefile.MaxSize {
 		err = fmt.Errorf("stdin holds more than %d bytes", privatefile.MaxSize)
 	}
-	if err == nil && len(strings.TrimSpace(string(b))) == 0 {
+	if err == nil && len(bytes.TrimSpace(b)) == 0 { // no string copy of the key left uncleared
 		err = errors.New("stdin is empty")
 	}
 	if err != nil {

@@ -2,6 +2,7 @@ package serveconfig
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/kmsplugin/kms-plugin/dek/recovery"
+	"github.com/kmsplugin/kms-plugin/internal/privatefile"
 )
 
 func writeRecoveryKeys(t *testing.T) (privPath, pubPath string, key *recovery.PrivateKey) {
@@ -38,7 +40,7 @@ func TestRecoveryFlags(t *testing.T) {
 	if err != nil || rc.Seal.ID() != key.ID() || rc.BreakGlass != nil {
 		t.Fatalf("--recovery-public-key: %+v, %v", rc, err)
 	}
-	rc, err = RecoveryOptions{BreakGlassKey: privPath, BreakGlassUntil: "12h"}.Recovery("localaes", false, nil, now)
+	rc, err = RecoveryOptions{BreakGlassKey: privPath, BreakGlassUntil: "2026-12-03T21:00:00Z"}.Recovery("localaes", false, nil, now)
 	if err != nil || rc.BreakGlass.ID() != key.ID() || !rc.Until.Equal(now.Add(12*time.Hour)) {
 		t.Fatalf("break-glass from a file with localaes: %+v, %v", rc, err)
 	}
@@ -61,10 +63,12 @@ func TestRecoveryFlags(t *testing.T) {
 		"no expiry":                    {RecoveryOptions{BreakGlassKey: pubPath}, "vault", vaultLocal, "needs --break-glass-until"},
 		"expiry without key":           {RecoveryOptions{BreakGlassUntil: "1h"}, "vault", vaultLocal, "without --break-glass-recovery-key"},
 		"past":                         {RecoveryOptions{BreakGlassKey: privPath, BreakGlassUntil: "2026-12-01T00:00:00Z"}, "vault", vaultLocal, "is past"},
-		"too long":                     {RecoveryOptions{BreakGlassKey: privPath, BreakGlassUntil: "169h"}, "vault", vaultLocal, "at most 168h"},
-		"bad time":                     {RecoveryOptions{BreakGlassKey: privPath, BreakGlassUntil: "tomorrow"}, "vault", vaultLocal, "RFC 3339"},
-		"readable by others":           {RecoveryOptions{BreakGlassKey: privPath, BreakGlassUntil: "1h"}, "vault", vaultLocal, "chmod 600"},
-		"public key as private":        {RecoveryOptions{BreakGlassKey: pubPath, BreakGlassUntil: "1h"}, "vault", vaultLocal, ""},
+		"too long":                     {RecoveryOptions{BreakGlassKey: privPath, BreakGlassUntil: "2026-12-10T09:01:00Z"}, "vault", vaultLocal, "at most 168h"},
+		// A duration would be counted again from each restart: a crash loop never ends it.
+		"duration":              {RecoveryOptions{BreakGlassKey: privPath, BreakGlassUntil: "12h"}, "vault", vaultLocal, "is a duration: give the time break-glass mode ends, in RFC 3339 (e.g. $(date -u -d +12hours +%FT%TZ))"},
+		"bad time":              {RecoveryOptions{BreakGlassKey: privPath, BreakGlassUntil: "tomorrow"}, "vault", vaultLocal, "RFC 3339"},
+		"readable by others":    {RecoveryOptions{BreakGlassKey: privPath, BreakGlassUntil: "2026-12-03T10:00:00Z"}, "vault", vaultLocal, "chmod 600"},
+		"public key as private": {RecoveryOptions{BreakGlassKey: pubPath, BreakGlassUntil: "2026-12-03T10:00:00Z"}, "vault", vaultLocal, ""},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if name == "public key as private" {
@@ -76,5 +80,26 @@ func TestRecoveryFlags(t *testing.T) {
 				t.Fatalf("error %v, want it to say %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// The private key read from stdin is checked without a copy (a string of it would stay in
+// memory uncleared): readKey allocates no more than reading stdin itself does.
+func TestReadKeyFromStdinMakesNoCopy(t *testing.T) {
+	privPath, _, _ := writeRecoveryKeys(t)
+	text, _ := os.ReadFile(privPath)
+	read := testing.AllocsPerRun(20, func() {
+		b, _ := io.ReadAll(io.LimitReader(bytes.NewReader(text), privatefile.MaxSize+1))
+		clear(b)
+	})
+	got := testing.AllocsPerRun(20, func() {
+		b, err := readKey("-", bytes.NewReader(text))
+		if err != nil {
+			t.Fatal(err)
+		}
+		clear(b)
+	})
+	if got > read {
+		t.Fatalf("readKey makes %v allocations, reading stdin %v: a copy of the key is left uncleared", got, read)
 	}
 }
