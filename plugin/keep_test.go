@@ -89,6 +89,7 @@ func (k *flakyKEK) Unwrap(_ context.Context, _ string, w []byte) ([]byte, error)
 	}
 	return xor(w), nil
 }
+
 // calls counts the backend calls tried, failed ones included.
 func (k *flakyKEK) calls() int { k.mu.Lock(); defer k.mu.Unlock(); return k.wraps + k.unwraps }
 
