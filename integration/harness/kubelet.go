@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -436,12 +437,19 @@ func BuildPauseImage(t testing.TB, store *ImageStore, name string) {
 	t.Helper()
 	root, err := moduleRoot()
 	run.Must(t, err, "module root")
-	list := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "k8s.io/kubernetes")
-	list.Dir = filepath.Join(root, "integration", "servers", "kubelet")
-	list.Env = append(os.Environ(), "GOFLAGS=-mod=mod")
-	out, err := list.Output()
-	run.Must(t, err, "locating k8s.io/kubernetes (run integration/servers/build.sh kubelet)")
-	src := filepath.Join(strings.TrimSpace(string(out)), "build", "pause", "linux", "pause.c")
+	// go mod download, not go list: with the kubelet binary cached, the module may be missing
+	// from this machine's module cache (go list then names no directory); download fetches it.
+	dl := exec.Command("go", "mod", "download", "-json", "k8s.io/kubernetes")
+	dl.Dir = filepath.Join(root, "integration", "servers", "kubelet")
+	dl.Env = append(os.Environ(), "GOFLAGS=-mod=mod")
+	out, err := dl.Output()
+	run.Must(t, err, "downloading k8s.io/kubernetes for pause.c")
+	var mod struct{ Dir, Error string }
+	run.Must(t, json.Unmarshal(out, &mod), "go mod download -json k8s.io/kubernetes")
+	if mod.Dir == "" {
+		t.Fatalf("go mod download k8s.io/kubernetes gave no directory: %s", mod.Error)
+	}
+	src := filepath.Join(mod.Dir, "build", "pause", "linux", "pause.c")
 	bin := filepath.Join(t.TempDir(), "pause")
 	if out, err := exec.Command("gcc", "-Os", "-Wall", "-Werror", "-static", "-DVERSION=local", "-o", bin, src).CombinedOutput(); err != nil {
 		t.Fatalf("gcc -static %s: %v\n%s", src, err, out)
