@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a clean clone: builds the real servers the integration tests run
 # (etcd, Vault, kube-apiserver, kubelet, containerd; cached after the first run, which takes
-# about 25 minutes on 2 cores), then vets and runs every test with the race detector (the plugin's module, then the
+# about 22 minutes on 2 cores), then vets and runs every test with the race detector (the plugin's module, then the
 # nested deploy/monitoring/check module), then runs each fuzz target
 # for 20 s.
 # Extra arguments go to `go test` (for example: scripts/test.sh -run TestRoundTrip).
