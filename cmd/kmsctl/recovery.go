@@ -122,7 +122,7 @@ func (r *recoveryFlag) load(stdin io.Reader) (*recovery.PrivateKey, error) {
 	if r.path == "" {
 		return nil, nil
 	}
-	text, err := readRecoveryKey(r.path, stdin)
+	text, err := privatefile.ReadOrStdin(r.path, stdin)
 	defer clear(text)
 	if err != nil {
 		return nil, fmt.Errorf("--recovery-private-key: %w", err)
@@ -132,23 +132,6 @@ func (r *recoveryFlag) load(stdin io.Reader) (*recovery.PrivateKey, error) {
 		return nil, fmt.Errorf("--recovery-private-key: %w", err)
 	}
 	return k, nil
-}
-
-// readRecoveryKey reads a private key file under privatefile's rule, or stdin for "-".
-func readRecoveryKey(path string, stdin io.Reader) ([]byte, error) {
-	if path != "-" {
-		return privatefile.Read(path)
-	}
-	b, err := io.ReadAll(io.LimitReader(stdin, privatefile.MaxSize+1))
-	if err != nil {
-		clear(b)
-		return nil, err
-	}
-	if len(b) > privatefile.MaxSize {
-		clear(b)
-		return nil, fmt.Errorf("stdin holds more than %d bytes", privatefile.MaxSize)
-	}
-	return b, nil
 }
 
 // recoveryConfig loads the EncryptionConfiguration with every kms v2 provider answered by

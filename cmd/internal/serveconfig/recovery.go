@@ -1,7 +1,6 @@
 package serveconfig
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -67,7 +66,7 @@ func (o RecoveryOptions) Recovery(backend string, localKEK bool, stdin io.Reader
 	if err != nil {
 		return nil, err
 	}
-	text, err := readKey(o.BreakGlassKey, stdin)
+	text, err := privatefile.ReadOrStdin(o.BreakGlassKey, stdin)
 	defer clear(text)
 	if err != nil {
 		return nil, fmt.Errorf("--break-glass-recovery-key: %w", err)
@@ -97,23 +96,4 @@ func parseUntil(s string, now time.Time) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("--break-glass-until %s is %s away: at most %s (rewrite to the new key meanwhile, then leave break-glass mode)", until.UTC().Format(time.RFC3339), left.Round(time.Minute), MaxBreakGlass)
 	}
 	return until, nil
-}
-
-// readKey reads a private key file under privatefile's rule, or stdin for "-".
-func readKey(path string, stdin io.Reader) ([]byte, error) {
-	if path != "-" {
-		return privatefile.Read(path)
-	}
-	b, err := io.ReadAll(io.LimitReader(stdin, privatefile.MaxSize+1))
-	if err == nil && len(b) > privatefile.MaxSize {
-		err = fmt.Errorf("stdin holds more than %d bytes", privatefile.MaxSize)
-	}
-	if err == nil && len(bytes.TrimSpace(b)) == 0 { // no string copy of the key left uncleared
-		err = errors.New("stdin is empty")
-	}
-	if err != nil {
-		clear(b)
-		return nil, err
-	}
-	return b, nil
 }

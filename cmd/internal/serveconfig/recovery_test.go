@@ -2,7 +2,6 @@ package serveconfig
 
 import (
 	"bytes"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,7 +9,6 @@ import (
 	"time"
 
 	"github.com/kmsplugin/kms-plugin/dek/recovery"
-	"github.com/kmsplugin/kms-plugin/internal/privatefile"
 )
 
 func writeRecoveryKeys(t *testing.T) (privPath, pubPath string, key *recovery.PrivateKey) {
@@ -80,26 +78,5 @@ func TestRecoveryFlags(t *testing.T) {
 				t.Fatalf("error %v, want it to say %q", err, tc.want)
 			}
 		})
-	}
-}
-
-// The private key read from stdin is checked without a copy (a string of it would stay in
-// memory uncleared): readKey allocates no more than reading stdin itself does.
-func TestReadKeyFromStdinMakesNoCopy(t *testing.T) {
-	privPath, _, _ := writeRecoveryKeys(t)
-	text, _ := os.ReadFile(privPath)
-	read := testing.AllocsPerRun(20, func() {
-		b, _ := io.ReadAll(io.LimitReader(bytes.NewReader(text), privatefile.MaxSize+1))
-		clear(b)
-	})
-	got := testing.AllocsPerRun(20, func() {
-		b, err := readKey("-", bytes.NewReader(text))
-		if err != nil {
-			t.Fatal(err)
-		}
-		clear(b)
-	})
-	if got > read {
-		t.Fatalf("readKey makes %v allocations, reading stdin %v: a copy of the key is left uncleared", got, read)
 	}
 }
