@@ -24,11 +24,7 @@ func TestRestartDuringVaultOutage(t *testing.T) {
 	v := harness.StartVaultFile(t)
 	v.EnableTransit(t, "transit")
 	v.CreateKey(t, "transit", "keep")
-	v.WritePolicy(t, "keep", harness.TransitPolicy("transit", "keep"))
-	tokenFile := filepath.Join(t.TempDir(), "vault-token")
-	if err := os.WriteFile(tokenFile, []byte(v.CreateToken(t, harness.TokenOptions{Policies: []string{"keep"}, TTL: "2h", Renewable: true})), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	tokenFile := vaultTokenFile(t, v, "keep")
 	tmpfs := tmpfsDir(t)
 	tpm := swtpm.Start(t)
 	tpmState := t.TempDir()

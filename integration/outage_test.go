@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -23,11 +21,7 @@ func TestVaultOutage(t *testing.T) {
 	v := harness.StartVaultFile(t)
 	v.EnableTransit(t, "transit")
 	v.CreateKey(t, "transit", "outage")
-	v.WritePolicy(t, "outage", harness.TransitPolicy("transit", "outage"))
-	tokenFile := filepath.Join(t.TempDir(), "vault-token")
-	if err := os.WriteFile(tokenFile, []byte(v.CreateToken(t, harness.TokenOptions{Policies: []string{"outage"}, TTL: "2h", Renewable: true})), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	tokenFile := vaultTokenFile(t, v, "outage")
 	// Only the check interval is shortened, so that the plugins notice the outage in seconds.
 	args := []string{"--backend=vault", "--vault-addr=" + v.Addr, "--vault-transit-key=outage",
 		"--vault-token-file=" + tokenFile, "--check-interval=2s"}

@@ -301,10 +301,5 @@ func TestFaultSequenceUnderLoad(t *testing.T) {
 // keepMemoryArgs are the serve flags that keep the plugin's memory across a restart on a
 // tmpfs directory (/dev/shm: this machine's /run is not tmpfs).
 func keepMemoryArgs(t *testing.T) []string {
-	dir, err := os.MkdirTemp("/dev/shm", "kms-keep")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return []string{"--vault-keep-memory=tmpfs", "--vault-keep-memory-dir=" + filepath.Join(dir, "state")}
+	return []string{"--vault-keep-memory=tmpfs", "--vault-keep-memory-dir=" + tmpfsDir(t)}
 }

@@ -60,6 +60,22 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	t.Fatalf("never: %s", what)
 }
 
+// sealedBeforeTheDisaster makes a recovery key and an envelope ("seed before") sealed to it,
+// written under a transit key now lost.
+func sealedBeforeTheDisaster(t *testing.T) (*recovery.PrivateKey, []byte) {
+	t.Helper()
+	priv, err := recovery.Generate(recovery.KEMX25519)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := dek.NewLocalSealer(&countingKEK{id: "vault:lost:v1"}, dek.LocalKEKConfig{Recovery: priv.Public()})
+	before, err := old.Encrypt(context.Background(), "vault:lost:v1", []byte("seed before"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return priv, before
+}
+
 // Break-glass mode: envelopes sealed to the recovery key (written under a backend key that is
 // gone) are read with its private key and no backend call; new writes go to the new backend;
 // it says so at ERROR level and in metrics; at its expiry the key is dropped and those reads
@@ -67,16 +83,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 func TestBreakGlass(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	priv, err := recovery.Generate(recovery.KEMX25519)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Written before the disaster, under a transit key now lost.
-	old := dek.NewLocalSealer(&countingKEK{id: "vault:lost:v1"}, dek.LocalKEKConfig{Recovery: priv.Public()})
-	before, err := old.Encrypt(ctx, "vault:lost:v1", []byte("seed before"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	priv, before := sealedBeforeTheDisaster(t)
 
 	start := time.Date(2026, 12, 3, 9, 0, 0, 0, time.UTC)
 	clk := clock.NewFake(start)
@@ -162,15 +169,7 @@ func (c *suspendedClock) suspend(d time.Duration) { c.mu.Lock(); c.jump += d; c.
 func TestBreakGlassEndsByTheWallClock(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	priv, err := recovery.Generate(recovery.KEMX25519)
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := dek.NewLocalSealer(&countingKEK{id: "vault:lost:v1"}, dek.LocalKEKConfig{Recovery: priv.Public()})
-	before, err := old.Encrypt(ctx, "vault:lost:v1", []byte("seed before"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	priv, before := sealedBeforeTheDisaster(t)
 	start := time.Date(2026, 12, 3, 9, 0, 0, 0, time.UTC)
 	clk := &suspendedClock{Fake: clock.NewFake(start)}
 	m := metrics.New("vault", "test")
