@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -45,15 +46,35 @@ func Binary(t testing.TB, name string) string {
 // the test instead of skipping it.
 const RequireServersEnv = "KMS_PLUGIN_REQUIRE_SERVERS"
 
-// FreePort returns a loopback TCP port that was free a moment ago.
+// FreePort returns a loopback TCP port that was free a moment ago, below the kernel's
+// ephemeral range: a server that stops and starts again on its port (Vault across an outage)
+// must not find it taken by the source port of some client's connection meanwhile, which a
+// port the kernel hands out (":0") can be.
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	low := ephemeralLow()
+	for range 1000 {
+		port := low - 2 - rand.N(low/3) // below the ephemeral range (Vault also takes port+1), above the well-known ports
+		if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			l.Close()
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatalf("no free loopback port below %d", low)
+	return 0
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (32768 when unknown).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	var low, high int
+	if _, err := fmt.Sscan(string(b), &low, &high); err != nil || low < 4096 {
+		return 32768
+	}
+	return low
 }
 
 // Process is a server started by the harness. Its output goes to a log file that is printed
