@@ -1,6 +1,7 @@
 package deploy_test
 
 import (
+	"archive/tar"
 	"bytes"
 	"encoding/json"
 	"os"
@@ -81,6 +82,85 @@ func TestImageBuildIsReproducible(t *testing.T) {
 	out, err := exec.Command(hostBin, "--version").Output()
 	if want := "kms-plugin version " + version + " (commit " + commit + ", go"; err != nil || !strings.HasPrefix(string(out), want) {
 		t.Errorf("--version: %v, printed %q, want %q...", err, out, want)
+	}
+
+	checkImageSBOM(t, store, "localhost/kms-plugin:first", hostBin)
+}
+
+// checkImageSBOM makes the image's SBOM as a release does (scripts/build.sh --image-sbom, from
+// an OCI archive of the image) and checks it against the image and its binary: it names the
+// image by its manifest digest and the tool that made it, and lists every module that the
+// binary's own build information lists (go version -m), at the same version.
+func checkImageSBOM(t *testing.T, store *harness.ImageStore, image, bin string) {
+	t.Helper()
+	archive := filepath.Join(t.TempDir(), "image.tar")
+	store.SaveOCIArchive(t, image, image, archive)
+	sbom := filepath.Join(t.TempDir(), "kms-plugin-image.cdx.json")
+	build := exec.Command("bash", "../scripts/build.sh", "--image-sbom", "oci-archive:"+archive, sbom)
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("scripts/build.sh --image-sbom: %v\n%s", err, out)
+	}
+	var bom struct {
+		BOMFormat string `json:"bomFormat"`
+		Metadata  struct {
+			Tools struct {
+				Components []struct{ Name, Version string }
+			}
+			Component struct{ Type, Version string }
+		}
+		Components []struct{ Name, Version string }
+	}
+	raw, err := os.ReadFile(sbom)
+	run.Must(t, err, "image SBOM")
+	run.Must(t, json.Unmarshal(raw, &bom), "image SBOM")
+	digest := ociManifestDigest(t, archive)
+	if bom.BOMFormat != "CycloneDX" || bom.Metadata.Component.Type != "container" || bom.Metadata.Component.Version != digest {
+		t.Errorf("image SBOM: format %q, component %+v, want a container named by its manifest digest %s", bom.BOMFormat, bom.Metadata.Component, digest)
+	}
+	if len(bom.Metadata.Tools.Components) != 1 || bom.Metadata.Tools.Components[0].Name != "syft" || bom.Metadata.Tools.Components[0].Version != "v1.57.2" {
+		t.Errorf("image SBOM's tools: %+v, want syft v1.57.2", bom.Metadata.Tools.Components)
+	}
+	listed := map[string]string{}
+	for _, c := range bom.Components {
+		listed[c.Name] = c.Version
+	}
+	info, err := exec.Command("go", "version", "-m", bin).Output()
+	run.Must(t, err, "go version -m")
+	deps := 0
+	for _, line := range strings.Split(string(info), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 3 && f[0] == "dep" {
+			deps++
+			if listed[f[1]] != f[2] {
+				t.Errorf("image SBOM lists %s at %q, the binary has %s", f[1], listed[f[1]], f[2])
+			}
+		}
+	}
+	if deps == 0 {
+		t.Fatalf("go version -m lists no module of the binary:\n%s", info)
+	}
+	t.Logf("image SBOM: %d components, %d modules of the binary; image %s", len(bom.Components), deps, digest)
+}
+
+// ociManifestDigest is the digest of the one image manifest in an OCI archive.
+func ociManifestDigest(t *testing.T, archive string) string {
+	t.Helper()
+	f, err := os.Open(archive)
+	run.Must(t, err, "OCI archive")
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		run.Must(t, err, "index.json in %s", archive)
+		if h.Name != "index.json" {
+			continue
+		}
+		var index struct{ Manifests []struct{ Digest string } }
+		run.Must(t, json.NewDecoder(tr).Decode(&index), "index.json")
+		if len(index.Manifests) != 1 {
+			t.Fatalf("index.json lists %d manifests, want 1", len(index.Manifests))
+		}
+		return index.Manifests[0].Digest
 	}
 }
 

@@ -8,8 +8,11 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,6 +35,7 @@ import (
 
 	"github.com/kmsplugin/kms-plugin/integration/harness"
 	"github.com/kmsplugin/kms-plugin/integration/harness/run"
+	"github.com/kmsplugin/kms-plugin/integration/harness/vaultd"
 	"github.com/kmsplugin/kms-plugin/internal/kmsclient"
 )
 
@@ -142,21 +146,21 @@ func applyAPIServerPatch(t *testing.T, manifest []byte) []byte {
 }
 
 // The deployment as users run it: kube-apiserver and kms-plugin as static pods of a real
-// kubelet over containerd and runc, the plugin's manifest as shipped (localaes), its image
-// built from the Dockerfile. Proves the issue-20 list: Secrets stored k8s:enc:kms:v2:, the
-// kubelet's probes, restarts after a hang (liveness) and a kill (restart policy) with no
-// Secret lost, the container's confinement, rotation by SIGHUP through the mounted key
-// directory, and the socket removed on a graceful stop.
+// kubelet over containerd and runc, the plugin's manifests as shipped, its image built from
+// the Dockerfile. The two manifests run one after the other on nodes of their own (both
+// serve the same fixed health port), from images built once.
 func TestStaticPodsUnderKubelet(t *testing.T) {
 	t.Parallel()
-	// The manifest's fixed health address must be free on this machine.
-	if l, err := net.Listen("tcp", "127.0.0.1:8095"); err != nil {
-		t.Fatalf("127.0.0.1:8095, the manifest's --health-addr, is taken on this machine: %v", err)
-	} else {
-		l.Close()
-	}
-	// Images: the plugin from the Dockerfile (local bases, no registry), kube-apiserver and
-	// pause built here; each saved as an OCI archive for containerd.
+	archives := buildNodeImages(t)
+	t.Run("localaes", func(t *testing.T) { testLocalAESStaticPod(t, archives) })
+	t.Run("vault", func(t *testing.T) { testVaultStaticPod(t, archives) })
+}
+
+// buildNodeImages builds the images a node runs — the plugin from the Dockerfile (local
+// bases, no registry), kube-apiserver and pause built here — each saved as an OCI archive
+// for containerd.
+func buildNodeImages(t *testing.T) []string {
+	t.Helper()
 	store := harness.NewImageStore(t)
 	store.BuildBaseImages(t)
 	root, err := filepath.Abs("..")
@@ -172,7 +176,31 @@ func TestStaticPodsUnderKubelet(t *testing.T) {
 		store.SaveOCIArchive(t, image, image, path)
 		archives = append(archives, path)
 	}
+	return archives
+}
 
+// staticPodCluster is a control-plane node as kubeadm makes one: etcd, a kubelet running
+// kube-apiserver (kubeadm's manifest with deploy/static-pod/kube-apiserver-patch.yaml) and a
+// kms-plugin manifest from deploy/static-pod/, as shipped.
+type staticPodCluster struct {
+	t         *testing.T
+	etcd      *harness.Etcd
+	node      *harness.Node
+	cs        *kubernetes.Clientset
+	pluginPod string // the plugin's mirror pod
+	started   time.Time
+}
+
+// startStaticPodCluster starts the node with manifest (a file of deploy/static-pod/) beside
+// the apiserver; prepare writes the plugin's own files on the node before kubelet starts.
+func startStaticPodCluster(t *testing.T, archives []string, manifest string, prepare func(*harness.Node)) *staticPodCluster {
+	t.Helper()
+	// The manifests' fixed health address must be free on this machine.
+	if l, err := net.Listen("tcp", "127.0.0.1:8095"); err != nil {
+		t.Fatalf("127.0.0.1:8095, the manifest's --health-addr, is taken on this machine: %v", err)
+	} else {
+		l.Close()
+	}
 	etcd := harness.StartEtcd(t)
 	node := harness.StartNode(t, harness.NodeOptions{Images: archives, SandboxImage: pauseImage})
 
@@ -194,19 +222,19 @@ func TestStaticPodsUnderKubelet(t *testing.T) {
 	adminToken, nodeToken := randomToken(t), randomToken(t)
 	node.WriteFile(t, "/etc/kubernetes/pki/tokens.csv", []byte(fmt.Sprintf(
 		"%s,admin,admin,system:masters\n%s,system:node:%s,node,system:nodes\n", adminToken, nodeToken, node.Name)), 0o600)
-	// The shipped EncryptionConfiguration and a key file made by kmsctl.
+	// The shipped EncryptionConfiguration, and the plugin's own files.
 	copyInto("../deploy/static-pod/encryption-config.yaml", "/etc/kubernetes/enc/encryption-config.yaml")
-	run.Must(t, os.MkdirAll(node.Path("/etc/kubernetes/kms"), 0o700), "key dir")
-	keygen := exec.Command(harness.KmsctlBinary(t), "keygen", "--localaes-key-file", node.Path("/etc/kubernetes/kms/keys.yaml"), "--name", "first")
-	if out, err := keygen.CombinedOutput(); err != nil {
-		t.Fatalf("kmsctl keygen: %v\n%s", err, out)
-	}
+	prepare(node)
 
 	// The manifests: kubeadm's apiserver with the patch, the plugin's file as shipped.
 	port := run.FreePort(t)
 	apiserverManifest := applyAPIServerPatch(t, []byte(fmt.Sprintf(kubeadmAPIServer, port, strings.Join(etcd.Endpoints, ","), kubeAPIServerImage)))
 	node.WriteFile(t, "/etc/kubernetes/manifests/kube-apiserver.yaml", apiserverManifest, 0o600)
-	copyInto("../deploy/static-pod/kms-plugin.yaml", "/etc/kubernetes/manifests/kms-plugin.yaml")
+	copyInto(manifest, "/etc/kubernetes/manifests/"+filepath.Base(manifest))
+	var pod corev1.Pod
+	raw, err := os.ReadFile(manifest)
+	run.Must(t, err, "%s", manifest)
+	run.Must(t, yaml.UnmarshalStrict(raw, &pod), "%s", manifest)
 
 	ca, err := os.ReadFile(pki.CAFile)
 	run.Must(t, err, "CA")
@@ -219,44 +247,116 @@ func TestStaticPodsUnderKubelet(t *testing.T) {
 	kubeletConf, err := clientcmd.Write(*kubeconfig)
 	run.Must(t, err, "kubelet kubeconfig")
 
-	start := time.Now()
+	c := &staticPodCluster{t: t, etcd: etcd, node: node, pluginPod: pod.Name + "-" + node.Name, started: time.Now()}
 	node.StartKubelet(t, harness.KubeletOptions{Kubeconfig: kubeletConf})
-	cs, err := kubernetes.NewForConfig(&rest.Config{Host: url, BearerToken: adminToken,
+	c.cs, err = kubernetes.NewForConfig(&rest.Config{Host: url, BearerToken: adminToken,
 		TLSClientConfig: rest.TLSClientConfig{CAData: ca}, Timeout: 10 * time.Second})
 	run.Must(t, err, "clientset")
+	return c
+}
 
-	// The first Secret stored encrypted through the static-pod apiserver.
-	ctx := context.Background()
-	createSecret := func(name string) {
-		t.Helper()
-		run.Eventually(t, 5*time.Minute, "creating Secret "+name, func(ctx context.Context) error {
-			_, err := cs.CoreV1().Secrets("default").Create(ctx, &corev1.Secret{
-				ObjectMeta: metav1.ObjectMeta{Name: name},
-				Data:       map[string][]byte{"v": []byte("value of " + name)},
-			}, metav1.CreateOptions{})
-			if err != nil && strings.Contains(err.Error(), "already exists") {
-				return nil
-			}
+// createSecret writes Secret name through the apiserver, retrying while it is not up yet.
+func (c *staticPodCluster) createSecret(name string) {
+	c.t.Helper()
+	run.Eventually(c.t, 5*time.Minute, "creating Secret "+name, func(ctx context.Context) error {
+		_, err := c.cs.CoreV1().Secrets("default").Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: name},
+			Data:       map[string][]byte{"v": []byte("value of " + name)},
+		}, metav1.CreateOptions{})
+		if err != nil && strings.Contains(err.Error(), "already exists") {
+			return nil
+		}
+		return err
+	})
+}
+
+// checkStored checks that each Secret is stored k8s:enc:kms:v2: in etcd and reads back
+// through the apiserver.
+func (c *staticPodCluster) checkStored(names []string) {
+	c.t.Helper()
+	for _, name := range names {
+		raw := c.etcd.Get(c.t, harness.Key("secrets", "default", name))
+		if !strings.HasPrefix(string(raw), "k8s:enc:kms:v2:kms-plugin:") {
+			c.t.Errorf("Secret %s is stored as %.40q, want k8s:enc:kms:v2:kms-plugin:", name, raw)
+		}
+		var s *corev1.Secret
+		run.Eventually(c.t, 2*time.Minute, "reading Secret "+name, func(ctx context.Context) error {
+			var err error
+			s, err = c.cs.CoreV1().Secrets("default").Get(ctx, name, metav1.GetOptions{})
 			return err
 		})
-	}
-	checkStored := func(names []string) {
-		t.Helper()
-		for _, name := range names {
-			raw := etcd.Get(t, harness.Key("secrets", "default", name))
-			if !strings.HasPrefix(string(raw), "k8s:enc:kms:v2:kms-plugin:") {
-				t.Errorf("Secret %s is stored as %.40q, want k8s:enc:kms:v2:kms-plugin:", name, raw)
-			}
-			s, err := cs.CoreV1().Secrets("default").Get(ctx, name, metav1.GetOptions{})
-			if err != nil || string(s.Data["v"]) != "value of "+name {
-				t.Errorf("Secret %s read through the apiserver: %v, %q", name, err, s.Data["v"])
-			}
+		if string(s.Data["v"]) != "value of "+name {
+			c.t.Errorf("Secret %s read through the apiserver: %q", name, s.Data["v"])
 		}
 	}
-	createSecret("first")
-	t.Logf("from kubelet start to the first Secret stored through the static-pod apiserver: %s", time.Since(start).Round(time.Second))
+}
+
+// mirrorPod reads a static pod's mirror pod.
+func (c *staticPodCluster) mirrorPod(name string) *corev1.Pod {
+	c.t.Helper()
+	var pod *corev1.Pod
+	run.Eventually(c.t, 2*time.Minute, "mirror pod "+name, func(ctx context.Context) error {
+		var err error
+		pod, err = c.cs.CoreV1().Pods("kube-system").Get(ctx, name, metav1.GetOptions{})
+		return err
+	})
+	return pod
+}
+
+// waitReady waits until the plugin's container runs, is ready by its readiness probe, and
+// its restart count satisfies restarts.
+func (c *staticPodCluster) waitReady(what string, restarts func(int32) bool) *corev1.Pod {
+	c.t.Helper()
+	var pod *corev1.Pod
+	run.Eventually(c.t, 4*time.Minute, what, func(ctx context.Context) error {
+		pod = c.mirrorPod(c.pluginPod)
+		if len(pod.Status.ContainerStatuses) != 1 {
+			return fmt.Errorf("container statuses %v", pod.Status.ContainerStatuses)
+		}
+		st := pod.Status.ContainerStatuses[0]
+		if !st.Ready || st.State.Running == nil || !restarts(st.RestartCount) {
+			return fmt.Errorf("ready %v, state %+v, restarts %d", st.Ready, st.State, st.RestartCount)
+		}
+		return nil
+	})
+	return pod
+}
+
+// events are the kubelet's events about pod with reason, whose message starts with prefix.
+func (c *staticPodCluster) events(ctx context.Context, pod, reason, prefix string) ([]corev1.Event, error) {
+	events, err := c.cs.CoreV1().Events("kube-system").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + pod})
+	if err != nil {
+		return nil, err
+	}
+	var out []corev1.Event
+	for _, e := range events.Items {
+		if e.Source.Component == "kubelet" && e.Reason == reason && strings.HasPrefix(e.Message, prefix) {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+// The localaes manifest, kms-plugin.yaml: Secrets stored k8s:enc:kms:v2:, the kubelet's
+// probes, restarts after a hang (liveness) and a kill (restart policy) with no Secret lost,
+// the container's confinement, rotation by SIGHUP through the mounted key directory, and the
+// socket removed on a graceful stop.
+func testLocalAESStaticPod(t *testing.T, archives []string) {
+	c := startStaticPodCluster(t, archives, "../deploy/static-pod/kms-plugin.yaml", func(node *harness.Node) {
+		// A key file made by kmsctl, in the directory the manifest mounts.
+		run.Must(t, os.MkdirAll(node.Path("/etc/kubernetes/kms"), 0o700), "key dir")
+		keygen := exec.Command(harness.KmsctlBinary(t), "keygen", "--localaes-key-file", node.Path("/etc/kubernetes/kms/keys.yaml"), "--name", "first")
+		if out, err := keygen.CombinedOutput(); err != nil {
+			t.Fatalf("kmsctl keygen: %v\n%s", err, out)
+		}
+	})
+	node := c.node
+
+	// The first Secret stored encrypted through the static-pod apiserver.
+	c.createSecret("first")
+	t.Logf("from kubelet start to the first Secret stored through the static-pod apiserver: %s", time.Since(c.started).Round(time.Second))
 	secrets := []string{"first"}
-	checkStored(secrets)
+	c.checkStored(secrets)
 
 	// kubelet listens on loopback only.
 	listening := listeningAddresses(t, node.Kubelet.Pid())
@@ -270,40 +370,13 @@ func TestStaticPodsUnderKubelet(t *testing.T) {
 		}
 	}
 
-	// The mirror pods, and the kubelet's probes in their status.
-	pluginPod := "kms-plugin-" + node.Name
-	getPod := func() *corev1.Pod {
-		t.Helper()
-		var pod *corev1.Pod
-		run.Eventually(t, 2*time.Minute, "mirror pod "+pluginPod, func(ctx context.Context) error {
-			var err error
-			pod, err = cs.CoreV1().Pods("kube-system").Get(ctx, pluginPod, metav1.GetOptions{})
-			return err
-		})
-		return pod
-	}
-	waitReady := func(what string, restarts func(int32) bool) *corev1.Pod {
-		t.Helper()
-		var pod *corev1.Pod
-		run.Eventually(t, 4*time.Minute, what, func(ctx context.Context) error {
-			pod = getPod()
-			if len(pod.Status.ContainerStatuses) != 1 {
-				return fmt.Errorf("container statuses %v", pod.Status.ContainerStatuses)
-			}
-			st := pod.Status.ContainerStatuses[0]
-			if !st.Ready || st.State.Running == nil || !restarts(st.RestartCount) {
-				return fmt.Errorf("ready %v, state %+v, restarts %d", st.Ready, st.State, st.RestartCount)
-			}
-			return nil
-		})
-		return pod
-	}
-	pod := waitReady("plugin ready by its readiness probe", func(int32) bool { return true })
+	// The mirror pod, and the kubelet's probes in its status.
+	pod := c.waitReady("plugin ready by its readiness probe", func(int32) bool { return true })
 	restarts := pod.Status.ContainerStatuses[0].RestartCount
 	pid := containerPID(t, node, pod)
 	t.Logf("plugin pod ready, container pid %d, restarts %d", pid, restarts)
-	for _, c := range pod.Status.Conditions {
-		t.Logf("condition %s=%s since %s", c.Type, c.Status, c.LastTransitionTime)
+	for _, cond := range pod.Status.Conditions {
+		t.Logf("condition %s=%s since %s", cond.Type, cond.Status, cond.LastTransitionTime)
 	}
 
 	// Inside the container: read-only root, no capabilities, no privilege gain, GOMEMLIMIT
@@ -338,7 +411,7 @@ func TestStaticPodsUnderKubelet(t *testing.T) {
 	// A hung plugin: the liveness probe (every 10 s, 6 failures) restarts it.
 	run.Must(t, syscall.Kill(pid, syscall.SIGSTOP), "SIGSTOP")
 	stopped := time.Now()
-	pod = waitReady("restart by the liveness probe after SIGSTOP", func(n int32) bool { return n > restarts })
+	pod = c.waitReady("restart by the liveness probe after SIGSTOP", func(n int32) bool { return n > restarts })
 	t.Logf("hung plugin restarted by the liveness probe and ready again after %s", time.Since(stopped).Round(time.Second))
 	// Six failed probes 10 s apart, then SIGTERM, which a stopped process cannot act on, and
 	// SIGKILL after the pod's 30 s grace period: about 90 s.
@@ -347,28 +420,26 @@ func TestStaticPodsUnderKubelet(t *testing.T) {
 	}
 	// The restart was the kubelet's liveness probe: its event says so.
 	run.Eventually(t, time.Minute, "the kubelet's liveness-probe event", func(ctx context.Context) error {
-		events, err := cs.CoreV1().Events("kube-system").List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + pluginPod})
+		events, err := c.events(ctx, c.pluginPod, "Unhealthy", "Liveness probe failed")
 		if err != nil {
 			return err
 		}
-		for _, e := range events.Items {
-			if e.Source.Component == "kubelet" && e.Reason == "Unhealthy" && strings.HasPrefix(e.Message, "Liveness probe failed") {
-				t.Logf("event: %s %s (x%d)", e.Reason, e.Message, e.Count)
-				return nil
-			}
+		if len(events) == 0 {
+			return errors.New("no Unhealthy liveness event")
 		}
-		return fmt.Errorf("no Unhealthy liveness event among %d events", len(events.Items))
+		t.Logf("event: %s %s (x%d)", events[0].Reason, events[0].Message, events[0].Count)
+		return nil
 	})
 	restarts = pod.Status.ContainerStatuses[0].RestartCount
-	createSecret("after-hang")
+	c.createSecret("after-hang")
 	secrets = append(secrets, "after-hang")
-	checkStored(secrets)
+	c.checkStored(secrets)
 
 	// A killed plugin: the restart policy brings it back.
 	pid = containerPID(t, node, pod)
 	run.Must(t, syscall.Kill(pid, syscall.SIGKILL), "SIGKILL")
 	killed := time.Now()
-	pod = waitReady("restart by the restart policy after SIGKILL", func(n int32) bool { return n > restarts })
+	pod = c.waitReady("restart by the restart policy after SIGKILL", func(n int32) bool { return n > restarts })
 	t.Logf("killed plugin restarted and ready again after %s", time.Since(killed).Round(time.Second))
 	if d := time.Since(killed); d > time.Minute {
 		t.Errorf("restarted %s after SIGKILL: want the restart policy's first back-off (10 s) and a probe", d)
@@ -376,14 +447,14 @@ func TestStaticPodsUnderKubelet(t *testing.T) {
 	if term := pod.Status.ContainerStatuses[0].LastTerminationState.Terminated; term == nil || term.ExitCode != 137 {
 		t.Errorf("last termination %+v, want the SIGKILL (exit code 137)", term)
 	}
-	createSecret("after-kill")
+	c.createSecret("after-kill")
 	secrets = append(secrets, "after-kill")
-	checkStored(secrets)
+	c.checkStored(secrets)
 
 	// Rotation through the mounted key directory: a new write key, then SIGHUP.
 	pid = containerPID(t, node, pod)
 	before := pluginKeyID(t, node)
-	keygen = exec.Command(harness.KmsctlBinary(t), "keygen", "--localaes-key-file", node.Path("/etc/kubernetes/kms/keys.yaml"), "--name", "second", "--write")
+	keygen := exec.Command(harness.KmsctlBinary(t), "keygen", "--localaes-key-file", node.Path("/etc/kubernetes/kms/keys.yaml"), "--name", "second", "--write")
 	if out, err := keygen.CombinedOutput(); err != nil {
 		t.Fatalf("kmsctl keygen --write: %v\n%s", err, out)
 	}
@@ -394,7 +465,7 @@ func TestStaticPodsUnderKubelet(t *testing.T) {
 		}
 		return nil
 	})
-	checkStored(secrets)
+	c.checkStored(secrets)
 
 	// A graceful stop: the manifest removed, kubelet stops the pod (SIGTERM), the plugin
 	// removes its socket.
@@ -466,6 +537,19 @@ func pluginKeyID(t *testing.T, node *harness.Node) string {
 	return st.KeyID
 }
 
+// pluginReadyz is the status and body of the plugin's /readyz, on the manifests' health
+// address, as its readiness probe sees it.
+func pluginReadyz(t *testing.T) string {
+	t.Helper()
+	client := &http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get("http://127.0.0.1:8095/readyz")
+	run.Must(t, err, "the plugin's /readyz")
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	run.Must(t, err, "the plugin's /readyz")
+	return fmt.Sprintf("%d %s", resp.StatusCode, strings.TrimSpace(string(body)))
+}
+
 // listeningAddresses are the TCP addresses pid listens on (its sockets in /proc/net/tcp and
 // tcp6 in the LISTEN state), as "ip:port".
 func listeningAddresses(t *testing.T, pid int) []string {
@@ -501,4 +585,146 @@ func listeningAddresses(t *testing.T, pid int) []string {
 		}
 	}
 	return out
+}
+
+// The Vault manifest, kms-plugin-vault.yaml, against a real Vault at the address it names
+// (vault.example.com:8200: the node's /etc/hosts points the name at this machine's loopback,
+// and Vault's certificate is for it), with AppRole credentials and the CA in the directory
+// it mounts. Beyond what the localaes manifest proves: Secrets stored under Vault's key;
+// during a Vault outage the plugin killed and restarted by kubelet restores what it serves
+// from the tmpfs the manifest mounts (/run/kms-plugin), the apiserver then restarted too
+// reads every Secret and writes, and the liveness probe restarts nothing; Vault's return is
+// picked up.
+func testVaultStaticPod(t *testing.T, archives []string) {
+	const vaultName = "vault.example.com" // kms-plugin-vault.yaml's --vault-addr
+	v := vaultd.StartVaultFileWith(t, vaultd.FileOptions{Port: 8200, TLS: true, DNSNames: []string{vaultName}})
+	v.EnableTransit(t, "transit")
+	v.CreateKey(t, "transit", "kubernetes")
+	v.WritePolicy(t, "kms-plugin", vaultd.TransitPolicy("transit", "kubernetes"))
+	v.EnableAuth(t, "approle", "approle")
+	roleID, secretID := v.AppRole(t, "approle", "kms-plugin", map[string]any{"token_policies": "kms-plugin", "token_ttl": "1h"})
+
+	c := startStaticPodCluster(t, archives, "../deploy/static-pod/kms-plugin-vault.yaml", func(node *harness.Node) {
+		// kubelet gives a hostNetwork pod the node's /etc/hosts.
+		hosts, err := os.ReadFile(node.Path("/etc/hosts"))
+		run.Must(t, err, "the node's /etc/hosts")
+		node.WriteFile(t, "/etc/hosts", append(hosts, []byte("\n127.0.0.1 "+vaultName+"\n")...), 0o644)
+		ca, err := os.ReadFile(v.CAFile)
+		run.Must(t, err, "Vault's CA")
+		node.WriteFile(t, "/etc/kubernetes/kms/vault/ca.crt", ca, 0o600)
+		node.WriteFile(t, "/etc/kubernetes/kms/vault/role-id", []byte(roleID+"\n"), 0o600)
+		node.WriteFile(t, "/etc/kubernetes/kms/vault/secret-id", []byte(secretID+"\n"), 0o600)
+	})
+	node := c.node
+
+	c.createSecret("first")
+	t.Logf("from kubelet start to the first Secret stored through the static-pod apiserver (Vault backend): %s", time.Since(c.started).Round(time.Second))
+	secrets := []string{"first"}
+	c.checkStored(secrets)
+	pod := c.waitReady("plugin ready by its readiness probe", func(int32) bool { return true })
+	restarts := pod.Status.ContainerStatuses[0].RestartCount
+
+	// The Secret is stored under the key id the plugin reports, which names Vault's key.
+	keyID := pluginKeyID(t, node)
+	stored, err := harness.ParseKMSv2(c.etcd.Get(t, harness.Key("secrets", "default", "first")), "kms-plugin")
+	run.Must(t, err, "the stored Secret")
+	if stored.KeyID != keyID {
+		t.Errorf("the stored Secret's key id is %q, the plugin's %q", stored.KeyID, keyID)
+	}
+	t.Logf("plugin key id %s", keyID)
+
+	// What it serves from memory is kept on the node's tmpfs, in a directory of its own.
+	stateDir := node.Path("/run/kms-plugin/state")
+	run.Eventually(t, time.Minute, "the kept state on the node's tmpfs", func(context.Context) error {
+		entries, err := os.ReadDir(stateDir)
+		if err != nil {
+			return err
+		}
+		if len(entries) == 0 {
+			return errors.New("empty")
+		}
+		return nil
+	})
+	if info, err := os.Stat(stateDir); err != nil || info.Mode().Perm() != 0o700 {
+		t.Errorf("the kept state's directory: %v, %v; want mode 0700", info, err)
+	}
+
+	// A Vault outage: the plugin is killed and restarted by kubelet, then the apiserver. Both
+	// start empty while Vault is away; the plugin restores what it kept and serves.
+	v.Stop(t)
+	outage := time.Now()
+	c.createSecret("during-outage")
+	secrets = append(secrets, "during-outage")
+	pid := containerPID(t, node, pod)
+	run.Must(t, syscall.Kill(pid, syscall.SIGKILL), "SIGKILL")
+	pod = c.waitReady("the plugin restarted during the outage, ready from its kept state", func(n int32) bool { return n > restarts })
+	restartedAt := time.Now()
+	restarts = pod.Status.ContainerStatuses[0].RestartCount
+	log := node.ContainerLog(t, c.pluginPod, "kms-plugin", restarts)
+	if !strings.Contains(log, "RESTORED kept state") {
+		t.Errorf("the restarted plugin's log lacks RESTORED kept state:\n%s", log)
+	}
+	if got := pluginKeyID(t, node); got != keyID {
+		t.Errorf("the restarted plugin's key id during the outage is %q, want %q", got, keyID)
+	}
+	if ready := pluginReadyz(t); !strings.HasPrefix(ready, "200 ok: serving from memory") {
+		t.Errorf("the restarted plugin's /readyz during the outage: %q, want 200 ok: serving from memory", ready)
+	}
+	apiserver := c.mirrorPod("kube-apiserver-" + node.Name)
+	apiserverRestarts := apiserver.Status.ContainerStatuses[0].RestartCount
+	run.Must(t, syscall.Kill(containerPID(t, node, apiserver), syscall.SIGKILL), "SIGKILL the apiserver")
+	run.Eventually(t, 4*time.Minute, "the apiserver restarted by kubelet", func(ctx context.Context) error {
+		pod, err := c.cs.CoreV1().Pods("kube-system").Get(ctx, "kube-apiserver-"+node.Name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if st := pod.Status.ContainerStatuses; len(st) != 1 || st[0].RestartCount <= apiserverRestarts || !st[0].Ready {
+			return fmt.Errorf("container statuses %+v", st)
+		}
+		return nil
+	})
+	c.checkStored(secrets) // a fresh apiserver: every DEK seed is decrypted by the plugin again
+	c.createSecret("after-restarts")
+	secrets = append(secrets, "after-restarts")
+	c.checkStored(secrets)
+	t.Logf("the plugin and the apiserver restarted during a Vault outage; every Secret read, writes work (%s into the outage)", time.Since(outage).Round(time.Second))
+	// The liveness probe does not depend on Vault: through more than its window (six failures
+	// 10 s apart) of outage after the restart, it fails never and restarts nothing. (It did
+	// fail while the killed container was down: those events are older.)
+	if wait := 75*time.Second - time.Since(restartedAt); wait > 0 {
+		time.Sleep(wait)
+	}
+	pod = c.waitReady("the plugin still ready, not restarted, through the outage", func(n int32) bool { return n == restarts })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	events, err := c.events(ctx, c.pluginPod, "Unhealthy", "Liveness probe failed")
+	run.Must(t, err, "events")
+	for _, e := range events {
+		if e.LastTimestamp.Time.After(restartedAt) {
+			t.Errorf("liveness probe failing during the Vault outage: %s (x%d, last %s)", e.Message, e.Count, e.LastTimestamp)
+		}
+	}
+	if ready := pluginReadyz(t); !strings.HasPrefix(ready, "200 ok: serving from memory") {
+		t.Errorf("/readyz %s into the outage: %q, want 200 ok: serving from memory", time.Since(outage).Round(time.Second), ready)
+	}
+
+	// Vault returns: the plugin answers from Vault again.
+	v.Start(t)
+	v.Unseal(t)
+	back := time.Now()
+	t.Logf("Vault back after a %s outage", back.Sub(outage).Round(time.Second))
+	c.createSecret("after-outage")
+	secrets = append(secrets, "after-outage")
+	c.checkStored(secrets)
+	c.waitReady("the plugin ready after Vault's return", func(n int32) bool { return n == restarts })
+	run.Eventually(t, 3*time.Minute, "the plugin's next check of Vault", func(context.Context) error {
+		if ready := pluginReadyz(t); ready != "200 ok" {
+			return fmt.Errorf("/readyz: %q", ready)
+		}
+		return nil
+	})
+	t.Logf("the plugin served from Vault again %s after Vault answered (its next check)", time.Since(back).Round(time.Second))
+	if got := pluginKeyID(t, node); got != keyID {
+		t.Errorf("the plugin's key id after the outage is %q, want %q", got, keyID)
+	}
 }

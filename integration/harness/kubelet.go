@@ -312,6 +312,21 @@ func (n *Node) ContainerPID(ctx context.Context, id string) (int, error) {
 	return 0, fmt.Errorf("container %s has no running task:\n%s", id, out)
 }
 
+// ContainerLog is what a container of a static pod (its name with the node's, as its
+// mirror pod has it) wrote in its run number restart: kubelet's log file under podLogsDir,
+// <namespace>_<pod>_<uid>/<container>/<restart>.log.
+func (n *Node) ContainerLog(t testing.TB, pod, container string, restart int32) string {
+	t.Helper()
+	pattern := filepath.Join(n.Root, "pod-logs", "kube-system_"+pod+"_*", container, fmt.Sprintf("%d.log", restart))
+	matches, err := filepath.Glob(pattern)
+	if err != nil || len(matches) != 1 {
+		t.Fatalf("the log of %s/%s run %d: %v, %v", pod, container, restart, matches, err)
+	}
+	raw, err := os.ReadFile(matches[0])
+	run.Must(t, err, "container log")
+	return string(raw)
+}
+
 // teardown stops kubelet, every container and containerd, then the namespace.
 func (n *Node) teardown() {
 	if n.Kubelet != nil {

@@ -16,16 +16,16 @@ import (
 	"time"
 )
 
-// TestPKI is a throwaway CA with a server certificate for localhost/127.0.0.1 and a client
-// certificate, as PEM files in a test dir.
+// TestPKI is a throwaway CA with a server certificate for localhost/127.0.0.1 (and any other
+// names asked for) and a client certificate, as PEM files in a test dir.
 type TestPKI struct {
 	CAFile                string
 	ServerCert, ServerKey string
 	ClientCert, ClientKey string
 }
 
-// NewTestPKI writes a fresh TestPKI into dir.
-func NewTestPKI(t testing.TB, dir string) TestPKI {
+// NewTestPKI writes a fresh TestPKI into dir; the certificates also name dnsNames.
+func NewTestPKI(t testing.TB, dir string, dnsNames ...string) TestPKI {
 	t.Helper()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	Must(t, err, "CA key")
@@ -48,7 +48,7 @@ func NewTestPKI(t testing.TB, dir string) TestPKI {
 			SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: name},
 			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
 			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{usage},
-			DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+			DNSNames: append([]string{"localhost"}, dnsNames...), IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
 		}
 		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 		Must(t, err, "certificate")

@@ -70,34 +70,53 @@ func StartVaultDevTLS(t testing.TB) *Vault {
 // share and unseals it.
 func StartVaultFile(t testing.TB) *Vault {
 	t.Helper()
-	return startVaultFile(t, false)
+	return StartVaultFileWith(t, FileOptions{})
 }
 
 // StartVaultFileMTLS is StartVaultFile serving HTTPS that requires a client certificate:
 // CAFile verifies Vault, ClientCert and ClientKey are a certificate it accepts.
 func StartVaultFileMTLS(t testing.TB) *Vault {
 	t.Helper()
-	return startVaultFile(t, true)
+	return StartVaultFileWith(t, FileOptions{TLS: true, MTLS: true})
 }
 
-func startVaultFile(t testing.TB, mtls bool) *Vault {
+// FileOptions shape a file-storage Vault.
+type FileOptions struct {
+	// Port is the loopback port to listen on: a fixed address that a shipped manifest names
+	// (0: a free port).
+	Port int
+	// TLS serves HTTPS with a certificate of the test's own CA (CAFile) for localhost,
+	// 127.0.0.1 and DNSNames.
+	TLS      bool
+	DNSNames []string
+	// MTLS also requires a client certificate (ClientCert, ClientKey); it implies TLS.
+	MTLS bool
+}
+
+// StartVaultFileWith is StartVaultFile shaped by o.
+func StartVaultFileWith(t testing.TB, o FileOptions) *Vault {
 	t.Helper()
 	v := &Vault{bin: run.Binary(t, "vault")}
 	dir := t.TempDir()
 	listener := "tls_disable = true"
-	if mtls {
-		pki := run.NewTestPKI(t, dir)
-		v.CAFile, v.ClientCert, v.ClientKey = pki.CAFile, pki.ClientCert, pki.ClientKey
+	scheme := "http"
+	if o.TLS || o.MTLS {
+		pki := run.NewTestPKI(t, dir, o.DNSNames...)
+		v.CAFile, scheme = pki.CAFile, "https"
 		listener = fmt.Sprintf(`tls_cert_file = %q
-  tls_key_file = %q
+  tls_key_file = %q`, pki.ServerCert, pki.ServerKey)
+		if o.MTLS {
+			v.ClientCert, v.ClientKey = pki.ClientCert, pki.ClientKey
+			listener += fmt.Sprintf(`
   tls_client_ca_file = %q
-  tls_require_and_verify_client_cert = true`, pki.ServerCert, pki.ServerKey, pki.CAFile)
-	}
-	v.startOnFreePort(t, func(port int) []string {
-		scheme := "http"
-		if mtls {
-			scheme = "https"
+  tls_require_and_verify_client_cert = true`, pki.CAFile)
 		}
+	}
+	start := v.startOnFreePort
+	if o.Port != 0 {
+		start = v.startOnPort(o.Port)
+	}
+	start(t, func(port int) []string {
 		v.Addr = fmt.Sprintf("%s://127.0.0.1:%d", scheme, port)
 		v.configPath = filepath.Join(dir, fmt.Sprintf("vault-%d.hcl", port))
 		config := fmt.Sprintf(`storage "file" { path = %q }
@@ -142,6 +161,22 @@ func (v *Vault) startOnFreePort(t testing.TB, args func(port int) []string, home
 		}
 	}
 	t.Fatalf("vault did not start:\n%s", lastLog)
+}
+
+// startOnPort starts Vault on port, failing the test if it is taken.
+func (v *Vault) startOnPort(port int) func(testing.TB, func(int) []string, string) {
+	return func(t testing.TB, args func(int) []string, home string) {
+		t.Helper()
+		if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err != nil {
+			t.Fatalf("Vault's fixed port 127.0.0.1:%d is taken on this machine: %v", port, err)
+		} else {
+			l.Close()
+		}
+		v.Process = run.Start(t, fmt.Sprintf("vault-%d", port), v.bin, args(port), vaultEnv(home)...)
+		if !v.waitListening(time.Minute) {
+			t.Fatalf("vault did not start on 127.0.0.1:%d:\n%s", port, v.Process.Log())
+		}
+	}
 }
 
 // vaultEnv keeps the developer's own Vault settings and token helper out of the server.
