@@ -1,11 +1,13 @@
 # The kms-plugin image: a static binary on distroless "static" (CA certificates and a nonroot
 # user, no shell, no package manager). The binary is built by scripts/build.sh, the same
 # script operators use, so the image and a hand build never differ: same flags, same bytes.
+#   VERSION=v0.1.0 bash scripts/image.sh [--local-bases] kms-plugin-image.tar    (buildah)
 #   docker build --build-arg VERSION=v0.1.0 --build-arg COMMIT=$(git rev-parse HEAD) \
 #     -t localhost/kms-plugin:v0.1.0 .
-# The base images are build arguments whose defaults are the published ones; the tests build
-# this file with buildah and no registry, from local base images (integration/harness/image.go).
-# deploy/dockerfile_test.go checks this file, builds it twice and compares the layers.
+# The base images are build arguments whose defaults are the published ones; with no
+# registry, scripts/image.sh --local-bases makes stand-ins from the machine's files, as the
+# tests do. deploy/dockerfile_test.go checks this file; deploy/image_test.go builds it twice
+# and compares the layers.
 
 ARG GO_VERSION=1.26.8
 ARG BUILD_IMAGE=golang:${GO_VERSION}

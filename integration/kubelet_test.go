@@ -156,22 +156,22 @@ func TestStaticPodsUnderKubelet(t *testing.T) {
 	t.Run("vault", func(t *testing.T) { testVaultStaticPod(t, archives) })
 }
 
-// buildNodeImages builds the images a node runs — the plugin from the Dockerfile (local
-// bases, no registry), kube-apiserver and pause built here — each saved as an OCI archive
-// for containerd.
+// buildNodeImages builds the images a node runs — the plugin from the Dockerfile as the guide
+// does without a registry (scripts/image.sh --local-bases), kube-apiserver and pause built
+// here — each saved as an OCI archive for containerd.
 func buildNodeImages(t *testing.T) []string {
 	t.Helper()
 	store := harness.NewImageStore(t)
-	store.BuildBaseImages(t)
 	root, err := filepath.Abs("..")
 	run.Must(t, err, "checkout")
 	commit, _ := exec.Command("git", "-C", root, "rev-parse", "HEAD").Output()
+	// The archive image.sh writes is the one the guide imports on a node.
+	archives := []string{filepath.Join(t.TempDir(), "kms-plugin-image.tar")}
 	store.BuildPluginImage(t, harness.PluginImageOptions{Context: root, Version: "v0.1.0",
-		Commit: strings.TrimSpace(string(commit)), HostBuildCache: true})
+		Commit: strings.TrimSpace(string(commit)), Archive: archives[0], HostBuildCache: true})
 	harness.BuildKubeAPIServerImage(t, store, kubeAPIServerImage)
 	harness.BuildPauseImage(t, store, pauseImage)
-	var archives []string
-	for _, image := range []string{harness.PluginImage, kubeAPIServerImage, pauseImage} {
+	for _, image := range []string{kubeAPIServerImage, pauseImage} {
 		path := filepath.Join(t.TempDir(), "image.tar")
 		store.SaveOCIArchive(t, image, image, path)
 		archives = append(archives, path)

@@ -64,15 +64,15 @@
 //   - ParseKMSv2 reads a raw KMS v2 value's key id and encrypted DEK source, independently
 //     of the plugin's code.
 //   - NewImageStore (image.go): a buildah store of the test's own (vfs, in a temp dir);
-//     BuildBaseImages makes local stand-ins for golang and distroless static from this machine's
-//     files, BuildPluginImage builds the repository's Dockerfile from them (no registry,
+//     BuildPluginImage builds the repository's Dockerfile into it with the checkout's
+//     scripts/image.sh --local-bases (base images from this machine's files, no registry,
 //     --timestamp 0), and ImageLayers, ImageFile, SaveOCIArchive read the result.
 //   - StartNode (kubelet.go): containerd 2.x (with Debian's runc) in a mount namespace of its
 //     own, where /etc is an overlay and /run a tmpfs, the images imported into its k8s.io
 //     namespace and the local pause image pinned as sandbox; StartKubelet runs kubelet on it
 //     (static pods from /etc/kubernetes/manifests, cgroupfs under a cgroup root of the test's,
 //     127.0.0.1). WriteFile and Path reach the node's files; ContainerPID a container's
-//     process. Everything is undone at the end, and a mount, cgroup or file left fails the test.
+//     process, ContainerLog its log. Everything is undone at the end, and a mount, cgroup or file left fails the test.
 //     BuildPauseImage (pause.c of the kubelet's module, gcc -static) and BuildKubeAPIServerImage
 //     make the other images.
 //   - Binary, FreePort, Start/Process and Eventually (run) are the process plumbing beneath.

@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 
@@ -18,8 +17,8 @@ const PluginImage = "localhost/kms-plugin:v0.1.0"
 
 // ImageStore is a buildah image store of the test's own (vfs storage in a temp dir: no
 // overlay mounts to undo, nothing shared with the machine's images), in which the tests build
-// the repository's Dockerfile with no registry: the base images are local ones made by
-// BuildBaseImages and passed as the Dockerfile's build arguments.
+// the repository's Dockerfile with no registry, as scripts/image.sh --local-bases does for an
+// operator.
 type ImageStore struct {
 	root, runroot string
 }
@@ -58,143 +57,58 @@ func (s *ImageStore) Buildah(t testing.TB, args ...string) string {
 	return strings.TrimSpace(string(out))
 }
 
+// globalArgs are buildah's options for this store.
+func (s *ImageStore) globalArgs() []string {
+	return []string{"--root", s.root, "--runroot", s.runroot, "--storage-driver", "vfs"}
+}
+
 func (s *ImageStore) command(args ...string) *exec.Cmd {
-	all := append([]string{"--root", s.root, "--runroot", s.runroot, "--storage-driver", "vfs"}, args...)
+	all := append(s.globalArgs(), args...)
 	cmd := exec.Command("buildah", all...)
 	cmd.Env = append(os.Environ(), "BUILDAH_ISOLATION=chroot")
 	return cmd
 }
 
-// Base images made by BuildBaseImages.
-const (
-	// LocalBuildImage stands in for golang:GO_VERSION: the Go toolchain of this machine
-	// (/usr/local/go, the release go.mod asks for), bash and the few files the build needs.
-	LocalBuildImage = "localhost/kms-plugin-test/golang:local"
-	// LocalBaseImage stands in for distroless static nonroot: CA certificates, a passwd and
-	// group with root and nonroot (65532), /tmp; no shell.
-	LocalBaseImage = "localhost/kms-plugin-test/static:nonroot"
-)
-
-// BuildBaseImages makes LocalBuildImage and LocalBaseImage from this machine's files. The
-// build image has no network and no proxy: GOPROXY=off, and BuildPluginImage mounts the
-// machine's module cache, so `go mod download` only verifies what is there.
-func (s *ImageStore) BuildBaseImages(t testing.TB) {
-	t.Helper()
-	goroot := "/usr/local/go"
-	if out, err := exec.Command("go", "env", "GOROOT").Output(); err == nil {
-		goroot = strings.TrimSpace(string(out))
-	}
-	rootfs := filepath.Join(t.TempDir(), "build-rootfs")
-	for _, bin := range []string{"/bin/bash", "/bin/sh", "/usr/bin/dirname", "/usr/bin/env"} {
-		copyWithLibraries(t, bin, rootfs)
-	}
-	writeFiles(t, rootfs, map[string]string{
-		"etc/passwd": "root:x:0:0:root:/root:/bin/bash\n",
-		"etc/group":  "root:x:0:\n",
-	})
-	run.Must(t, os.MkdirAll(filepath.Join(rootfs, "tmp"), 0o1777), "rootfs /tmp")
-	run.Must(t, os.MkdirAll(filepath.Join(rootfs, "root"), 0o700), "rootfs /root")
-	ctr := s.Buildah(t, "from", "scratch")
-	s.Buildah(t, "copy", ctr, rootfs+"/", "/")
-	s.Buildah(t, "copy", ctr, goroot, "/usr/local/go")
-	s.Buildah(t, "config",
-		"--env", "PATH=/usr/local/go/bin:/usr/local/bin:/usr/bin:/bin",
-		"--env", "GOPATH=/go", "--env", "HOME=/root", "--env", "GOTOOLCHAIN=local",
-		"--env", "GOPROXY=off", "--env", "GOFLAGS=-mod=readonly", ctr)
-	s.Buildah(t, "commit", "--rm", ctr, LocalBuildImage)
-
-	base := filepath.Join(t.TempDir(), "base-rootfs")
-	writeFiles(t, base, map[string]string{
-		"etc/passwd":        "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n",
-		"etc/group":         "root:x:0:\nnonroot:x:65532:\n",
-		"etc/nsswitch.conf": "hosts: files dns\n",
-	})
-	certs, err := os.ReadFile("/etc/ssl/certs/ca-certificates.crt")
-	run.Must(t, err, "CA certificates (Debian's ca-certificates package)")
-	writeFiles(t, base, map[string]string{"etc/ssl/certs/ca-certificates.crt": string(certs)})
-	run.Must(t, os.MkdirAll(filepath.Join(base, "tmp"), 0o1777), "base /tmp")
-	run.Must(t, os.Chmod(filepath.Join(base, "tmp"), 0o1777), "base /tmp")
-	run.Must(t, os.MkdirAll(filepath.Join(base, "home", "nonroot"), 0o700), "base home")
-	run.Must(t, os.Chown(filepath.Join(base, "home", "nonroot"), 65532, 65532), "base home")
-	ctr = s.Buildah(t, "from", "scratch")
-	s.Buildah(t, "copy", ctr, base+"/", "/")
-	s.Buildah(t, "commit", "--rm", ctr, LocalBaseImage)
-}
-
-// copyWithLibraries copies bin, and the shared libraries ldd lists for it, into rootfs at
-// their paths (symbolic links resolved: the copy holds the files themselves).
-func copyWithLibraries(t testing.TB, bin, rootfs string) {
-	t.Helper()
-	files := []string{bin}
-	out, err := exec.Command("ldd", bin).Output()
-	run.Must(t, err, "ldd %s", bin)
-	for _, m := range regexp.MustCompile(`(/\S+)\s+\(0x`).FindAllStringSubmatch(string(out), -1) {
-		files = append(files, m[1])
-	}
-	for _, f := range files {
-		raw, err := os.ReadFile(f)
-		run.Must(t, err, "reading %s", f)
-		dst := filepath.Join(rootfs, f)
-		run.Must(t, os.MkdirAll(filepath.Dir(dst), 0o755), "rootfs dir")
-		run.Must(t, os.WriteFile(dst, raw, 0o755), "rootfs file")
-	}
-}
-
-func writeFiles(t testing.TB, root string, files map[string]string) {
-	t.Helper()
-	for name, content := range files {
-		p := filepath.Join(root, name)
-		run.Must(t, os.MkdirAll(filepath.Dir(p), 0o755), "rootfs dir")
-		run.Must(t, os.WriteFile(p, []byte(content), 0o644), "rootfs file")
-	}
-}
-
 // PluginImageOptions say what BuildPluginImage builds.
 type PluginImageOptions struct {
-	Context string // the build context: a checkout of this repository (its Dockerfile)
+	Context string // the build context: a checkout of this repository (its Dockerfile and scripts)
 	Tag     string // default PluginImage
 	Version string // the VERSION build argument
 	Commit  string // the COMMIT build argument
+	// Archive is where the OCI archive of the image is written (default: a temp file).
+	Archive string
+	// SBOM also writes the image's SBOM (image.sh --sbom): Archive without .tar, plus .cdx.json.
+	SBOM bool
 	// HostBuildCache mounts the machine's Go build cache into the build stage: the same bytes
 	// (the cache is keyed by content), much sooner. The reproducibility test leaves it off,
 	// so that its builds start cold.
 	HostBuildCache bool
 }
 
-// BuildPluginImage builds the repository's Dockerfile as a release is built — buildah with
-// --timestamp 0, the version and commit as build arguments — but from the local base images
-// and with no registry or proxy (BuildBaseImages first; chroot isolation shares the host's
-// network, but the build image sets GOPROXY=off). It returns the image ID.
+// BuildPluginImage builds the repository's Dockerfile as an operator without a registry does,
+// with the checkout's own scripts/image.sh --local-bases (base images made from this machine,
+// no registry or proxy; --timestamp 0, the version and commit as build arguments), into this
+// store. It returns the image ID.
 func (s *ImageStore) BuildPluginImage(t testing.TB, opts PluginImageOptions) string {
 	t.Helper()
 	if opts.Tag == "" {
 		opts.Tag = PluginImage
 	}
-	modcache, err := exec.Command("go", "env", "GOMODCACHE").Output()
-	run.Must(t, err, "go env GOMODCACHE")
-	// The module cache holds what `go mod download` in the build stage verifies offline.
-	dl := exec.Command("go", "mod", "download")
-	dl.Dir = opts.Context
-	if out, err := dl.CombinedOutput(); err != nil {
-		t.Fatalf("go mod download: %v\n%s", err, out)
+	if opts.Archive == "" {
+		opts.Archive = filepath.Join(t.TempDir(), "kms-plugin-image.tar")
 	}
-	args := []string{"bud", "--isolation", "chroot", "--timestamp", "0",
-		"--layers=false", "--pull-never",
-		"--build-arg", "BUILD_IMAGE=" + LocalBuildImage,
-		"--build-arg", "BASE_IMAGE=" + LocalBaseImage,
-		"--build-arg", "VERSION=" + opts.Version,
-		"--build-arg", "COMMIT=" + opts.Commit,
-		"--volume", strings.TrimSpace(string(modcache)) + ":/go/pkg/mod",
-		"--tag", opts.Tag, "--file", filepath.Join(opts.Context, "Dockerfile"), opts.Context}
+	args := []string{filepath.Join(opts.Context, "scripts", "image.sh"), "--local-bases"}
+	if opts.SBOM {
+		args = append(args, "--sbom")
+	}
+	cmd := exec.Command("bash", append(args, opts.Archive)...)
+	cmd.Env = append(os.Environ(), "VERSION="+opts.Version, "COMMIT="+opts.Commit, "IMAGE="+opts.Tag,
+		"BUILDAH_STORAGE="+strings.Join(s.globalArgs(), " "))
 	if opts.HostBuildCache {
-		gocache, err := exec.Command("go", "env", "GOCACHE").Output()
-		run.Must(t, err, "go env GOCACHE")
-		args = append(args[:len(args)-1], "--volume", strings.TrimSpace(string(gocache))+":/root/.cache/go-build", opts.Context)
+		cmd.Env = append(cmd.Env, "HOST_GOCACHE=1")
 	}
-	cmd := s.command(args...)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("buildah %s: %v\n%s", strings.Join(args, " "), err, out)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("scripts/image.sh --local-bases: %v\n%s", err, out)
 	}
 	return s.Buildah(t, "inspect", "--type", "image", "--format", "{{.FromImageID}}", opts.Tag)
 }
