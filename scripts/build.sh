@@ -45,7 +45,7 @@ done
 
 build() { # OUTPUT COMMAND
   # grpcnotrace drops grpc's x/net/trace, whose html/template keeps the linker from removing
-  # unused methods: the serving binary is 12.9 MB with it, 16.7 MB without (docs/performance.md).
+  # unused methods: the serving binary was 12.9 MB with it, 16.7 MB without (docs/performance.md).
   CGO_ENABLED=0 go build -tags grpcnotrace -trimpath -buildvcs=false \
     -ldflags "-s -w -X main.version=${version} -X main.commit=${commit}" -o "$1" "./cmd/$2"
 }
