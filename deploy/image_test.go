@@ -62,6 +62,12 @@ func TestImageBuildIsReproducible(t *testing.T) {
 	}
 	t.Logf("image %s, layers %v", ids[0], layers[0])
 
+	// The local base is shaped as distroless static nonroot is.
+	for path, want := range map[string]string{"home": "0:0 0755", "home/nonroot": "65532:65532 0700", "tmp": "0:0 1777"} {
+		if got := store.ImageStat(t, "localhost/kms-plugin:first", path); got != want {
+			t.Errorf("/%s in the image: %s, want %s", path, got, want)
+		}
+	}
 	size := store.ImageSize(t, "localhost/kms-plugin:first")
 	t.Logf("image size: %d bytes (%.1f MB)", size, float64(size)/1e6)
 	if size >= 20e6 {
@@ -87,14 +93,15 @@ func TestImageBuildIsReproducible(t *testing.T) {
 		t.Errorf("--version: %v, printed %q, want %q...", err, out, want)
 	}
 
-	checkImageSBOM(t, archive, hostBin)
+	checkImageSBOM(t, archive, "localhost/kms-plugin:first", hostBin)
 }
 
 // checkImageSBOM checks the SBOM that scripts/image.sh --sbom made beside archive against the
-// image and its binary: it names the image by its manifest digest and the tool that made it,
+// image and its binary: it names the image (its name, not a path of the build machine, and
+// its manifest digest) and the tool that made it,
 // and lists every module that the binary's own build information lists (go version -m), at
 // the same version.
-func checkImageSBOM(t *testing.T, archive, bin string) {
+func checkImageSBOM(t *testing.T, archive, image, bin string) {
 	t.Helper()
 	sbom := strings.TrimSuffix(archive, ".tar") + ".cdx.json"
 	var bom struct {
@@ -103,7 +110,7 @@ func checkImageSBOM(t *testing.T, archive, bin string) {
 			Tools struct {
 				Components []struct{ Name, Version string }
 			}
-			Component struct{ Type, Version string }
+			Component struct{ Type, Name, Version string }
 		}
 		Components []struct{ Name, Version string }
 	}
@@ -111,8 +118,8 @@ func checkImageSBOM(t *testing.T, archive, bin string) {
 	run.Must(t, err, "image SBOM")
 	run.Must(t, json.Unmarshal(raw, &bom), "image SBOM")
 	digest := ociManifestDigest(t, archive)
-	if bom.BOMFormat != "CycloneDX" || bom.Metadata.Component.Type != "container" || bom.Metadata.Component.Version != digest {
-		t.Errorf("image SBOM: format %q, component %+v, want a container named by its manifest digest %s", bom.BOMFormat, bom.Metadata.Component, digest)
+	if c := bom.Metadata.Component; bom.BOMFormat != "CycloneDX" || c.Type != "container" || c.Name != image || c.Version != digest {
+		t.Errorf("image SBOM: format %q, component %+v, want the container %s at its manifest digest %s", bom.BOMFormat, c, image, digest)
 	}
 	if len(bom.Metadata.Tools.Components) != 1 || bom.Metadata.Tools.Components[0].Name != "syft" || bom.Metadata.Tools.Components[0].Version != "v1.57.2" {
 		t.Errorf("image SBOM's tools: %+v, want syft v1.57.2", bom.Metadata.Tools.Components)

@@ -10,29 +10,43 @@
 # Usage: scripts/build.sh --release DIR
 #   Both binaries into DIR, a CycloneDX SBOM of each (DIR/NAME.cdx.json, read from the binary's
 #   own module list by cyclonedx-gomod) and DIR/SHA256SUMS over all of them (docs/security.md).
-# Usage: scripts/build.sh --image-sbom IMAGE OUTPUT
-#   A CycloneDX SBOM of a built image, by syft: the image's files and the module list of each
-#   Go binary in it, the image named by its manifest digest. IMAGE is what syft reads:
-#   oci-archive:FILE, docker-archive:FILE, docker:NAME (a local daemon's image), registry:NAME.
-# VERSION sets the version (default: `git describe`, or "dev" outside a git checkout); COMMIT
-# the commit (default: `git rev-parse HEAD`, or "unknown" outside a git checkout).
+# Usage: scripts/build.sh --image-sbom IMAGE OUTPUT [NAME]
+#   A CycloneDX SBOM of a built image, by syft: the packages in the image's files and the
+#   module list of each Go binary in it. IMAGE is what syft reads: oci-archive:FILE,
+#   docker-archive:FILE, docker:NAME (a local daemon's image), registry:NAME@sha256:...; the
+#   SBOM names the image by its manifest digest when IMAGE is an archive or a digest
+#   reference (a tag wins over the digest in syft), and by NAME (default: IMAGE).
+# Paths are relative to the current directory. VERSION sets the version (default:
+# `git describe`, or "dev" outside a git checkout); COMMIT the commit (default:
+# `git rev-parse HEAD`, or "unknown" outside a git checkout).
 set -euo pipefail
-cd "$(dirname "$0")/.."
-# The SBOM tool, run at a pinned version through the Go module proxy (checked by go.sum's
+# The SBOM tools, run at pinned versions through the Go module proxy (checked by go.sum's
 # checksum database like any module).
 cyclonedx_gomod=github.com/CycloneDX/cyclonedx-gomod/cmd/cyclonedx-gomod@v1.10.0
 syft_version=v1.57.2
 syft=github.com/anchore/syft/cmd/syft@$syft_version
 
 if [ "${1:-}" = --image-sbom ]; then
-  image=${2:?build.sh --image-sbom IMAGE OUTPUT} output=${3:?build.sh --image-sbom IMAGE OUTPUT}
-  # No update check (a release machine may have no internet); the version stamped as syft's
-  # own release does, so that the SBOM names the tool that made it. The first run builds syft
-  # (a few minutes); go run caches it.
+  usage="build.sh --image-sbom IMAGE OUTPUT [NAME]"
+  image=${2:?$usage} output=${3:?$usage} name=${4:-$2}
+  # Run where the caller is, so that relative paths mean what they say. No update check (a
+  # release machine may have no internet); the version stamped as syft's own release does,
+  # so that the SBOM names the tool that made it; the source named by NAME, not by a path of
+  # the build machine. The first run builds syft (a few minutes); go run caches it.
   SYFT_CHECK_FOR_APP_UPDATE=false go run -ldflags "-X main.version=$syft_version" "$syft" \
-    scan "$image" --quiet --output "cyclonedx-json=$output"
+    scan "$image" --quiet --source-name "$name" --output "cyclonedx-json=$output"
   exit 0
 fi
+
+# OUTPUT and DIR are the caller's, resolved before moving to the checkout's root.
+absolute() { case $1 in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+if [ "${1:-}" = --release ]; then
+  set -- --release "$(absolute "${2:?build.sh --release DIR}")"
+elif [ $# -gt 0 ]; then
+  set -- "$(absolute "$1")" "${@:2}"
+fi
+caller=$PWD
+cd "$(dirname "$0")/.."
 
 version=${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}
 commit=${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
@@ -68,4 +82,4 @@ case $command in
   kms-plugin | kmsctl) ;;
   *) echo "build.sh: COMMAND $command: want kms-plugin or kmsctl" >&2; exit 2 ;;
 esac
-build "${1:-$command}" "$command"
+build "${1:-$caller/$command}" "$command"

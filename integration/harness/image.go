@@ -2,10 +2,12 @@ package harness
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/kmsplugin/kms-plugin/integration/harness/run"
@@ -146,13 +148,36 @@ func (s *ImageStore) ImageSize(t testing.TB, image string) int64 {
 // ImageFile reads one file of an image's root filesystem.
 func (s *ImageStore) ImageFile(t testing.TB, image, path string) []byte {
 	t.Helper()
+	var raw []byte
+	s.inImage(t, image, func(root string) {
+		var err error
+		raw, err = os.ReadFile(filepath.Join(root, path))
+		run.Must(t, err, "%s in %s", path, image)
+	})
+	return raw
+}
+
+// ImageStat is the owner (uid:gid) and permission bits of a path in image, as "65532:65532 0700".
+func (s *ImageStore) ImageStat(t testing.TB, image, path string) string {
+	t.Helper()
+	var out string
+	s.inImage(t, image, func(root string) {
+		info, err := os.Lstat(filepath.Join(root, path))
+		run.Must(t, err, "%s in %s", path, image)
+		st := info.Sys().(*syscall.Stat_t)
+		out = fmt.Sprintf("%d:%d %04o", st.Uid, st.Gid, st.Mode&0o7777)
+	})
+	return out
+}
+
+// inImage calls f with the root of image's files.
+func (s *ImageStore) inImage(t testing.TB, image string, f func(root string)) {
+	t.Helper()
 	ctr := s.Buildah(t, "from", "--pull-never", image)
 	defer s.Buildah(t, "rm", ctr)
 	dir := s.Buildah(t, "mount", ctr) // vfs: a plain directory, nothing mounted
 	defer s.Buildah(t, "umount", ctr)
-	raw, err := os.ReadFile(filepath.Join(dir, path))
-	run.Must(t, err, "%s in %s", path, image)
-	return raw
+	f(dir)
 }
 
 // SaveOCIArchive writes image to an OCI archive under name (for `ctr images import`).
