@@ -109,6 +109,7 @@ func TestKeyIDStress(t *testing.T) {
 	// After the outage rotation still works.
 	v.RotateKey(t, "transit", key)
 	waitVersion(5)
+	load.waitSeen(t, 5) // the pollers, not only waitVersion, have seen it (on a loaded machine they lag)
 	load.stop(t)
 
 	t.Logf("the balancer answered %d key reads with the lagging replica's view", lb.staleServed.Load())
@@ -376,6 +377,21 @@ func (l *keyIDLoad) encrypt(ctx context.Context, i int, c kmsapi.KeyManagementSe
 
 func (l *keyIDLoad) freeze(ids []string) { l.mu.Lock(); l.frozen = ids; l.mu.Unlock() }
 func (l *keyIDLoad) thaw()               { l.mu.Lock(); l.frozen = nil; l.mu.Unlock() }
+
+// waitSeen waits until every plugin's poller has recorded a key id of version.
+func (l *keyIDLoad) waitSeen(t *testing.T, version int) {
+	t.Helper()
+	harness.Eventually(t, 30*time.Second, fmt.Sprintf("every poller sees v%d", version), func(context.Context) error {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		for i, seq := range l.sequences {
+			if len(seq) == 0 || keyIDVersion(seq[len(seq)-1]) != version {
+				return fmt.Errorf("plugin %d's poller saw %v", i, seq)
+			}
+		}
+		return nil
+	})
+}
 
 func (l *keyIDLoad) stop(t *testing.T) {
 	l.cancel()
