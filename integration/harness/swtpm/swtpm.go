@@ -5,6 +5,7 @@ package swtpm
 
 import (
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -80,11 +81,15 @@ func (p *TPM) Reboot(t testing.TB) {
 // Stop stops the TPM: a TPM that no longer answers.
 func (p *TPM) Stop() { p.proc.Stop(10 * time.Second) }
 
+// wait waits until swtpm accepts connections on its socket.
 func (p *TPM) wait(t testing.TB) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if info, err := os.Stat(p.sock); err == nil && info.Mode()&os.ModeSocket != 0 {
+		// A connection, not the socket file: the file exists between swtpm's bind and its
+		// listen, when a client is refused (seen after a Reboot on a loaded machine).
+		if conn, err := net.Dial("unix", p.sock); err == nil {
+			conn.Close()
 			return
 		}
 		if p.proc.Exited() || time.Now().After(deadline) {
