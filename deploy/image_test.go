@@ -216,3 +216,28 @@ func TestReleaseIsReproducible(t *testing.T) {
 		}
 	}
 }
+
+// scripts/image.sh --local-bases refuses a Go other than the Dockerfile's GO_VERSION, before
+// building anything: the image's binary would not be the release's (docs/security.md).
+func TestImageScriptRefusesAnotherGo(t *testing.T) {
+	store := harness.NewImageStore(t) // fails the test, naming buildah, where it is missing
+	realGo, err := exec.LookPath("go")
+	run.Must(t, err, "go")
+	bin := t.TempDir()
+	fake := "#!/bin/sh\nif [ \"$1 $2\" = \"env GOVERSION\" ]; then echo go1.20.0; exit 0; fi\nexec " + realGo + " \"$@\"\n"
+	run.Must(t, os.WriteFile(filepath.Join(bin, "go"), []byte(fake), 0o755), "fake go")
+	archive := filepath.Join(t.TempDir(), "image.tar")
+	cmd := exec.Command("bash", "../scripts/image.sh", "--local-bases", archive)
+	cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"), "VERSION=v0.0.1", "COMMIT=unknown",
+		"BUILDAH_STORAGE="+store.GlobalArgs())
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "this machine's Go is go1.20.0, the Dockerfile builds with go1.") {
+		t.Fatalf("image.sh with go1.20.0: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(archive); !os.IsNotExist(err) {
+		t.Errorf("image.sh wrote %s after refusing: %v", archive, err)
+	}
+	if images := store.Buildah(t, "images", "--quiet"); images != "" {
+		t.Errorf("image.sh built images after refusing:\n%s", images)
+	}
+}

@@ -303,23 +303,26 @@ func (c *staticPodCluster) mirrorPod(name string) *corev1.Pod {
 	return pod
 }
 
-// waitReady waits until the plugin's container runs, is ready by its readiness probe, and
-// its restart count satisfies restarts.
-func (c *staticPodCluster) waitReady(what string, restarts func(int32) bool) *corev1.Pod {
+// waitReady waits until the one container of static pod (its mirror pod's name) runs, is
+// ready by its readiness probe, and its restart count satisfies restarts.
+func (c *staticPodCluster) waitReady(pod, what string, restarts func(int32) bool) *corev1.Pod {
 	c.t.Helper()
-	var pod *corev1.Pod
+	var p *corev1.Pod
 	run.Eventually(c.t, 4*time.Minute, what, func(ctx context.Context) error {
-		pod = c.mirrorPod(c.pluginPod)
-		if len(pod.Status.ContainerStatuses) != 1 {
-			return fmt.Errorf("container statuses %v", pod.Status.ContainerStatuses)
+		var err error
+		if p, err = c.cs.CoreV1().Pods("kube-system").Get(ctx, pod, metav1.GetOptions{}); err != nil {
+			return err
 		}
-		st := pod.Status.ContainerStatuses[0]
+		if len(p.Status.ContainerStatuses) != 1 {
+			return fmt.Errorf("container statuses %v", p.Status.ContainerStatuses)
+		}
+		st := p.Status.ContainerStatuses[0]
 		if !st.Ready || st.State.Running == nil || !restarts(st.RestartCount) {
 			return fmt.Errorf("ready %v, state %+v, restarts %d", st.Ready, st.State, st.RestartCount)
 		}
 		return nil
 	})
-	return pod
+	return p
 }
 
 // events are the kubelet's events about pod with reason, whose message starts with prefix.
@@ -371,7 +374,7 @@ func testLocalAESStaticPod(t *testing.T, archives []string) {
 	}
 
 	// The mirror pod, and the kubelet's probes in its status.
-	pod := c.waitReady("plugin ready by its readiness probe", func(int32) bool { return true })
+	pod := c.waitReady(c.pluginPod, "plugin ready by its readiness probe", func(int32) bool { return true })
 	restarts := pod.Status.ContainerStatuses[0].RestartCount
 	pid := containerPID(t, node, pod)
 	t.Logf("plugin pod ready, container pid %d, restarts %d", pid, restarts)
@@ -411,7 +414,7 @@ func testLocalAESStaticPod(t *testing.T, archives []string) {
 	// A hung plugin: the liveness probe (every 10 s, 6 failures) restarts it.
 	run.Must(t, syscall.Kill(pid, syscall.SIGSTOP), "SIGSTOP")
 	stopped := time.Now()
-	pod = c.waitReady("restart by the liveness probe after SIGSTOP", func(n int32) bool { return n > restarts })
+	pod = c.waitReady(c.pluginPod, "restart by the liveness probe after SIGSTOP", func(n int32) bool { return n > restarts })
 	t.Logf("hung plugin restarted by the liveness probe and ready again after %s", time.Since(stopped).Round(time.Second))
 	// Six failed probes 10 s apart, then SIGTERM, which a stopped process cannot act on, and
 	// SIGKILL after the pod's 30 s grace period: about 90 s.
@@ -444,7 +447,7 @@ func testLocalAESStaticPod(t *testing.T, archives []string) {
 	pid = containerPID(t, node, pod)
 	run.Must(t, syscall.Kill(pid, syscall.SIGKILL), "SIGKILL")
 	killed := time.Now()
-	pod = c.waitReady("restart by the restart policy after SIGKILL", func(n int32) bool { return n > restarts })
+	pod = c.waitReady(c.pluginPod, "restart by the restart policy after SIGKILL", func(n int32) bool { return n > restarts })
 	t.Logf("killed plugin restarted and ready again after %s", time.Since(killed).Round(time.Second))
 	if d := time.Since(killed); d > time.Minute {
 		t.Errorf("restarted %s after SIGKILL: want the restart policy's first back-off (10 s) and a probe", d)
@@ -475,7 +478,7 @@ func testLocalAESStaticPod(t *testing.T, archives []string) {
 		}
 		return fmt.Errorf("state %+v", st[0].State)
 	})
-	pod = c.waitReady("restart after the back-off", func(n int32) bool { return n > restarts })
+	pod = c.waitReady(c.pluginPod, "restart after the back-off", func(n int32) bool { return n > restarts })
 	t.Logf("killed again: ready after %s (the back-off)", time.Since(killed).Round(time.Second))
 	if d := time.Since(killed); d < 5*time.Second {
 		t.Errorf("restarted %s after a second kill: want kubelet's back-off (at least 10 s after the last start)", d)
@@ -658,7 +661,7 @@ func testVaultStaticPod(t *testing.T, archives []string) {
 	t.Logf("from kubelet start to the first Secret stored through the static-pod apiserver (Vault backend): %s", time.Since(c.started).Round(time.Second))
 	secrets := []string{"first"}
 	c.checkStored(secrets)
-	pod := c.waitReady("plugin ready by its readiness probe", func(int32) bool { return true })
+	pod := c.waitReady(c.pluginPod, "plugin ready by its readiness probe", func(int32) bool { return true })
 	restarts := pod.Status.ContainerStatuses[0].RestartCount
 
 	// The Secret is stored under the key id the plugin reports, which names Vault's key.
@@ -697,7 +700,7 @@ func testVaultStaticPod(t *testing.T, archives []string) {
 	secrets = append(secrets, "during-outage")
 	pid := containerPID(t, node, pod)
 	run.Must(t, syscall.Kill(pid, syscall.SIGKILL), "SIGKILL")
-	pod = c.waitReady("the plugin restarted during the outage, ready from its kept state", func(n int32) bool { return n > restarts })
+	pod = c.waitReady(c.pluginPod, "the plugin restarted during the outage, ready from its kept state", func(n int32) bool { return n > restarts })
 	restartedAt := time.Now()
 	kubeletLogAt := len(node.Kubelet.Log())
 	restarts = pod.Status.ContainerStatuses[0].RestartCount
@@ -714,16 +717,7 @@ func testVaultStaticPod(t *testing.T, archives []string) {
 	apiserver := c.mirrorPod("kube-apiserver-" + node.Name)
 	apiserverRestarts := apiserver.Status.ContainerStatuses[0].RestartCount
 	run.Must(t, syscall.Kill(containerPID(t, node, apiserver), syscall.SIGKILL), "SIGKILL the apiserver")
-	run.Eventually(t, 4*time.Minute, "the apiserver restarted by kubelet", func(ctx context.Context) error {
-		pod, err := c.cs.CoreV1().Pods("kube-system").Get(ctx, "kube-apiserver-"+node.Name, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		if st := pod.Status.ContainerStatuses; len(st) != 1 || st[0].RestartCount <= apiserverRestarts || !st[0].Ready {
-			return fmt.Errorf("container statuses %+v", st)
-		}
-		return nil
-	})
+	c.waitReady(apiserver.Name, "the apiserver restarted by kubelet", func(n int32) bool { return n > apiserverRestarts })
 	c.checkStored(secrets) // a fresh apiserver: every DEK seed is decrypted by the plugin again
 	c.createSecret("after-restarts")
 	secrets = append(secrets, "after-restarts")
@@ -735,7 +729,7 @@ func testVaultStaticPod(t *testing.T, archives []string) {
 	if wait := 75*time.Second - time.Since(restartedAt); wait > 0 {
 		time.Sleep(wait)
 	}
-	pod = c.waitReady("the plugin still ready, not restarted, through the outage", func(n int32) bool { return n == restarts })
+	c.waitReady(c.pluginPod, "the plugin still ready, not restarted, through the outage", func(n int32) bool { return n == restarts })
 	if n := livenessFailures(node.Kubelet.Log()[kubeletLogAt:], c.pluginPod); n > 0 {
 		t.Errorf("kubelet's log has %d failed liveness probes of %s during the Vault outage", n, c.pluginPod)
 	}
@@ -751,7 +745,7 @@ func testVaultStaticPod(t *testing.T, archives []string) {
 	c.createSecret("after-outage")
 	secrets = append(secrets, "after-outage")
 	c.checkStored(secrets)
-	c.waitReady("the plugin ready after Vault's return", func(n int32) bool { return n == restarts })
+	c.waitReady(c.pluginPod, "the plugin ready after Vault's return", func(n int32) bool { return n == restarts })
 	run.Eventually(t, 3*time.Minute, "the plugin's next check of Vault", func(context.Context) error {
 		if ready := pluginReadyz(t); ready != "200 ok" {
 			return fmt.Errorf("/readyz: %q", ready)

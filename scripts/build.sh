@@ -48,8 +48,12 @@ fi
 caller=$PWD
 cd "$(dirname "$0")/.."
 
-version=${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}
-commit=${COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+# A fallback is said out loud (as image.sh does): a binary stamped "unknown" cannot be checked
+# against its commit.
+version=${VERSION:-$(git describe --tags --always --dirty 2>/dev/null)} ||
+  { version=dev; echo "build.sh: WARNING: no VERSION and no git describe: stamping version dev" >&2; }
+commit=${COMMIT:-$(git rev-parse HEAD 2>/dev/null)} ||
+  { commit=unknown; echo "build.sh: WARNING: no COMMIT and git rev-parse failed (not a checkout, or git's safe.directory): stamping commit unknown" >&2; }
 for v in "VERSION $version" "COMMIT $commit"; do
   if ! [[ ${v#* } =~ ^[A-Za-z0-9][A-Za-z0-9._+-]*$ ]]; then
     echo "build.sh: $v: want letters, digits and . _ + -" >&2

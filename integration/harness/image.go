@@ -59,7 +59,11 @@ func (s *ImageStore) Buildah(t testing.TB, args ...string) string {
 	return strings.TrimSpace(string(out))
 }
 
-// globalArgs are buildah's options for this store.
+// GlobalArgs are buildah's options for this store, as scripts/image.sh's BUILDAH_STORAGE takes them.
+func (s *ImageStore) GlobalArgs() string {
+	return strings.Join(s.globalArgs(), " ")
+}
+
 func (s *ImageStore) globalArgs() []string {
 	return []string{"--root", s.root, "--runroot", s.runroot, "--storage-driver", "vfs"}
 }
@@ -105,7 +109,7 @@ func (s *ImageStore) BuildPluginImage(t testing.TB, opts PluginImageOptions) str
 	}
 	cmd := exec.Command("bash", append(args, opts.Archive)...)
 	cmd.Env = append(os.Environ(), "VERSION="+opts.Version, "COMMIT="+opts.Commit, "IMAGE="+opts.Tag,
-		"BUILDAH_STORAGE="+strings.Join(s.globalArgs(), " "))
+		"BUILDAH_STORAGE="+s.GlobalArgs())
 	if opts.HostBuildCache {
 		cmd.Env = append(cmd.Env, "HOST_GOCACHE=1")
 	}
